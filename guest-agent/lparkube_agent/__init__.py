@@ -1,0 +1,1 @@
+"""lparkube guest agent: runs inside a Partition's VM (standard library only)."""

@@ -1,0 +1,1 @@
+"""lparkube: resilience layer for KubeVirt virtual machines."""
