@@ -1,0 +1,8 @@
+"""lparkube.io/v1alpha1: the kinds this release serves."""
+
+from lparkube.api.resource import CustomResource
+from lparkube.api.v1alpha1.conditionprofile import CONDITION_PROFILE
+from lparkube.api.v1alpha1.partition import PARTITION
+from lparkube.api.v1alpha1.saveevent import SAVE_EVENT
+
+KINDS: tuple[CustomResource, ...] = (PARTITION, SAVE_EVENT, CONDITION_PROFILE)

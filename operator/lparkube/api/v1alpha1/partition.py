@@ -1,0 +1,167 @@
+"""Partition: one KubeVirt VirtualMachine that lparkube creates or adopts and protects."""
+
+from lparkube.api.resource import AGE_COLUMN, CustomResource, PrinterColumn, condition_column
+from lparkube.api.schema import (
+    Rule,
+    array,
+    boolean,
+    conditions,
+    duration,
+    immutable,
+    integer,
+    name_ref,
+    obj,
+    observed_generation,
+    string,
+    string_map,
+    timestamp,
+)
+
+VM_TEMPLATE = obj(
+    "A KubeVirt VirtualMachine that the operator creates and owns, named after the Partition. "
+    "Deleting the Partition deletes this VM.",
+    {
+        "metadata": obj(
+            "Labels and annotations copied onto the VirtualMachine.",
+            {
+                "labels": string_map("Labels for the VirtualMachine."),
+                "annotations": string_map("Annotations for the VirtualMachine."),
+            },
+        ),
+        "spec": obj(
+            "A KubeVirt VirtualMachineSpec (kubevirt.io/v1). KubeVirt validates it when the "
+            "operator creates the VirtualMachine.",
+            preserve_unknown=True,
+        ),
+    },
+    required=("spec",),
+)
+
+AGENT_SPEC = obj(
+    "How the operator reaches the lparkube guest agent inside the VM.",
+    {
+        "port": integer(
+            "TCP port the guest agent serves on the VM's pod-network address.",
+            minimum=1024,
+            maximum=65535,
+            default=8443,
+            fmt="int32",
+        ),
+        "keySecretName": immutable(
+            name_ref(
+                "Secret (in this namespace) holding the partition key under data.key. When "
+                "omitted the operator generates <partition>-agent-key. Rotate a key by "
+                "updating the Secret, not this field."
+            ),
+            "spec.agent.keySecretName",
+        ),
+        "keyDelivery": string(
+            "How the key reaches the guest: SecretVolume attaches the Secret as a disk, "
+            "CloudInit writes it through cloud-init user data. The guest never receives "
+            "cluster credentials either way.",
+            enum=["SecretVolume", "CloudInit"],
+            default="SecretVolume",
+        ),
+        "heartbeatTimeout": duration(
+            "How long without a heartbeat before AgentConnected becomes False.",
+            default="90s",
+        ),
+    },
+)
+
+SPEC = obj(
+    "The desired state of a Partition. Set exactly one of vmTemplate and vmName.",
+    {
+        "vmTemplate": VM_TEMPLATE,
+        "vmName": immutable(
+            name_ref(
+                "An existing VirtualMachine in this namespace to adopt. The operator adds "
+                "itself as an owner but never deletes an adopted VM."
+            ),
+            "spec.vmName",
+        ),
+        "agent": AGENT_SPEC,
+        "saveOnEvacuation": boolean(
+            "Save every registered application before KubeVirt evacuates this VM from a "
+            "draining node (VMIs with evictionStrategy External).",
+            default=True,
+        ),
+    },
+    rules=(
+        Rule(
+            "has(self.vmTemplate) != has(self.vmName)",
+            "exactly one of spec.vmTemplate or spec.vmName must be set",
+        ),
+        Rule(
+            "has(self.vmName) == has(oldSelf.vmName)",
+            "a Partition cannot switch between vmTemplate and vmName after creation",
+        ),
+    ),
+)
+
+ADDRESS = obj(
+    "An address of the VM on one of its interfaces.",
+    {
+        "interface": string("The KubeVirt interface name."),
+        "ip": string("The IP address."),
+    },
+)
+
+AGENT_STATUS = obj(
+    "What the guest agent last reported.",
+    {
+        "keySecretName": string("The Secret holding the partition key."),
+        "endpoint": string("host:port the operator uses to reach the agent."),
+        "version": string("The guest agent's version."),
+        "lastHeartbeatTime": timestamp("When the agent last reported."),
+        "bootTime": timestamp("When the guest last booted, as the agent reported."),
+        "kernelRelease": string("The guest kernel release (uname -r)."),
+        "vmcoreinfo": obj(
+            "Where the guest kernel keeps its VMCOREINFO note, read from /sys/kernel/vmcoreinfo "
+            "at boot; a crash dump is decoded with it.",
+            {
+                "address": string("Physical address, hexadecimal.", pattern=r"^0x[0-9a-f]+$"),
+                "size": integer("Size in bytes.", minimum=0),
+            },
+        ),
+        "applications": integer("Applications registered with the agent.", minimum=0),
+    },
+)
+
+STATUS = obj(
+    "The observed state of a Partition, mirrored from KubeVirt and the guest agent.",
+    {
+        "observedGeneration": observed_generation(),
+        "conditions": conditions(
+            "Ready (VM running and agent connected), VMReady (the VMI runs and is ready), "
+            "AgentConnected (the guest agent reported within heartbeatTimeout)."
+        ),
+        "vmName": string("The VirtualMachine this Partition manages."),
+        "nodeName": string("The node the VM runs on."),
+        "addresses": array("The VM's addresses.", ADDRESS, max_items=16),
+        "agent": AGENT_STATUS,
+    },
+)
+
+PARTITION = CustomResource(
+    kind="Partition",
+    plural="partitions",
+    scope="Namespaced",
+    short_names=("part", "parts"),
+    description="A KubeVirt VirtualMachine protected by lparkube: its guest agent saves "
+    "applications' unsaved data on predefined events.",
+    spec=SPEC,
+    status=STATUS,
+    columns=(
+        PrinterColumn("VM", "string", ".status.vmName", "The VirtualMachine."),
+        condition_column("Ready", "Ready", "VM running and guest agent connected."),
+        condition_column("Agent", "AgentConnected", "Guest agent connected."),
+        PrinterColumn("Node", "string", ".status.nodeName", "The node the VM runs on."),
+        PrinterColumn("Apps", "integer", ".status.agent.applications", "Registered applications."),
+        PrinterColumn("IP", "string", ".status.addresses[0].ip", "First VM address.", priority=1),
+        PrinterColumn(
+            "Kernel", "string", ".status.agent.kernelRelease", "Guest kernel.", priority=1
+        ),
+        AGE_COLUMN,
+    ),
+)
