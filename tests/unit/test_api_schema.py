@@ -48,7 +48,7 @@ def test_status_has_conditions_shaped_like_metav1_condition(kind: CustomResource
 
 
 def resolve(kind: CustomResource, json_path: str) -> dict[str, Any] | None:
-    """The schema node a printer column's simple JSONPath points at (filters and indexes skipped)."""
+    """The schema node a printer column points at (filters and indexes skipped)."""
     node: dict[str, Any] | None = {"properties": {"spec": kind.spec, "status": kind.status}}
     for raw in json_path.lstrip(".").split("."):
         name = raw.split("[", 1)[0]
