@@ -1,0 +1,175 @@
+"""The reconcile loop that plays virt-controller and virt-handler.
+
+A polling loop rather than watches: each pass lists the (few) KubeVirt objects and nodes, then
+moves every object at most one step. The loop runs faster right after it wrote something or was
+kicked by the subresource API, and never dies on an odd object: each object is reconciled in
+its own try block.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+from kubernetes.client import ApiException
+
+from . import migration, nodes, snapshots, vm, vmi
+from .api import RESTORE, SNAPSHOT, VM, VMI, VMIM, Kube, key, log
+from .logic import dig, is_final
+
+
+@dataclass
+class Settings:
+    """Knobs of the simulated KubeVirt installation."""
+
+    interval: float = 0.4  # idle polling period, seconds
+    busy_interval: float = 0.05  # period right after a write
+    restart_delay: float = 1.0  # how long a Failed VMI stays visible before a restart
+    default_eviction_strategy: str = "None"  # KubeVirt CR spec.configuration.evictionStrategy
+    migration_timeout: float = 60.0  # a migration without a target node fails after this
+    require_pvcs: bool = True  # VMIs wait (ErrorPvcNotFound) until their PVCs exist
+
+
+@dataclass
+class World:
+    """One consistent-enough view of the cluster for a pass."""
+
+    nodes: dict[str, dict] = field(default_factory=dict)
+    vms: dict[tuple[str, str], dict] = field(default_factory=dict)
+    vmis: dict[tuple[str, str], dict] = field(default_factory=dict)
+    migrations: list[dict] = field(default_factory=list)
+    snapshots: list[dict] = field(default_factory=list)
+    restores: list[dict] = field(default_factory=list)
+    pvcs: dict[tuple[str, str], dict] = field(default_factory=dict)
+
+    def load(self) -> Counter:
+        """Live VMIs per node, for least-loaded placement."""
+        return Counter(
+            dig(v, "status", "nodeName")
+            for v in self.vmis.values()
+            if dig(v, "status", "nodeName") and not is_final(v)
+        )
+
+    def used_ips(self) -> set[str]:
+        return {
+            i.get("ipAddress")
+            for v in self.vmis.values()
+            for i in dig(v, "status", "interfaces", default=[]) or []
+            if isinstance(i, dict) and i.get("ipAddress")
+        }
+
+
+def _node_lifecycle(ctl: Controller, world: World, node: dict) -> None:
+    """Node-lifecycle controller's part: taints follow the Ready condition."""
+    if nodes.sync_taints(ctl.kube, node):
+        ctl.wrote()
+
+
+class Controller:
+    """Owns the loop thread; the reconcile steps live in vm, vmi, migration and snapshots."""
+
+    def __init__(self, kube: Kube, settings: Settings | None = None):
+        self.kube = kube
+        self.settings = settings or Settings()
+        self.started_once: set[str] = set()  # VM UIDs that started (for runStrategy Once)
+        self._wake = threading.Event()
+        self._wrote = False
+        self._errors: dict[str, float] = {}
+
+    # --- loop ----------------------------------------------------------------------------------
+
+    def kick(self) -> None:
+        """Run the next pass now (called after the subresource API changed something)."""
+        self._wake.set()
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            self._wrote = False
+            try:
+                self.tick()
+            except Exception as error:  # the API server may be restarting; keep going
+                self._report("tick", error)
+            delay = self.settings.busy_interval if self._wrote else self.settings.interval
+            self._wake.wait(delay)
+            self._wake.clear()
+
+    def tick(self) -> None:
+        world = self.observe()
+        for node in list(world.nodes.values()):
+            self._guard(_node_lifecycle, world, node)
+        for obj in list(world.vms.values()):
+            self._guard(vm.reconcile, world, obj)
+        for obj in list(world.vmis.values()):
+            self._guard(vmi.reconcile, world, obj)
+        self._guard(migration.evacuate, world, None)
+        for obj in world.migrations:
+            self._guard(migration.reconcile, world, obj)
+        for obj in world.snapshots:
+            self._guard(snapshots.reconcile_snapshot, world, obj)
+        for obj in world.restores:
+            self._guard(snapshots.reconcile_restore, world, obj)
+
+    def observe(self) -> World:
+        items = self.kube.items
+        return World(
+            nodes={dig(n, "metadata", "name"): n for n in items("/api/v1/nodes")},
+            vms={key(o): o for o in items(VM.path())},
+            vmis={key(o): o for o in items(VMI.path())},
+            migrations=items(VMIM.path()),
+            snapshots=items(SNAPSHOT.path()),
+            restores=items(RESTORE.path()),
+            pvcs={key(o): o for o in items("/api/v1/persistentvolumeclaims")},
+        )
+
+    def _guard(self, step, world: World, obj: dict | None) -> None:
+        try:
+            step(self, world, obj)
+        except Exception as error:
+            name = "/".join(key(obj)) if obj else step.__name__
+            self._report(f"{step.__module__}.{step.__name__} {name}", error)
+
+    def _report(self, what: str, error: Exception) -> None:
+        """Log an error, at most once every 10 s per place (the loop retries anyway)."""
+        now = time.monotonic()
+        if now - self._errors.get(what, 0.0) > 10.0:
+            self._errors[what] = now
+            log.warning("kubevirt stand-in: %s: %s", what, error)
+
+    # --- writes -------------------------------------------------------------------------------
+
+    def wrote(self) -> None:
+        self._wrote = True
+
+    def patch(self, path: str, obj: dict, patch: dict, *, status: bool = False) -> bool:
+        """Merge-patch obj guarded by its resourceVersion; False on a conflict (retried later)."""
+        body = {**patch, "metadata": {**patch.get("metadata", {})}}
+        body["metadata"]["resourceVersion"] = dig(obj, "metadata", "resourceVersion")
+        try:
+            self.kube.merge_patch(path + ("/status" if status else ""), body)
+        except ApiException as error:
+            if error.status in (404, 409):
+                return False
+            raise
+        self.wrote()
+        return True
+
+    def create(self, path: str, body: dict) -> dict | None:
+        try:
+            created = self.kube.create(path, body)
+        except ApiException as error:
+            if error.status == 409:
+                return None
+            raise
+        self.wrote()
+        return created
+
+    def delete(self, path: str, obj: dict) -> bool:
+        deleted = self.kube.delete(path, uid=dig(obj, "metadata", "uid"))
+        if deleted:
+            self.wrote()
+        return deleted
+
+    def event(self, obj: dict, reason: str, message: str, kind_type: str = "Normal") -> None:
+        self.kube.event(obj, reason, message, kind_type)

@@ -1,0 +1,311 @@
+"""VMI lifecycle as virt-controller and virt-handler drive it.
+
+Pending -> Scheduling -> Scheduled (node chosen) -> Running (addresses, conditions), one step per
+pass. Running VMIs follow their node: a node that is no longer Ready fails them. Tests may flip
+the guest agent with the AGENT_ANNOTATION annotation or report another IP with IP_ANNOTATION.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import TYPE_CHECKING
+
+from .api import AGENT_ANNOTATION, IP_ANNOTATION, LAUNCHER_IMAGE, VMI, now_iso
+from .logic import (
+    FINAL_PHASES,
+    allocate_ip,
+    choose_node,
+    condition_true,
+    dig,
+    disk_target,
+    get_condition,
+    live_migratable,
+    mac_address,
+    missing_claims,
+    networks_of,
+    next_phase,
+    node_ready,
+    phase,
+    remove_condition,
+    set_condition,
+)
+
+if TYPE_CHECKING:
+    from .controller import Controller, World
+
+NODE_LABEL = "kubevirt.io/nodeName"
+GUEST_OS = {
+    "id": "fedora",
+    "name": "Fedora Linux",
+    "prettyName": "Fedora Linux 41 (Cloud Edition)",
+    "version": "41 (Cloud Edition)",
+    "versionId": "41",
+    "kernelRelease": "6.11.4-301.fc41.x86_64",
+    "kernelVersion": "#1 SMP PREEMPT_DYNAMIC",
+    "machine": "x86_64",
+}
+
+
+def reconcile(ctl: Controller, world: World, vmi: dict) -> None:
+    if dig(vmi, "metadata", "deletionTimestamp") or phase(vmi) in FINAL_PHASES:
+        return
+    current = phase(vmi)
+    node_name = dig(vmi, "status", "nodeName")
+    if current in ("Scheduled", "Running") and not node_ready(world.nodes.get(node_name)):
+        fail(ctl, vmi, "NodeUnresponsive", f"virt-handler on node {node_name} is not responsive")
+        return
+    if current == "Running":
+        refresh(ctl, world, vmi)
+        return
+    step = next_phase(current)
+    if step == "Pending":
+        _set_phase(ctl, vmi, "Pending", {})
+    elif step == "Scheduling":
+        _set_phase(ctl, vmi, "Scheduling", {})
+    elif step == "Scheduled":
+        schedule(ctl, world, vmi)
+    elif step == "Running":
+        start(ctl, world, vmi)
+
+
+def _transitions(vmi: dict, new_phase: str, now: str) -> list[dict]:
+    stamps = [s for s in dig(vmi, "status", "phaseTransitionTimestamps", default=[]) or []]
+    return [*stamps, {"phase": new_phase, "phaseTransitionTimestamp": now}]
+
+
+def _set_phase(ctl: Controller, vmi: dict, new_phase: str, status: dict, **meta) -> bool:
+    now = now_iso()
+    patch = {
+        "status": {
+            **status,
+            "phase": new_phase,
+            "phaseTransitionTimestamps": _transitions(vmi, new_phase, now),
+        }
+    }
+    if meta:
+        patch["metadata"] = meta
+    return ctl.patch(_path(vmi), vmi, patch)
+
+
+def _path(vmi: dict) -> str:
+    return VMI.path(dig(vmi, "metadata", "namespace"), dig(vmi, "metadata", "name"))
+
+
+def _claim_modes(world: World, namespace: str) -> dict[str, list[str]]:
+    return {
+        name: list(dig(pvc, "spec", "accessModes", default=[]) or [])
+        for (ns, name), pvc in world.pvcs.items()
+        if ns == namespace
+    }
+
+
+def _unschedulable(ctl: Controller, vmi: dict, reason: str, message: str) -> None:
+    conditions = dig(vmi, "status", "conditions", default=[]) or []
+    current = get_condition(vmi, "PodScheduled") or {}
+    if current.get("reason") == reason and current.get("message") == message:
+        return
+    updated = set_condition(
+        conditions, "PodScheduled", "False", now_iso(), reason=reason, message=message
+    )
+    ctl.patch(_path(vmi), vmi, {"status": {"conditions": updated}})
+
+
+def schedule(ctl: Controller, world: World, vmi: dict) -> None:
+    """Pick a node like the scheduler would for virt-launcher's pod."""
+    namespace = dig(vmi, "metadata", "namespace")
+    spec = dig(vmi, "spec", default={}) or {}
+    if ctl.settings.require_pvcs:
+        missing = missing_claims(spec, _claim_modes(world, namespace))
+        if missing:
+            message = f'persistentvolumeclaim "{missing[0]}" not found'
+            _unschedulable(ctl, vmi, "PvcNotFound", message)
+            return
+    node = choose_node(world.nodes.values(), spec, world.load())
+    if node is None:
+        message = f"0/{len(world.nodes)} nodes are available for the VMI"
+        _unschedulable(ctl, vmi, "Unschedulable", message)
+        return
+    labels = {**(dig(vmi, "metadata", "labels", default={}) or {}), NODE_LABEL: node}
+    conditions = remove_condition(dig(vmi, "status", "conditions"), "PodScheduled")
+    if _set_phase(
+        ctl, vmi, "Scheduled", {"nodeName": node, "conditions": conditions}, labels=labels
+    ):
+        world.vmis[(namespace, dig(vmi, "metadata", "name"))] = {
+            **vmi,
+            "status": {**(vmi.get("status") or {}), "nodeName": node, "phase": "Scheduled"},
+        }
+        ctl.event(vmi, "SuccessfulCreate", f"Created virtual machine pod on node {node}")
+
+
+def agent_connected(vmi: dict) -> bool:
+    annotations = dig(vmi, "metadata", "annotations", default={}) or {}
+    return annotations.get(AGENT_ANNOTATION, "connected") != "disconnected"
+
+
+def pod_ip(world: World, vmi: dict) -> str:
+    """Annotation override, else the address already reported, else a new stable fake one."""
+    annotations = dig(vmi, "metadata", "annotations", default={}) or {}
+    if annotations.get(IP_ANNOTATION):
+        return str(annotations[IP_ANNOTATION])
+    for iface in dig(vmi, "status", "interfaces", default=[]) or []:
+        if isinstance(iface, dict) and iface.get("ipAddress"):
+            return iface["ipAddress"]
+    return allocate_ip(str(dig(vmi, "metadata", "uid", default="")), world.used_ips())
+
+
+def interfaces(world: World, vmi: dict) -> list[dict]:
+    spec = dig(vmi, "spec", default={}) or {}
+    agent = agent_connected(vmi)
+    declared = {
+        i.get("name"): i
+        for i in dig(spec, "domain", "devices", "interfaces", default=[]) or []
+        if isinstance(i, dict)
+    }
+    uid = str(dig(vmi, "metadata", "uid", default=""))
+    result = []
+    for index, net in enumerate(networks_of(spec)):
+        name = net.get("name")
+        entry = {
+            "name": name,
+            "mac": (declared.get(name) or {}).get("macAddress") or mac_address(f"{uid}/{name}"),
+            "infoSource": "domain, guest-agent" if agent else "domain",
+            "queueCount": 1,
+        }
+        if "pod" in net:
+            address = pod_ip(world, vmi)
+            entry.update({"ipAddress": address, "ipAddresses": [address]})
+        if agent:
+            entry["interfaceName"] = f"eth{index}"
+        result.append(entry)
+    return result
+
+
+def observed(world: World, vmi: dict, now: str) -> dict:
+    """Status fields of a running VMI that follow the spec, annotations and conditions."""
+    spec = dig(vmi, "spec", default={}) or {}
+    conditions = list(dig(vmi, "status", "conditions", default=[]) or [])
+    paused = condition_true(vmi, "Paused")
+    ready_reason = "PausedByUser" if paused else ""
+    conditions = set_condition(
+        conditions, "Ready", "False" if paused else "True", now, reason=ready_reason
+    )
+    modes = _claim_modes(world, dig(vmi, "metadata", "namespace"))
+    ok, reason, message = live_migratable(spec, modes)
+    conditions = set_condition(
+        conditions, "LiveMigratable", str(ok), now, reason=reason, message=message
+    )
+    status: dict = {"interfaces": interfaces(world, vmi)}
+    if agent_connected(vmi):
+        conditions = set_condition(conditions, "AgentConnected", "True", now)
+        status["guestOSInfo"] = GUEST_OS
+    else:
+        conditions = remove_condition(conditions, "AgentConnected")
+        status["guestOSInfo"] = {}
+    status["conditions"] = conditions
+    return status
+
+
+def _changed(vmi: dict, status: dict) -> bool:
+    current = vmi.get("status") or {}
+    return any(current.get(k) != v for k, v in status.items() if k != "conditions") or (
+        strip_conditions(current.get("conditions")) != strip_conditions(status.get("conditions"))
+    )
+
+
+def strip_conditions(conditions) -> list:
+    """Conditions without timestamps, order-independent, for change detection."""
+    return sorted(
+        (c.get("type"), c.get("status"), c.get("reason"), c.get("message"))
+        for c in conditions or []
+        if isinstance(c, dict)
+    )
+
+
+def start(ctl: Controller, world: World, vmi: dict) -> None:
+    """Scheduled -> Running: the guest boots on its node."""
+    now = now_iso()
+    spec = dig(vmi, "spec", default={}) or {}
+    status = observed(world, vmi, now)
+    if dig(spec, "startStrategy") == "Paused":
+        status["conditions"] = set_condition(
+            status["conditions"],
+            "Paused",
+            "True",
+            now,
+            reason="PausedByUser",
+            message="VMI was paused by user",
+        )
+        status["conditions"] = set_condition(
+            status["conditions"], "Ready", "False", now, reason="PausedByUser"
+        )
+    cpu = dig(spec, "domain", "cpu", default={}) or {}
+    node = dig(vmi, "status", "nodeName")
+    status.update(
+        {
+            "launcherContainerImageVersion": LAUNCHER_IMAGE,
+            "qosClass": "Burstable",
+            "migrationMethod": "BlockMigration" if _has_local_disks(spec) else "LiveMigration",
+            "migrationTransport": "Unix",
+            "activePods": {str(uuid.uuid4()): node},
+            "machine": {"type": dig(spec, "domain", "machine", "type") or "q35"},
+            "currentCPUTopology": {
+                "cores": cpu.get("cores", 1),
+                "sockets": cpu.get("sockets", 1),
+                "threads": cpu.get("threads", 1),
+            },
+            "volumeStatus": _volume_status(spec),
+            "runtimeUser": 107,
+            "selinuxContext": "none",
+        }
+    )
+    if _set_phase(ctl, vmi, "Running", status):
+        ctl.event(vmi, "Started", "VirtualMachineInstance started.")
+
+
+def _has_local_disks(spec: dict) -> bool:
+    return any("containerDisk" in v or "emptyDisk" in v for v in spec.get("volumes") or [])
+
+
+def _volume_status(spec: dict) -> list[dict]:
+    disks = [d.get("name") for d in dig(spec, "domain", "devices", "disks", default=[]) or []]
+    result = []
+    for volume in spec.get("volumes") or []:
+        name = volume.get("name")
+        index = disks.index(name) if name in disks else len(disks)
+        entry = {"name": name, "target": disk_target(index)}
+        claim = dig(volume, "persistentVolumeClaim", "claimName") or dig(
+            volume, "dataVolume", "name"
+        )
+        if claim:
+            entry["persistentVolumeClaimInfo"] = {"claimName": claim}
+        result.append(entry)
+    return result
+
+
+def refresh(ctl: Controller, world: World, vmi: dict) -> None:
+    """Keep a running VMI's reported state in line with annotations, pauses and PVCs."""
+    status = observed(world, vmi, now_iso())
+    if _changed(vmi, status):
+        ctl.patch(_path(vmi), vmi, {"status": status})
+
+
+def _stopped_conditions(vmi: dict, now: str, reason: str) -> list[dict]:
+    conditions = remove_condition(dig(vmi, "status", "conditions"), "AgentConnected")
+    conditions = remove_condition(conditions, "Paused")
+    return set_condition(conditions, "Ready", "False", now, reason=reason)
+
+
+def fail(ctl: Controller, vmi: dict, reason: str, message: str) -> None:
+    """The guest is gone unexpectedly (node lost, crash): phase Failed."""
+    now = now_iso()
+    status = {"reason": reason, "conditions": _stopped_conditions(vmi, now, reason)}
+    if _set_phase(ctl, vmi, "Failed", status):
+        ctl.event(vmi, reason, message, "Warning")
+
+
+def stop(ctl: Controller, vmi: dict) -> None:
+    """A requested shutdown: the guest powers off cleanly, phase Succeeded."""
+    now = now_iso()
+    status = {"conditions": _stopped_conditions(vmi, now, "GuestNotRunning")}
+    if _set_phase(ctl, vmi, "Succeeded", status):
+        ctl.event(vmi, "Stopped", "The VirtualMachineInstance was shut down.")
