@@ -1,0 +1,68 @@
+"""kopf handlers of lparkube: importing this package registers all of them.
+
+Each resource's controller is one module here; add it to the imports at the bottom. Handlers
+read the run's settings as ``memo.config`` (a :class:`lparkube.config.Settings`) and record
+metrics with :func:`lparkube.metrics.instrumented`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+
+from lparkube.adapters import kubeconfig
+from lparkube.api.resource import GROUP
+from lparkube.config import Settings
+
+FINALIZER = f"{GROUP}/finalizer"
+
+
+def run_config(memo: Any) -> Settings | None:
+    """The settings ``lparkube run`` started with, or None under a bare ``kopf run``."""
+    config = getattr(memo, "config", None)
+    return config if isinstance(config, Settings) else None
+
+
+@kopf.on.startup()
+def operator_startup(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
+    """Brand kopf's finalizer, annotations and events as lparkube's, not kopf's defaults."""
+    config = run_config(memo)
+    settings.persistence.finalizer = FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=GROUP, key="last-handled-configuration"
+    )
+    # Handler warnings and failures become Events, so `kubectl describe` shows them.
+    settings.posting.loggers = True
+    settings.posting.level = logging.WARNING
+    settings.posting.reporting_component = "lparkube"
+    settings.posting.event_name_prefix = "lparkube-"
+    if config is not None:
+        settings.posting.reporting_instance = config.identity
+    # Reconnect watches well before intermediaries (LBs, proxies) drop idle streams.
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.networking.request_timeout = 60
+
+
+@kopf.on.login()
+def operator_login(memo: Any, settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo:
+    """Log in exactly as the Lease client does, so ``--kubeconfig`` applies to both."""
+    config = run_config(memo)
+    client_config = kubeconfig.load_configuration(config.kubeconfig if config else None)
+    scheme, token = kubeconfig.authorization(client_config)
+    logging.getLogger(__name__).debug("Logging in to %s", client_config.host)
+    return kopf.ConnectionInfo(
+        server=client_config.host,
+        ca_path=client_config.ssl_ca_cert,
+        insecure=not client_config.verify_ssl,
+        username=client_config.username or None,
+        password=client_config.password or None,
+        scheme=scheme,
+        token=token,
+        certificate_path=client_config.cert_file,
+        private_key_path=client_config.key_file,
+        trust_env=settings.networking.trust_env,
+    )
