@@ -1,0 +1,250 @@
+"""``lparkube-dev``: the project's local environment (control plane, KubeVirt stand-in, operator).
+
+Subcommands:
+  up             control plane + CRDs + KubeVirt stand-in + operator + examples, in the foreground
+  control-plane  just the control plane, in the foreground
+  kubeconfig     print the path of the admin kubeconfig of the running environment
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import importlib.util
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+from typing import IO, Any
+
+from kubernetes import client, config
+
+from lparkube_devenv.controlplane import (
+    REPO_ROOT,
+    ControlPlaneError,
+    LocalControlPlane,
+    Process,
+    ensure_binaries,
+    find_tool,
+    install_crds,
+    spawn,
+)
+
+RUN_DIR = REPO_ROOT / ".run"
+CRD_DIR = REPO_ROOT / "crds"
+EXAMPLES_DIR = REPO_ROOT / "examples"
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+OPERATOR_NAMESPACE = "lparkube-system"  # where the Helm chart runs the operator (its Lease)
+
+
+class Shutdown(BaseException):  # like KeyboardInterrupt: not caught by `except Exception`
+    """A stop signal arrived."""
+
+
+def say(message: str) -> None:
+    """Progress for the user, on stderr (stdout stays for machine-readable output)."""
+    print(f"lparkube-dev: {message}", file=sys.stderr, flush=True)
+
+
+def _raise_shutdown(signum: int, _frame: object) -> None:
+    raise Shutdown(signal.Signals(signum).name)
+
+
+def _set_signals(handler: Any) -> None:
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, handler)
+
+
+@contextlib.contextmanager
+def fresh_run_dir(path: Path) -> Iterator[Path]:
+    """Wipe and recreate ``path``, holding a lock so two environments never share it."""
+    lock_path = path / ".lock"
+    if lock_path.exists():
+        with lock_path.open("a") as probe:
+            _lock(probe, path)
+    elif path.exists() and any(path.iterdir()):
+        raise ControlPlaneError(f"{path} is not empty and was not made by lparkube-dev")
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    with lock_path.open("a") as lock:
+        _lock(lock, path)
+        yield path
+
+
+def is_running(path: Path) -> bool:
+    """Whether an lparkube-dev process holds the lock of ``path``."""
+    lock_path = path / ".lock"
+    if not lock_path.exists():
+        return False
+    try:
+        with lock_path.open("a") as probe:
+            _lock(probe, path)
+    except ControlPlaneError:
+        return True
+    return False
+
+
+def _lock(handle: IO[str], path: Path) -> None:
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise ControlPlaneError(f"another lparkube-dev is running in {path}") from None
+
+
+def start_control_plane(stack: ExitStack, workdir: Path) -> LocalControlPlane:
+    """Build or reuse the binaries and start the control plane; it stops when ``stack`` closes."""
+    say("ensuring control-plane binaries (hack/build-control-plane.sh)")
+    plane = LocalControlPlane(workdir, ensure_binaries())
+    stack.callback(plane.stop)
+    say("starting etcd, kube-apiserver, kube-controller-manager")
+    plane.start()
+    say(f"control plane ready at {plane.server} in {plane.startup_seconds:.1f}s")
+    return plane
+
+
+def start_stand_in(stack: ExitStack, plane: LocalControlPlane, workdir: Path) -> Any:
+    """Start the KubeVirt stand-in, or explain why it is not there yet."""
+    try:
+        from lparkube_devenv.kubevirt import StandIn  # noqa: PLC0415 - optional component
+    except ModuleNotFoundError as error:
+        if error.name != "lparkube_devenv.kubevirt":
+            raise
+        say("WARNING: KubeVirt stand-in missing (lparkube_devenv.kubevirt); VMs will not run")
+        return None
+    say("starting the KubeVirt stand-in")
+    stand_in = StandIn(
+        kubeconfig=plane.kubeconfig, workdir=workdir, front_proxy_ca=plane.front_proxy_ca
+    )
+    stack.callback(stand_in.stop)
+    stand_in.start()
+    return stand_in
+
+
+def start_operator(stack: ExitStack, kubeconfig: Path) -> Process | None:
+    """Run ``lparkube run --kubeconfig ...`` as a child; its output passes through."""
+    if importlib.util.find_spec("lparkube.cli") is None:
+        say("WARNING: the operator (lparkube.cli) is not there yet; running without it")
+        return None
+    venv_bin = str(Path(sys.executable).parent)
+    exe = shutil.which("lparkube", path=os.pathsep.join([venv_bin, os.environ.get("PATH", "")]))
+    if exe is None:
+        raise ControlPlaneError(
+            "the `lparkube` command is not installed (run `make .venv/.installed`)"
+        )
+    say("starting the operator: lparkube run")
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
+    argv = [exe, "run", "--kubeconfig", str(kubeconfig)]
+    operator = spawn("operator", argv, None, env=env, cwd=REPO_ROOT)
+    stack.callback(operator.stop)
+    return operator
+
+
+def apply_examples(kubectl: str, kubeconfig: Path) -> None:
+    """``kubectl apply`` every example; a failure is reported, not fatal."""
+    if not any(EXAMPLES_DIR.glob("*.y*ml")):
+        say("no examples to apply")
+        return
+    argv = [kubectl, "--kubeconfig", str(kubeconfig), "apply", "-f", str(EXAMPLES_DIR)]
+    result = subprocess.run(argv, capture_output=True, text=True, check=False)
+    sys.stderr.write(result.stdout)
+    if result.returncode != 0:
+        say(f"WARNING: applying examples/ failed (exit {result.returncode}):\n{result.stderr}")
+
+
+def usage(plane: LocalControlPlane) -> str:
+    """How to reach the environment from another shell."""
+    lines = [
+        "",
+        f"  control plane start-up time: {plane.startup_seconds:.1f}s",
+        "  use it from another shell:",
+        f"    export KUBECONFIG={plane.kubeconfig}",
+    ]
+    if (plane.bin_dir / "kubectl").is_file() or (plane.bin_dir / "helm").is_file():
+        lines.append(f"    export PATH={plane.bin_dir}:$PATH")
+    lines += [
+        "    kubectl get nodes,crds,partitions -A",
+        f"  component logs: {plane.workdir / 'logs'}",
+        "  press Ctrl-C to stop everything",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def wait_foreground(plane: LocalControlPlane, operator: Process | None) -> int:
+    """Block until a signal arrives (raises Shutdown) or a child dies (returns 1)."""
+    while True:
+        failed = plane.failed_component()
+        if failed is not None:
+            say(f"{failed.name} exited with code {failed.exit_code()}:\n{failed.tail()}")
+            return 1
+        if operator is not None and operator.exit_code() is not None:
+            say(f"the operator exited with code {operator.exit_code()}")
+            return 1
+        time.sleep(1)
+
+
+def up(run_dir: Path, *, full: bool) -> int:
+    """Bring the environment up, wait in the foreground, tear it down in reverse order."""
+    _set_signals(_raise_shutdown)
+    stack = ExitStack()
+    try:
+        workdir = stack.enter_context(fresh_run_dir(run_dir))  # released last
+        plane = start_control_plane(stack, workdir)
+        operator = _start_project(stack, plane, workdir) if full else None
+        say(usage(plane))
+        return wait_foreground(plane, operator)
+    except Shutdown as stop:
+        say(f"{stop}: stopping")
+        return 0
+    except ControlPlaneError as error:
+        say(f"ERROR: {error}")
+        return 1
+    finally:
+        _set_signals(signal.SIG_IGN)  # let the teardown finish; children die with us anyway
+        stack.close()
+        _set_signals(signal.SIG_DFL)
+        say("stopped")
+
+
+def _start_project(stack: ExitStack, plane: LocalControlPlane, workdir: Path) -> Process | None:
+    with config.new_client_from_config(config_file=str(plane.kubeconfig)) as api_client:
+        names = install_crds(api_client, CRD_DIR)
+        body = {"metadata": {"name": OPERATOR_NAMESPACE}}
+        client.CoreV1Api(api_client).create_namespace(body)
+    say(f"installed {len(names)} CRDs from crds/: {', '.join(names) or '(none)'}")
+    start_stand_in(stack, plane, workdir / "kubevirt")
+    operator = start_operator(stack, plane.kubeconfig)
+    apply_examples(find_tool("kubectl", plane.bin_dir), plane.kubeconfig)
+    return operator
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``lparkube-dev``."""
+    parser = argparse.ArgumentParser(prog="lparkube-dev", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("up", help="the whole local environment in the foreground (make run)")
+    sub.add_parser("control-plane", help="just etcd + kube-apiserver + controller-manager")
+    sub.add_parser("kubeconfig", help="print the admin kubeconfig path")
+    for name in sub.choices:
+        sub.choices[name].add_argument(
+            "--run-dir", type=Path, default=RUN_DIR, help="state directory (wiped by up)"
+        )
+    args = parser.parse_args(argv)
+    run_dir = args.run_dir.resolve()
+    if args.command == "kubeconfig":
+        print(run_dir / "kubeconfig")
+        if not is_running(run_dir):
+            say("no environment is running there (start one with `make run`)")
+            return 1
+        return 0
+    return up(run_dir, full=args.command == "up")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
