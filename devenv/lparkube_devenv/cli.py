@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
-import importlib.util
 import os
 import shutil
 import signal
@@ -35,12 +34,15 @@ from lparkube_devenv.controlplane import (
     install_crds,
     spawn,
 )
+from lparkube_devenv.kubevirt import StandIn
 
 RUN_DIR = REPO_ROOT / ".run"
 CRD_DIR = REPO_ROOT / "crds"
 EXAMPLES_DIR = REPO_ROOT / "examples"
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 OPERATOR_NAMESPACE = "lparkube-system"  # where the Helm chart runs the operator (its Lease)
+# Loopback only: a developer machine should not expose probes and metrics to its network.
+OPERATOR_ADDRESSES = ("--health-address", "127.0.0.1:8080", "--metrics-address", "127.0.0.1:9090")
 
 
 class Shutdown(BaseException):  # like KeyboardInterrupt: not caught by `except Exception`
@@ -108,15 +110,8 @@ def start_control_plane(stack: ExitStack, workdir: Path) -> LocalControlPlane:
     return plane
 
 
-def start_stand_in(stack: ExitStack, plane: LocalControlPlane, workdir: Path) -> Any:
-    """Start the KubeVirt stand-in, or explain why it is not there yet."""
-    try:
-        from lparkube_devenv.kubevirt import StandIn  # noqa: PLC0415 - optional component
-    except ModuleNotFoundError as error:
-        if error.name != "lparkube_devenv.kubevirt":
-            raise
-        say("WARNING: KubeVirt stand-in missing (lparkube_devenv.kubevirt); VMs will not run")
-        return None
+def start_stand_in(stack: ExitStack, plane: LocalControlPlane, workdir: Path) -> StandIn:
+    """Start the KubeVirt stand-in; it is stopped when the stack unwinds."""
     say("starting the KubeVirt stand-in")
     stand_in = StandIn(
         kubeconfig=plane.kubeconfig, workdir=workdir, front_proxy_ca=plane.front_proxy_ca
@@ -126,11 +121,8 @@ def start_stand_in(stack: ExitStack, plane: LocalControlPlane, workdir: Path) ->
     return stand_in
 
 
-def start_operator(stack: ExitStack, kubeconfig: Path) -> Process | None:
+def start_operator(stack: ExitStack, kubeconfig: Path) -> Process:
     """Run ``lparkube run --kubeconfig ...`` as a child; its output passes through."""
-    if importlib.util.find_spec("lparkube.cli") is None:
-        say("WARNING: the operator (lparkube.cli) is not there yet; running without it")
-        return None
     venv_bin = str(Path(sys.executable).parent)
     exe = shutil.which("lparkube", path=os.pathsep.join([venv_bin, os.environ.get("PATH", "")]))
     if exe is None:
@@ -139,7 +131,7 @@ def start_operator(stack: ExitStack, kubeconfig: Path) -> Process | None:
         )
     say("starting the operator: lparkube run")
     env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
-    argv = [exe, "run", "--kubeconfig", str(kubeconfig)]
+    argv = [exe, "run", "--kubeconfig", str(kubeconfig), *OPERATOR_ADDRESSES]
     operator = spawn("operator", argv, None, env=env, cwd=REPO_ROOT)
     stack.callback(operator.stop)
     return operator
@@ -212,7 +204,7 @@ def up(run_dir: Path, *, full: bool) -> int:
         say("stopped")
 
 
-def _start_project(stack: ExitStack, plane: LocalControlPlane, workdir: Path) -> Process | None:
+def _start_project(stack: ExitStack, plane: LocalControlPlane, workdir: Path) -> Process:
     with config.new_client_from_config(config_file=str(plane.kubeconfig)) as api_client:
         names = install_crds(api_client, CRD_DIR)
         body = {"metadata": {"name": OPERATOR_NAMESPACE}}
