@@ -482,3 +482,35 @@ def test_snapshot_becomes_ready_and_restores(
     )
     assert done is True
     assert cluster.vm("backup")["spec"]["runStrategy"] == "Halted"
+
+
+# --- odd and standalone objects -------------------------------------------------------------------
+
+
+def test_standalone_vmi_runs_and_missing_pvc_blocks_start(
+    cluster: Cluster, api_client: client.ApiClient
+) -> None:
+    vmi = {
+        "apiVersion": "kubevirt.io/v1",
+        "kind": "VirtualMachineInstance",
+        "metadata": {"name": "lonely"},
+        "spec": {"domain": {"devices": {}}},
+    }
+    cluster.kube.create(VMI.path(cluster.ns), vmi)
+    status = cluster.running_vmi("lonely")["status"]
+    assert status["interfaces"][0]["name"] == "default"  # KubeVirt's default pod network
+
+    manifest = vm_manifest("needs-pvc", run_strategy="Always")
+    template = manifest["spec"]["template"]["spec"]
+    template["volumes"].append({"name": "data", "persistentVolumeClaim": {"claimName": "late"}})
+    template["domain"]["devices"]["disks"].append({"name": "data", "disk": {}})
+    cluster.create_vm(manifest)
+    cluster.vm_status("needs-pvc", "ErrorPvcNotFound")
+    cluster.create_pvc("late", mode="ReadWriteOnce")
+    running = cluster.running_vmi("needs-pvc")
+    conditions = {c["type"]: c for c in running["status"]["conditions"]}
+    assert conditions["LiveMigratable"]["status"] == "False"
+    assert conditions["LiveMigratable"]["reason"] == "DisksNotLiveMigratable"
+
+    cluster.kube.delete(VM.path(cluster.ns, "needs-pvc"))
+    wait_for(lambda: cluster.vmi("needs-pvc") is None, "VMI removed with its VM")

@@ -36,7 +36,7 @@ class ServingCerts:
         return self.ca_cert.read_bytes()
 
 
-def _certificate(
+def certificate(
     subject: str, issuer: x509.Name | None, key, signer, extensions: list[tuple[object, bool]]
 ) -> x509.Certificate:
     now = datetime.datetime.now(datetime.UTC)
@@ -55,7 +55,7 @@ def _certificate(
     return builder.sign(signer, hashes.SHA256())
 
 
-def _write(path: Path, cert: x509.Certificate, key) -> tuple[Path, Path]:
+def write_pair(path: Path, cert: x509.Certificate, key) -> tuple[Path, Path]:
     key_path = path.with_suffix(".key")
     path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     key_path.write_bytes(
@@ -73,7 +73,7 @@ def make_serving_certs(directory: Path) -> ServingCerts:
     """A fresh CA (like virt-operator's kubevirt.io CA) and virt-api's serving certificate."""
     directory.mkdir(parents=True, exist_ok=True)
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = _certificate(
+    ca = certificate(
         "kubevirt.io",
         None,
         ca_key,
@@ -83,7 +83,7 @@ def make_serving_certs(directory: Path) -> ServingCerts:
     key = ec.generate_private_key(ec.SECP256R1())
     sans = [x509.DNSName(d) for d in SERVICE_DNS]
     sans.append(x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
-    cert = _certificate(
+    cert = certificate(
         "virt-api",
         ca.subject,
         key,
@@ -94,8 +94,8 @@ def make_serving_certs(directory: Path) -> ServingCerts:
             (x509.SubjectAlternativeName(sans), False),
         ],
     )
-    ca_cert, _ = _write(directory / "virt-api-ca.crt", ca, ca_key)
-    cert_path, key_path = _write(directory / "virt-api.crt", cert, key)
+    ca_cert, _ = write_pair(directory / "virt-api-ca.crt", ca, ca_key)
+    cert_path, key_path = write_pair(directory / "virt-api.crt", cert, key)
     return ServingCerts(ca_cert, cert_path, key_path)
 
 

@@ -47,7 +47,12 @@ GUEST_OS = {
 
 
 def reconcile(ctl: Controller, world: World, vmi: dict) -> None:
-    if dig(vmi, "metadata", "deletionTimestamp") or phase(vmi) in FINAL_PHASES:
+    if dig(vmi, "metadata", "deletionTimestamp"):
+        return
+    if orphaned(world, vmi):
+        ctl.delete(_path(vmi), vmi)  # the garbage collector would, but only after its resync
+        return
+    if phase(vmi) in FINAL_PHASES:
         return
     current = phase(vmi)
     node_name = dig(vmi, "status", "nodeName")
@@ -66,6 +71,22 @@ def reconcile(ctl: Controller, world: World, vmi: dict) -> None:
         schedule(ctl, world, vmi)
     elif step == "Running":
         start(ctl, world, vmi)
+
+
+def orphaned(world: World, vmi: dict) -> bool:
+    """Controlled by a VirtualMachine that no longer exists (same name, other UID, or none)."""
+    owner = next(
+        (
+            o
+            for o in dig(vmi, "metadata", "ownerReferences", default=[]) or []
+            if o.get("kind") == "VirtualMachine" and o.get("controller")
+        ),
+        None,
+    )
+    if owner is None:
+        return False
+    vm = world.vms.get((dig(vmi, "metadata", "namespace"), owner.get("name")))
+    return vm is None or dig(vm, "metadata", "uid") != owner.get("uid")
 
 
 def _transitions(vmi: dict, new_phase: str, now: str) -> list[dict]:
