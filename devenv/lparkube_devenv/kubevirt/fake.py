@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import re
 from typing import Any
 
 from kubernetes.client import ApiException
@@ -37,7 +38,7 @@ class FakeKube:
     def put(self, path: str, obj: dict) -> None:
         obj = copy.deepcopy(obj)
         obj.setdefault("metadata", {})["resourceVersion"] = str(next(self._versions))
-        obj["metadata"].setdefault("uid", f"uid-{path}")
+        obj["metadata"].setdefault("uid", f"uid-{next(self._versions)}")
         self.objects[path] = obj
 
     def get(self, path: str) -> dict | None:
@@ -45,12 +46,32 @@ class FakeKube:
         return copy.deepcopy(found) if found else None
 
     def items(self, path: str) -> list[dict]:
-        return [copy.deepcopy(o) for p, o in self.objects.items() if p.startswith(path + "/")]
+        """Objects directly under a collection path; without /namespaces/ across namespaces."""
+        depth = path.count("/") + 1
+        found = []
+        for stored, obj in self.objects.items():
+            cluster_wide = re.sub(r"/namespaces/[^/]+(?=/)", "", stored, count=1)
+            candidates = (stored, cluster_wide)
+            if any(c.startswith(path + "/") and c.count("/") == depth for c in candidates):
+                found.append(copy.deepcopy(obj))
+        return found
 
     def create(self, path: str, body: dict) -> dict:
-        name = body["metadata"].get("name") or body["metadata"]["generateName"] + "x1"
-        self.put(f"{path}/{name}", merge(body, {"metadata": {"name": name}}))
-        return self.objects[f"{path}/{name}"]
+        meta = body.get("metadata") or {}
+        name = meta.get("name") or f"{meta['generateName']}{next(self._versions)}"
+        if f"{path}/{name}" in self.objects:
+            raise ApiException(status=409)
+        namespace = re.search(r"/namespaces/([^/]+)/", path + "/")
+        meta = {"name": name, **({"namespace": namespace[1]} if namespace else {})}
+        self.put(f"{path}/{name}", merge(body, {"metadata": meta}))
+        return copy.deepcopy(self.objects[f"{path}/{name}"])
+
+    def delete(self, path: str, *, uid: str | None = None) -> bool:
+        current = self.objects.get(path)
+        if current is None or (uid and current["metadata"].get("uid") != uid):
+            return False
+        del self.objects[path]
+        return True
 
     def merge_patch(self, path: str, patch: dict) -> dict:
         path = path.removesuffix("/status")
@@ -61,7 +82,7 @@ class FakeKube:
         if expected and expected != current["metadata"]["resourceVersion"]:
             raise ApiException(status=409)
         self.put(path, merge(current, patch))
-        return self.objects[path]
+        return copy.deepcopy(self.objects[path])
 
     def event(self, obj: dict, reason: str, message: str, kind_type: str = "Normal") -> None:
         self.events.append(reason)

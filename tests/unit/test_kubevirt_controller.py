@@ -1,0 +1,116 @@
+"""The reconcile loop against the in-memory API: VMs reach Running one step per pass, and odd
+objects never stop the loop."""
+
+from __future__ import annotations
+
+from lparkube_devenv.kubevirt.api import VM, VMI, VMIM
+from lparkube_devenv.kubevirt.controller import Controller, Settings
+from lparkube_devenv.kubevirt.fake import FakeKube
+from lparkube_devenv.kubevirt.nodes import node_labels, node_status
+
+
+def cluster(*names: str) -> FakeKube:
+    kube = FakeKube()
+    for name in names:
+        node = {"metadata": {"name": name, "labels": node_labels(name)}, "spec": {}}
+        kube.put(f"/api/v1/nodes/{name}", {**node, "status": node_status(name)})
+    return kube
+
+
+def add_vm(kube: FakeKube, name: str, strategy: str = "Always", **template_spec) -> None:
+    spec = {"domain": {"devices": {}}, **template_spec}
+    body = {
+        "metadata": {"name": name, "namespace": "ns"},
+        "spec": {"runStrategy": strategy, "template": {"spec": spec}},
+    }
+    kube.put(VM.path("ns", name), body)
+
+
+def passes(controller: Controller, count: int) -> None:
+    for _ in range(count):
+        controller.tick()
+
+
+def phases(kube: FakeKube, controller: Controller, name: str, count: int) -> list[str]:
+    seen = []
+    for _ in range(count):
+        controller.tick()
+        vmi = kube.get(VMI.path("ns", name)) or {}
+        seen.append((vmi.get("status") or {}).get("phase", "-"))
+    return seen
+
+
+def test_vm_reaches_running_through_every_phase() -> None:
+    kube = cluster("node-a", "node-b")
+    add_vm(kube, "vm")
+    controller = Controller(kube, Settings())  # type: ignore[arg-type]
+    seen = phases(kube, controller, "vm", 6)
+    assert seen[:5] == ["-", "Pending", "Scheduling", "Scheduled", "Running"]
+    vmi = kube.get(VMI.path("ns", "vm"))
+    assert vmi["status"]["nodeName"] == "node-a"
+    assert vmi["status"]["interfaces"][0]["ipAddress"].startswith("10.244.")
+    assert kube.get(VM.path("ns", "vm"))["status"]["printableStatus"] == "Running"
+    assert "Started" in kube.events
+
+
+def test_second_vm_goes_to_the_less_loaded_node() -> None:
+    kube = cluster("node-a", "node-b")
+    controller = Controller(kube, Settings())  # type: ignore[arg-type]
+    add_vm(kube, "one")
+    passes(controller, 6)
+    add_vm(kube, "two")
+    passes(controller, 6)
+    nodes = {kube.get(VMI.path("ns", n))["status"]["nodeName"] for n in ("one", "two")}
+    assert nodes == {"node-a", "node-b"}
+
+
+def test_halted_vm_stops_and_deletes_its_vmi() -> None:
+    kube = cluster("node-a")
+    controller = Controller(kube, Settings())  # type: ignore[arg-type]
+    add_vm(kube, "vm")
+    passes(controller, 6)
+    kube.merge_patch(VM.path("ns", "vm"), {"spec": {"runStrategy": "Halted"}})
+    seen = phases(kube, controller, "vm", 3)
+    assert seen[:2] == ["Succeeded", "-"]
+    assert kube.get(VM.path("ns", "vm"))["status"]["printableStatus"] == "Stopped"
+
+
+def test_migration_walks_kubevirt_phases() -> None:
+    kube = cluster("node-a", "node-b")
+    controller = Controller(kube, Settings())  # type: ignore[arg-type]
+    add_vm(kube, "vm")
+    passes(controller, 6)
+    kube.create(VMIM.path("ns"), {"metadata": {"name": "m"}, "spec": {"vmiName": "vm"}})
+    seen = []
+    for _ in range(8):
+        controller.tick()
+        seen.append(kube.get(VMIM.path("ns", "m"))["status"]["phase"])
+    assert seen[:7] == [
+        "Pending",
+        "Scheduling",
+        "Scheduled",
+        "PreparingTarget",
+        "TargetReady",
+        "Running",
+        "Succeeded",
+    ]
+    assert kube.get(VMI.path("ns", "vm"))["status"]["nodeName"] == "node-b"
+
+
+def test_odd_objects_do_not_stop_the_loop() -> None:
+    kube = cluster("node-a")
+    kube.put(
+        VM.path("ns", "broken"),
+        {"metadata": {"name": "broken", "namespace": "ns"}, "spec": "nonsense"},
+    )
+    kube.put(
+        VMI.path("ns", "weird"), {"metadata": {"name": "weird", "namespace": "ns"}, "status": ["x"]}
+    )
+    kube.put(
+        VMIM.path("ns", "m"), {"metadata": {"name": "m", "namespace": "ns"}, "spec": {"vmiName": 7}}
+    )
+    kube.put("/api/v1/nodes/odd", {"metadata": {"name": "odd"}, "spec": {"taints": "all"}})
+    add_vm(kube, "fine")
+    controller = Controller(kube, Settings())  # type: ignore[arg-type]
+    passes(controller, 8)
+    assert kube.get(VMI.path("ns", "fine"))["status"]["phase"] == "Running"
