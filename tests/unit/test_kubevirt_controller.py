@@ -3,7 +3,7 @@ objects never stop the loop."""
 
 from __future__ import annotations
 
-from lparkube_devenv.kubevirt.api import VM, VMI, VMIM
+from lparkube_devenv.kubevirt.api import AGENT_ANNOTATION, VM, VMI, VMIM
 from lparkube_devenv.kubevirt.controller import Controller, Settings
 from lparkube_devenv.kubevirt.fake import FakeKube
 from lparkube_devenv.kubevirt.nodes import node_labels, node_status
@@ -114,3 +114,26 @@ def test_odd_objects_do_not_stop_the_loop() -> None:
     controller = Controller(kube, Settings())  # type: ignore[arg-type]
     passes(controller, 8)
     assert kube.get(VMI.path("ns", "fine"))["status"]["phase"] == "Running"
+
+
+def versions(kube: FakeKube) -> dict[str, str]:
+    return {path: obj["metadata"]["resourceVersion"] for path, obj in kube.objects.items()}
+
+
+def test_converged_state_is_not_rewritten() -> None:
+    """Once settled, passes write nothing, also with the guest agent gone or the VMI paused."""
+    kube = cluster("node-a", "node-b")
+    controller = Controller(kube, Settings())  # type: ignore[arg-type]
+    add_vm(kube, "vm")
+    agent = {"metadata": {"annotations": {AGENT_ANNOTATION: "disconnected"}}}
+    paused = {"status": {"conditions": [{"type": "Paused", "status": "True"}]}}
+    for change in (None, agent, paused):
+        if change:
+            kube.merge_patch(VMI.path("ns", "vm"), change)
+        passes(controller, 8)
+        settled = versions(kube)
+        passes(controller, 3)
+        assert versions(kube) == settled
+    status = kube.get(VMI.path("ns", "vm"))["status"]
+    assert "guestOSInfo" not in status
+    assert kube.get(VM.path("ns", "vm"))["status"]["printableStatus"] == "Paused"

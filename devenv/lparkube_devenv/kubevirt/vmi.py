@@ -221,7 +221,7 @@ def observed(world: World, vmi: dict, now: str) -> dict:
         status["guestOSInfo"] = GUEST_OS
     else:
         conditions = remove_condition(conditions, "AgentConnected")
-        status["guestOSInfo"] = {}
+        status["guestOSInfo"] = None
     status["conditions"] = conditions
     return status
 
