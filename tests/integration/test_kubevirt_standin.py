@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
+from lparkube_devenv.controlplane import wait_until
 from lparkube_devenv.kubevirt import AGENT_ANNOTATION, RESTORE, SNAPSHOT, VM, VMI, VMIM, StandIn
 from lparkube_devenv.kubevirt.nodes import cordon, set_drain_taint, set_ready
 
@@ -20,15 +21,8 @@ SUB = "/apis/subresources.kubevirt.io/v1/namespaces"
 
 
 def wait_for(predicate: Callable[[], Any], what: str, timeout: float = TIMEOUT) -> Any:
-    """Poll until predicate returns something truthy; fail the test on timeout."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.1)
+    """Poll until predicate returns something truthy; a timeout fails the test."""
+    return wait_until(predicate, timeout, what, interval=0.1)
 
 
 def subresource(api: client.ApiClient, method: str, path: str, body: Any = None) -> tuple[int, Any]:
