@@ -1,0 +1,202 @@
+"""Async access to the Kubernetes API for kopf handlers.
+
+The official client is synchronous; its calls run in a bounded thread pool with a connection
+pool of the same size, so many handlers can talk to the API server at once without blocking
+kopf's event loop. Custom resources (ours and KubeVirt's) go through the generic
+custom-objects API; KubeVirt's subresources through the paths virt-api serves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from lparkube.adapters.kubeconfig import load_configuration
+
+T = TypeVar("T")
+MERGE_PATCH = "application/merge-patch+json"
+
+
+@dataclass(frozen=True)
+class ResourceRef:
+    """A custom resource's group, version and plural: what the custom-objects API needs."""
+
+    group: str
+    version: str
+    plural: str
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}"
+
+
+PARTITION = ResourceRef("lparkube.io", "v1alpha1", "partitions")
+SAVE_EVENT = ResourceRef("lparkube.io", "v1alpha1", "saveevents")
+CONDITION_PROFILE = ResourceRef("lparkube.io", "v1alpha1", "conditionprofiles")
+VIRTUAL_MACHINE = ResourceRef("kubevirt.io", "v1", "virtualmachines")
+VIRTUAL_MACHINE_INSTANCE = ResourceRef("kubevirt.io", "v1", "virtualmachineinstances")
+VIRTUAL_MACHINE_SNAPSHOT = ResourceRef("snapshot.kubevirt.io", "v1beta1", "virtualmachinesnapshots")
+KUBEVIRT_SUBRESOURCES = "/apis/subresources.kubevirt.io/v1"
+
+
+def not_found(error: ApiException) -> bool:
+    return error.status == 404
+
+
+class Kube:
+    """The operator's Kubernetes client: async methods over the official client."""
+
+    def __init__(self, api_client: client.ApiClient, workers: int = 32) -> None:
+        self.api_client = api_client
+        self.core = client.CoreV1Api(api_client)
+        self.custom = client.CustomObjectsApi(api_client)
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kube")
+
+    @classmethod
+    def connect(cls, kubeconfig: Path | None = None, workers: int = 32) -> Kube:
+        """A client for the same cluster and user as kopf's login."""
+        configuration = load_configuration(kubeconfig)
+        configuration.connection_pool_maxsize = workers
+        return cls(client.ApiClient(configuration), workers)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self.api_client.close()
+
+    async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run one blocking client call in the pool."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
+
+    async def get(self, ref: ResourceRef, namespace: str | None, name: str) -> dict | None:
+        """One object, or None when it does not exist."""
+        try:
+            if namespace is None:
+                return await self.call(
+                    self.custom.get_cluster_custom_object, ref.group, ref.version, ref.plural, name
+                )
+            return await self.call(
+                self.custom.get_namespaced_custom_object,
+                ref.group,
+                ref.version,
+                namespace,
+                ref.plural,
+                name,
+            )
+        except ApiException as error:
+            if not_found(error):
+                return None
+            raise
+
+    async def list(
+        self, ref: ResourceRef, namespace: str | None = None, label_selector: str = ""
+    ) -> list[dict]:
+        """All objects of a kind, in one namespace or everywhere."""
+        args = (ref.group, ref.version)
+        if namespace is None:
+            result = await self.call(
+                self.custom.list_cluster_custom_object,
+                *args,
+                ref.plural,
+                label_selector=label_selector,
+            )
+        else:
+            result = await self.call(
+                self.custom.list_namespaced_custom_object,
+                *args,
+                namespace,
+                ref.plural,
+                label_selector=label_selector,
+            )
+        return result.get("items", [])
+
+    async def create(self, ref: ResourceRef, namespace: str | None, body: dict) -> dict:
+        body = {"apiVersion": ref.api_version, **body}
+        if namespace is None:
+            return await self.call(
+                self.custom.create_cluster_custom_object, ref.group, ref.version, ref.plural, body
+            )
+        return await self.call(
+            self.custom.create_namespaced_custom_object,
+            ref.group,
+            ref.version,
+            namespace,
+            ref.plural,
+            body,
+        )
+
+    async def patch(
+        self,
+        ref: ResourceRef,
+        namespace: str | None,
+        name: str,
+        patch: dict,
+        *,
+        status: bool = False,
+    ) -> dict:
+        """A JSON merge patch of the object, or of its status subresource."""
+        method = self._patch_method(namespace is None, status)
+        scope = () if namespace is None else (namespace,)
+        return await self.call(
+            method,
+            ref.group,
+            ref.version,
+            *scope,
+            ref.plural,
+            name,
+            patch,
+            _content_type=MERGE_PATCH,
+        )
+
+    def _patch_method(self, cluster: bool, status: bool) -> Callable[..., dict]:
+        custom = self.custom
+        if cluster:
+            return (
+                custom.patch_cluster_custom_object_status
+                if status
+                else custom.patch_cluster_custom_object
+            )
+        return (
+            custom.patch_namespaced_custom_object_status
+            if status
+            else custom.patch_namespaced_custom_object
+        )
+
+    async def kubevirt_subresource(
+        self,
+        ref: ResourceRef,
+        namespace: str,
+        name: str,
+        verb: str,
+        *,
+        method: str = "PUT",
+        body: Any = None,
+    ) -> Any:
+        """Call virt-api, e.g. PUT virtualmachines/NAME/start, exactly as a cluster serves it."""
+        path = f"{KUBEVIRT_SUBRESOURCES}/namespaces/{namespace}/{ref.plural}/{name}/{verb}"
+        return await self.call(self._request, method, path, body)
+
+    def _request(self, method: str, path: str, body: Any) -> Any:
+        """One raw API request (the client's generated APIs do not know KubeVirt's paths)."""
+        api = self.api_client
+        method, url, headers, body, _ = api.param_serialize(
+            method,
+            path,
+            header_params={"Accept": "application/json", "Content-Type": "application/json"},
+            body=body,
+            auth_settings=["BearerToken"],
+        )
+        response = api.call_api(method, url, headers, body)
+        response.read()
+        if not 200 <= response.status < 300:
+            raise ApiException(http_resp=response)
+        return json.loads(response.data) if response.data else None

@@ -1,0 +1,59 @@
+"""The operator's async Kubernetes adapter against the real API server and the stand-in."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from lparkube.adapters.kube import PARTITION, VIRTUAL_MACHINE, VIRTUAL_MACHINE_INSTANCE, Kube
+from lparkube_devenv.controlplane import wait_until
+
+
+@pytest.fixture
+def kube(kubeconfig: Path) -> Iterator[Kube]:
+    adapter = Kube.connect(kubeconfig, workers=4)
+    yield adapter
+    adapter.close()
+
+
+def partition(name: str) -> dict:
+    return {"kind": "Partition", "metadata": {"name": name}, "spec": {"vmName": name}}
+
+
+def test_create_get_list_patch_and_missing(kube: Kube, namespace: str) -> None:
+    async def scenario() -> None:
+        created = await kube.create(PARTITION, namespace, partition("p1"))
+        assert created["metadata"]["uid"]
+        await kube.create(PARTITION, namespace, partition("p2"))
+        names = sorted(p["metadata"]["name"] for p in await kube.list(PARTITION, namespace))
+        assert names == ["p1", "p2"]
+        await kube.patch(PARTITION, namespace, "p1", {"metadata": {"labels": {"tier": "a"}}})
+        await kube.patch(PARTITION, namespace, "p1", {"status": {"nodeName": "n1"}}, status=True)
+        got = await kube.get(PARTITION, namespace, "p1")
+        assert got["metadata"]["labels"] == {"tier": "a"}
+        assert got["status"]["nodeName"] == "n1"
+        assert [p["metadata"]["name"] for p in await kube.list(PARTITION, namespace, "tier=a")] == [
+            "p1"
+        ]
+        assert await kube.get(PARTITION, namespace, "absent") is None
+
+    asyncio.run(scenario())
+
+
+def test_kubevirt_start_through_virt_api_paths(kube: Kube, kubevirt, namespace: str) -> None:
+    vm = {
+        "kind": "VirtualMachine",
+        "metadata": {"name": "vm1"},
+        "spec": {"runStrategy": "Halted", "template": {"spec": {"domain": {"devices": {}}}}},
+    }
+    asyncio.run(kube.create(VIRTUAL_MACHINE, namespace, vm))
+    asyncio.run(kube.kubevirt_subresource(VIRTUAL_MACHINE, namespace, "vm1", "start"))
+
+    def running() -> bool:
+        vmi = asyncio.run(kube.get(VIRTUAL_MACHINE_INSTANCE, namespace, "vm1"))
+        return bool(vmi) and vmi.get("status", {}).get("phase") == "Running"
+
+    wait_until(running, 30, "the VMI to run after start")
