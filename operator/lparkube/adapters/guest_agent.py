@@ -1,0 +1,181 @@
+"""The operator's client of guest agents: signed requests, verified responses.
+
+Every request is signed with the partition key (docs/agent-protocol.md) and every answer must
+carry a valid signature bound to the request's nonce; an answer that does not is never
+trusted, whatever it says. One aiohttp session serves all agents, so connections are reused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from kubernetes.client.exceptions import ApiException
+
+from lparkube.adapters.kube import Kube, not_found
+from lparkube_agent import protocol
+
+SAVE_PATH = "/v1/save"
+REPORT_PATH = "/v1/report"
+REPORT_TIMEOUT = 10.0
+MAX_WAIT_SECONDS = 25
+POLL_PAUSE = 0.2  # between 202 answers, should an agent return before its waitSeconds
+
+
+@dataclass(frozen=True)
+class AgentTarget:
+    """One agent to call: its partition (``namespace/name``), ``host:port`` and key."""
+
+    partition: str
+    endpoint: str
+    key: bytes
+
+
+class AgentError(Exception):
+    """A call failed; ``reason`` is ``unreachable``, ``rejected``, ``bad-response`` or
+    ``timeout``."""
+
+    def __init__(self, reason: str, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.status = status
+
+
+class AgentKeyMissingError(LookupError):
+    """The key Secret does not exist or holds no usable data.key."""
+
+
+class AgentClient:
+    """Calls guest agents; create once, share, close at shutdown."""
+
+    def __init__(self, *, connect_timeout: float = 5.0) -> None:
+        self._connect_timeout = connect_timeout
+        self._session: aiohttp.ClientSession | None = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            timeout = aiohttp.ClientTimeout(total=None, sock_connect=self._connect_timeout)
+            connector = aiohttp.TCPConnector(limit=0, limit_per_host=4)
+            self._session = aiohttp.ClientSession(timeout=timeout, connector=connector)
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def save(self, target: AgentTarget, instruction: dict, *, timeout: float) -> dict:
+        """Instruct a save and wait for its final result (200) for at most ``timeout`` seconds.
+
+        While the agent answers 202 (still saving) the same instruction is sent again with a
+        fresh nonce; the agent attaches to the running save by its id and never saves twice.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise AgentError(
+                    "timeout", f"{target.partition}: save not finished in {timeout:g}s"
+                )
+            body = dict(instruction)
+            if "waitSeconds" not in instruction:
+                body["waitSeconds"] = max(0, min(MAX_WAIT_SECONDS, int(remaining) - 1))
+            status, result = await self._call(
+                target, "POST", SAVE_PATH, json.dumps(body).encode(), remaining
+            )
+            if status == 200:
+                return result
+            await asyncio.sleep(min(POLL_PAUSE, max(0.0, deadline - loop.time())))
+
+    async def report(self, target: AgentTarget) -> dict:
+        """The agent's current report (``GET /v1/report``)."""
+        status, result = await self._call(target, "GET", REPORT_PATH, b"", REPORT_TIMEOUT)
+        if status != 200:
+            raise AgentError("bad-response", f"{target.partition}: report answered {status}")
+        return result
+
+    async def _call(
+        self, target: AgentTarget, method: str, path: str, body: bytes, timeout: float
+    ) -> tuple[int, dict]:
+        """One signed request; a verified 200 or 202 answer, else AgentError."""
+        message = protocol.Message(protocol.TO_AGENT, method, path, target.partition, body)
+        signed = protocol.sign(target.key, message)
+        headers = {**signed.headers(), "Content-Type": "application/json"}
+        url = f"http://{target.endpoint}{path}"
+        try:
+            async with asyncio.timeout(timeout):
+                async with self._client().request(
+                    method, url, data=body or None, headers=headers
+                ) as response:
+                    data = await response.content.read(protocol.MAX_BODY_BYTES + 1)
+                    return _verified(target, signed, response.status, response.headers, data)
+        except TimeoutError as exc:
+            raise AgentError("timeout", f"{target.partition}: no answer in {timeout:g}s") from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise AgentError(
+                "unreachable", f"{target.partition}: cannot reach {target.endpoint}: {exc}"
+            ) from exc
+
+
+def _verified(
+    target: AgentTarget, request: protocol.Signed, status: int, headers: Any, body: bytes
+) -> tuple[int, dict]:
+    """Check size, signature and JSON of an answer; errors the agent sent become 'rejected'."""
+    where = target.partition
+    if len(body) > protocol.MAX_BODY_BYTES:
+        raise AgentError("bad-response", f"{where}: answer over {protocol.MAX_BODY_BYTES} bytes")
+    try:
+        protocol.verify_response(target.key, request, status, headers, body)
+        trusted = True
+    except protocol.AuthError as exc:
+        trusted, why = False, f"{exc.reason}: {exc}"
+    if 400 <= status < 500:  # the agent refused; unsigned when it does not share our key
+        detail = _error_text(body)
+        raise AgentError("rejected", f"{where}: agent answered {status} {detail}", status=status)
+    if not trusted:
+        raise AgentError("bad-response", f"{where}: untrusted answer ({why})", status=status)
+    if status not in (200, 202):
+        raise AgentError("bad-response", f"{where}: unexpected status {status}", status=status)
+    try:
+        result = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise AgentError("bad-response", f"{where}: answer is not JSON", status=status) from exc
+    if not isinstance(result, dict):
+        raise AgentError("bad-response", f"{where}: answer is not a JSON object", status=status)
+    return status, result
+
+
+def _error_text(body: bytes) -> str:
+    try:
+        error = json.loads(body)
+        return f"{error.get('error', '')}: {error.get('message', '')}".strip(": ")
+    except (ValueError, AttributeError):
+        return body[:200].decode(errors="replace")
+
+
+async def load_agent_key(kube: Kube, namespace: str, secret_name: str) -> bytes:
+    """The raw partition key from Secret ``data.key``; AgentKeyMissingError if unusable."""
+    try:
+        secret = await kube.call(kube.core.read_namespaced_secret, secret_name, namespace)
+    except ApiException as error:
+        if not_found(error):
+            raise AgentKeyMissingError(f"Secret {namespace}/{secret_name} not found") from error
+        raise
+    encoded = (secret.data or {}).get("key")
+    try:
+        key = base64.b64decode(encoded or "", validate=True)
+    except ValueError as exc:
+        raise AgentKeyMissingError(
+            f"Secret {namespace}/{secret_name}: data.key is not base64"
+        ) from exc
+    if len(key) < protocol.MIN_KEY_BYTES:
+        minimum = protocol.MIN_KEY_BYTES
+        raise AgentKeyMissingError(
+            f"Secret {namespace}/{secret_name}: data.key needs at least {minimum} bytes"
+        )
+    return key

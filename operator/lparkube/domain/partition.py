@@ -1,0 +1,446 @@
+"""Partition rules as pure functions: the VM, the key Secret, adoption, status and conditions.
+
+Controllers read the Partition, its VM and VMI, call these, and write what they return; so
+every decision (what the VM looks like, who owns what, when the agent counts as lost) is
+tested here without a cluster.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from lparkube.domain import key_delivery
+from lparkube.domain.conditions import FALSE, TRUE, UNKNOWN, Condition, find, merge
+
+API_VERSION = "lparkube.io/v1alpha1"
+KIND = "Partition"
+PARTITION_LABEL = "lparkube.io/partition"
+DEFAULT_PORT = 8443
+DEFAULT_HEARTBEAT_TIMEOUT = "90s"
+MAX_REPORT_INTERVAL = 30
+MAX_ADDRESSES = 16
+SECRET_KEY = "key"
+SECRET_CONFIG = "config.json"
+SECRET_USERDATA = "userdata"
+
+VM_READY = "VMReady"
+AGENT_CONNECTED = "AgentConnected"
+READY = "Ready"
+
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DNS_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+_PARTITION_ID = re.compile(rf"({_DNS_LABEL})/({_DNS_LABEL}(\.{_DNS_LABEL})*)")
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a Go-style duration (``90s``, ``1h30m``, ``500ms``), as the CRD allows."""
+    parts = _DURATION_PART.findall(text or "")
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise ValueError(f"not a duration: {text!r} (use e.g. 30s, 5m, 1h30m)")
+    return sum(float(number) * _UNITS[unit] for number, unit in parts)
+
+
+@dataclass(frozen=True)
+class AgentSpec:
+    """spec.agent with defaults applied."""
+
+    port: int
+    key_secret_name: str
+    key_delivery: str
+    heartbeat_timeout: float
+
+    @property
+    def report_interval(self) -> int:
+        """A third of the timeout, so two lost reports in a row do not yet mean a lost agent."""
+        return max(1, min(MAX_REPORT_INTERVAL, int(self.heartbeat_timeout // 3)))
+
+
+def agent_spec(name: str, spec: dict[str, Any]) -> AgentSpec:
+    agent = spec.get("agent") or {}
+    return AgentSpec(
+        port=int(agent.get("port") or DEFAULT_PORT),
+        key_secret_name=agent.get("keySecretName") or f"{name}-agent-key",
+        key_delivery=agent.get("keyDelivery") or key_delivery.SECRET_VOLUME,
+        heartbeat_timeout=parse_duration(
+            agent.get("heartbeatTimeout") or DEFAULT_HEARTBEAT_TIMEOUT
+        ),
+    )
+
+
+def is_adoption(spec: dict[str, Any]) -> bool:
+    return bool(spec.get("vmName"))
+
+
+def vm_name(name: str, spec: dict[str, Any]) -> str:
+    """An adopted VM keeps its name; a created one is named after the Partition."""
+    return spec.get("vmName") or name
+
+
+def partition_id(namespace: str, name: str) -> str:
+    """The agent protocol's name of a partition (header X-Lparkube-Partition)."""
+    return f"{namespace}/{name}"
+
+
+def parse_partition_id(text: str) -> tuple[str, str] | None:
+    """(namespace, name) from ``namespace/name``, or None if either is not a valid name."""
+    match = _PARTITION_ID.fullmatch(text) if len(text) <= 317 else None
+    return (match.group(1), match.group(3)) if match else None
+
+
+# --- ownership ---------------------------------------------------------------------------
+
+
+def owner_reference(partition: dict[str, Any], *, controller: bool) -> dict[str, Any]:
+    """A created VM is controlled (and blocks the Partition's deletion until it is gone); an
+    adopted VM only names the Partition, so deleting the Partition never deletes it."""
+    meta = partition["metadata"]
+    ref = {"apiVersion": API_VERSION, "kind": KIND, "name": meta["name"], "uid": meta["uid"]}
+    if controller:
+        ref.update(controller=True, blockOwnerDeletion=True)
+    return ref
+
+
+def owner_uids(obj: dict[str, Any]) -> set[str]:
+    return {ref.get("uid") for ref in (obj.get("metadata") or {}).get("ownerReferences") or []}
+
+
+def controlled_by(obj: dict[str, Any], uid: str) -> bool:
+    refs = (obj.get("metadata") or {}).get("ownerReferences") or []
+    return any(r.get("uid") == uid and r.get("controller") for r in refs)
+
+
+# --- the key Secret ------------------------------------------------------------------------
+
+
+def agent_config(partition: str, agent: AgentSpec, operator_url: str) -> dict[str, Any]:
+    """The guest agent's config.json (docs/agent-protocol.md); no cluster credentials."""
+    return {
+        "partition": partition,
+        "listen": f"0.0.0.0:{agent.port}",
+        "operatorURL": operator_url,
+        "reportIntervalSeconds": agent.report_interval,
+    }
+
+
+def secret_data(
+    partition: dict[str, Any], agent: AgentSpec, key: bytes, operator_url: str
+) -> dict[str, str]:
+    """The key Secret's data (base64 values): key, config.json and, for CloudInit, userdata."""
+    meta = partition["metadata"]
+    config = agent_config(partition_id(meta["namespace"], meta["name"]), agent, operator_url)
+    files = {SECRET_KEY: key, SECRET_CONFIG: (json.dumps(config, indent=2) + "\n").encode()}
+    if agent.key_delivery == key_delivery.CLOUD_INIT:
+        spec = partition.get("spec") or {}
+        template = (spec.get("vmTemplate") or {}).get("spec") or {}
+        user_data = key_delivery.template_user_data(template)
+        files[SECRET_USERDATA] = key_delivery.user_data_with_key(user_data, key, config).encode()
+    return {k: base64.b64encode(v).decode() for k, v in files.items()}
+
+
+def key_secret(partition: dict[str, Any], agent: AgentSpec, data: dict[str, str]) -> dict[str, Any]:
+    """A new key Secret, owned by the Partition so it goes when the Partition goes."""
+    meta = partition["metadata"]
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": {
+            "name": agent.key_secret_name,
+            "namespace": meta["namespace"],
+            "labels": {PARTITION_LABEL: meta["name"]},
+            "ownerReferences": [owner_reference(partition, controller=True)],
+        },
+        "data": data,
+    }
+
+
+def secret_key(secret: dict[str, Any]) -> bytes | None:
+    """The raw key in a Secret's data.key, or None when absent or not base64."""
+    encoded = (secret.get("data") or {}).get(SECRET_KEY)
+    if not encoded:
+        return None
+    try:
+        return base64.b64decode(encoded, validate=True)
+    except ValueError:
+        return None
+
+
+def missing_secret_data(existing: dict[str, str] | None, wanted: dict[str, str]) -> dict[str, str]:
+    """What an existing Secret lacks; never the key or anything it already holds."""
+    existing = existing or {}
+    return {k: v for k, v in wanted.items() if k != SECRET_KEY and k not in existing}
+
+
+# --- the VirtualMachine --------------------------------------------------------------------
+
+
+def vm_from_template(partition: dict[str, Any], agent: AgentSpec) -> dict[str, Any]:
+    """The VM the Partition creates: its template, labelled, owned, with the key delivered."""
+    meta = partition["metadata"]
+    template = copy.deepcopy(partition["spec"]["vmTemplate"])
+    labels = {**((template.get("metadata") or {}).get("labels") or {})}
+    labels[PARTITION_LABEL] = meta["name"]
+    spec = key_delivery.with_key_delivery(
+        template.get("spec") or {}, agent.key_delivery, agent.key_secret_name
+    )
+    pod_meta = spec.setdefault("template", {}).setdefault("metadata", {})
+    pod_meta["labels"] = {**(pod_meta.get("labels") or {}), PARTITION_LABEL: meta["name"]}
+    vm_meta: dict[str, Any] = {
+        "name": meta["name"],
+        "namespace": meta["namespace"],
+        "labels": labels,
+        "ownerReferences": [owner_reference(partition, controller=True)],
+    }
+    annotations = (template.get("metadata") or {}).get("annotations")
+    if annotations:
+        vm_meta["annotations"] = dict(annotations)
+    return {
+        "apiVersion": "kubevirt.io/v1",
+        "kind": "VirtualMachine",
+        "metadata": vm_meta,
+        "spec": spec,
+    }
+
+
+def adoption_patch(
+    vm: dict[str, Any], partition: dict[str, Any], agent: AgentSpec
+) -> dict[str, Any] | None:
+    """The merge patch that adopts a VM (owner reference, key disk), or None if done already.
+
+    Lists are replaced whole by a merge patch, so the patch carries the VM's resourceVersion
+    and fails instead of overwriting a concurrent change.
+    """
+    key_delivery.adoptable_delivery(vm.get("spec") or {}, agent.key_delivery)
+    patch: dict[str, Any] = {}
+    refs = list(vm["metadata"].get("ownerReferences") or [])
+    if partition["metadata"]["uid"] not in owner_uids(vm):
+        patch["metadata"] = {
+            "ownerReferences": [*refs, owner_reference(partition, controller=False)]
+        }
+    spec = key_delivery.with_key_delivery(
+        vm.get("spec") or {}, agent.key_delivery, agent.key_secret_name
+    )
+    if spec != vm.get("spec"):
+        patch["spec"] = {"template": {"spec": _volume_lists(spec)}}
+    if not patch:
+        return None
+    patch.setdefault("metadata", {})["resourceVersion"] = vm["metadata"]["resourceVersion"]
+    return patch
+
+
+def release_patch(vm: dict[str, Any], partition_uid: str) -> dict[str, Any] | None:
+    """The merge patch that hands an adopted VM back: our owner reference and disks removed."""
+    patch: dict[str, Any] = {}
+    refs = vm["metadata"].get("ownerReferences") or []
+    if partition_uid in owner_uids(vm):
+        kept = [r for r in refs if r.get("uid") != partition_uid]
+        patch["metadata"] = {"ownerReferences": kept or None}
+    if key_delivery.has_operator_volumes(vm.get("spec") or {}):
+        spec = key_delivery.without_key_delivery(vm.get("spec") or {})
+        patch["spec"] = {"template": {"spec": _volume_lists(spec)}}
+    if not patch:
+        return None
+    patch.setdefault("metadata", {})["resourceVersion"] = vm["metadata"]["resourceVersion"]
+    return patch
+
+
+def _volume_lists(spec: dict[str, Any]) -> dict[str, Any]:
+    pod = spec["template"]["spec"]
+    return {
+        "volumes": pod["volumes"],
+        "domain": {"devices": {"disks": pod["domain"]["devices"]["disks"]}},
+    }
+
+
+# --- status ----------------------------------------------------------------------------------
+
+
+def addresses(vmi: dict[str, Any] | None) -> list[dict[str, str]]:
+    """{interface, ip} for every address KubeVirt reports, primary address first."""
+    found: list[dict[str, str]] = []
+    for iface in ((vmi or {}).get("status") or {}).get("interfaces") or []:
+        ips = [iface.get("ipAddress"), *(iface.get("ipAddresses") or [])]
+        for ip in dict.fromkeys(ip for ip in ips if ip):
+            found.append({"interface": iface.get("name") or "", "ip": ip})
+    return found[:MAX_ADDRESSES]
+
+
+def endpoint(found: list[dict[str, str]], port: int) -> str | None:
+    """``ip:port`` of the agent on the VM's first address (brackets for IPv6)."""
+    if not found:
+        return None
+    ip = found[0]["ip"]
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
+def vm_ready(name: str, vm: dict[str, Any] | None, vmi: dict[str, Any] | None) -> Condition:
+    """VMReady: the VMI runs and KubeVirt calls it ready."""
+    if vm is None:
+        return Condition.of(VM_READY, False, "VMNotFound", f"VirtualMachine {name} does not exist")
+    printable = (vm.get("status") or {}).get("printableStatus") or "Unknown"
+    if vmi is None:
+        return Condition.of(
+            VM_READY, False, "VMNotRunning", f"VirtualMachine {name} is {printable}"
+        )
+    status = vmi.get("status") or {}
+    phase = status.get("phase") or "Pending"
+    if phase != "Running":
+        message = f"VirtualMachineInstance {name} is {phase}"
+        if status.get("reason"):
+            message += f" ({status['reason']})"
+        return Condition.of(VM_READY, False, f"VMI{phase}", message)
+    ready = find(status.get("conditions"), "Ready") or {}
+    if ready.get("status") != TRUE:
+        detail = ready.get("message") or ready.get("reason") or "not ready"
+        return Condition.of(
+            VM_READY, False, "VMINotReady", f"VirtualMachineInstance {name}: {detail}"
+        )
+    node = status.get("nodeName") or "?"
+    return Condition.of(
+        VM_READY, True, "VMIRunning", f"VirtualMachineInstance {name} runs on {node}"
+    )
+
+
+def stored_condition(status: dict[str, Any] | None, type_: str) -> Condition:
+    """A condition as last written, to carry it into a recomputation that did not observe it."""
+    found = find((status or {}).get("conditions"), type_)
+    if found is None:
+        return Condition(type_, UNKNOWN, "NotObserved", "")
+    return Condition(
+        type_, found.get("status", UNKNOWN), found.get("reason", ""), found.get("message", "")
+    )
+
+
+def parse_time(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        return None
+
+
+def heartbeat_deadline(agent_status: dict[str, Any] | None, timeout: float) -> datetime | None:
+    """When the agent counts as lost unless it reports again; None before its first report."""
+    last = parse_time((agent_status or {}).get("lastHeartbeatTime"))
+    return last + timedelta(seconds=timeout) if last else None
+
+
+def agent_connected(
+    agent_status: dict[str, Any] | None, timeout: float, now: datetime
+) -> Condition:
+    """AgentConnected: a signed heartbeat within heartbeatTimeout."""
+    deadline = heartbeat_deadline(agent_status, timeout)
+    if deadline is None:
+        return Condition.of(
+            AGENT_CONNECTED, False, "NoHeartbeat", "the guest agent has not reported yet"
+        )
+    last = (agent_status or {}).get("lastHeartbeatTime")
+    if now > deadline:
+        return Condition.of(
+            AGENT_CONNECTED,
+            False,
+            "HeartbeatTimeout",
+            f"no heartbeat since {last} (timeout {timeout:g}s)",
+        )
+    return Condition.of(AGENT_CONNECTED, True, "HeartbeatReceived", f"last heartbeat {last}")
+
+
+def ready(vm: Condition, agent: Condition) -> Condition:
+    """Ready: the VM runs and its agent is connected; otherwise the first reason why not."""
+    for part in (vm, agent):
+        if part.status != TRUE:
+            reason = part.reason if part.status == FALSE else f"{part.type}Unknown"
+            return Condition(READY, FALSE, reason, part.message)
+    return Condition.of(READY, True, "Ready", "VM running and guest agent connected")
+
+
+def conditions(
+    partition: dict[str, Any],
+    vm: Condition,
+    agent_status: dict[str, Any] | None,
+    now: datetime,
+) -> list[dict[str, Any]]:
+    """The merged condition list for VMReady, AgentConnected and Ready."""
+    meta, spec = partition["metadata"], partition.get("spec") or {}
+    agent = agent_connected(agent_status, agent_spec(meta["name"], spec).heartbeat_timeout, now)
+    stored = (partition.get("status") or {}).get("conditions")
+    return merge(stored, [vm, agent, ready(vm, agent)], meta.get("generation", 0), now)
+
+
+def observed_status(
+    partition: dict[str, Any],
+    vm: dict[str, Any] | None,
+    vmi: dict[str, Any] | None,
+    now: datetime,
+) -> dict[str, Any]:
+    """The status the operator owns, from the VM and VMI it observed (agent report kept)."""
+    meta, spec = partition["metadata"], partition.get("spec") or {}
+    agent = agent_spec(meta["name"], spec)
+    name = vm_name(meta["name"], spec)
+    found = addresses(vmi)
+    stored_agent = (partition.get("status") or {}).get("agent") or {}
+    agent_status = {
+        **stored_agent,
+        "keySecretName": agent.key_secret_name,
+        "endpoint": endpoint(found, agent.port),
+    }
+    node = ((vmi or {}).get("status") or {}).get("nodeName")
+    return {
+        "observedGeneration": meta.get("generation", 0),
+        "vmName": name,
+        "nodeName": node,
+        "addresses": found,
+        "agent": agent_status,
+        "conditions": conditions(partition, vm_ready(name, vm, vmi), agent_status, now),
+    }
+
+
+def status_with_report(
+    partition: dict[str, Any], report_status: dict[str, Any], now: datetime
+) -> dict[str, Any]:
+    """The status after a verified agent report: agent fields and conditions, VM part kept."""
+    status = partition.get("status") or {}
+    agent_status = {**(status.get("agent") or {}), **report_status}
+    vm = stored_condition(status, VM_READY)
+    return {"agent": agent_status, "conditions": conditions(partition, vm, agent_status, now)}
+
+
+def status_with_expiry(partition: dict[str, Any], now: datetime) -> dict[str, Any]:
+    """The conditions re-evaluated at ``now`` (the heartbeat may have expired)."""
+    status = partition.get("status") or {}
+    vm = stored_condition(status, VM_READY)
+    return {"conditions": conditions(partition, vm, status.get("agent"), now)}
+
+
+def status_patch(stored: dict[str, Any] | None, desired: dict[str, Any]) -> dict[str, Any]:
+    """A JSON merge patch from stored to desired (None removes a field); {} when equal."""
+    stored = stored or {}
+    patch: dict[str, Any] = {}
+    for key, value in desired.items():
+        old = stored.get(key)
+        if isinstance(value, dict) and isinstance(old, dict):
+            nested = status_patch(old, value)
+            if nested:
+                patch[key] = nested
+        elif value != old and not (value is None and key not in stored):
+            patch[key] = value
+    return patch
+
+
+def transition(
+    before: dict[str, Any] | None, after: dict[str, Any] | None, type_: str
+) -> str | None:
+    """The new status of a condition when it changed between two status snapshots, else None."""
+    old = find((before or {}).get("conditions"), type_) or {}
+    new = find((after or {}).get("conditions"), type_) or {}
+    if new.get("status") and new.get("status") != old.get("status"):
+        return new["status"]
+    return None

@@ -1,0 +1,293 @@
+"""The VM a Partition creates or adopts, and the key Secret that reaches its guest."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+import yaml
+
+from lparkube.domain import key_delivery as kd
+from lparkube.domain import partition as part
+
+KEY = bytes(range(32))
+URL = "http://lparkube-agent-gateway.lparkube-system.svc:8081"
+
+
+def partition(spec: dict, name: str = "web-1") -> dict:
+    return {
+        "apiVersion": part.API_VERSION,
+        "kind": "Partition",
+        "metadata": {"name": name, "namespace": "tenant-a", "uid": "uid-1", "generation": 2},
+        "spec": spec,
+    }
+
+
+def template(volumes: list | None = None, disks: list | None = None) -> dict:
+    return {
+        "metadata": {"labels": {"tier": "web"}, "annotations": {"note": "x"}},
+        "spec": {
+            "runStrategy": "Always",
+            "template": {
+                "metadata": {"labels": {"kubevirt.io/domain": "web-1"}},
+                "spec": {
+                    "domain": {"devices": {"disks": disks or [{"name": "root", "disk": {}}]}},
+                    "volumes": volumes or [{"name": "root", "containerDisk": {"image": "i"}}],
+                },
+            },
+        },
+    }
+
+
+def pod_spec(vm: dict) -> dict:
+    return vm["spec"]["template"]["spec"]
+
+
+def decode(data: dict, key: str) -> bytes:
+    return base64.b64decode(data[key])
+
+
+def test_defaults_of_the_agent_spec() -> None:
+    agent = part.agent_spec("web-1", {})
+    assert agent == part.AgentSpec(8443, "web-1-agent-key", kd.SECRET_VOLUME, 90.0)
+    assert agent.report_interval == 30
+    short = part.agent_spec("x", {"agent": {"heartbeatTimeout": "3s", "keySecretName": "k"}})
+    assert (short.report_interval, short.key_secret_name) == (1, "k")
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("90s", 90), ("1h30m", 5400), ("500ms", 0.5), ("1.5m", 90)]
+)
+def test_durations(text: str, seconds: float) -> None:
+    assert part.parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "90", "s", "1d", "5m junk", "-1s"])
+def test_bad_durations(text: str) -> None:
+    with pytest.raises(ValueError, match="duration"):
+        part.parse_duration(text)
+
+
+def test_partition_ids() -> None:
+    assert part.parse_partition_id("tenant-a/web-1") == ("tenant-a", "web-1")
+    assert part.parse_partition_id("tenant-a/web.example") == ("tenant-a", "web.example")
+    for bad in ("web-1", "a/b/c", "A/b", "a/", "/b", "a/b\n", "../x/y"):
+        assert part.parse_partition_id(bad) is None, bad
+
+
+def test_vm_from_template_is_owned_labelled_and_gets_the_key_disk() -> None:
+    p = partition({"vmTemplate": template()})
+    vm = part.vm_from_template(p, part.agent_spec("web-1", p["spec"]))
+
+    assert vm["metadata"]["name"] == "web-1"
+    assert vm["metadata"]["namespace"] == "tenant-a"
+    assert vm["metadata"]["labels"] == {"tier": "web", part.PARTITION_LABEL: "web-1"}
+    assert vm["metadata"]["annotations"] == {"note": "x"}
+    assert vm["metadata"]["ownerReferences"] == [
+        {
+            "apiVersion": "lparkube.io/v1alpha1",
+            "kind": "Partition",
+            "name": "web-1",
+            "uid": "uid-1",
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+    ]
+    assert vm["spec"]["template"]["metadata"]["labels"][part.PARTITION_LABEL] == "web-1"
+    assert {"name": kd.KEY_VOLUME, "secret": {"secretName": "web-1-agent-key"}} in pod_spec(vm)[
+        "volumes"
+    ]
+    disk = {"name": kd.KEY_VOLUME, "serial": "lparkube", "disk": {"bus": "virtio"}}
+    assert disk in pod_spec(vm)["domain"]["devices"]["disks"]
+    assert p["spec"]["vmTemplate"] == template(), "the Partition's template is not mutated"
+
+
+def test_injection_is_idempotent() -> None:
+    spec = template()["spec"]
+    once = kd.with_key_delivery(spec, kd.SECRET_VOLUME, "k")
+    assert kd.with_key_delivery(once, kd.SECRET_VOLUME, "k") == once
+    assert kd.without_key_delivery(once) == spec
+
+
+def test_no_cluster_credentials_reach_the_guest() -> None:
+    for delivery in (kd.SECRET_VOLUME, kd.CLOUD_INIT):
+        p = partition({"vmTemplate": template(), "agent": {"keyDelivery": delivery}})
+        agent = part.agent_spec("web-1", p["spec"])
+        vm = part.vm_from_template(p, agent)
+        text = json.dumps(vm)
+        assert "serviceAccount" not in text and "token" not in text.lower()
+        assert base64.b64encode(KEY).decode() not in text, "the key stays in the Secret"
+        assert pod_spec(vm).get("accessCredentials") is None
+
+
+def test_cloud_init_without_a_template_volume_adds_one_pointing_at_the_secret() -> None:
+    p = partition({"vmTemplate": template(), "agent": {"keyDelivery": "CloudInit"}})
+    agent = part.agent_spec("web-1", p["spec"])
+    vm = part.vm_from_template(p, agent)
+    volume = {
+        "name": kd.CLOUD_INIT_VOLUME,
+        "cloudInitNoCloud": {"secretRef": {"name": "web-1-agent-key"}},
+    }
+    assert volume in pod_spec(vm)["volumes"]
+    assert {"name": kd.CLOUD_INIT_VOLUME, "disk": {"bus": "virtio"}} in pod_spec(vm)["domain"][
+        "devices"
+    ]["disks"]
+
+    data = part.secret_data(p, agent, KEY, URL)
+    user_data = decode(data, part.SECRET_USERDATA).decode()
+    assert user_data.startswith("#cloud-config\n")
+    files = {f["path"]: f for f in yaml.safe_load(user_data)["write_files"]}
+    assert base64.b64decode(files[kd.KEY_PATH]["content"]) == KEY
+    assert files[kd.KEY_PATH]["encoding"] == "b64"
+    assert files[kd.KEY_PATH]["permissions"] == "0600"
+    assert json.loads(files[kd.CONFIG_PATH]["content"])["partition"] == "tenant-a/web-1"
+
+
+def test_cloud_init_extends_the_templates_own_cloud_config() -> None:
+    own = "#cloud-config\npackages: [python3]\nwrite_files:\n- path: /etc/motd\n  content: hi\n"
+    volumes = [
+        {"name": "root", "containerDisk": {"image": "i"}},
+        {"name": "cloudinit", "cloudInitNoCloud": {"userData": own, "networkData": "n"}},
+    ]
+    p = partition({"vmTemplate": template(volumes), "agent": {"keyDelivery": "CloudInit"}})
+    agent = part.agent_spec("web-1", p["spec"])
+    vm = part.vm_from_template(p, agent)
+    cloud = next(v for v in pod_spec(vm)["volumes"] if v["name"] == "cloudinit")
+    assert cloud["cloudInitNoCloud"] == {
+        "networkData": "n",
+        "secretRef": {"name": "web-1-agent-key"},
+    }
+    assert all(v["name"] != kd.CLOUD_INIT_VOLUME for v in pod_spec(vm)["volumes"])
+
+    doc = yaml.safe_load(decode(part.secret_data(p, agent, KEY, URL), "userdata"))
+    assert doc["packages"] == ["python3"]
+    assert [f["path"] for f in doc["write_files"]] == ["/etc/motd", kd.KEY_PATH, kd.CONFIG_PATH]
+
+
+def test_cloud_init_base64_user_data_is_read_too() -> None:
+    own = base64.b64encode(b"#cloud-config\nhostname: h\n").decode()
+    spec = template([{"name": "ci", "cloudInitConfigDrive": {"userDataBase64": own}}])["spec"]
+    assert kd.template_user_data(spec) == "#cloud-config\nhostname: h\n"
+    out = kd.with_key_delivery(spec, kd.CLOUD_INIT, "s")
+    assert out["template"]["spec"]["volumes"][0]["cloudInitConfigDrive"] == {
+        "secretRef": {"name": "s"}
+    }
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ({"userData": "#!/bin/sh\necho hi\n"}, "#cloud-config"),
+        ({"secretRef": {"name": "mine"}}, "secretRef"),
+        ({"userData": "#cloud-config\n[1, 2]\n"}, "mapping"),
+        ({"userData": "#cloud-config\nwrite_files: 3\n"}, "list"),
+        ({"userData": "#cloud-config\n: : :\n  - ]"}, "YAML"),
+    ],
+)
+def test_cloud_init_user_data_that_cannot_be_extended(source: dict, message: str) -> None:
+    p = partition(
+        {
+            "vmTemplate": template([{"name": "ci", "cloudInitNoCloud": source}]),
+            "agent": {"keyDelivery": "CloudInit"},
+        }
+    )
+    with pytest.raises(kd.DeliveryError, match=message):
+        part.secret_data(p, part.agent_spec("web-1", p["spec"]), KEY, URL)
+
+
+def test_secret_holds_key_and_config_and_is_owned() -> None:
+    p = partition({"vmTemplate": template(), "agent": {"port": 9000, "heartbeatTimeout": "3s"}})
+    agent = part.agent_spec("web-1", p["spec"])
+    data = part.secret_data(p, agent, KEY, URL)
+    assert set(data) == {"key", "config.json"}
+    assert decode(data, "key") == KEY
+    assert json.loads(decode(data, "config.json")) == {
+        "partition": "tenant-a/web-1",
+        "listen": "0.0.0.0:9000",
+        "operatorURL": URL,
+        "reportIntervalSeconds": 1,
+    }
+    secret = part.key_secret(p, agent, data)
+    assert secret["metadata"]["name"] == "web-1-agent-key"
+    assert secret["metadata"]["ownerReferences"][0]["controller"] is True
+    assert part.secret_key(secret) == KEY
+
+
+def test_an_existing_secret_only_gains_missing_entries_never_a_new_key() -> None:
+    wanted = {"key": "bmV3", "config.json": "Y2Zn"}
+    assert part.missing_secret_data({"key": "b2xk"}, wanted) == {"config.json": "Y2Zn"}
+    assert part.missing_secret_data(None, wanted) == {"config.json": "Y2Zn"}
+    assert part.missing_secret_data(wanted, wanted) == {}
+    assert part.secret_key({"data": {"key": "not base64!"}}) is None
+    assert part.secret_key({"data": {}}) is None
+
+
+def existing_vm(refs: list | None = None) -> dict:
+    return {
+        "metadata": {
+            "name": "db-1",
+            "namespace": "tenant-a",
+            "resourceVersion": "7",
+            "ownerReferences": refs or [],
+        },
+        "spec": template()["spec"],
+    }
+
+
+def test_adoption_adds_a_plain_owner_reference_and_the_key_disk() -> None:
+    p = partition({"vmName": "db-1"}, name="db")
+    other = {"apiVersion": "x/v1", "kind": "Pool", "name": "p", "uid": "u0", "controller": True}
+    vm = existing_vm([other])
+    patch = part.adoption_patch(vm, p, part.agent_spec("db", p["spec"]))
+
+    assert patch is not None
+    assert patch["metadata"]["resourceVersion"] == "7"
+    ours = {"apiVersion": part.API_VERSION, "kind": "Partition", "name": "db", "uid": "uid-1"}
+    assert patch["metadata"]["ownerReferences"] == [other, ours]
+    assert "blockOwnerDeletion" not in ours and "controller" not in ours
+    volumes = patch["spec"]["template"]["spec"]["volumes"]
+    assert volumes[-1] == {"name": kd.KEY_VOLUME, "secret": {"secretName": "db-agent-key"}}
+    assert (
+        patch["spec"]["template"]["spec"]["domain"]["devices"]["disks"][-1]["serial"] == "lparkube"
+    )
+
+
+def test_adoption_is_done_once() -> None:
+    p = partition({"vmName": "db-1"}, name="db")
+    agent = part.agent_spec("db", p["spec"])
+    vm = existing_vm()
+    patch = part.adoption_patch(vm, p, agent)
+    adopted = {
+        "metadata": {**vm["metadata"], "ownerReferences": patch["metadata"]["ownerReferences"]},
+        "spec": kd.with_key_delivery(vm["spec"], agent.key_delivery, agent.key_secret_name),
+    }
+    assert part.adoption_patch(adopted, p, agent) is None
+
+    released = part.release_patch(adopted, "uid-1")
+    assert released["metadata"] == {"ownerReferences": None, "resourceVersion": "7"}
+    assert (
+        released["spec"]["template"]["spec"]["volumes"] == vm["spec"]["template"]["spec"]["volumes"]
+    )
+    assert part.release_patch(vm, "uid-1") is None
+
+
+def test_release_keeps_other_owners() -> None:
+    other = {"apiVersion": "x/v1", "kind": "Pool", "name": "p", "uid": "u0"}
+    ours = {"apiVersion": part.API_VERSION, "kind": "Partition", "name": "db", "uid": "uid-1"}
+    patch = part.release_patch(existing_vm([other, ours]), "uid-1")
+    assert patch["metadata"]["ownerReferences"] == [other]
+
+
+def test_adopting_with_cloud_init_never_rewrites_the_users_cloud_init() -> None:
+    p = partition({"vmName": "db-1", "agent": {"keyDelivery": "CloudInit"}}, name="db")
+    agent = part.agent_spec("db", p["spec"])
+    vm = existing_vm()
+    vm["spec"]["template"]["spec"]["volumes"].append(
+        {"name": "ci", "cloudInitNoCloud": {"userData": "x"}}
+    )
+    with pytest.raises(kd.DeliveryError, match="does not rewrite"):
+        part.adoption_patch(vm, p, agent)
+    patch = part.adoption_patch(existing_vm(), p, agent)
+    names = [v["name"] for v in patch["spec"]["template"]["spec"]["volumes"]]
+    assert names == ["root", kd.CLOUD_INIT_VOLUME]
