@@ -1,0 +1,102 @@
+"""The agent daemon: registration table, save runs, HTTP endpoint, reports, pruning.
+
+`Agent` is importable and can run in-process (tests, benchmarks with many agents): every part
+is optional except the HTTP endpoint, and `port` tells where it listens when given port 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from . import report as reports
+from .config import Config
+from .httpapi import AgentAPI, AgentHTTPServer
+from .inputtable import InputTable
+from .methods import Methods
+from .registry import Registration, Table
+from .regserver import RegistrationServer
+from .saves import SaveStore
+from .terminals import Terminals
+
+log = logging.getLogger(__name__)
+
+PRUNE_SECONDS = 2.0
+TABLE_FILE = "registrations.json"
+
+
+class Agent:
+    """One guest agent; `start()` binds everything, `stop()` releases it."""
+
+    def __init__(self, config: Config, input_table: InputTable | None = None) -> None:
+        self.config = config
+        self.table = Table(config.state_dir / TABLE_FILE)
+        self.terminals = Terminals()
+        self.methods = Methods(input_table or InputTable.load(config.input_table), self.terminals)
+        self.saves = SaveStore(self._registrations, self.methods.save)
+        self.api = AgentAPI(config.key, config.partition, self.saves, self.report)
+        self.http = AgentHTTPServer(config.listen, self.api)
+        self.registration: RegistrationServer | None = None
+        if config.socket is not None:
+            self.registration = RegistrationServer(config.socket, self.table, self.terminals)
+        self.reporter: reports.Reporter | None = None
+        if config.operator_url:
+            self.reporter = reports.Reporter(self._push, config.report_interval)
+            self.table.listeners.append(lambda _removed: self.reporter and self.reporter.poke())
+        self.table.listeners.append(self._forget_terminals)
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    @property
+    def port(self) -> int:
+        return self.http.server_address[1]
+
+    def start(self) -> None:
+        self._spawn(self.http.serve_forever, "http")
+        self._spawn(self._prune_loop, "pruner")
+        if self.registration:
+            self.registration.start()
+        if self.reporter:
+            self.reporter.start()
+        host = self.config.listen[0]
+        log.info("agent for %s listening on %s:%d", self.config.partition, host, self.port)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self.reporter:
+            self.reporter.stop()
+        if self.registration:
+            self.registration.stop()
+        self.http.shutdown()
+        self.http.server_close()
+        self.terminals.close_all()
+
+    def report(self) -> dict:
+        apps = [r.summary() for r in self._registrations()]
+        return reports.build_report(self.config.vmcoreinfo, apps)
+
+    def _registrations(self) -> list[Registration]:
+        self.table.prune()
+        return self.table.entries()
+
+    def _push(self) -> None:
+        assert self.config.operator_url
+        reports.push(
+            self.config.operator_url, self.config.key, self.config.partition, self.report()
+        )
+
+    def _forget_terminals(self, removed: list[Registration]) -> None:
+        for reg in removed:
+            self.terminals.detach(reg.key)
+
+    def _prune_loop(self) -> None:
+        while not self._stop.wait(PRUNE_SECONDS):
+            try:
+                self.table.prune()
+            except Exception:
+                log.exception("pruning the registration table failed")
+
+    def _spawn(self, target, name: str) -> None:  # type: ignore[no-untyped-def]
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)

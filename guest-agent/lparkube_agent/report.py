@@ -1,0 +1,129 @@
+"""The agent's report: what the operator records about this guest, pushed at boot and then
+periodically, and served on demand at GET /v1/report.
+
+The VMCOREINFO location matters after a crash: the diagnostic pod finds the kernel's
+structures in a memory dump through it, so it is captured while the guest is healthy.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import logging
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from . import procinfo, protocol
+from .saves import iso
+from .version import VERSION
+
+log = logging.getLogger(__name__)
+
+REPORTS_PATH = "/v1/reports"
+MIN_BACKOFF = 1.0
+
+
+def parse_vmcoreinfo(text: str) -> dict | None:
+    """{"address": "0x…", "size": n} from the file's "<hex address> <hex size>", else None."""
+    parts = text.split()
+    if len(parts) < 2:
+        return None
+    try:
+        address, size = int(parts[0], 16), int(parts[1], 16)
+    except ValueError:
+        return None
+    if address < 0 or size <= 0:
+        return None
+    return {"address": hex(address), "size": size}
+
+
+def read_vmcoreinfo(path: Path) -> dict | None:
+    try:
+        return parse_vmcoreinfo(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def build_report(vmcoreinfo_path: Path, applications: list[dict]) -> dict:
+    """The report body (docs/agent-protocol.md)."""
+    boot = procinfo.boot_time()
+    return {
+        "agentVersion": VERSION,
+        "bootTime": iso(boot) if boot is not None else None,
+        "kernelRelease": os.uname().release,
+        "vmcoreinfo": read_vmcoreinfo(vmcoreinfo_path),
+        "applications": applications,
+    }
+
+
+def push(url: str, key: bytes, partition: str, report: dict, timeout: float = 10.0) -> None:
+    """POST the signed report and verify the operator's signed answer; raises on any failure."""
+    parts = urlsplit(url.rstrip("/"))
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"operatorURL {url!r} is not an http(s) URL")
+    path = parts.path + REPORTS_PATH
+    body = json.dumps(report).encode()
+    message = protocol.Message(protocol.TO_OPERATOR, "POST", path, partition, body)
+    signed = protocol.sign(key, message)
+    headers = {"Content-Type": "application/json", **signed.headers()}
+    conn_class = (
+        http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+    )
+    conn = conn_class(parts.hostname, parts.port, timeout=timeout)
+    try:
+        conn.request("POST", path, body, headers)
+        response = conn.getresponse()
+        answer = response.read(protocol.MAX_BODY_BYTES + 1)
+    finally:
+        conn.close()
+    protocol.verify_response(key, signed, response.status, dict(response.getheaders()), answer)
+    if not 200 <= response.status < 300:
+        raise RuntimeError(f"operator answered {response.status}: {answer[:200]!r}")
+
+
+class Reporter:
+    """Pushes the report at start, every interval, soon after registrations change, and with
+    backoff while the operator is unreachable. Never raises out of its thread."""
+
+    def __init__(
+        self,
+        send: Callable[[], None],
+        interval: float,
+        max_backoff: float | None = None,
+    ) -> None:
+        self._send = send
+        self._interval = max(1.0, interval)
+        self._max_backoff = max_backoff or self._interval
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="reporter", daemon=True)
+        self.pushed = 0
+        self.failures = 0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    def poke(self) -> None:
+        """Report soon (the registrations changed)."""
+        self._wake.set()
+
+    def _loop(self) -> None:
+        backoff = MIN_BACKOFF
+        while not self._stop.is_set():
+            try:
+                self._send()
+                self.pushed += 1
+                delay, backoff = self._interval, MIN_BACKOFF
+            except Exception as error:
+                self.failures += 1
+                log.warning("report to the operator failed (%s); retrying in %.0fs", error, backoff)
+                delay, backoff = backoff, min(backoff * 2, self._max_backoff)
+            self._wake.wait(delay)
+            self._wake.clear()

@@ -1,0 +1,236 @@
+"""Save runs: every registered app, by priority, each within its timeout, every outcome kept.
+
+Priority groups run one after another (lower number first); the apps of one group run at once,
+each in its own thread, so a hung or crashed app costs its own timeout and nothing else. Runs
+are idempotent by the instruction's id: a repeat attaches to the run or gets its result.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import re
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from .methods import SKIPPED, TIMED_OUT, Outcome, SaveContext
+from .registry import Registration
+
+log = logging.getLogger(__name__)
+
+RUNNING, COMPLETED = "Running", "Completed"
+GRACE_SECONDS = 0.5  # past an app's timeout, before the runner stops waiting for its thread
+MAX_ID = 253
+MAX_TIMEOUT = 3600.0
+MAX_WAIT = 55.0
+_RFC3339 = re.compile(
+    r"^(\d{4})-(\d\d)-(\d\d)[Tt ](\d\d):(\d\d):(\d\d)(\.\d+)?([Zz]|[+-]\d\d:\d\d)$"
+)
+
+
+def iso(epoch: float) -> str:
+    """RFC 3339 UTC with second precision, as Kubernetes writes times."""
+    return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(text: object) -> float:
+    """Epoch seconds from an RFC 3339 time; ValueError if it is not one."""
+    match = _RFC3339.match(text) if isinstance(text, str) else None
+    if not match:
+        raise ValueError("deadline must be an RFC 3339 time such as 2026-11-21T22:10:00Z")
+    year, month, day, hour, minute, second = (int(g) for g in match.groups()[:6])
+    fraction = float(match.group(7) or 0)
+    zone = match.group(8)
+    offset = 0 if zone in "Zz" else (int(zone[1:3]) * 60 + int(zone[4:6])) * 60
+    offset = -offset if zone.startswith("-") else offset
+    moment = datetime(year, month, day, hour, minute, second, tzinfo=timezone.utc)
+    return moment.timestamp() + fraction - offset
+
+
+@dataclass(frozen=True)
+class SaveRequest:
+    """A validated save instruction."""
+
+    id: str
+    reason: str
+    app_timeout: float
+    deadline: float | None  # epoch seconds
+    wait: float
+
+
+def _number(data: dict, name: str, low: float, high: float, default: float) -> float:
+    value = data.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+        raise ValueError(f"{name} must be a number in {low:g}..{high:g}")
+    return float(value)
+
+
+def parse_save_request(data: object) -> SaveRequest:
+    """The instruction from its JSON; ValueError names the field to fix."""
+    if not isinstance(data, dict):
+        raise ValueError("the body must be a JSON object")
+    ident = data.get("id")
+    if not isinstance(ident, str) or not 0 < len(ident) <= MAX_ID or not ident.isprintable():
+        raise ValueError(f"id must be a string of 1..{MAX_ID} printable characters")
+    reason = data.get("reason", "Other")
+    if not isinstance(reason, str) or not 0 < len(reason) <= 64 or not reason.isprintable():
+        raise ValueError("reason must be a short string such as Thermal")
+    deadline = data.get("deadline")
+    return SaveRequest(
+        id=ident,
+        reason=reason,
+        app_timeout=_number(data, "applicationTimeoutSeconds", 0.001, MAX_TIMEOUT, 30),
+        deadline=None if deadline is None else parse_time(deadline),
+        wait=_number(data, "waitSeconds", 0, MAX_WAIT, 25),
+    )
+
+
+def priority_groups(regs: Iterable[Registration]) -> list[list[Registration]]:
+    """Registrations grouped by priority, lowest first; stable order inside a group."""
+    ordered = sorted(regs, key=lambda r: (r.priority, r.name, r.pid))
+    return [list(g) for _, g in itertools.groupby(ordered, key=lambda r: r.priority)]
+
+
+def app_result(reg: Registration, order: int, outcome: Outcome, millis: int) -> dict:
+    """One application's entry in the result (SaveEvent.status.partitions[].applications[])."""
+    return {
+        "name": reg.name,
+        "pid": reg.pid,
+        "priority": reg.priority,
+        "order": order,
+        "method": reg.method,
+        "outcome": outcome.outcome,
+        "durationMillis": max(0, int(millis)),
+        "message": outcome.message,
+    }
+
+
+SaveFn = Callable[[Registration, SaveContext], Outcome]
+
+
+class SaveRun:
+    """One save instruction's execution and its (partial, then final) result."""
+
+    def __init__(self, request: SaveRequest) -> None:
+        self.request = request
+        self.state = RUNNING
+        self.started_at = time.time()
+        self.completed_at: float | None = None
+        self.done = threading.Event()
+        self._apps: dict[tuple[int, str], dict] = {}
+        self._lock = threading.Lock()
+
+    def result(self) -> dict:
+        with self._lock:
+            apps = sorted(self._apps.values(), key=lambda a: (a["order"], a["name"], a["pid"]))
+            body = {
+                "id": self.request.id,
+                "state": self.state,
+                "startedAt": iso(self.started_at),
+                "applications": apps,
+            }
+            if self.completed_at is not None:
+                body["completedAt"] = iso(self.completed_at)
+        return body
+
+    def _record(self, entry: dict) -> None:
+        key = (entry["pid"], entry["name"])
+        with self._lock:
+            self._apps.setdefault(key, entry)  # the first outcome wins (a late thread loses)
+
+    def execute(self, regs: list[Registration], save: SaveFn) -> None:
+        mono_deadline = None
+        if self.request.deadline is not None:
+            mono_deadline = time.monotonic() + (self.request.deadline - time.time())
+        for order, group in enumerate(priority_groups(regs), 1):
+            self._run_group(order, group, save, mono_deadline)
+        with self._lock:
+            self.state = COMPLETED
+            self.completed_at = time.time()
+        self.done.set()
+
+    def _run_group(
+        self, order: int, group: list[Registration], save: SaveFn, deadline: float | None
+    ) -> None:
+        start = time.monotonic()
+        if deadline is not None and start >= deadline:
+            for reg in group:
+                self._record(app_result(reg, order, Outcome(SKIPPED, "deadline passed"), 0))
+            return
+        app_deadline = start + self.request.app_timeout
+        if deadline is not None:
+            app_deadline = min(app_deadline, deadline)
+        ctx = SaveContext(self.request.id, self.request.reason, app_deadline)
+        threads = [
+            threading.Thread(target=self._save_one, args=(reg, order, ctx, save), daemon=True)
+            for reg in group
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(max(0.0, app_deadline + GRACE_SECONDS - time.monotonic()))
+        millis = (time.monotonic() - start) * 1000
+        for reg in group:
+            late = Outcome(TIMED_OUT, "no answer within the timeout")
+            self._record(app_result(reg, order, late, millis))
+
+    def _save_one(self, reg: Registration, order: int, ctx: SaveContext, save: SaveFn) -> None:
+        start = time.monotonic()
+        outcome = save(reg, ctx)
+        self._record(app_result(reg, order, outcome, (time.monotonic() - start) * 1000))
+        log.info("save %s: %s (pid %d) %s", ctx.save_id, reg.name, reg.pid, outcome.outcome)
+
+
+class BusyError(Exception):
+    """Too many save runs are waiting."""
+
+
+class SaveStore:
+    """Save runs by id: one at a time, repeats attach, the last `keep` results are kept."""
+
+    def __init__(
+        self,
+        registrations: Callable[[], list[Registration]],
+        save: SaveFn,
+        keep: int = 64,
+        max_pending: int = 16,
+    ) -> None:
+        self._registrations = registrations
+        self._save = save
+        self._keep = keep
+        self._max_pending = max_pending
+        self._running: dict[str, SaveRun] = {}
+        self._finished: OrderedDict[str, SaveRun] = OrderedDict()
+        self._lock = threading.Lock()
+        self._serial = threading.Lock()
+
+    def submit(self, request: SaveRequest) -> tuple[SaveRun, bool]:
+        """The run for this id, started if new; the bool says whether it is new."""
+        with self._lock:
+            run = self._running.get(request.id) or self._finished.get(request.id)
+            if run is not None:
+                return run, False
+            if len(self._running) >= self._max_pending:
+                raise BusyError(f"{len(self._running)} save runs are already waiting")
+            run = SaveRun(request)
+            self._running[request.id] = run
+        threading.Thread(target=self._execute, args=(run,), daemon=True).start()
+        return run, True
+
+    def _execute(self, run: SaveRun) -> None:
+        with self._serial:
+            try:
+                run.execute(self._registrations(), self._save)
+            except Exception:
+                log.exception("save run %s failed", run.request.id)
+                run.state, run.completed_at = COMPLETED, time.time()
+                run.done.set()
+        with self._lock:
+            self._running.pop(run.request.id, None)
+            self._finished[run.request.id] = run
+            while len(self._finished) > self._keep:
+                self._finished.popitem(last=False)

@@ -1,0 +1,238 @@
+"""Test helpers for real agent processes (used by the agent's and the operator's tests).
+
+Not part of the zipapp. `AgentProcess` starts `lparkube-agent serve` for one partition in a
+temporary directory (config, key, state dir, registration socket, ephemeral port) and talks to
+it with signed requests; `python -m lparkube_agent.testing app ...` is a tiny application that
+appends "<name> <time>" to a file whenever it is told to save, by any of the save methods.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+
+from . import protocol
+
+DEFAULT_PARTITION = "tenant-a/web-1"
+
+
+class AgentProcess:
+    """A real `lparkube-agent serve` process in `root` (a temporary directory)."""
+
+    def __init__(
+        self,
+        root: Path,
+        partition: str = DEFAULT_PARTITION,
+        key: bytes | None = None,
+        config: dict | None = None,
+        command: list[str] | None = None,
+    ) -> None:
+        self.root = root
+        self.partition = partition
+        self.key = key or protocol.new_key()
+        self.state_dir = root / "state"
+        # AF_UNIX paths are limited to 107 bytes; pytest's tmp paths can be longer.
+        self.socket = Path(tempfile.mkdtemp(prefix="lpk-")) / "agent.sock"
+        self.config_path = root / "config.json"
+        (root / "key").write_bytes(self.key)
+        settings = {"partition": partition, "listen": "127.0.0.1:0", "reportIntervalSeconds": 30}
+        settings.update(config or {})
+        self.config_path.write_text(json.dumps(settings))
+        self.command = command or [sys.executable, "-m", "lparkube_agent"]
+        self.proc: subprocess.Popen | None = None
+        self.port = 0
+        self.log_path = root / "agent.log"
+
+    def argv(self) -> list[str]:
+        return [
+            *self.command,
+            "serve",
+            f"--config={self.config_path}",
+            f"--state-dir={self.state_dir}",
+            f"--socket={self.socket}",
+            f"--input-table={self.root / 'input-table.json'}",
+            f"--vmcoreinfo={self.root / 'vmcoreinfo'}",
+        ]
+
+    def start(self, timeout: float = 15.0) -> AgentProcess:
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            self.argv(), stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL
+        )
+        log.close()
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline().decode()
+        if "on port" not in line:
+            self.proc.kill()
+            raise RuntimeError(f"agent did not start: {line!r}\n{self.log_path.read_text()}")
+        self.port = int(line.rsplit(" ", 1)[1])
+        deadline = time.monotonic() + timeout
+        while not self.socket.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return self
+
+    def env(self) -> dict[str, str]:
+        """Environment for `lparkube-agent register/run/list` against this agent."""
+        return {**os.environ, "LPARKUBE_AGENT_SOCKET": str(self.socket)}
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc and self.proc.stdout:
+            self.proc.stdout.close()
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes = b"",
+        key: bytes | None = None,
+        timeout: float = 60.0,
+    ) -> tuple[int, dict]:
+        """A signed request; the answer's signature is verified when the request was valid."""
+        return signed_request(
+            "127.0.0.1",
+            self.port,
+            key or self.key,
+            partition=self.partition,
+            method=method,
+            path=path,
+            body=body,
+            timeout=timeout,
+        )
+
+    def save(self, ident: str, timeout: float = 5.0, wait: float = 30.0, **extra) -> dict:
+        body = {"id": ident, "reason": "Manual", "applicationTimeoutSeconds": timeout}
+        body.update(waitSeconds=wait, **extra)
+        status, answer = self.request("POST", "/v1/save", json.dumps(body).encode())
+        if status not in (200, 202):
+            raise AssertionError(f"save answered {status}: {answer}")
+        return answer
+
+
+def signed_request(
+    host: str,
+    port: int,
+    key: bytes,
+    *,
+    partition: str,
+    method: str,
+    path: str,
+    body: bytes = b"",
+    timeout: float = 60.0,
+) -> tuple[int, dict]:
+    """Send one operator->agent request; verify a signed answer (raises AuthError if forged)."""
+    message = protocol.Message(protocol.TO_AGENT, method, path, partition, body)
+    signed = protocol.sign(key, message)
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        conn.request(method, path, body, signed.headers())
+        response = conn.getresponse()
+        data = response.read()
+    finally:
+        conn.close()
+    headers = dict(response.getheaders())
+    if protocol.HEADER_SIGNATURE.lower() in {k.lower() for k in headers}:
+        protocol.verify_response(key, signed, response.status, headers, data)
+    return response.status, json.loads(data or b"{}")
+
+
+# --- a tiny application that saves by every method --------------------------------------
+
+
+def _append(out: Path, name: str, delay: float) -> None:
+    time.sleep(delay)
+    with out.open("a") as handle:
+        handle.write(f"{name} {time.time():.6f}\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _app(args: argparse.Namespace) -> int:
+    out, name = Path(args.out), args.name
+    if args.mode == "command":  # the save command itself
+        _append(out, name, args.delay)
+        return 0
+    if args.mode == "hang":
+        time.sleep(3600)
+    if args.mode == "signal":
+        signal.signal(signal.SIGUSR1, lambda *_: _append(out, name, args.delay))
+    elif args.mode == "http":
+        _serve_http(out, name, args.delay, Path(args.ready))
+    elif args.mode == "socket":
+        _serve_socket(out, name, args.delay, Path(args.ready))
+    if args.ready and args.mode == "signal":
+        Path(args.ready).write_text(str(os.getpid()))
+    while True:
+        time.sleep(3600)
+
+
+def _serve_http(out: Path, name: str, delay: float, ready: Path) -> None:
+    class Save(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            _append(out, name, delay)
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Save)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    ready.write_text(f"http://127.0.0.1:{server.server_address[1]}/save")
+
+
+def _serve_socket(out: Path, name: str, delay: float, ready: Path) -> None:
+    path = ready.with_suffix(".sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(str(path))
+    sock.listen(8)
+
+    def loop() -> None:
+        while True:
+            conn, _ = sock.accept()
+            with conn:
+                conn.recv(4096)
+                _append(out, name, delay)
+                conn.sendall(b"OK saved\n")
+
+    threading.Thread(target=loop, daemon=True).start()
+    ready.write_text(str(path))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lparkube_agent.testing")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    app = sub.add_parser("app", help="an app that appends '<name> <time>' to --out on save")
+    app.add_argument("--mode", choices=["signal", "http", "socket", "command", "hang"])
+    app.add_argument("--name", required=True)
+    app.add_argument("--out", required=True)
+    app.add_argument("--delay", type=float, default=0.0, help="seconds a save takes")
+    app.add_argument("--ready", default="", help="file written once the app listens")
+    return _app(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
