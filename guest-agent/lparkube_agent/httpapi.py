@@ -117,6 +117,15 @@ class Handler(BaseHTTPRequestHandler):
         if len(lengths) > 1 or not text.isdigit() or len(text) > 12:
             self._refuse(400, "malformed", "Content-Length must be one decimal number")
             return None
+        signature_headers = (
+            protocol.HEADER_PARTITION,
+            protocol.HEADER_TIMESTAMP,
+            protocol.HEADER_NONCE,
+            protocol.HEADER_SIGNATURE,
+        )
+        if any(len(self.headers.get_all(name) or ()) > 1 for name in signature_headers):
+            self._refuse(400, "malformed", "each X-Lparkube-* header must appear once")
+            return None
         length = int(text)
         if length > protocol.MAX_BODY_BYTES:
             self._refuse(413, "oversized", f"body exceeds {protocol.MAX_BODY_BYTES} bytes")

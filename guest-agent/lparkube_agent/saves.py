@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from .methods import SKIPPED, TIMED_OUT, Outcome, SaveContext
+from .methods import FAILED, SKIPPED, TIMED_OUT, Outcome, SaveContext
 from .registry import Registration
 
 log = logging.getLogger(__name__)
@@ -180,7 +180,10 @@ class SaveRun:
 
     def _save_one(self, reg: Registration, order: int, ctx: SaveContext, save: SaveFn) -> None:
         start = time.monotonic()
-        outcome = save(reg, ctx)
+        try:
+            outcome = save(reg, ctx)
+        except Exception as error:  # a broken method is one app's failure, not the run's
+            outcome = Outcome(FAILED, f"{type(error).__name__}: {error}")
         self._record(app_result(reg, order, outcome, (time.monotonic() - start) * 1000))
         log.info("save %s: %s (pid %d) %s", ctx.save_id, reg.name, reg.pid, outcome.outcome)
 

@@ -9,14 +9,17 @@ appends "<name> <time>" to a file whenever it is told to save, by any of the sav
 from __future__ import annotations
 
 import argparse
+import fcntl
 import http.client
 import json
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
+import termios
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -156,6 +159,85 @@ def signed_request(
     return response.status, json.loads(data or b"{}")
 
 
+def cli(agent: AgentProcess, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Run `lparkube-agent ARGS` against the agent (the real CLI, as a user would)."""
+    result = subprocess.run(
+        [*agent.command, *args], env=agent.env(), capture_output=True, text=True, timeout=30
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"lparkube-agent {' '.join(args)}: {result.stderr}{result.stdout}")
+    return result
+
+
+def start_app(
+    mode: str, name: str, out: Path, delay: float = 0.0, **popen: object
+) -> tuple[subprocess.Popen, str]:
+    """Start a demo app; returns it and what it is reachable by (its pid, URL or socket)."""
+    ready = Path(tempfile.mkdtemp(prefix="lpk-")) / "ready"
+    argv = [sys.executable, "-m", "lparkube_agent.testing", "app", f"--mode={mode}"]
+    argv += [f"--name={name}", f"--out={out}", f"--delay={delay}", f"--ready={ready}"]
+    proc = subprocess.Popen(argv, **popen)  # type: ignore[call-overload]
+    deadline = time.monotonic() + 10
+    while not (ready.exists() and ready.read_text()):
+        if time.monotonic() > deadline or proc.poll() is not None:
+            proc.kill()
+            raise RuntimeError(f"app {name} did not start")
+        time.sleep(0.02)
+    return proc, ready.read_text()
+
+
+class Terminal:
+    """A pseudo-terminal the test controls, like a user's terminal window."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], cwd: Path) -> None:
+        self.master, slave = os.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+        self.proc = subprocess.Popen(
+            argv, stdin=slave, stdout=slave, stderr=slave, env=env, cwd=cwd,
+            start_new_session=True,
+        )  # fmt: skip
+        os.close(slave)
+        self.output = bytearray()
+        self._lock = threading.Lock()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                data = os.read(self.master, 65536)
+            except OSError:
+                return
+            if not data:
+                return
+            with self._lock:
+                self.output.extend(data)
+
+    def type(self, text: bytes) -> None:
+        os.write(self.master, text)
+
+    def wait_for(self, text: bytes, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if text in self.output:
+                    return
+            time.sleep(0.02)
+        raise AssertionError(f"{text!r} never appeared on the terminal: {bytes(self.output)!r}")
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        os.close(self.master)
+
+
+def lines(out: Path) -> list[tuple[str, float]]:
+    """The (name, time) lines the demo apps appended."""
+    if not out.exists():
+        return []
+    return [(n, float(t)) for n, t in (line.split() for line in out.read_text().splitlines())]
+
+
 # --- a tiny application that saves by every method --------------------------------------
 
 
@@ -172,15 +254,13 @@ def _app(args: argparse.Namespace) -> int:
     if args.mode == "command":  # the save command itself
         _append(out, name, args.delay)
         return 0
-    if args.mode == "hang":
-        time.sleep(3600)
     if args.mode == "signal":
         signal.signal(signal.SIGUSR1, lambda *_: _append(out, name, args.delay))
     elif args.mode == "http":
         _serve_http(out, name, args.delay, Path(args.ready))
     elif args.mode == "socket":
         _serve_socket(out, name, args.delay, Path(args.ready))
-    if args.ready and args.mode == "signal":
+    if args.mode in ("signal", "idle"):
         Path(args.ready).write_text(str(os.getpid()))
     while True:
         time.sleep(3600)
@@ -226,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lparkube_agent.testing")
     sub = parser.add_subparsers(dest="cmd", required=True)
     app = sub.add_parser("app", help="an app that appends '<name> <time>' to --out on save")
-    app.add_argument("--mode", choices=["signal", "http", "socket", "command", "hang"])
+    app.add_argument("--mode", choices=["signal", "http", "socket", "command", "idle"])
     app.add_argument("--name", required=True)
     app.add_argument("--out", required=True)
     app.add_argument("--delay", type=float, default=0.0, help="seconds a save takes")
