@@ -162,7 +162,12 @@ def signed_request(
 def cli(agent: AgentProcess, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     """Run `lparkube-agent ARGS` against the agent (the real CLI, as a user would)."""
     result = subprocess.run(
-        [*agent.command, *args], env=agent.env(), capture_output=True, text=True, timeout=30
+        [*agent.command, *args],
+        env=agent.env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
     )
     if check and result.returncode != 0:
         raise AssertionError(f"lparkube-agent {' '.join(args)}: {result.stderr}{result.stdout}")
