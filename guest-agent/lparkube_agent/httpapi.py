@@ -157,6 +157,8 @@ class Handler(BaseHTTPRequestHandler):
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         """Protocol errors found by http.server (bad request line, headers): JSON, unsigned."""
         self.close_connection = True
+        if getattr(self, "request_version", "HTTP/0.9") == "HTTP/0.9":
+            self.request_version = "HTTP/1.0"  # so the status line and headers are sent
         with contextlib.suppress(OSError):
             self._reply(code, error_body("malformed", message or "bad request"), None)
 

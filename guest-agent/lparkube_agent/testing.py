@@ -47,6 +47,7 @@ class AgentProcess:
         self.state_dir = root / "state"
         # AF_UNIX paths are limited to 107 bytes; pytest's tmp paths can be longer.
         self.socket = Path(tempfile.mkdtemp(prefix="lpk-")) / "agent.sock"
+        self.socket.parent.chmod(0o755)  # like /run/lparkube: every local user may connect
         self.config_path = root / "config.json"
         (root / "key").write_bytes(self.key)
         settings = {"partition": partition, "listen": "127.0.0.1:0", "reportIntervalSeconds": 30}

@@ -1,0 +1,260 @@
+"""Every way a request is refused, with the documented status, and proof that it ran nothing;
+and the registration socket's rule that a user registers only their own processes."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import socket
+import stat
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from lparkube_agent import protocol
+from lparkube_agent.testing import AgentProcess, cli, lines, start_app
+
+NOBODY = 65534
+
+
+@pytest.fixture
+def agent(tmp_path: Path) -> Iterator[AgentProcess]:
+    process = AgentProcess(tmp_path).start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def saver(agent: AgentProcess, tmp_path: Path) -> Iterator[Path]:
+    """A registered app that appends a line each time it is told to save."""
+    out = tmp_path / "saves.log"
+    proc, _ = start_app("signal", "saver", out)
+    cli(agent, "register", "--name=saver", f"--pid={proc.pid}", "--method=Signal")
+    yield out
+    proc.kill()
+    proc.wait()
+
+
+def save_body(ident: str = "evil") -> bytes:
+    return json.dumps({"id": ident, "waitSeconds": 5}).encode()
+
+
+def signed(
+    agent: AgentProcess,
+    body: bytes,
+    *,
+    key: bytes | None = None,
+    partition: str | None = None,
+    now: float | None = None,
+    path: str = "/v1/save",
+) -> tuple[protocol.Signed, dict[str, str]]:
+    message = protocol.Message(protocol.TO_AGENT, "POST", path, partition or agent.partition, body)
+    sig = protocol.sign(key or agent.key, message, now=now)
+    return sig, sig.headers()
+
+
+def send(
+    agent: AgentProcess, body: bytes, headers: dict[str, str], path: str = "/v1/save"
+) -> tuple[int, dict[str, str], dict]:
+    conn = http.client.HTTPConnection("127.0.0.1", agent.port, timeout=15)
+    try:
+        conn.request("POST", path, body, headers)
+        response = conn.getresponse()
+        data = response.read()
+    finally:
+        conn.close()
+    return response.status, dict(response.getheaders()), json.loads(data)
+
+
+def raw(agent: AgentProcess, data: bytes) -> tuple[int, dict]:
+    with socket.create_connection(("127.0.0.1", agent.port), timeout=15) as sock:
+        sock.sendall(data)
+        sock.shutdown(socket.SHUT_WR)
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        return response.status, json.loads(response.read())
+
+
+def assert_ran_nothing(out: Path) -> None:
+    time.sleep(0.3)  # a save, had one started, would have written by now
+    assert lines(out) == []
+
+
+def refused(status: int, answer: dict, expected_status: int, reason: str) -> None:
+    assert (status, answer["error"]) == (expected_status, reason), answer
+    assert answer["message"]
+
+
+def test_unsigned(agent: AgentProcess, saver: Path) -> None:
+    status, headers, answer = send(agent, save_body(), {})
+    refused(status, answer, 401, "unsigned")
+    assert protocol.HEADER_SIGNATURE not in headers
+    assert_ran_nothing(saver)
+
+
+def test_wrong_key(agent: AgentProcess, saver: Path) -> None:
+    _, headers = signed(agent, save_body(), key=protocol.new_key())
+    refused(*send(agent, save_body(), headers)[::2], 401, "bad-signature")
+    assert_ran_nothing(saver)
+
+
+def test_wrong_partition(agent: AgentProcess, saver: Path) -> None:
+    _, headers = signed(agent, save_body(), partition="tenant-b/other")
+    refused(*send(agent, save_body(), headers)[::2], 401, "wrong-partition")
+    assert_ran_nothing(saver)
+
+
+def test_tampered_body(agent: AgentProcess, saver: Path) -> None:
+    _, headers = signed(agent, save_body("harmless"))
+    refused(*send(agent, save_body("evil"), headers)[::2], 401, "bad-signature")
+    assert_ran_nothing(saver)
+
+
+def test_replayed(agent: AgentProcess, saver: Path) -> None:
+    body = save_body("once")
+    sig, headers = signed(agent, body)
+    status, response_headers, answer = send(agent, body, headers)
+    assert status == 200 and answer["applications"][0]["outcome"] == "Saved"
+    protocol.verify_response(agent.key, sig, status, response_headers, json.dumps(answer).encode())
+    assert len(lines(saver)) == 1
+    refused(*send(agent, body, headers)[::2], 401, "replayed")
+    # The same bytes again, even for a new save id, cannot be replayed: a new id needs a new
+    # signature, and the old signature fails on the new body.
+    refused(*send(agent, save_body("twice"), headers)[::2], 401, "bad-signature")
+    time.sleep(0.3)
+    assert len(lines(saver)) == 1
+
+
+@pytest.mark.parametrize("skew", [-120, 120])
+def test_expired_or_future(agent: AgentProcess, saver: Path, skew: int) -> None:
+    _, headers = signed(agent, save_body(), now=time.time() + skew)
+    refused(*send(agent, save_body(), headers)[::2], 401, "stale")
+    assert_ran_nothing(saver)
+
+
+def test_oversized_body(agent: AgentProcess, saver: Path) -> None:
+    body = b'{"id": "big", "pad": "' + b"x" * (protocol.MAX_BODY_BYTES + 10) + b'"}'
+    _, headers = signed(agent, body)
+    refused(*send(agent, body, headers)[::2], 413, "oversized")
+    # A huge declared length is refused at once, without waiting for the body.
+    start = time.monotonic()
+    status, answer = raw(agent, b"POST /v1/save HTTP/1.1\r\nContent-Length: 999999999\r\n\r\n")
+    refused(status, answer, 413, "oversized")
+    assert time.monotonic() - start < 2
+    assert_ran_nothing(saver)
+
+
+@pytest.mark.parametrize(
+    "body", [b"not json", b'{"id": 5}', b"[]", b'{"id": "x", "waitSeconds": "soon"}', b"[" * 5000]
+)
+def test_signed_but_malformed_body(agent: AgentProcess, saver: Path, body: bytes) -> None:
+    sig, headers = signed(agent, body)
+    status, response_headers, answer = send(agent, body, headers)
+    refused(status, answer, 400, "malformed")
+    protocol.verify_response(
+        agent.key, sig, status, response_headers, json.dumps(answer).encode()
+    )  # an authenticated error is signed
+    assert_ran_nothing(saver)
+
+
+@pytest.mark.parametrize(
+    ("header", "value"),
+    [
+        (protocol.HEADER_NONCE, "not-hex"),
+        (protocol.HEADER_TIMESTAMP, "yesterday"),
+        (protocol.HEADER_SIGNATURE, "ABCDEF"),
+    ],
+)
+def test_malformed_headers(agent: AgentProcess, saver: Path, header: str, value: str) -> None:
+    _, headers = signed(agent, save_body())
+    headers[header] = value
+    refused(*send(agent, save_body(), headers)[::2], 400, "malformed")
+    assert_ran_nothing(saver)
+
+
+def test_malformed_http(agent: AgentProcess, saver: Path) -> None:
+    _, headers = signed(agent, save_body())
+    lines_ = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    chunked = f"POST /v1/save HTTP/1.1\r\nTransfer-Encoding: chunked\r\n{lines_}\r\n"
+    refused(*raw(agent, chunked.encode() + b"5\r\nhello\r\n0\r\n\r\n"), 400, "malformed")
+    twice = f"POST /v1/save HTTP/1.1\r\n{lines_}{lines_}Content-Length: 0\r\n\r\n"
+    refused(*raw(agent, twice.encode()), 400, "malformed")
+    short = f"POST /v1/save HTTP/1.1\r\n{lines_}Content-Length: 100\r\n\r\n" + "{}"
+    refused(*raw(agent, short.encode()), 400, "malformed")
+    status, _ = raw(agent, b"GARBAGE\r\n\r\n")
+    assert status == 400
+    assert_ran_nothing(saver)
+
+
+def test_slow_clients_do_not_block_others(agent: AgentProcess, saver: Path) -> None:
+    stalled = []
+    for _ in range(20):
+        sock = socket.create_connection(("127.0.0.1", agent.port))
+        sock.sendall(b"POST /v1/save HTTP/1.1\r\nContent-Length: 100\r\n\r\n{")
+        stalled.append(sock)
+    try:
+        start = time.monotonic()
+        assert agent.request("GET", "/v1/report")[0] == 200
+        assert time.monotonic() - start < 2
+    finally:
+        for sock in stalled:
+            sock.close()
+    assert_ran_nothing(saver)
+
+
+# --- the registration socket ------------------------------------------------------------------
+
+
+def as_user(uid: int, socket_path: Path, request: dict) -> dict:
+    """Send one registration request from a child process running as `uid`."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: drop to uid, ask, report back through the pipe
+        try:
+            os.setgroups([])
+            os.setresgid(uid, uid, uid)
+            os.setresuid(uid, uid, uid)
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.connect(str(socket_path))
+                sock.sendall(json.dumps(request).encode() + b"\n")
+                answer = sock.makefile("rb").readline()
+            os.write(write_end, answer)
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        data = pipe.read()
+    os.waitpid(pid, 0)
+    return json.loads(data)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")
+def test_users_register_and_unregister_only_their_own_processes(agent: AgentProcess) -> None:
+    assert stat.S_IMODE(agent.socket.stat().st_mode) == 0o666
+    mine = subprocess.Popen(["sleep", "60"], user=NOBODY, group=NOBODY)
+    roots = subprocess.Popen(["sleep", "60"])
+    try:
+        app = {"name": "x", "method": "Signal", "signal": "SIGCONT"}
+        steal = as_user(NOBODY, agent.socket, {"op": "register", "app": {**app, "pid": roots.pid}})
+        assert not steal["ok"] and "another user" in steal["error"]
+
+        own = as_user(NOBODY, agent.socket, {"op": "register", "app": {**app, "pid": mine.pid}})
+        assert own["ok"] and own["application"]["uid"] == NOBODY
+
+        cli(agent, "register", "--name=root-app", f"--pid={roots.pid}", "--method=Signal",
+            "--signal=SIGCONT")  # fmt: skip
+        theft = as_user(NOBODY, agent.socket, {"op": "unregister", "pid": roots.pid})
+        assert not theft["ok"] and "only your own" in theft["error"]
+        assert as_user(NOBODY, agent.socket, {"op": "unregister", "pid": mine.pid})["ok"]
+
+        no_tty = {"op": "register", "app": {**app, "pid": mine.pid, "method": "SimulatedInput"}}
+        assert "lparkube-agent run" in as_user(NOBODY, agent.socket, no_tty)["error"]
+        assert "root-app" in cli(agent, "list").stdout
+    finally:
+        for proc in (mine, roots):
+            proc.kill()
+            proc.wait()
