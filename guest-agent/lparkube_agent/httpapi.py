@@ -77,6 +77,12 @@ class Handler(BaseHTTPRequestHandler):
     sys_version = ""
     server: AgentHTTPServer
 
+    def setup(self) -> None:
+        super().setup()
+        # Headers and body go out in two writes; without this, Nagle + delayed ACK stall
+        # every keep-alive answer by ~40 ms.
+        self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
     def do_GET(self) -> None:
         self._handle()
 

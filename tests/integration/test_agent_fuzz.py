@@ -1,0 +1,389 @@
+"""Fuzz the agent's HTTP endpoint: 10,000+ requests, random ones and mutations of valid signed
+ones, over real connections to a real agent process. Nothing that is not validly signed and
+fresh may be accepted, everything that is must be, and the agent must survive all of it.
+
+Set LPARKUBE_FUZZ_SEED to replay a run; the seed is printed (pytest shows it on failure).
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import random
+import socket
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lparkube_agent import protocol
+from lparkube_agent.testing import AgentProcess, cli, lines, start_app
+
+TOTAL = 10_000
+THREADS = 8
+IDS = 20
+SIGNATURE_HEADERS = (
+    protocol.HEADER_PARTITION,
+    protocol.HEADER_TIMESTAMP,
+    protocol.HEADER_NONCE,
+    protocol.HEADER_SIGNATURE,
+)
+
+
+@dataclass
+class Request:
+    """One request as parts, so mutations can change any of them."""
+
+    method: str
+    path: str
+    body: bytes
+    headers: list[tuple[str, str]]
+    signed: protocol.Signed | None = None
+
+    def render(self) -> tuple[bytes, list[tuple[int, int]], int]:
+        """The bytes, the spans the signature covers, and where the last signed value ends."""
+        covered: list[tuple[int, int]] = []
+        data = bytearray()
+
+        def put(text: bytes, cover: bool = False) -> None:
+            if cover:
+                covered.append((len(data), len(data) + len(text)))
+            data.extend(text)
+
+        put(self.method.encode(), True)
+        put(b" ")
+        put(self.path.encode(), True)
+        put(b" HTTP/1.1\r\n")
+        last_signed_end = 0
+        for name, value in self.headers:
+            is_signed = name in SIGNATURE_HEADERS
+            put(name.encode(), is_signed)
+            put(b": ")
+            put(value.encode(), is_signed)
+            last_signed_end = len(data) if is_signed else last_signed_end
+            put(b"\r\n")
+        put(b"\r\n")
+        put(self.body, True)
+        return bytes(data), [c for c in covered if c[1] > c[0]], last_signed_end
+
+
+@dataclass
+class Case:
+    kind: str
+    data: bytes
+    accept: bool
+    signed: protocol.Signed | None
+    oneshot: bool = False
+    save_id: str | None = None
+
+
+@dataclass
+class Tally:
+    kinds: Counter = field(default_factory=Counter)
+    accepted: Counter = field(default_factory=Counter)
+    wrong: list[str] = field(default_factory=list)
+    ids: set[str] = field(default_factory=set)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class Fuzzer:
+    """Makes cases for one thread; every case knows whether it must be accepted."""
+
+    def __init__(self, agent: AgentProcess, rng: random.Random) -> None:
+        self.agent, self.rng = agent, rng
+        self.accepted: list[bytes] = []  # sent and accepted: replaying them must fail
+
+    def request(
+        self,
+        *,
+        key: bytes | None = None,
+        partition: str | None = None,
+        skew: float = 0.0,
+        body: bytes | None = None,
+        route: tuple[str, str] | None = None,
+    ) -> tuple[Request, str | None]:
+        rng = self.rng
+        save_id = None
+        if route is None:
+            route = ("GET", "/v1/report") if rng.random() < 0.4 else ("POST", "/v1/save")
+        method, path = route
+        if body is None and method == "POST":
+            save_id = f"fuzz-{rng.randrange(IDS)}"
+            body = json.dumps({"id": save_id, "reason": "Manual", "waitSeconds": 0}).encode()
+        body = body or b""
+        message = protocol.Message(
+            protocol.TO_AGENT, method, path, partition or self.agent.partition, body
+        )
+        signed = protocol.sign(key or self.agent.key, message, now=time.time() + skew)
+        headers = [("Host", "agent"), ("Content-Type", "application/json")]
+        headers.append(("Content-Length", str(len(body))))
+        headers += list(signed.headers().items())
+        return Request(method, path, body, headers, signed), save_id
+
+    def case(self) -> Case:
+        kinds = list(MUTATIONS)
+        weights = [MUTATIONS[k][1] for k in kinds]
+        kind = self.rng.choices(kinds, weights)[0]
+        if kind == "replay" and not self.accepted:
+            kind = "valid"
+        return MUTATIONS[kind][0](self)
+
+    # --- accepted: validly signed and fresh, however the HTTP framing varies ---------------
+
+    def valid(self) -> Case:
+        request, save_id = self.request()
+        return Case("valid", request.render()[0], True, request.signed, save_id=save_id)
+
+    def reorder(self) -> Case:
+        request, save_id = self.request()
+        self.rng.shuffle(request.headers)
+        return Case("reorder", request.render()[0], True, request.signed, save_id=save_id)
+
+    def header_case(self) -> Case:
+        request, save_id = self.request()
+        request.headers = [(self._recase(n), v) for n, v in request.headers]
+        return Case("header-case", request.render()[0], True, request.signed, save_id=save_id)
+
+    def extra_header(self) -> Case:
+        request, save_id = self.request()
+        junk = "".join(self.rng.choice("abcdefXYZ0123 -_/") for _ in range(20)).strip() or "x"
+        request.headers.insert(self.rng.randrange(len(request.headers) + 1), ("X-Fuzz", junk))
+        return Case("extra-header", request.render()[0], True, request.signed, save_id=save_id)
+
+    def fresh_skew(self) -> Case:
+        request, save_id = self.request(skew=self.rng.uniform(-50, 50))
+        return Case("fresh-skew", request.render()[0], True, request.signed, save_id=save_id)
+
+    # --- refused ----------------------------------------------------------------------------
+
+    def replay(self) -> Case:
+        return Case("replay", self.rng.choice(self.accepted), False, None)
+
+    def stale(self) -> Case:
+        skew = self.rng.choice((-1, 1)) * self.rng.uniform(65, 10**7)
+        return self._refused("stale", self.request(skew=skew)[0])
+
+    def wrong_key(self) -> Case:
+        return self._refused("wrong-key", self.request(key=protocol.new_key())[0])
+
+    def wrong_partition(self) -> Case:
+        other = self.rng.choice(["tenant-a/web-2", "tenant-b/web-1", "web-1", "x"])
+        return self._refused("wrong-partition", self.request(partition=other)[0])
+
+    def shift_timestamp(self) -> Case:
+        request, _ = self.request()
+        shift = self.rng.choice((-1, 1)) * self.rng.randint(1, 30)
+        request.headers = [
+            (n, str(int(v) + shift) if n == protocol.HEADER_TIMESTAMP else v)
+            for n, v in request.headers
+        ]
+        return self._refused("shift-timestamp", request)
+
+    def strip_header(self) -> Case:
+        request, _ = self.request()
+        gone = self.rng.choice(SIGNATURE_HEADERS)
+        request.headers = [(n, v) for n, v in request.headers if n != gone]
+        return self._refused("strip-header", request)
+
+    def duplicate_header(self) -> Case:
+        request, _ = self.request()
+        name = self.rng.choice(SIGNATURE_HEADERS)
+        value = dict(request.headers)[name]
+        if self.rng.random() < 0.5:
+            value = protocol.sign(protocol.new_key(), protocol.Message("x", "", "", "", b"")).nonce
+        request.headers.insert(self.rng.randrange(len(request.headers) + 1), (name, value))
+        return self._refused("duplicate-header", request)
+
+    def bad_body(self) -> Case:
+        body = self.rng.choice(
+            [b"", b"{", b"[]", b'{"id": 1}', b'{"id": "x", "waitSeconds": -1}', b"\xff\xfe"]
+        )
+        return self._refused("bad-body", self.request(body=body, route=("POST", "/v1/save"))[0])
+
+    def wrong_route(self) -> Case:
+        route = self.rng.choice(
+            [("GET", "/v1/save"), ("POST", "/v1/report"), ("GET", "/"), ("POST", "/v1/save/")]
+        )
+        return self._refused("wrong-route", self.request(route=route, body=b"{}")[0])
+
+    def flip(self) -> Case:
+        request, _ = self.request()
+        data, covered, _ = request.render()
+        start, end = self.rng.choice(covered)
+        at = self.rng.randrange(start, end)
+        old = data[at]
+        same = {old, ord(chr(old).swapcase()) if chr(old).isalpha() else old}
+        new = self.rng.choice([b for b in range(256) if b not in same])
+        mutated = data[:at] + bytes([new]) + data[at + 1 :]
+        return Case("flip", mutated, False, None, oneshot=True)
+
+    def truncate(self) -> Case:
+        request, _ = self.request()
+        data, _, last_signed_end = request.render()
+        cut = self.rng.randrange(len(data) if request.body else last_signed_end)
+        return Case("truncate", data[:cut], False, None, oneshot=True)
+
+    def oversized(self) -> Case:
+        body = b'{"id": "huge", "pad": "' + b"x" * (protocol.MAX_BODY_BYTES + 1) + b'"}'
+        request, _ = self.request(body=body, route=("POST", "/v1/save"))
+        return Case("oversized", request.render()[0], False, None, oneshot=True)
+
+    def garbage(self) -> Case:
+        rng = self.rng
+        if rng.random() < 0.5:
+            data = bytes(rng.randrange(256) for _ in range(rng.randrange(300)))
+        else:
+            head = [f"{rng.choice(['GET', 'POST', 'PUT', 'get'])} /v1/save HTTP/1.1"]
+            for name in rng.sample(SIGNATURE_HEADERS, rng.randrange(5)):
+                head.append(f"{name}: {rng.getrandbits(256):x}")
+            data = ("\r\n".join(head) + "\r\n\r\n").encode()
+        return Case("garbage", data, False, None, oneshot=True)
+
+    def _refused(self, kind: str, request: Request) -> Case:
+        return Case(kind, request.render()[0], False, request.signed)
+
+    def _recase(self, name: str) -> str:
+        return "".join(c.upper() if self.rng.random() < 0.5 else c.lower() for c in name)
+
+
+MUTATIONS: dict[str, tuple[Callable[[Fuzzer], Case], int]] = {
+    "valid": (Fuzzer.valid, 8),
+    "reorder": (Fuzzer.reorder, 4),
+    "header-case": (Fuzzer.header_case, 4),
+    "extra-header": (Fuzzer.extra_header, 3),
+    "fresh-skew": (Fuzzer.fresh_skew, 3),
+    "replay": (Fuzzer.replay, 8),
+    "stale": (Fuzzer.stale, 5),
+    "wrong-key": (Fuzzer.wrong_key, 5),
+    "wrong-partition": (Fuzzer.wrong_partition, 3),
+    "shift-timestamp": (Fuzzer.shift_timestamp, 5),
+    "strip-header": (Fuzzer.strip_header, 4),
+    "duplicate-header": (Fuzzer.duplicate_header, 4),
+    "bad-body": (Fuzzer.bad_body, 4),
+    "wrong-route": (Fuzzer.wrong_route, 3),
+    "flip": (Fuzzer.flip, 20),
+    "truncate": (Fuzzer.truncate, 8),
+    "oversized": (Fuzzer.oversized, 1),
+    "garbage": (Fuzzer.garbage, 6),
+}
+
+
+class Connection:
+    """A keep-alive connection that reconnects when the agent closes it."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.sock: socket.socket | None = None
+
+    def exchange(self, data: bytes, oneshot: bool) -> tuple[int | None, dict, bytes]:
+        if oneshot:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=20) as sock:
+                return _exchange(sock, data, half_close=True)
+        for attempt in (1, 2):
+            if self.sock is None:
+                self.sock = socket.create_connection(("127.0.0.1", self.port), timeout=20)
+            try:
+                status, headers, body = _exchange(self.sock, data, half_close=False)
+            except OSError:
+                self.close()
+                if attempt == 2:
+                    raise
+                continue
+            if status is None or headers.get("connection", "").lower() == "close":
+                self.close()
+            if status is not None:
+                return status, headers, body
+        return None, {}, b""
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+
+def _exchange(sock: socket.socket, data: bytes, half_close: bool) -> tuple[int | None, dict, bytes]:
+    try:
+        sock.sendall(data)
+        if half_close:
+            sock.shutdown(socket.SHUT_WR)
+    except OSError:
+        if not half_close:
+            raise
+    response = http.client.HTTPResponse(sock)
+    try:
+        response.begin()
+        body = response.read()
+    except (http.client.HTTPException, ConnectionError):
+        return None, {}, b""  # the agent closed without answering: refused
+    headers = {k.lower(): v for k, v in response.getheaders()}
+    return response.status, headers, body
+
+
+def worker(agent: AgentProcess, seed: int, count: int, tally: Tally) -> None:
+    fuzzer = Fuzzer(agent, random.Random(seed))
+    conn = Connection(agent.port)
+    try:
+        for _ in range(count):
+            case = fuzzer.case()
+            status, headers, body = conn.exchange(case.data, case.oneshot)
+            accepted = status in (200, 202)
+            problem = None
+            if accepted != case.accept:
+                problem = f"{case.kind}: answered {status} {body[:120]!r} to {case.data[:300]!r}"
+            elif accepted:
+                assert case.signed is not None
+                try:
+                    protocol.verify_response(agent.key, case.signed, status, headers, body)
+                except protocol.AuthError as error:
+                    problem = f"{case.kind}: unsigned or badly signed answer: {error}"
+                fuzzer.accepted.append(case.data)
+                del fuzzer.accepted[:-50]
+            with tally.lock:
+                tally.kinds[case.kind] += 1
+                tally.accepted[case.kind] += accepted
+                if problem:
+                    tally.wrong.append(problem)
+                if accepted and case.save_id:
+                    tally.ids.add(case.save_id)
+    finally:
+        conn.close()
+
+
+def test_fuzz_the_agent_endpoint(tmp_path: Path) -> None:
+    seed = int(os.environ.get("LPARKUBE_FUZZ_SEED") or random.SystemRandom().getrandbits(32))
+    print(f"fuzz seed: {seed} (LPARKUBE_FUZZ_SEED={seed} replays this run)")
+    agent = AgentProcess(tmp_path).start()
+    out = tmp_path / "saves.log"
+    app, _ = start_app("signal", "saver", out)
+    try:
+        cli(agent, "register", "--name=saver", f"--pid={app.pid}", "--method=Signal")
+        tally = Tally()
+        start = time.monotonic()
+        threads = [
+            threading.Thread(target=worker, args=(agent, seed * 100 + i, TOTAL // THREADS, tally))
+            for i in range(THREADS)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        elapsed = time.monotonic() - start
+        total = sum(tally.kinds.values())
+        print(f"{total} requests in {elapsed:.1f}s; by kind (sent, accepted):")
+        for kind in MUTATIONS:
+            print(f"  {kind:17} {tally.kinds[kind]:5} {tally.accepted[kind]:5}")
+
+        assert total >= TOTAL
+        assert not tally.wrong, f"seed {seed}: {len(tally.wrong)} wrong: {tally.wrong[:5]}"
+        assert agent.alive(), f"seed {seed}: the agent died"
+        for ident in sorted(tally.ids):  # every accepted save finishes, each saved once
+            assert agent.save(ident, wait=20)["state"] == "Completed"
+        assert agent.request("GET", "/v1/report")[0] == 200
+        assert len(lines(out)) == len(tally.ids), f"seed {seed}: saves ran that were refused"
+    finally:
+        app.kill()
+        app.wait()
+        agent.stop()
