@@ -36,6 +36,7 @@ from .terminals import Terminals
 SAVED, FAILED, TIMED_OUT, SKIPPED = "Saved", "Failed", "TimedOut", "Skipped"
 MAX_MESSAGE = 300
 POLL_SECONDS = 0.05
+REATTACH_SECONDS = 3.0
 # Signals whose default action ends the process: sending one to an app without a handler
 # would destroy exactly the data we want saved.
 _FATAL_BY_DEFAULT = {
@@ -168,6 +169,10 @@ class Methods:
         return Outcome(FAILED, _short(reply or "the socket closed without a reply"))
 
     def _simulated_input(self, reg: Registration, ctx: SaveContext) -> Outcome:
+        # Right after an agent restart the run wrapper needs a moment to hand its pty over again.
+        attach_by = min(ctx.deadline, time.monotonic() + REATTACH_SECONDS)
+        while not self.terminals.has(reg.key) and time.monotonic() < attach_by:
+            time.sleep(POLL_SECONDS)
         if not self.terminals.has(reg.key):
             return Outcome(FAILED, "terminal not attached (the run wrapper has not reconnected)")
         entry = self.entry_for(reg)

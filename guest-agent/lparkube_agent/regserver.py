@@ -145,7 +145,7 @@ class RegistrationServer:
             if op == "unregister":
                 return self._unregister(request, peer)
             if op == "list":
-                return {"ok": True, "applications": [r.to_json() for r in self.table.entries()]}
+                return {"ok": True, "applications": [self._listed(r) for r in self.table.entries()]}
             if op == "ping":
                 return {"ok": True}
             raise RefusedError("op must be register, unregister, list or ping")
@@ -191,6 +191,12 @@ class RegistrationServer:
             held[reg.key] = fd
         log.info("registered %s (pid %d, uid %d, %s)", reg.name, reg.pid, reg.uid, reg.method)
         return {"ok": True, "application": reg.to_json()}
+
+    def _listed(self, reg: Registration) -> dict:
+        entry = reg.to_json()
+        if reg.method == SIMULATED_INPUT:
+            entry["attached"] = self.terminals.has(reg.key)
+        return entry
 
     def _unregister(self, request: dict, peer: Peer) -> dict:
         pid, name = request.get("pid"), request.get("name")

@@ -104,6 +104,11 @@ class AgentProcess:
         if self.proc and self.proc.stdout:
             self.proc.stdout.close()
 
+    def restart(self, sig: int = signal.SIGTERM) -> AgentProcess:
+        """Stop (gracefully, or with SIGKILL) and start again on the same state and socket."""
+        self.stop(sig)
+        return self.start()
+
     def request(
         self,
         method: str,

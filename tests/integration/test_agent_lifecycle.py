@@ -1,0 +1,273 @@
+"""The agent across its life: signed reports to the operator, restarts (graceful and SIGKILL)
+that keep the registration table, pruning of dead apps, and the zipapp as shipped."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import zipfile
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from lparkube_agent import protocol
+from lparkube_agent.testing import AgentProcess, Terminal, cli, lines, start_app
+from lparkube_agent.version import VERSION
+
+PARTITION = "tenant-a/web-1"
+
+
+def wait_until(check: Callable[[], object], timeout: float = 10.0) -> object:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {check}")
+
+
+class FakeOperator:
+    """The operator's agent gateway: verifies each signed report and answers 204 signed
+    (or, while `forge` > 0, with an unsigned answer the agent must not trust)."""
+
+    def __init__(self, key: bytes, port: int = 0) -> None:
+        self.key, self.forge = key, 0
+        self.reports: list[tuple[float, dict]] = []
+        self.verifier = protocol.Verifier(key, PARTITION)
+        operator = self
+
+        class Gateway(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                message = protocol.Message(protocol.TO_OPERATOR, "POST", self.path, PARTITION, body)
+                signed = operator.verifier.verify(message, self.headers)
+                operator.reports.append((time.monotonic(), json.loads(body)))
+                self.send_response(204)
+                if operator.forge > 0:
+                    operator.forge -= 1
+                else:
+                    answer = protocol.sign_response(key, signed, 204, b"")
+                    for name, value in answer.headers().items():
+                        self.send_header(name, value)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Gateway)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def agent(tmp_path: Path) -> Iterator[AgentProcess]:
+    process = AgentProcess(tmp_path).start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def apps() -> Iterator[list[subprocess.Popen]]:
+    started: list[subprocess.Popen] = []
+    yield started
+    for proc in started:
+        proc.kill()
+        proc.wait()
+
+
+def signal_app(apps: list, agent: AgentProcess, name: str, out: Path) -> subprocess.Popen:
+    proc, _ = start_app("signal", name, out)
+    apps.append(proc)
+    cli(agent, "register", f"--name={name}", f"--pid={proc.pid}", "--method=Signal")
+    return proc
+
+
+def registered(agent: AgentProcess) -> list[str]:
+    return sorted(a["name"] for a in json.loads(cli(agent, "list", "--json").stdout))
+
+
+# --- reports ----------------------------------------------------------------------------------
+
+
+def test_signed_reports_at_boot_on_change_and_never_trusting_forged_answers(
+    tmp_path: Path, apps: list
+) -> None:
+    key = protocol.new_key()
+    operator = FakeOperator(key)
+    operator.forge = 1
+    (tmp_path / "vmcoreinfo").write_text("1f5c8b000 1000\n")
+    agent = AgentProcess(
+        tmp_path, key=key, config={"operatorURL": operator.url, "reportIntervalSeconds": 30}
+    ).start()
+    try:
+        wait_until(lambda: len(operator.reports) >= 2, timeout=5)
+        first, second = operator.reports[:2]
+        assert second[0] - first[0] < 5, "a forged answer must be retried, not trusted"
+        report = second[1]
+        assert report["agentVersion"] == VERSION
+        assert report["kernelRelease"] == os.uname().release
+        assert report["vmcoreinfo"] == {"address": "0x1f5c8b000", "size": 4096}
+        assert report["bootTime"].endswith("Z") and report["applications"] == []
+
+        signal_app(apps, agent, "db", tmp_path / "out")
+        latest = wait_until(lambda: operator.reports[-1][1]["applications"], timeout=5)
+        assert latest == [{"name": "db", "pid": apps[0].pid, "priority": 100, "method": "Signal"}]
+        status, on_demand = agent.request("GET", "/v1/report")
+        assert status == 200 and on_demand["applications"] == latest
+    finally:
+        agent.stop()
+        operator.close()
+    assert "Traceback" not in agent.log_path.read_text()
+
+
+def test_reports_retry_until_the_operator_is_reachable(tmp_path: Path) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    key = protocol.new_key()
+    url = f"http://127.0.0.1:{port}"
+    agent = AgentProcess(tmp_path, key=key, config={"operatorURL": url}).start()
+    try:
+        time.sleep(1.5)  # a few failed attempts
+        assert agent.alive()
+        operator = FakeOperator(key, port)
+        try:
+            wait_until(lambda: operator.reports, timeout=8)
+        finally:
+            operator.close()
+    finally:
+        agent.stop()
+
+
+# --- the registration table -------------------------------------------------------------------
+
+
+def test_table_survives_restarts_and_dead_processes_are_pruned(
+    agent: AgentProcess, apps: list, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    keeper = signal_app(apps, agent, "keeper", out)
+    doomed = signal_app(apps, agent, "doomed", out)
+    gone = signal_app(apps, agent, "gone-live", out)
+
+    agent.stop()
+    doomed.kill()  # dies while the agent is down: pruned when it comes back
+    doomed.wait()
+    agent.start()
+    assert registered(agent) == ["gone-live", "keeper"]
+
+    gone.kill()  # dies while the agent runs: pruned within seconds
+    gone.wait()
+    wait_until(lambda: registered(agent) == ["keeper"], timeout=5)
+
+    agent.restart(signal.SIGKILL)
+    assert registered(agent) == ["keeper"]
+    result = agent.save("after-restart")
+    assert [(a["name"], a["outcome"]) for a in result["applications"]] == [("keeper", "Saved")]
+    assert lines(out)[0][0] == "keeper" and keeper.poll() is None
+
+
+def test_sigkill_in_the_middle_of_saves_and_registrations_keeps_the_table_whole(
+    agent: AgentProcess, apps: list, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    for name in ("a", "b", "c"):
+        signal_app(apps, agent, name, out)
+    web, url = start_app("http", "slow", out, delay=5)
+    apps.append(web)
+    cli(agent, "register", "--name=slow", f"--pid={web.pid}", "--method=HTTP", f"--url={url}")
+    status, _ = agent.request("POST", "/v1/save", b'{"id": "cut", "waitSeconds": 0}')
+    assert status == 202
+
+    stop = threading.Event()
+
+    def churn() -> None:
+        while not stop.is_set():
+            cli(agent, "register", "--name=churn", f"--pid={apps[0].pid}", "--method=Signal",
+                check=False)  # fmt: skip
+            cli(agent, "unregister", f"--pid={apps[0].pid}", "--name=churn", check=False)
+
+    thread = threading.Thread(target=churn)
+    thread.start()
+    time.sleep(1.0)
+    agent.stop(signal.SIGKILL)
+    stop.set()
+    thread.join()
+
+    table = json.loads((agent.state_dir / "registrations.json").read_text())
+    names = {a["name"] for a in table["applications"]}
+    assert {"a", "b", "c", "slow"} <= names <= {"a", "b", "c", "slow", "churn"}
+    agent.start()
+    assert {"a", "b", "c", "slow"} <= set(registered(agent))
+
+
+def test_run_wrapper_registers_again_after_the_agent_restarts(
+    agent: AgentProcess, tmp_path: Path
+) -> None:
+    if shutil.which("nano") is None:
+        pytest.fail("nano is not installed (apt-get install nano; .ci/run does)")
+    document = tmp_path / "doc.txt"
+    document.write_text("hello\n")
+    env = {**agent.env(), "TERM": "xterm", "HOME": str(tmp_path)}
+    terminal = Terminal([*agent.command, "run", "--", "nano", "doc.txt"], env, tmp_path)
+    try:
+        terminal.wait_for(b"hello")
+        agent.restart(signal.SIGKILL)
+        terminal.type(b"after the restart ")
+        terminal.wait_for(b"after the restart")
+        result = agent.save("post-restart")  # the wrapper re-attaches within about a second
+        assert result["applications"][0]["outcome"] == "Saved"
+        assert "after the restart" in document.read_text()
+        [entry] = json.loads(cli(agent, "list", "--json").stdout)
+        assert entry["attached"] is True
+    finally:
+        terminal.close()
+
+
+# --- the zipapp -------------------------------------------------------------------------------
+
+
+def test_zipapp_is_self_contained_and_serves(tmp_path: Path, apps: list) -> None:
+    pyz = tmp_path / "lparkube-agent.pyz"
+    subprocess.run([sys.executable, "-m", "lparkube_agent.build", str(pyz)], check=True)
+    names = zipfile.ZipFile(pyz).namelist()
+    assert "__main__.py" in names and "lparkube_agent/testing.py" not in names
+    assert pyz.read_bytes().startswith(b"#!/usr/bin/env python3\n")
+    assert os.access(pyz, os.X_OK)
+    clean_env = {"PATH": os.environ["PATH"]}  # no venv, no PYTHONPATH: standard library only
+    python = shutil.which("python3", path="/usr/bin:/bin") or "python3"
+    version = subprocess.run(
+        [python, "-I", str(pyz), "version"], capture_output=True, text=True, env=clean_env,
+        check=True,
+    )  # fmt: skip
+    assert version.stdout.strip() == VERSION
+    direct = subprocess.run([str(pyz), "version"], capture_output=True, text=True, check=True)
+    assert direct.stdout.strip() == VERSION
+
+    root = tmp_path / "zipapp-agent"
+    root.mkdir()
+    agent = AgentProcess(root, command=[python, "-I", str(pyz)]).start()
+    try:
+        assert agent.request("GET", "/v1/report")[0] == 200
+        signal_app(apps, agent, "zipped", tmp_path / "out")
+        result = agent.save("zipapp")
+        assert result["applications"][0]["outcome"] == "Saved"
+    finally:
+        agent.stop()
