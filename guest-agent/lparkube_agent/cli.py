@@ -40,7 +40,12 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("version", help="print the agent version")
 
     serve = sub.add_parser("serve", help="run the agent daemon")
-    serve.add_argument("--config", required=True, help="config.json from the operator")
+    serve.add_argument(
+        "--config",
+        action="append",
+        required=True,
+        help="config.json from the operator; repeat it to try several places (first found)",
+    )
     serve.add_argument("--state-dir", help=f"registration table dir ({configs.DEFAULT_STATE_DIR})")
     serve.add_argument("--socket", help=f"registration socket ({configs.DEFAULT_SOCKET})")
     serve.add_argument("--listen", help="HOST:PORT of the HTTP endpoint (config: listen)")
@@ -117,8 +122,12 @@ def _serve(args: argparse.Namespace) -> int:
         "inputTable": _abs(args.input_table),
         "vmcoreinfo": _abs(args.vmcoreinfo),
     }
+    found = [Path(p) for p in args.config if Path(p).exists()]
+    if not found:
+        print(f"lparkube-agent serve: no config file at {', '.join(args.config)}", file=sys.stderr)
+        return 2
     try:
-        config = configs.load(Path(args.config), overrides)
+        config = configs.load(found[0], overrides)
         agent = Agent(config)
     except (OSError, ValueError, RuntimeError) as error:
         print(f"lparkube-agent serve: {error}", file=sys.stderr)

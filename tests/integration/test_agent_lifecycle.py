@@ -271,3 +271,19 @@ def test_zipapp_is_self_contained_and_serves(tmp_path: Path, apps: list) -> None
         assert result["applications"][0]["outcome"] == "Saved"
     finally:
         agent.stop()
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze missing")
+def test_systemd_unit_is_valid(tmp_path: Path) -> None:
+    unit = Path(__file__).resolve().parents[2] / "guest-agent" / "lparkube-agent.service"
+    pyz = tmp_path / "lparkube-agent"
+    subprocess.run([sys.executable, "-m", "lparkube_agent.build", str(pyz)], check=True)
+    text = unit.read_text().replace("/usr/local/bin/lparkube-agent", str(pyz))
+    for setting in ("NoNewPrivileges=yes", "StateDirectory=lparkube", "Restart=on-failure"):
+        assert setting in text
+    copy = tmp_path / "lparkube-agent.service"
+    copy.write_text(text)
+    check = subprocess.run(
+        ["systemd-analyze", "verify", str(copy)], capture_output=True, text=True, check=False
+    )
+    assert "lparkube-agent.service" not in check.stderr, check.stderr

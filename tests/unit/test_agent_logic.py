@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import threading
 import time
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from lparkube_agent import config as configs
+from lparkube_agent.cli import main as cli_main
 from lparkube_agent.inputtable import InputTable, encode_token
 from lparkube_agent.methods import FAILED, SAVED, SKIPPED, TIMED_OUT, Outcome, SaveContext
 from lparkube_agent.registry import Registration, Table, normalize_signal, parse_registration
@@ -24,6 +26,7 @@ from lparkube_agent.saves import (
     parse_time,
     priority_groups,
 )
+from lparkube_agent.version import VERSION
 
 
 def reg(name: str, priority: int, pid: int = 100, method: str = "Signal") -> Registration:
@@ -274,3 +277,30 @@ def test_config_errors(tmp_path: Path) -> None:
         configs.load(tmp_path / "config.json")
     with pytest.raises(ValueError):
         configs.parse_listen("8443")
+
+
+# --- the guest's Python -----------------------------------------------------------------------
+
+AGENT_DIR = Path(__file__).resolve().parents[2] / "guest-agent" / "lparkube_agent"
+NEWER_THAN_39 = {"UTC", "pairwise", "TaskGroup", "Self", "TypeAlias", "kw_only", "slots", "strict"}
+
+
+@pytest.mark.parametrize("module", sorted(p.name for p in AGENT_DIR.glob("*.py")))
+def test_agent_code_runs_on_python_39(module: str) -> None:
+    """Guests may have Python 3.9: no newer syntax, no newer library names."""
+    source = (AGENT_DIR / module).read_text()
+    tree = ast.parse(source, feature_version=(3, 9))
+    if "def " in source:  # `X | None` annotations are evaluated at runtime without it
+        assert "from __future__ import annotations" in source
+    names = {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
+    names |= {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+    names |= {k.arg for n in ast.walk(tree) if isinstance(n, ast.Call) for k in n.keywords}
+    assert not names & NEWER_THAN_39  # also catches zip(strict=...) and dataclass(slots=...)
+    assert not any(isinstance(n, ast.Match) for n in ast.walk(tree))
+
+
+def test_cli_version_and_missing_config(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli_main(["version"]) == 0
+    assert capsys.readouterr().out.strip() == VERSION
+    assert cli_main(["serve", "--config", "/nonexistent/a.json", "--config", "/nope.json"]) == 2
+    assert "no config file" in capsys.readouterr().err
