@@ -30,7 +30,8 @@ class Agent:
 
     def __init__(self, config: Config, input_table: InputTable | None = None) -> None:
         self.config = config
-        self.table = Table(config.state_dir / TABLE_FILE)
+        state = config.state_dir / TABLE_FILE if config.state_dir is not None else None
+        self.table = Table(state)  # no state dir: in memory only (in-process test agents)
         self.terminals = Terminals()
         self.methods = Methods(input_table or InputTable.load(config.input_table), self.terminals)
         self.saves = SaveStore(self._registrations, self.methods.save)

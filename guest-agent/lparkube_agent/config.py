@@ -28,7 +28,7 @@ class Config:
     listen: tuple[str, int] = ("0.0.0.0", 8443)
     operator_url: str | None = None
     report_interval: float = 30.0
-    state_dir: Path = Path(DEFAULT_STATE_DIR)
+    state_dir: Path | None = Path(DEFAULT_STATE_DIR)
     socket: Path | None = Path(DEFAULT_SOCKET)
     input_table: Path | None = Path(DEFAULT_INPUT_TABLE)
     vmcoreinfo: Path = Path(DEFAULT_VMCOREINFO)

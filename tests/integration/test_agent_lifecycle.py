@@ -19,8 +19,10 @@ from pathlib import Path
 
 import pytest
 
+from lparkube_agent import config as configs
 from lparkube_agent import protocol
-from lparkube_agent.testing import AgentProcess, Terminal, cli, lines, start_app
+from lparkube_agent.agent import Agent
+from lparkube_agent.testing import AgentProcess, Terminal, cli, lines, signed_request, start_app
 from lparkube_agent.version import VERSION
 
 PARTITION = "tenant-a/web-1"
@@ -287,3 +289,32 @@ def test_systemd_unit_is_valid(tmp_path: Path) -> None:
         ["systemd-analyze", "verify", str(copy)], capture_output=True, text=True, check=False
     )
     assert "lparkube-agent.service" not in check.stderr, check.stderr
+
+
+def test_in_process_agent_answers_signed_requests(tmp_path: Path) -> None:
+    """The operator's benchmarks run many agents in one process: no files, no socket."""
+    config = configs.Config(
+        partition="tenant-a/web-1",
+        key=b"k" * 32,
+        listen=("127.0.0.1", 0),
+        state_dir=None,
+        socket=None,
+        input_table=None,
+        vmcoreinfo=tmp_path / "none",
+    )
+    agent = Agent(config)
+    agent.start()
+    try:
+        status, answer = signed_request(
+            "127.0.0.1",
+            agent.port,
+            config.key,
+            partition=config.partition,
+            method="POST",
+            path="/v1/save",
+            body=b'{"id": "e1", "waitSeconds": 5}',
+        )
+        assert (status, answer["state"], answer["applications"]) == (200, "Completed", [])
+    finally:
+        agent.stop()
+    assert list(tmp_path.iterdir()) == []
