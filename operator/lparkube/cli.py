@@ -11,9 +11,12 @@ from pathlib import Path
 
 from lparkube import logs, runtime
 from lparkube.config import (
+    AGENT_GATEWAY_PORT,
+    AGENT_GATEWAY_SERVICE,
     DEFAULT_LEASE_NAME,
     LeaseConfig,
     Settings,
+    default_gateway_url,
     default_identity,
     default_lease_namespace,
     parse_address,
@@ -46,6 +49,15 @@ def _add_run_arguments(run: argparse.ArgumentParser) -> None:
     )
     run.add_argument("--health-address", default=":8080", help="/healthz and /readyz; 0: off")
     run.add_argument("--metrics-address", default=":9090", help="/metrics; 0: off")
+    run.add_argument(
+        "--agent-gateway-address", default=f":{AGENT_GATEWAY_PORT}",
+        help="where guest agents POST reports (served while leading); 0: off",
+    )  # fmt: skip
+    run.add_argument(
+        "--agent-gateway-url",
+        help="the gateway URL written into each partition's agent config (default: "
+        f"http://{AGENT_GATEWAY_SERVICE}.<lease namespace>.svc:{AGENT_GATEWAY_PORT})",
+    )
     lease = run.add_argument_group("leader election")
     lease.add_argument(
         "--lease-namespace", default=default_lease_namespace(),
@@ -82,6 +94,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
         metrics_address=parse_address(args.metrics_address),
         log_level=args.log_level,
         log_format=args.log_format,
+        agent_gateway_address=parse_address(args.agent_gateway_address),
+        agent_gateway_url=args.agent_gateway_url or default_gateway_url(args.lease_namespace),
     )
 
 

@@ -15,6 +15,8 @@ from typing import Literal
 
 DEFAULT_LEASE_NAMESPACE = "lparkube-system"
 DEFAULT_LEASE_NAME = "lparkube-operator"
+AGENT_GATEWAY_SERVICE = "lparkube-agent-gateway"
+AGENT_GATEWAY_PORT = 8081
 
 LogFormat = Literal["json", "text"]
 
@@ -70,6 +72,9 @@ class Settings:
     metrics_address: Address | None = field(default_factory=lambda: Address("", 9090))
     log_level: str = "info"
     log_format: LogFormat = "json"
+    # The agent gateway listens only when asked (the CLI asks by default, on :8081).
+    agent_gateway_address: Address | None = None
+    agent_gateway_url: str = ""  # written into each agent's config; "": the in-cluster Service
 
     @property
     def clusterwide(self) -> bool:
@@ -98,6 +103,12 @@ def parse_address(text: str) -> Address | None:
 def default_lease_namespace(environ: Mapping[str, str] = os.environ) -> str:
     """Use the pod's own namespace (downward API) so the Lease sits beside the Deployment."""
     return environ.get("POD_NAMESPACE") or DEFAULT_LEASE_NAMESPACE
+
+
+def default_gateway_url(namespace: str | None) -> str:
+    """The gateway's in-cluster Service URL, in the operator's (the Lease's) namespace."""
+    namespace = namespace or DEFAULT_LEASE_NAMESPACE
+    return f"http://{AGENT_GATEWAY_SERVICE}.{namespace}.svc:{AGENT_GATEWAY_PORT}"
 
 
 def default_identity() -> str:

@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import base64
+import json
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
+from kubernetes import client
 
-from lparkube_devenv.controlplane import LocalControlPlane
+from lparkube_agent.testing import AgentProcess
+from lparkube_devenv.controlplane import LocalControlPlane, free_port, wait_until
 from lparkube_devenv.kubevirt import StandIn
 from lparkube_devenv.kubevirt.logic import DRAIN_TAINT
 from lparkube_devenv.kubevirt.nodes import NODES_PATH, ensure_nodes
@@ -37,3 +48,201 @@ def healthy_nodes(kubevirt: StandIn) -> Iterator[tuple[str, ...]]:
         spec = {"unschedulable": None, "taints": taints or None}
         kubevirt.kube.merge_patch(f"{NODES_PATH}/{name}", {"spec": spec})
     ensure_nodes(kubevirt.kube, kubevirt.node_names)
+
+
+# --- the operator and real guest agents (shared by the Partition and SaveEvent tests) -------
+
+OPERATOR_IDENTITY = "lparkube-integration"  # fixed: a restarted process renews its own Lease
+OPERATOR_START_TIMEOUT = 60.0
+
+
+class OperatorProcess:
+    """``lparkube run`` as a subprocess against the session's control plane.
+
+    ``kill()`` is SIGKILL (a crash), ``stop()`` SIGTERM; ``start()`` starts it again with the
+    same identity and ports, so it takes its own Lease back at once and agents keep reporting
+    to the same gateway URL.
+    """
+
+    def __init__(self, kubeconfig: Path, lease_namespace: str, workdir: Path) -> None:
+        self.lease_namespace = lease_namespace
+        self.health_url = f"http://127.0.0.1:{free_port()}"
+        self.metrics_url = f"http://127.0.0.1:{free_port()}/metrics"
+        self.gateway_url = f"http://127.0.0.1:{free_port()}"
+        self.log_path = workdir / "operator.log"
+        self.argv = [
+            str(Path(sys.executable).with_name("lparkube")), "run",
+            "--kubeconfig", str(kubeconfig),
+            "--health-address", self.health_url.removeprefix("http://"),
+            "--metrics-address", self.metrics_url.removeprefix("http://").removesuffix("/metrics"),
+            "--agent-gateway-address", self.gateway_url.removeprefix("http://"),
+            "--agent-gateway-url", self.gateway_url,
+            "--lease-namespace", lease_namespace,
+            "--identity", OPERATOR_IDENTITY,
+            "--log-format", "text",
+        ]  # fmt: skip
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> OperatorProcess:
+        """Start (if not running) and wait until it leads and runs its handlers."""
+        if not self.running():
+            env = {k: v for k, v in os.environ.items() if k not in ("POD_NAMESPACE", "KUBECONFIG")}
+            with self.log_path.open("ab") as log:
+                self.process = subprocess.Popen(
+                    self.argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+                )
+        wait_until(
+            lambda: self._ready() or not self.running(), OPERATOR_START_TIMEOUT, "operator ready"
+        )
+        assert self.running(), f"the operator exited:\n{self.log_tail()}"
+        return self
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def _ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.health_url}/readyz", timeout=2) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+    def kill(self) -> None:
+        """SIGKILL, like a crashed pod: no Lease release, no cleanup."""
+        if self.running():
+            assert self.process is not None
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=30)
+
+    def stop(self) -> int | None:
+        """SIGTERM and wait; the exit code."""
+        if not self.running():
+            return None if self.process is None else self.process.returncode
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return None
+
+    def log_tail(self, chars: int = 6000) -> str:
+        return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
+
+
+@pytest.fixture(scope="session")
+def operator(
+    kubevirt: StandIn,
+    kubeconfig: Path,
+    api_client: client.ApiClient,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[OperatorProcess]:
+    """The real operator (``lparkube run``), leading, with its agent gateway on loopback."""
+    lease_namespace = f"lparkube-system-{uuid.uuid4().hex[:6]}"
+    client.CoreV1Api(api_client).create_namespace({"metadata": {"name": lease_namespace}})
+    process = OperatorProcess(kubeconfig, lease_namespace, tmp_path_factory.mktemp("operator"))
+    process.start()
+    yield process
+    process.stop()
+
+
+class GuestAgent:
+    """A real ``lparkube-agent serve`` with the config and key the operator generated."""
+
+    def __init__(self, process: AgentProcess, ip: str) -> None:
+        self.process = process
+        self.ip = ip
+        self.root = process.root
+        self.config_path = process.config_path
+        self.key_path = process.root / "key"
+        self.vmcoreinfo_path = process.root / "vmcoreinfo"
+        self.socket = process.socket
+        self.log_path = process.log_path
+        self.key = process.key
+
+    @property
+    def port(self) -> int:
+        return self.process.port
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self.ip}:{self.port}"
+
+    @property
+    def config(self) -> dict:
+        return json.loads(self.config_path.read_text())
+
+    def env(self) -> dict[str, str]:
+        """Environment for ``lparkube-agent register/run/list`` against this agent."""
+        return self.process.env()
+
+    def alive(self) -> bool:
+        return self.process.alive()
+
+    def stop(self) -> None:
+        self.process.stop()
+
+    def kill(self) -> None:
+        self.process.stop(signal.SIGKILL)
+
+
+GuestAgentFactory = Callable[..., GuestAgent]
+
+
+def read_agent_secret(
+    api_client: client.ApiClient, namespace: str, name: str
+) -> tuple[bytes, dict]:
+    """The key and config.json the operator wrote for Partition namespace/name."""
+    custom = client.CustomObjectsApi(api_client)
+    partition = custom.get_namespaced_custom_object(
+        "lparkube.io", "v1alpha1", namespace, "partitions", name
+    )
+    spec_name = ((partition.get("spec") or {}).get("agent") or {}).get("keySecretName")
+    secret_name = spec_name or f"{name}-agent-key"
+    secret = client.CoreV1Api(api_client).read_namespaced_secret(secret_name, namespace)
+    data = secret.data or {}
+    return base64.b64decode(data["key"]), json.loads(base64.b64decode(data["config.json"]))
+
+
+@pytest.fixture
+def guest_agent(api_client: client.ApiClient, tmp_path: Path) -> Iterator[GuestAgentFactory]:
+    """``guest_agent(namespace, name, ip="127.0.0.1", port=None, vmcoreinfo="1f5c8b000 1000")``
+
+    Starts a real agent for a Partition the operator has set up: the key and config.json come
+    from the operator-generated Secret (waited for), ``listen`` becomes ``ip:port`` (port:
+    the one in config.json, i.e. spec.agent.port), the VMCOREINFO file holds ``vmcoreinfo``.
+    Every agent started is stopped after the test.
+    """
+    started: list[GuestAgent] = []
+
+    def start(
+        namespace: str,
+        name: str,
+        *,
+        ip: str = "127.0.0.1",
+        port: int | None = None,
+        vmcoreinfo: str | None = "1f5c8b000 1000\n",
+        config: dict | None = None,
+    ) -> GuestAgent:
+        def secret() -> tuple[bytes, dict] | None:
+            try:
+                return read_agent_secret(api_client, namespace, name)
+            except (client.ApiException, KeyError):
+                return None
+
+        key, settings = wait_until(secret, 30, f"the agent key Secret of {namespace}/{name}")
+        listen_port = port if port is not None else int(settings["listen"].rpartition(":")[2])
+        settings = {**settings, "listen": f"{ip}:{listen_port}", **(config or {})}
+        root = tmp_path / f"agent-{namespace}-{name}-{len(started)}"
+        root.mkdir()
+        if vmcoreinfo is not None:
+            (root / "vmcoreinfo").write_text(vmcoreinfo)
+        process = AgentProcess(root, settings["partition"], key, settings)
+        agent = GuestAgent(process, ip)
+        started.append(agent)
+        process.start()
+        return agent
+
+    yield start
+    for agent in started:
+        agent.stop()

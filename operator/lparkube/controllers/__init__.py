@@ -7,12 +7,15 @@ metrics with :func:`lparkube.metrics.instrumented`.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
 import kopf
 
 from lparkube.adapters import kubeconfig
+from lparkube.adapters.guest_agent import AgentClient
+from lparkube.adapters.kube import Kube
 from lparkube.api.resource import GROUP
 from lparkube.config import Settings
 
@@ -47,6 +50,25 @@ def operator_startup(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> No
     settings.networking.request_timeout = 60
 
 
+@kopf.on.startup()
+async def operator_clients(memo: Any, **_: Any) -> None:
+    """One Kubernetes client (``memo.kube``) and one guest-agent client (``memo.agents``)
+    shared by every handler, so connections and thread pools are not made per call."""
+    config = run_config(memo)
+    memo.kube = Kube.connect(config.kubeconfig if config else None)
+    memo.agents = AgentClient()
+
+
+@kopf.on.cleanup()
+async def operator_cleanup(memo: Any, **_: Any) -> None:
+    agents: AgentClient | None = getattr(memo, "agents", None)
+    if agents is not None:
+        await agents.close()
+    kube: Kube | None = getattr(memo, "kube", None)
+    if kube is not None:
+        await asyncio.to_thread(kube.close)
+
+
 @kopf.on.login()
 def operator_login(memo: Any, settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo:
     """Log in exactly as the Lease client does, so ``--kubeconfig`` applies to both."""
@@ -66,3 +88,6 @@ def operator_login(memo: Any, settings: kopf.OperatorSettings, **_: Any) -> kopf
         private_key_path=client_config.key_file,
         trust_env=settings.networking.trust_env,
     )
+
+
+from lparkube.controllers import partition  # noqa: E402, F401

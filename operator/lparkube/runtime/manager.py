@@ -21,6 +21,7 @@ from lparkube import health, metrics
 from lparkube.adapters import kubeconfig
 from lparkube.adapters.lease import LeaseNamespaceMissingError, LeaseStore
 from lparkube.config import Settings
+from lparkube.controllers import agent_gateway
 from lparkube.runtime.election import LeaderElector, LeadershipLostError, OnChange
 from lparkube.version import version
 
@@ -71,13 +72,30 @@ async def _lead(
     renewal = asyncio.create_task(elector.hold(stop_renewing), name="lparkube lease renewal")
     renewal.add_done_callback(lambda _: stop.set())
     try:
-        code = await _operate(settings, readiness, stop, renewal)
+        code = await _operate_with_gateway(settings, readiness, stop, renewal)
     finally:
         stop_renewing.set()  # renew until kopf is down, then hand the Lease back
         lost = await _leadership_lost(renewal)
         if not lost:
             await elector.release()
     return EXIT_FAILURE if lost else code
+
+
+async def _operate_with_gateway(
+    settings: Settings, readiness: health.Readiness, stop: asyncio.Event, renewal: asyncio.Task
+) -> int:
+    """The agent gateway serves only while leading: one writer of agent status, one nonce
+    cache for every report, and the Service (which routes by /readyz) reaches only us."""
+    try:
+        gateway = await agent_gateway.start(settings)
+    except OSError as exc:
+        logger.error("Cannot listen for guest agent reports: %s", exc)
+        return EXIT_FAILURE
+    try:
+        return await _operate(settings, readiness, stop, renewal)
+    finally:
+        if gateway is not None:
+            await gateway.stop()
 
 
 async def _operate(
