@@ -225,22 +225,25 @@ async def release_adopted_vm(kube: Kube, partition: dict) -> None:
     normal(partition, reason="VMReleased", message=f"Released VirtualMachine {name}")
 
 
-async def delete_owned(kube: Kube, partition: dict) -> None:
-    """Delete the VM and Secret this Partition controls now, rather than when the garbage
-    collector next notices (owner references stay as the backstop)."""
+async def delete_owned_vm(kube: Kube, partition: dict) -> None:
+    """Delete the VM this Partition controls now, rather than when the garbage collector next
+    notices (the owner reference stays as the backstop)."""
     meta = partition["metadata"]
-    namespace, uid = meta["namespace"], meta["uid"]
-    vm = await kube.get(VIRTUAL_MACHINE, namespace, meta["name"])
-    if vm is not None and domain.controlled_by(vm, uid):
-        ref = VIRTUAL_MACHINE
-        delete = kube.custom.delete_namespaced_custom_object
-        args = (ref.group, ref.version, namespace, ref.plural, meta["name"])
+    vm = await kube.get(VIRTUAL_MACHINE, meta["namespace"], meta["name"])
+    if vm is not None and domain.controlled_by(vm, meta["uid"]):
+        ref, delete = VIRTUAL_MACHINE, kube.custom.delete_namespaced_custom_object
+        args = (ref.group, ref.version, meta["namespace"], ref.plural, meta["name"])
         await _delete(kube, delete, *args, uid=vm["metadata"]["uid"])
+
+
+async def delete_owned_secret(kube: Kube, partition: dict) -> None:
+    """Delete the key Secret if this Partition made it (a user's own Secret stays)."""
+    meta = partition["metadata"]
     name = domain.agent_spec(meta["name"], partition.get("spec") or {}).key_secret_name
-    secret = await _read_secret(kube, namespace, name)
-    if secret is not None and domain.controlled_by(secret, uid):
-        uid = secret["metadata"]["uid"]
-        await _delete(kube, kube.core.delete_namespaced_secret, name, namespace, uid=uid)
+    secret = await _read_secret(kube, meta["namespace"], name)
+    if secret is not None and domain.controlled_by(secret, meta["uid"]):
+        delete, uid = kube.core.delete_namespaced_secret, secret["metadata"]["uid"]
+        await _delete(kube, delete, name, meta["namespace"], uid=uid)
 
 
 async def _delete(kube: Kube, fn: Callable[..., Any], *args: Any, uid: str) -> None:
@@ -350,7 +353,8 @@ async def partition_delete(body: kopf.Body, memo: Any, **_: Any) -> None:
     if domain.is_adoption(partition.get("spec") or {}):
         await release_adopted_vm(memo.kube, partition)
     else:
-        await delete_owned(memo.kube, partition)
+        await delete_owned_vm(memo.kube, partition)
+    await delete_owned_secret(memo.kube, partition)
 
 
 @kopf.daemon(*RESOURCE, cancellation_timeout=1.0)
