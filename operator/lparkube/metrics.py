@@ -137,3 +137,51 @@ def metrics_app() -> web.Application:
     app = web.Application()
     app.router.add_get("/metrics", scrape)
     return app
+
+
+# --- saving (SaveEvent, ConditionProfile, evacuation) ---------------------------------------
+
+SAVES = Counter(
+    "lparkube_saves",
+    "Partitions that finished a save, by SaveEvent reason and partition outcome "
+    "(Succeeded, Failed, TimedOut, Unreachable).",
+    ["reason", "outcome"],
+    registry=REGISTRY,
+)
+SAVE_EVENTS = Counter(
+    "lparkube_save_events",
+    "SaveEvents completed, by reason and Complete reason (Succeeded, PartiallySucceeded, "
+    "Failed, DeadlineExceeded, Refused).",
+    ["reason", "result"],
+    registry=REGISTRY,
+)
+SAVE_DURATION = Histogram(
+    "lparkube_save_duration_seconds",
+    "From sending a partition its save instruction to its agent's final result.",
+    ["reason"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600),
+    registry=REGISTRY,
+)
+SAVE_FANOUT_LATENCY = Histogram(
+    "lparkube_save_fanout_latency_seconds",
+    "From a SaveEvent's creation to its instruction being sent to one partition's agent.",
+    ["reason"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+    registry=REGISTRY,
+)
+SAVE_STATUS_WRITES = Counter(
+    "lparkube_save_status_writes",
+    "Status patches written for SaveEvents (coalesced: many results per patch).",
+    registry=REGISTRY,
+)
+AGENTS_CONNECTED = Gauge(
+    "lparkube_agents_connected",
+    "Partitions whose guest agent is connected (condition AgentConnected=True).",
+    registry=REGISTRY,
+)
+TRIGGER_FIRINGS = Counter(
+    "lparkube_trigger_firings",
+    "SaveEvents created by triggers: ConditionProfile rules and evacuations.",
+    ["trigger", "reason"],
+    registry=REGISTRY,
+)

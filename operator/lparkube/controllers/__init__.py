@@ -90,4 +90,10 @@ def operator_login(memo: Any, settings: kopf.OperatorSettings, **_: Any) -> kopf
     )
 
 
-from lparkube.controllers import partition  # noqa: E402, F401
+# Controllers: importing each module registers its handlers.
+from lparkube.controllers import (  # noqa: E402, F401
+    conditionprofile,
+    evacuation,
+    partition,
+    saveevent,
+)

@@ -1,0 +1,527 @@
+"""SaveEvent controller: instruct every target agent concurrently and record each result.
+
+One kopf daemon per unfinished SaveEvent runs the save; kopf starts it again after an operator
+restart, and it resumes from status: partitions are written ``Instructed`` BEFORE their
+instruction is sent, so after a crash they are re-attached with the same id (the agent is
+idempotent by id) and finished ones are never sent again. Status goes through a coalescing
+writer (one patch per 0.5 s at most), so 1,000 partitions do not mean 1,000 patches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+import kopf
+from kubernetes.client.exceptions import ApiException
+
+from lparkube import metrics
+from lparkube.adapters import pod_hooks
+from lparkube.adapters.guest_agent import (
+    AgentClient,
+    AgentError,
+    AgentKeyMissingError,
+    AgentTarget,
+    load_agent_key,
+)
+from lparkube.adapters.kube import (
+    PARTITION,
+    SAVE_EVENT,
+    VIRTUAL_MACHINE_SNAPSHOT,
+    Kube,
+)
+from lparkube.adapters.status_writer import StatusWriter
+from lparkube.api.resource import GROUP
+from lparkube.controllers import run_config
+from lparkube.domain import saving
+from lparkube.domain.conditions import is_true, merge, rfc3339
+
+VERSION = "v1alpha1"
+MAX_CONCURRENT_SAVES = 512  # in-flight long-polls to agents; beyond it partitions queue
+MAX_PER_PARTITION_EVENTS = 20  # above this many targets, Events are summaries only
+AGENT_WAIT_SECONDS = 25
+RETRY_PAUSES = (0.5, 1.0, 2.0, 5.0)
+SNAPSHOT_POLL = 1.0
+
+_fallback: dict[str, Any] = {}
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def system_namespace(memo: Any) -> str:
+    """The operator's system namespace: where the Lease lives and triggers create events."""
+    config = run_config(memo)
+    return config.lease.namespace if config else saving.DEFAULT_SYSTEM_NAMESPACE
+
+
+def clients(memo: Any) -> tuple[Kube, AgentClient]:
+    """The shared Kubernetes and agent clients the startup handler put in memo (or our own
+    when running without it, as under a bare ``kopf run``)."""
+    kube = getattr(memo, "kube", None)
+    agents = getattr(memo, "agents", None)
+    if kube is None:
+        if "kube" not in _fallback:
+            config = run_config(memo)
+            _fallback["kube"] = Kube.connect(config.kubeconfig if config else None)
+        kube = _fallback["kube"]
+    if agents is None:
+        agents = _fallback.setdefault("agents", AgentClient())
+    return kube, agents
+
+
+def _unfinished(status: Mapping[str, Any], **_: Any) -> bool:
+    return not saving.finished(status)
+
+
+@kopf.daemon(GROUP, VERSION, "saveevents", when=_unfinished, backoff=3.0, cancellation_timeout=10.0)
+async def saveevent_run(
+    body: kopf.Body, memo: Any, logger: logging.Logger | kopf.ObjectLogger, **_: Any
+) -> None:
+    """Run (or resume) one SaveEvent until it is complete."""
+    kube, agents = clients(memo)
+    with metrics.handler_run("saveevents", "saveevent_run"):
+        await SaveRun(kube, agents, dict(body), system_namespace(memo), logger).execute()
+
+
+@kopf.on.event(GROUP, VERSION, "partitions")
+def partition_agent_count(type: str | None, body: kopf.Body, memo: Any, **_: Any) -> None:
+    """Keep the agents-connected gauge in step with every Partition's AgentConnected."""
+    meta = body.get("metadata") or {}
+    key = (meta.get("namespace", ""), meta.get("name", ""))
+    connected = _connected_agents()
+    if type == "DELETED" or not is_true(
+        (body.get("status") or {}).get("conditions"), "AgentConnected"
+    ):
+        connected.discard(key)
+    else:
+        connected.add(key)
+    metrics.AGENTS_CONNECTED.set(len(connected))
+
+
+def _connected_agents() -> set[tuple[str, str]]:
+    return _fallback.setdefault("connected", set())
+
+
+class SaveRun:
+    """One SaveEvent's run: targets, fan-out, per-partition loops, deadline, completion."""
+
+    def __init__(
+        self,
+        kube: Kube,
+        agents: AgentClient,
+        body: dict[str, Any],
+        system_ns: str,
+        logger: logging.Logger | kopf.ObjectLogger,
+    ) -> None:
+        self.kube, self.agents, self.body, self.system_ns = kube, agents, body, system_ns
+        self.logger = logger
+        self.meta = body.get("metadata") or {}
+        self.spec = body.get("spec") or {}
+        self.stored = dict(body.get("status") or {})
+        self.namespace = self.meta.get("namespace", "")
+        self.name = self.meta.get("name", "")
+        self.uid = self.meta.get("uid", "")
+        self.reason = self.spec.get("reason", "Other")
+        self.created = saving.parse_time(self.meta.get("creationTimestamp")) or utcnow()
+        self.deadline = saving.deadline_of(self.meta, self.spec)
+        self.writer = StatusWriter(
+            kube,
+            SAVE_EVENT,
+            self.namespace,
+            self.name,
+            derive=self._derive,
+            on_write=metrics.SAVE_STATUS_WRITES.inc,
+        )
+        self.index: dict[tuple[str, str], int] = {}
+        self.slots = asyncio.Semaphore(MAX_CONCURRENT_SAVES)
+        self.few = True
+
+    # --- top level --------------------------------------------------------------------------
+
+    async def execute(self) -> None:
+        refused = saving.refusal(self.namespace, self.system_ns, self.spec.get("targets") or {})
+        if refused is not None:
+            await self._refuse(refused)
+            return
+        targets = await self._start()
+        writing = asyncio.create_task(self.writer.run(), name=f"status of {self.name}")
+        try:
+            await self._save_all(targets)
+            await self._complete()
+        finally:
+            writing.cancel()
+
+    async def _refuse(self, message: str) -> None:
+        conditions = merge(
+            self.stored.get("conditions"),
+            saving.refused_conditions(message),
+            self.meta.get("generation", 1),
+            utcnow(),
+        )
+        await self.kube.patch(
+            SAVE_EVENT,
+            self.namespace,
+            self.name,
+            {"status": {"conditions": conditions}},
+            status=True,
+        )
+        kopf.event(self.body, type="Warning", reason="Refused", message=message)
+        metrics.SAVE_EVENTS.labels(reason=self.reason, result="Refused").inc()
+
+    async def _start(self) -> dict[tuple[str, str], saving.Target]:
+        """Write the target list (first run) or load it (resume); return whom to send to."""
+        now = utcnow()
+        scope = saving.list_scope(self.namespace, self.system_ns, self.spec["targets"])
+        found = saving.select(self.spec["targets"], await self.kube.list(PARTITION, scope))
+        by_key = {t.key: t for t in found}
+        if "partitions" not in self.stored:
+            missing = saving.missing_names(self.spec["targets"], found, self.namespace)
+            items = saving.initial_entries(found, missing, self.namespace, now)
+            status = {
+                "startTime": rfc3339(now),
+                "deadlineTime": rfc3339(self.deadline),
+                "partitions": items,
+            }
+            self.writer.load(status, stored=False)
+            self._index(items)
+            await self.writer.barrier()  # Instructed is stored before anything is sent
+            self._announce(items)
+        else:
+            self.writer.load(self.stored, stored=True)
+            items = self.writer.status["partitions"]
+            self._index(items)
+            plan = saving.resume_plan(items)
+            for key in plan.pending:
+                self.writer.set_item(self.index[key], saving.mark_instructed(self._item(key), now))
+            await self.writer.barrier()
+            self.logger.info(
+                "Resuming: %d partitions to re-attach, %d finished",
+                len(plan.attach) + len(plan.pending),
+                len(plan.finished),
+            )
+        unfinished = {saving.entry_key(i) for i in items if not saving.is_final(i)}
+        for key in unfinished - set(by_key):
+            self._finish(key, saving.FAILED, "the Partition no longer exists", now)
+        return {key: by_key[key] for key in sorted(unfinished & set(by_key))}
+
+    def _index(self, items: list[dict[str, Any]]) -> None:
+        self.index = {saving.entry_key(item): i for i, item in enumerate(items)}
+        self.few = len(items) <= MAX_PER_PARTITION_EVENTS
+
+    def _announce(self, items: list[dict[str, Any]]) -> None:
+        counts = saving.summary(items)
+        message = (
+            f"{self.reason}: instructing {counts['pending']} of {counts['partitions']} partitions"
+        )
+        if counts["failed"]:
+            message += f"; {counts['failed']} unreachable or missing"
+        kopf.event(self.body, type="Normal", reason="Instructed", message=message)
+        for item in items:
+            if saving.is_final(item):
+                self._record_final(item)
+
+    # --- fan-out ------------------------------------------------------------------------------
+
+    async def _save_all(self, targets: dict[tuple[str, str], saving.Target]) -> None:
+        work = [
+            asyncio.create_task(self._save_partition(t), name=f"save {t.ref}")
+            for t in targets.values()
+        ]
+        work += self._snapshot_tasks_on_resume(targets)
+        if self.spec.get("podSaveHooks", True):
+            work.append(asyncio.create_task(self._pod_hooks(), name="pod save hooks"))
+        remaining = (self.deadline - utcnow()).total_seconds()
+        if work:
+            _, late = await asyncio.wait(work, timeout=max(0.0, remaining))
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*work, return_exceptions=True)
+        await self._deadline_passed(targets)
+
+    async def _deadline_passed(self, targets: dict[tuple[str, str], saving.Target]) -> None:
+        """Unfinished partitions at the deadline: TimedOut if their agent is still connected,
+        Unreachable if not."""
+        late = [k for k, i in self.index.items() if not saving.is_final(self._item(k))]
+        if not late:
+            return
+        now = utcnow()
+        for key in late:
+            target = targets.get(key)
+            current = await self._current(target) if target else None
+            reached = current is not None and saving.unreachable_reason(current) is None
+            item = saving.at_deadline(self._item(key), reached, now)
+            self.writer.set_item(self.index[key], item)
+            self._record_final(item)
+
+    async def _save_partition(self, target: saving.Target) -> None:
+        """Save one partition; unexpected errors (API server hiccups) are retried until the
+        deadline cancels the task, rather than failing a partition that may still save."""
+        while True:
+            try:
+                await self._save_partition_once(target)
+                return
+            except Exception:
+                self.logger.exception("Saving %s failed; retrying", target.ref)
+                await asyncio.sleep(RETRY_PAUSES[-1])
+
+    async def _save_partition_once(self, target: saving.Target) -> None:
+        key = target.key
+        if saving.is_final(self._item(key)):
+            return
+        if reason := saving.unreachable_reason(target):
+            self._finish(key, saving.UNREACHABLE, reason, utcnow())
+            return
+        try:
+            secret = await load_agent_key(self.kube, target.namespace, target.key_secret)
+        except AgentKeyMissingError as error:
+            self._finish(key, saving.FAILED, f"cannot read the agent key: {error}", utcnow())
+            return
+        agent = AgentTarget(target.ref, target.endpoint, secret)
+        async with self.slots:
+            sent = time.monotonic()
+            metrics.SAVE_FANOUT_LATENCY.labels(reason=self.reason).observe(
+                max(0.0, (utcnow() - self.created).total_seconds())
+            )
+            result = await self._call_until_answered(target, agent)
+        if result is None:
+            return
+        item = saving.with_agent_result(self._item(key), result, utcnow())
+        self.writer.set_item(self.index[key], item)
+        metrics.SAVE_DURATION.labels(reason=self.reason).observe(time.monotonic() - sent)
+        self._record_final(item)
+        if item["outcome"] == saving.SUCCEEDED and self._snapshots_wanted():
+            await self._snapshot(target)
+
+    async def _call_until_answered(
+        self, target: saving.Target, agent: AgentTarget
+    ) -> dict[str, Any] | None:
+        """The agent's final result; None when the partition was finished as a failure.
+        Connection failures are retried while the Partition still says its agent is
+        connected; the deadline cancels the loop."""
+        attempt = 0
+        while True:
+            now = utcnow()
+            body = saving.instruction(self.uid, self.spec, self.deadline, now, AGENT_WAIT_SECONDS)
+            timeout = (self.deadline - now).total_seconds() + 5
+            try:
+                return await self.agents.save(agent, body, timeout=timeout)
+            except AgentError as error:
+                if error.reason not in ("unreachable", "timeout"):
+                    self._finish(target.key, saving.FAILED, f"agent {error.reason}: {error}", now)
+                    return None
+                current = await self._current(target)
+                reason = "the Partition was deleted" if current is None else None
+                reason = reason or (current and saving.unreachable_reason(current))
+                if reason:
+                    self._finish(target.key, saving.UNREACHABLE, f"{reason} ({error})", utcnow())
+                    return None
+                if current is not None and current.endpoint != agent.endpoint:
+                    agent = AgentTarget(agent.partition, current.endpoint, agent.key)
+                await asyncio.sleep(RETRY_PAUSES[min(attempt, len(RETRY_PAUSES) - 1)])
+                attempt += 1
+
+    async def _current(self, target: saving.Target) -> saving.Target | None:
+        partition = await self.kube.get(PARTITION, target.namespace, target.name)
+        return None if partition is None else saving.target_of(partition)
+
+    def _item(self, key: tuple[str, str]) -> dict[str, Any]:
+        return self.writer.item(self.index[key])
+
+    def _finish(self, key: tuple[str, str], outcome: str, message: str, now: datetime) -> None:
+        item = saving.with_failure(self._item(key), outcome, message, now)
+        self.writer.set_item(self.index[key], item)
+        self._record_final(item)
+
+    def _record_final(self, item: Mapping[str, Any]) -> None:
+        """Metrics and, for small events, one Kubernetes Event per finished partition."""
+        outcome = item.get("outcome", "")
+        metrics.SAVES.labels(reason=self.reason, outcome=outcome).inc()
+        if not self.few:
+            return
+        where = f"{item.get('namespace')}/{item.get('name')}"
+        if outcome == saving.SUCCEEDED:
+            kopf.event(
+                self.body,
+                type="Normal",
+                reason="Saved",
+                message=f"{where}: {item.get('message', '')}",
+            )
+        else:
+            kopf.event(
+                self.body,
+                type="Warning",
+                reason="SaveFailed",
+                message=f"{where}: {outcome}: {item.get('message', '')}"[:1024],
+            )
+
+    # --- pod save hooks -----------------------------------------------------------------------
+
+    async def _pod_hooks(self) -> None:
+        """Call the save hooks of pods on the affected nodes (once per pod per SaveEvent)."""
+        items = self.writer.status["partitions"]
+        nodes = {i["nodeName"] for i in items if i.get("nodeName")}
+        if node := self.spec["targets"].get("nodeName"):
+            nodes.add(node)
+        if not nodes:
+            return
+        scope = saving.list_scope(self.namespace, self.system_ns, self.spec["targets"])
+        pods = await pod_hooks.hook_pods(self.kube, nodes, scope)
+        done = {saving.entry_key(p) for p in self.writer.status.get("pods") or []}
+        todo = [p for p in pods if saving.entry_key(p["metadata"]) not in done]
+        if not todo:
+            return
+        timeout = saving.parse_duration(
+            self.spec.get("applicationTimeout"), saving.DEFAULT_APPLICATION_TIMEOUT
+        ).total_seconds()
+        request = {"id": self.uid, "reason": self.reason, "deadline": rfc3339(self.deadline)}
+        async with aiohttp.ClientSession() as session:
+            await asyncio.gather(*(self._call_pod(session, p, request, timeout) for p in todo))
+
+    async def _call_pod(
+        self, session: aiohttp.ClientSession, pod: dict, request: dict, timeout: float
+    ) -> None:
+        hook = saving.parse_save_hook(pod["metadata"]["annotations"][saving.SAVE_HOOK_ANNOTATION])
+        ip = (pod.get("status") or {}).get("podIP")
+        if hook.error:
+            entry = saving.pod_entry(pod, saving.SKIPPED, 0, hook.error)
+        elif not ip:
+            entry = saving.pod_entry(pod, "Failed", 0, "the pod has no IP address")
+        else:
+            host = f"[{ip}]" if ":" in ip else ip
+            url = f"http://{host}:{hook.port}{hook.path}"
+            result = await pod_hooks.call_hook(session, url, request, timeout)
+            entry = saving.pod_entry(pod, result.outcome, result.millis, result.message)
+        pods = [
+            p
+            for p in self.writer.status.get("pods") or []
+            if saving.entry_key(p) != saving.entry_key(entry)
+        ]
+        self.writer.set("pods", sorted([*pods, entry], key=saving.entry_key))
+        if entry["outcome"] != saving.SAVED:
+            kopf.event(
+                self.body,
+                type="Warning",
+                reason="SaveFailed",
+                message=f"pod {entry['namespace']}/{entry['name']}: {entry['outcome']}: "
+                f"{entry.get('message', '')}"[:1024],
+            )
+
+    # --- snapshots (reason Backup) ------------------------------------------------------------
+
+    def _snapshots_wanted(self) -> bool:
+        return bool(self.spec.get("snapshotAfterSave")) and self.reason == "Backup"
+
+    def _snapshot_tasks_on_resume(
+        self, targets: dict[tuple[str, str], saving.Target]
+    ) -> list[asyncio.Task]:
+        """Partitions that saved before a restart but whose snapshot is not ready yet."""
+        if not self._snapshots_wanted():
+            return []
+        ready = {
+            (s["namespace"], s["partition"])
+            for s in self.writer.status.get("snapshots") or []
+            if s.get("readyToUse")
+        }
+        tasks = []
+        for key, index in self.index.items():
+            item = self.writer.item(index)
+            if item.get("outcome") == saving.SUCCEEDED and key not in ready and key not in targets:
+                target = saving.Target(key[0], key[1], vm_name=key[1])
+                tasks.append(asyncio.create_task(self._snapshot_by_lookup(target)))
+        return tasks
+
+    async def _snapshot_by_lookup(self, target: saving.Target) -> None:
+        current = await self._current(target)
+        await self._snapshot(current or target)
+
+    async def _snapshot(self, target: saving.Target) -> None:
+        """Take the VM's snapshot (idempotent by name) and record it until readyToUse."""
+        try:
+            await self._take_snapshot(target)
+        except ApiException as error:
+            kopf.event(
+                self.body,
+                type="Warning",
+                reason="SnapshotFailed",
+                message=f"{target.ref}: {error.status} {error.reason}"[:1024],
+            )
+
+    async def _take_snapshot(self, target: saving.Target) -> None:
+        name = saving.snapshot_name(self.name, target.vm_name)
+        body = saving.snapshot_body(name, target.name, target.vm_name, self.name)
+        if await self.kube.get(VIRTUAL_MACHINE_SNAPSHOT, target.namespace, name) is None:
+            await self.kube.create(VIRTUAL_MACHINE_SNAPSHOT, target.namespace, body)
+            kopf.event(
+                self.body,
+                type="Normal",
+                reason="Snapshot",
+                message=f"{target.ref}: VirtualMachineSnapshot {name} of {target.vm_name}",
+            )
+        ready = False
+        self._record_snapshot(target, name, ready)
+        while not ready:
+            await asyncio.sleep(SNAPSHOT_POLL)
+            found = await self.kube.get(VIRTUAL_MACHINE_SNAPSHOT, target.namespace, name)
+            ready = bool(((found or {}).get("status") or {}).get("readyToUse"))
+        self._record_snapshot(target, name, ready)
+
+    def _record_snapshot(self, target: saving.Target, name: str, ready: bool) -> None:
+        entry = saving.snapshot_entry(target.namespace, target.name, name, ready)
+        others = [
+            s
+            for s in self.writer.status.get("snapshots") or []
+            if (s.get("namespace"), s.get("partition")) != target.key
+        ]
+        key = lambda s: (s.get("namespace", ""), s.get("partition", ""))  # noqa: E731
+        self.writer.set("snapshots", sorted([*others, entry], key=key))
+
+    # --- completion ---------------------------------------------------------------------------
+
+    def _derive(self, status: dict[str, Any]) -> dict[str, Any]:
+        """Summary and running conditions, computed once per write rather than per result."""
+        counts = saving.summary(status.get("partitions") or [])
+        conditions = merge(
+            status.get("conditions"),
+            saving.running_conditions(counts),
+            self.meta.get("generation", 1),
+            utcnow(),
+        )
+        return {"summary": counts, "conditions": conditions}
+
+    async def _complete(self) -> None:
+        now = utcnow()
+        items = self.writer.status["partitions"]
+        counts = saving.summary(items)
+        pods_bad = saving.pods_failed(self.writer.status.get("pods") or [])
+        reason = saving.completion_reason(counts, items, pods_bad)
+        final = saving.final_conditions(reason, counts, pods_bad)
+        if self._snapshots_wanted():
+            snaps = self.writer.status.get("snapshots") or []
+            ready = sum(1 for s in snaps if s.get("readyToUse"))
+            note = f"; {ready} of {len(snaps)} snapshots ready"
+            final = [replace(c, message=c.message + note) for c in final]
+        self.writer.derive = None  # the final conditions must not be overwritten
+        self.writer.set("summary", counts)
+        self.writer.set(
+            "conditions",
+            merge(self.writer.status.get("conditions"), final, self.meta.get("generation", 1), now),
+        )
+        self.writer.set("completionTime", rfc3339(now))
+        self.writer.set("observedGeneration", self.meta.get("generation", 1))
+        await self.writer.barrier()
+        kopf.event(
+            self.body,
+            type="Normal" if reason == saving.SUCCEEDED else "Warning",
+            reason="Completed",
+            message=f"{reason}: {final[0].message}",
+        )
+        metrics.SAVE_EVENTS.labels(reason=self.reason, result=reason).inc()
+        self.logger.info("SaveEvent complete: %s (%s)", reason, final[0].message)

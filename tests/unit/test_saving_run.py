@@ -1,0 +1,341 @@
+"""The SaveEvent run against an in-memory API and fake agents: ordering, resume, deadline."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import copy
+import logging
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from lparkube.adapters.guest_agent import AgentError, AgentTarget
+from lparkube.adapters.status_writer import JSON_PATCH
+from lparkube.controllers import saveevent
+from lparkube.domain.conditions import rfc3339
+
+NS = "tenant"
+SYSTEM = "lparkube-system"
+UID = "uid-1"
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    result = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patch(result.get(key), value)
+    return result
+
+
+def json_patch(doc: dict, ops: list[dict]) -> dict:
+    doc = copy.deepcopy(doc)
+    for op in ops:
+        *parents, last = op["path"].strip("/").split("/")
+        node: Any = doc
+        for part in parents:
+            node = node[int(part)] if isinstance(node, list) else node[part]
+        if isinstance(node, list):
+            index = int(last)
+            if op["op"] == "replace" and index >= len(node):
+                raise ApiError(422)
+            node[index] = op["value"]
+        else:
+            node[last] = op["value"]
+    return doc
+
+
+class ApiError(Exception):
+    def __init__(self, status: int) -> None:
+        super().__init__(status)
+        self.status = status
+
+
+class FakeKube:
+    """Just the calls the SaveEvent run makes, over a dict of objects."""
+
+    def __init__(self) -> None:
+        self.objects: dict[tuple[str, str, str], dict] = {}
+        self.status_patches: list[str] = []
+        self.custom = self
+        self.core = self
+        self.api_client = SimpleNamespace(sanitize_for_serialization=lambda x: x)
+
+    async def call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        return fn(*args, **kwargs)
+
+    async def list(self, ref: Any, namespace: str | None = None, label_selector: str = "") -> list:
+        return [
+            copy.deepcopy(o)
+            for (plural, ns, _), o in sorted(self.objects.items())
+            if plural == ref.plural and (namespace is None or ns == namespace)
+        ]
+
+    async def get(self, ref: Any, namespace: str, name: str) -> dict | None:
+        found = self.objects.get((ref.plural, namespace, name))
+        return copy.deepcopy(found) if found else None
+
+    async def create(self, ref: Any, namespace: str, body: dict) -> dict:
+        self.objects[(ref.plural, namespace, body["metadata"]["name"])] = copy.deepcopy(body)
+        return body
+
+    async def patch(
+        self, ref: Any, namespace: str, name: str, patch: dict, *, status: bool = False
+    ):
+        key = (ref.plural, namespace, name)
+        self.objects[key] = merge_patch(self.objects[key], patch)
+        self.status_patches.append("merge")
+        return self.objects[key]
+
+    def patch_namespaced_custom_object_status(self, *args: Any, **kw: Any) -> dict:
+        _, _, ns, plural, name, ops = args
+        assert kw["_content_type"] == JSON_PATCH
+        key = (plural, ns, name)
+        self.objects[key] = json_patch(self.objects[key], ops)
+        self.status_patches.append("json")
+        return self.objects[key]
+
+    def read_namespaced_secret(self, name: str, namespace: str) -> Any:
+        return SimpleNamespace(data={"key": base64.b64encode(b"k" * 32).decode()})
+
+    def list_pod_for_all_namespaces(self, field_selector: str) -> dict:
+        return {"items": []}
+
+    def list_namespaced_pod(self, namespace: str, field_selector: str) -> dict:
+        return {"items": []}
+
+    def save_event(self, name: str = "se", namespace: str = NS) -> dict:
+        return self.objects[("saveevents", namespace, name)]
+
+
+class FakeAgents:
+    """Records every call; checks the partition was stored Instructed before it was sent."""
+
+    def __init__(self, kube: FakeKube, modes: dict[str, str] | None = None, ns: str = NS) -> None:
+        self.kube = kube
+        self.ns = ns
+        self.modes = modes or {}
+        self.calls: list[tuple[str, dict]] = []
+
+    async def save(self, target: AgentTarget, instruction: dict, *, timeout: float) -> dict:
+        self.calls.append((target.partition, instruction))
+        stored = self.kube.save_event(namespace=self.ns)["status"]["partitions"]
+        mine = next(p for p in stored if f"{p['namespace']}/{p['name']}" == target.partition)
+        assert mine["outcome"] == "Instructed", "sent before Instructed was stored"
+        mode = self.modes.get(target.partition.split("/")[1], "ok")
+        if mode == "hang":
+            await asyncio.sleep(3600)
+        if mode == "refuse":
+            raise AgentError("unreachable", "connection refused")
+        if mode == "reject":
+            raise AgentError("rejected", "bad-signature")
+        apps = [
+            {"name": "db", "priority": 1, "order": 1, "method": "Signal", "outcome": "Saved"},
+            {"name": "ui", "priority": 5, "order": 2, "method": "HTTP", "outcome": "Saved"},
+        ]
+        if mode == "app-timeout":
+            apps[1]["outcome"] = "TimedOut"
+        return {"id": instruction["id"], "state": "Completed", "applications": apps}
+
+
+def add_partition(kube: FakeKube, name: str, *, node: str = "node-a", connected: bool = True):
+    kube.objects[("partitions", NS, name)] = {
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {},
+        "status": {
+            "nodeName": node,
+            "agent": {"endpoint": "127.0.0.1:1", "keySecretName": f"{name}-key"},
+            "conditions": [{"type": "AgentConnected", "status": "True" if connected else "False"}],
+        },
+    }
+
+
+def add_save_event(kube: FakeKube, spec: dict, *, status: dict | None = None, ns: str = NS):
+    created = datetime.now(UTC).replace(microsecond=0)
+    body = {
+        "apiVersion": "lparkube.io/v1alpha1",
+        "kind": "SaveEvent",
+        "metadata": {
+            "name": "se",
+            "namespace": ns,
+            "uid": UID,
+            "generation": 1,
+            "creationTimestamp": rfc3339(created),
+        },
+        "spec": {"reason": "Thermal", **spec},
+    }
+    if status is not None:
+        body["status"] = status
+    kube.objects[("saveevents", ns, "se")] = body
+    return body
+
+
+@pytest.fixture
+def events(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[str, str]]]:
+    posted: list[tuple[str, str]] = []
+    monkeypatch.setattr(
+        saveevent.kopf,
+        "event",
+        lambda body, *, type, reason, message: posted.append((reason, message)),
+    )
+    yield posted
+
+
+def run(kube: FakeKube, agents: FakeAgents, ns: str = NS) -> dict:
+    body = copy.deepcopy(kube.save_event(namespace=ns))
+    logger = logging.getLogger("test")
+    asyncio.run(saveevent.SaveRun(kube, agents, body, SYSTEM, logger).execute())  # type: ignore[arg-type]
+    return kube.save_event(namespace=ns)["status"]
+
+
+def by_name(status: dict) -> dict[str, dict]:
+    return {p["name"]: p for p in status["partitions"]}
+
+
+def condition(status: dict, type_: str) -> dict:
+    return next(c for c in status["conditions"] if c["type"] == type_)
+
+
+def test_all_targets_saved_and_recorded(events: list) -> None:
+    kube = FakeKube()
+    for name in ("a", "b", "c"):
+        add_partition(kube, name)
+    add_partition(kube, "off", connected=False)
+    add_save_event(kube, {"targets": {"all": True}})
+    agents = FakeAgents(kube, {"c": "app-timeout"})
+    status = run(kube, agents)
+    parts = by_name(status)
+    assert parts["a"]["outcome"] == "Succeeded"
+    assert [a["name"] for a in parts["a"]["applications"]] == ["db", "ui"]
+    assert parts["c"]["outcome"] == "Failed"
+    assert parts["c"]["applications"][1]["outcome"] == "TimedOut"
+    assert parts["off"]["outcome"] == "Unreachable"
+    assert sorted(p for p, _ in agents.calls) == ["tenant/a", "tenant/b", "tenant/c"]
+    assert {i["id"] for _, i in agents.calls} == {UID}
+    assert status["summary"] == {
+        "partitions": 4,
+        "pending": 0,
+        "succeeded": 2,
+        "failed": 2,
+        "applications": 6,
+        "applicationsSaved": 5,
+        "applicationsFailed": 1,
+    }
+    assert condition(status, "Complete")["status"] == "True"
+    assert condition(status, "Complete")["reason"] == "PartiallySucceeded"
+    assert condition(status, "Succeeded")["status"] == "False"
+    assert {"startTime", "deadlineTime", "completionTime"} <= set(status)
+    reasons = [r for r, _ in events]
+    assert reasons[0] == "Instructed" and reasons[-1] == "Completed"
+    assert reasons.count("SaveFailed") == 2 and reasons.count("Saved") == 2
+
+
+def test_resume_reattaches_instructed_and_never_resends_finished(events: list) -> None:
+    kube = FakeKube()
+    for name in ("done", "inflight", "pending"):
+        add_partition(kube, name)
+    stored = {
+        "startTime": "2026-01-01T00:00:00Z",
+        "partitions": [
+            {"namespace": NS, "name": "done", "outcome": "Succeeded", "applications": []},
+            {"namespace": NS, "name": "inflight", "outcome": "Instructed"},
+            {"namespace": NS, "name": "pending", "outcome": "Pending"},
+        ],
+    }
+    add_save_event(kube, {"targets": {"all": True}}, status=stored)
+    agents = FakeAgents(kube)
+    status = run(kube, agents)
+    assert sorted(p for p, _ in agents.calls) == ["tenant/inflight", "tenant/pending"]
+    assert all(p["outcome"] == "Succeeded" for p in status["partitions"])
+    assert condition(status, "Complete")["reason"] == "Succeeded"
+
+
+def test_deadline_times_out_a_hanging_agent(events: list) -> None:
+    kube = FakeKube()
+    add_partition(kube, "fast")
+    add_partition(kube, "slow")
+    add_save_event(kube, {"targets": {"all": True}, "deadline": "2s", "applicationTimeout": "1s"})
+    started = datetime.now(UTC)
+    status = run(kube, FakeAgents(kube, {"slow": "hang"}))
+    assert (datetime.now(UTC) - started) < timedelta(seconds=4)
+    assert by_name(status)["slow"]["outcome"] == "TimedOut"
+    assert by_name(status)["fast"]["outcome"] == "Succeeded"
+    assert condition(status, "Complete")["reason"] == "DeadlineExceeded"
+
+
+def test_agent_that_stops_answering_and_disconnects_is_unreachable(events: list) -> None:
+    kube = FakeKube()
+    add_partition(kube, "gone")
+    add_save_event(kube, {"targets": {"all": True}, "deadline": "30s"})
+    agents = FakeAgents(kube, {"gone": "refuse"})
+
+    async def disconnect_later() -> None:
+        await asyncio.sleep(0.3)
+        conditions = kube.objects[("partitions", NS, "gone")]["status"]["conditions"]
+        conditions[0]["status"] = "False"
+
+    async def both() -> None:
+        body = copy.deepcopy(kube.save_event())
+        run_ = saveevent.SaveRun(kube, agents, body, SYSTEM, logging.getLogger("t"))  # type: ignore[arg-type]
+        await asyncio.gather(run_.execute(), disconnect_later())
+
+    asyncio.run(both())
+    status = kube.save_event()["status"]
+    assert by_name(status)["gone"]["outcome"] == "Unreachable"
+    assert len(agents.calls) >= 2  # retried while the Partition still said connected
+    assert condition(status, "Complete")["reason"] == "Failed"
+
+
+def test_rejected_instruction_fails_the_partition(events: list) -> None:
+    kube = FakeKube()
+    add_partition(kube, "p")
+    add_save_event(kube, {"targets": {"partitions": ["p", "ghost"]}})
+    status = run(kube, FakeAgents(kube, {"p": "reject"}))
+    assert by_name(status)["p"]["outcome"] == "Failed"
+    assert "rejected" in by_name(status)["p"]["message"]
+    assert by_name(status)["ghost"]["outcome"] == "Failed"
+
+
+def test_all_namespaces_refused_outside_the_system_namespace(events: list) -> None:
+    kube = FakeKube()
+    add_partition(kube, "p")
+    add_save_event(kube, {"targets": {"all": True, "allNamespaces": True}})
+    agents = FakeAgents(kube)
+    status = run(kube, agents)
+    assert agents.calls == []
+    assert condition(status, "Complete") | {"lastTransitionTime": ""} == {
+        "type": "Complete",
+        "status": "False",
+        "reason": "Refused",
+        "message": condition(status, "Complete")["message"],
+        "observedGeneration": 1,
+        "lastTransitionTime": "",
+    }
+    assert "partitions" not in status
+
+
+def test_system_namespace_reaches_every_namespace(events: list) -> None:
+    kube = FakeKube()
+    add_partition(kube, "p")
+    add_save_event(kube, {"targets": {"nodeName": "node-a", "allNamespaces": True}}, ns=SYSTEM)
+    agents = FakeAgents(kube, ns=SYSTEM)
+    status = run(kube, agents, ns=SYSTEM)
+    assert [p["name"] for p in status["partitions"]] == ["p"]
+
+
+def test_many_partitions_coalesce_status_writes(events: list) -> None:
+    kube = FakeKube()
+    for i in range(300):
+        add_partition(kube, f"p{i:03}")
+    add_save_event(kube, {"targets": {"all": True}})
+    status = run(kube, FakeAgents(kube))
+    assert status["summary"]["succeeded"] == 300
+    assert len(kube.status_patches) <= 5
+    assert events[0][0] == "Instructed" and len(events) == 2  # summaries only
