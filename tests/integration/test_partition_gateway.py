@@ -107,6 +107,11 @@ def test_forged_reports_change_nothing(parts: Partitions, operator: OperatorProc
     assert gateway.refused(newer, headers) == (401, "bad-signature")
     assert heartbeat_fields(parts, "target") == before
 
+    with urllib.request.urlopen(operator.metrics_url, timeout=5) as response:
+        scraped = response.read().decode()
+    for result in ("accepted", "unsigned", "bad-signature", "stale", "replayed", "oversized"):
+        assert f'lparkube_agent_reports_total{{result="{result}"}}' in scraped
+
     # With no further heartbeat the agent counts as lost after the 3s timeout.
     parts.wait_condition("target", "AgentConnected", "False", timeout=15)
     wait_for(lambda: "AgentLost" in parts.reasons("target"), "the AgentLost event")

@@ -53,9 +53,16 @@ def signed_headers(
 Scenario = Callable[[aiohttp.ClientSession, str], Awaitable[Any]]
 
 
+RESULTS: list[str] = []
+
+
 def run(scenario: Scenario, keys: Keys | None = None) -> tuple[Any, list]:
-    """Serve the gateway on loopback, run the scenario; returns its result and the sink's."""
+    """Serve the gateway on loopback, run the scenario; returns its result and the sink's.
+
+    Every outcome the gateway counts lands in RESULTS.
+    """
     recorded: list[tuple[str, Any]] = []
+    RESULTS.clear()
 
     async def sink(partition: str, body: bytes) -> None:
         try:
@@ -65,7 +72,9 @@ def run(scenario: Scenario, keys: Keys | None = None) -> tuple[Any, list]:
 
     async def main() -> Any:
         verifiers = Verifiers(keys or Keys({PARTITION: KEY}))
-        app = gateway_app(verifiers, sink, lambda p: parse_partition_id(p) is not None)
+        app = gateway_app(
+            verifiers, sink, lambda p: parse_partition_id(p) is not None, RESULTS.append
+        )
         runner = web.AppRunner(app)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -175,6 +184,7 @@ def test_replayed() -> None:
     assert results[0][0] == 204
     assert results[1] == (401, {"error": "replayed", "message": "this nonce was already used"})
     assert len(recorded) == 1
+    assert RESULTS == ["accepted", "replayed"]
 
 
 def test_keys_are_cached_and_nonces_tracked_across_refreshes() -> None:

@@ -36,6 +36,8 @@ STATUS_OF = {
 
 KeyLookup = Callable[[str], Awaitable[bytes | None]]
 """The key of a partition (``namespace/name``), None when there is no such partition or key."""
+Recorder = Callable[[str], None]
+"""Counts outcomes: ``accepted`` or the refusal reason."""
 ReportSink = Callable[[str, bytes], Awaitable[None]]
 """Takes a verified report body; raises MalformedReportError to refuse it."""
 PartitionCheck = Callable[[str], bool]
@@ -137,9 +139,10 @@ def _error(
 class _RefusedError(Exception):
     """Carries the error response for a request that is refused."""
 
-    def __init__(self, response: web.Response) -> None:
-        super().__init__(response.status)
-        self.response = response
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.response = _error(reason, message)
 
 
 async def _body(request: web.Request) -> bytes:
@@ -148,7 +151,7 @@ async def _body(request: web.Request) -> bytes:
     if (request.content_length or 0) <= limit:
         body = await request.content.read(limit + 1)
     if (request.content_length or 0) > limit or len(body) > limit:
-        raise _RefusedError(_error("oversized", f"body exceeds {limit} bytes"))
+        raise _RefusedError("oversized", f"body exceeds {limit} bytes")
     return body
 
 
@@ -159,19 +162,19 @@ async def _verify(
     try:
         signed = protocol.read_headers(request.headers)
     except protocol.AuthError as exc:
-        raise _RefusedError(_error(exc.reason, str(exc))) from exc
+        raise _RefusedError(exc.reason, str(exc)) from exc
     if not valid(signed.partition):
         message = f"{protocol.HEADER_PARTITION} must be namespace/name"
-        raise _RefusedError(_error("malformed", message))
+        raise _RefusedError("malformed", message)
     try:
         found = await verifiers.get(signed.partition)
     except Exception as exc:
         logger.exception("Cannot look up the key of %s", signed.partition)
         message = "the operator cannot read the partition key; retry"
-        raise _RefusedError(_error("unavailable", message)) from exc
+        raise _RefusedError("unavailable", message) from exc
     if found is None:
         message = f"no Partition {signed.partition} with an agent key"
-        raise _RefusedError(_error("wrong-partition", message))
+        raise _RefusedError("wrong-partition", message)
     key, verifier = found
     message = protocol.Message(
         protocol.TO_OPERATOR, request.method, request.path_qs, signed.partition, body
@@ -180,11 +183,16 @@ async def _verify(
         verifier.verify(message, request.headers)
     except protocol.AuthError as exc:
         logger.info("Refused a report for %s: %s", signed.partition, exc.reason)
-        raise _RefusedError(_error(exc.reason, str(exc))) from exc
+        raise _RefusedError(exc.reason, str(exc)) from exc
     return signed, key
 
 
-def gateway_app(verifiers: Verifiers, sink: ReportSink, valid: PartitionCheck) -> web.Application:
+def gateway_app(
+    verifiers: Verifiers,
+    sink: ReportSink,
+    valid: PartitionCheck,
+    record: Recorder = lambda _: None,
+) -> web.Application:
     """The aiohttp app serving ``POST /v1/reports``."""
 
     async def receive(request: web.Request) -> web.Response:
@@ -192,15 +200,19 @@ def gateway_app(verifiers: Verifiers, sink: ReportSink, valid: PartitionCheck) -
             body = await _body(request)
             signed, key = await _verify(request, body, verifiers, valid)
         except _RefusedError as refused:
+            record(refused.reason)
             return refused.response
         try:
             await sink(signed.partition, body)
         except MalformedReportError as exc:
+            record("malformed")
             return _error("malformed", str(exc), key=key, request=signed)
         except Exception:
             logger.exception("Cannot record the report of %s", signed.partition)
+            record("unavailable")
             message = "the report was not recorded; retry"
             return _error("unavailable", message, key=key, request=signed)
+        record("accepted")
         headers = protocol.sign_response(key, signed, 204, b"").headers()
         return web.Response(status=204, headers=headers)
 

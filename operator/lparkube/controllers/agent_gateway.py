@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from aiohttp import web
+from prometheus_client import Counter
 
-from lparkube import health
+from lparkube import health, metrics
 from lparkube.adapters.agent_gateway import (
     MalformedReportError,
     Verifiers,
@@ -29,6 +30,14 @@ from lparkube.domain.conditions import TRUE, rfc3339
 
 logger = logging.getLogger(__name__)
 KUBE_WORKERS = 8
+
+REPORTS = Counter(
+    "lparkube_agent_reports",
+    "Guest agent reports at the gateway, by result: accepted, or why it was refused "
+    "(unsigned, bad-signature, stale, replayed, oversized, malformed, ...).",
+    ["result"],
+    registry=metrics.REGISTRY,
+)
 
 
 def _now() -> datetime:
@@ -125,7 +134,10 @@ def build_app(kube: Kube, identity: str) -> web.Application:
     async def sink(partition: str, body: bytes) -> None:
         await record_report(kube, partition, body, identity)
 
-    return gateway_app(verifiers, sink, lambda p: domain.parse_partition_id(p) is not None)
+    def valid(partition: str) -> bool:
+        return domain.parse_partition_id(partition) is not None
+
+    return gateway_app(verifiers, sink, valid, lambda result: REPORTS.labels(result).inc())
 
 
 async def start(settings: Settings) -> Gateway | None:

@@ -9,7 +9,6 @@ event costs nothing but a few reads. Heartbeat expiry runs in a per-Partition da
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import copy
 import json
 import logging
@@ -313,12 +312,18 @@ async def refresh_status(
 
 
 async def reconcile_by_name(memo: Any, namespace: str, name: str) -> None:
+    """Reconcile after a VM or VMI change; best effort, the next change or resume retries."""
     partition = await memo.kube.get(PARTITION, namespace, name)
     if partition is None or partition["metadata"].get("deletionTimestamp"):
         return
-    # A PermanentError is already in status and events; a later change re-triggers.
-    with contextlib.suppress(kopf.PermanentError):
+    try:
         await reconcile(memo.kube, partition, gateway_url(memo))
+    except kopf.PermanentError:
+        pass  # already in status and events; a later change re-triggers
+    except ApiException as error:
+        if error.status == 403 and "being terminated" in str(error.body):
+            return  # the namespace is going away, and the Partition with it
+        logger.warning("Cannot reconcile Partition %s/%s: %s", namespace, name, error.reason)
 
 
 # --- kopf handlers ---------------------------------------------------------------------------
@@ -358,14 +363,16 @@ async def partition_delete(body: kopf.Body, memo: Any, **_: Any) -> None:
 
 
 @kopf.daemon(*RESOURCE, cancellation_timeout=1.0)
-async def partition_heartbeat(body: kopf.Body, memo: Any, **_: Any) -> None:
+async def partition_heartbeat(
+    body: kopf.Body, memo: Any, stopped: kopf.DaemonStopped, **_: Any
+) -> None:
     """Turn AgentConnected False once the last heartbeat is older than heartbeatTimeout.
 
     A daemon rather than a timer: it sleeps exactly until the current deadline (the body is
     live, so a new heartbeat moves it) and logs nothing while all is well.
     """
-    while True:
-        await asyncio.sleep(await check_heartbeat(memo.kube, body))
+    while not stopped:
+        await stopped.wait(await check_heartbeat(memo.kube, body))
 
 
 async def check_heartbeat(kube: Kube, body: kopf.Body) -> float:
