@@ -200,7 +200,7 @@ class SaveStore:
         registrations: Callable[[], list[Registration]],
         save: SaveFn,
         keep: int = 64,
-        max_pending: int = 16,
+        max_pending: int = 64,
     ) -> None:
         self._registrations = registrations
         self._save = save

@@ -357,9 +357,11 @@ def test_fuzz_the_agent_endpoint(tmp_path: Path) -> None:
     print(f"fuzz seed: {seed} (LPARKUBE_FUZZ_SEED={seed} replays this run)")
     agent = AgentProcess(tmp_path).start()
     out = tmp_path / "saves.log"
-    app, _ = start_app("signal", "saver", out)
+    # A socket app writes one line per save (signals could coalesce and hide a save).
+    app, path = start_app("socket", "saver", out)
     try:
-        cli(agent, "register", "--name=saver", f"--pid={app.pid}", "--method=Signal")
+        cli(agent, "register", "--name=saver", f"--pid={app.pid}", "--method=UnixSocket",
+            f"--unix-socket={path}")  # fmt: skip
         tally = Tally()
         start = time.monotonic()
         threads = [
