@@ -183,7 +183,8 @@ def test_table_survives_restarts_and_dead_processes_are_pruned(
     assert registered(agent) == ["keeper"]
     result = agent.save("after-restart")
     assert [(a["name"], a["outcome"]) for a in result["applications"]] == [("keeper", "Saved")]
-    assert lines(out)[0][0] == "keeper" and keeper.poll() is None
+    # A signal save is done when delivered; the app writes a moment later.
+    assert wait_until(lambda: lines(out))[0][0] == "keeper" and keeper.poll() is None
 
 
 def test_sigkill_in_the_middle_of_saves_and_registrations_keeps_the_table_whole(
