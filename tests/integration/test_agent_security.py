@@ -138,6 +138,9 @@ def test_replayed(agent: AgentProcess, saver: Saver) -> None:
     status, response_headers, answer = send(agent, body, headers)
     assert status == 200 and answer["applications"][0]["outcome"] == "Saved"
     protocol.verify_response(agent.key, sig, status, response_headers, json.dumps(answer).encode())
+    deadline = time.monotonic() + 5
+    while saver.saves() == 0 and time.monotonic() < deadline:  # the app writes after the signal
+        time.sleep(0.02)
     assert saver.saves() == 1
     refused(*send(agent, body, headers)[::2], 401, "replayed")
     # The same bytes again, even for a new save id, cannot be replayed: a new id needs a new
