@@ -276,7 +276,9 @@ class SaveRun:
         key = target.key
         if saving.is_final(self._item(key)):
             return
-        if reason := saving.unreachable_reason(target):
+        if not target.endpoint:  # AgentConnected is not consulted here: a resumed partition
+            # was instructed already, and its heartbeat may have lapsed while we were down.
+            reason = saving.unreachable_reason(target) or "no agent endpoint"
             self._finish(key, saving.UNREACHABLE, reason, utcnow())
             return
         try:
