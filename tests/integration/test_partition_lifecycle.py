@@ -49,6 +49,8 @@ def test_template_partition_end_to_end(
     # Status mirrors the running VMI; no agent yet.
     status = parts.wait_condition("web-1", "VMReady", "True")
     assert status["vmName"] == "web-1"
+    assert "lparkube.io/finalizer" in parts.get("web-1")["metadata"]["finalizers"]
+    assert status["observedGeneration"] == created["metadata"]["generation"]
     assert status["nodeName"] in parts.kubevirt.node_names
     assert status["addresses"] == [{"interface": "default", "ip": ip}]
     assert status["agent"] == {"keySecretName": "web-1-agent-key", "endpoint": f"{ip}:{port}"}

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from lparkube.domain import partition as part
+from lparkube.domain import partition_status as part
 from lparkube.domain.agent_report import parse_report
 from lparkube.domain.conditions import FALSE, TRUE, find, rfc3339
 

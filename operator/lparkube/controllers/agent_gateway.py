@@ -25,6 +25,7 @@ from lparkube.adapters.kube import PARTITION, Kube
 from lparkube.config import Settings
 from lparkube.controllers.partition import write_status
 from lparkube.domain import partition as domain
+from lparkube.domain import partition_status as status_rules
 from lparkube.domain.agent_report import parse_report
 from lparkube.domain.conditions import TRUE, rfc3339
 
@@ -73,9 +74,9 @@ async def record_report(kube: Kube, partition_id: str, body: bytes, identity: st
         kube,
         namespace,
         name,
-        lambda p: domain.status_with_report(p, report.status(received), received),
+        lambda p: status_rules.status_with_report(p, report.status(received), received),
     )
-    if domain.transition(before, after, domain.AGENT_CONNECTED) == TRUE:
+    if status_rules.transition(before, after, status_rules.AGENT_CONNECTED) == TRUE:
         message = f"Guest agent {report.version or '?'} reported (kernel {report.kernel_release})"
         await post_event(
             kube, namespace, name, reason="AgentConnected", message=message, identity=identity

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import json
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -20,19 +19,23 @@ import kopf
 from kubernetes.client.exceptions import ApiException
 
 from lparkube import metrics
-from lparkube.adapters.kube import (
-    PARTITION,
-    VIRTUAL_MACHINE,
-    VIRTUAL_MACHINE_INSTANCE,
-    Kube,
-    not_found,
-)
+from lparkube.adapters.kube import PARTITION, VIRTUAL_MACHINE, VIRTUAL_MACHINE_INSTANCE, Kube
 from lparkube.config import default_gateway_url
 from lparkube.controllers import run_config
+from lparkube.controllers.partition_objects import (
+    ProblemError,
+    delete_owned_secret,
+    delete_owned_vm,
+    ensure_adopted_vm,
+    ensure_created_vm,
+    ensure_secret,
+    normal,
+    release_adopted_vm,
+)
 from lparkube.domain import partition as domain
-from lparkube.domain.conditions import FALSE, Condition
+from lparkube.domain import partition_status as status_rules
+from lparkube.domain.conditions import FALSE, TRUE
 from lparkube.domain.key_delivery import DeliveryError
-from lparkube_agent import protocol
 
 logger = logging.getLogger(__name__)
 
@@ -45,19 +48,6 @@ StatusFn = Callable[[dict[str, Any]], dict[str, Any]]
 
 def now() -> datetime:
     return datetime.now(UTC)
-
-
-def normal(partition: dict, *, reason: str, message: str) -> None:
-    """A Normal event (kopf.info would drop it: posting.level is WARNING for log records)."""
-    kopf.event(partition, type="Normal", reason=reason, message=message)
-
-
-class ProblemError(Exception):
-    """A state the user must fix; shown as VMReady=False with this reason and message."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.condition = Condition(domain.VM_READY, FALSE, reason, message)
 
 
 # --- status writes ---------------------------------------------------------------------------
@@ -76,7 +66,7 @@ async def write_status(
         if partition is None:
             return None, None
         before = partition.get("status") or {}
-        patch = domain.status_patch(before, compute(partition))
+        patch = status_rules.status_patch(before, compute(partition))
         if not patch:
             return before, before
         body = {"metadata": {"resourceVersion": partition["metadata"]["resourceVersion"]}}
@@ -97,168 +87,6 @@ def gateway_url(memo: Any) -> str:
     if config is None:
         return default_gateway_url(None)
     return config.agent_gateway_url or default_gateway_url(config.lease.namespace)
-
-
-# --- the key Secret --------------------------------------------------------------------------
-
-
-async def ensure_secret(kube: Kube, partition: dict, agent: domain.AgentSpec, url: str) -> bool:
-    """Create the key Secret, or complete an existing one; never replace its key.
-
-    Returns True when this call created it.
-    """
-    namespace = partition["metadata"]["namespace"]
-    secret = await _read_secret(kube, namespace, agent.key_secret_name)
-    if secret is None:
-        data = domain.secret_data(partition, agent, protocol.new_key(), url)
-        body = domain.key_secret(partition, agent, data)
-        try:
-            await kube.call(kube.core.create_namespaced_secret, namespace, body)
-            return True
-        except ApiException as error:
-            if error.status != 409:
-                raise
-        secret = await _read_secret(kube, namespace, agent.key_secret_name)
-        if secret is None:
-            raise kopf.TemporaryError("the key Secret vanished while being created", delay=1)
-    key = domain.secret_key(secret)
-    if key is None or len(key) < protocol.MIN_KEY_BYTES:
-        raise ProblemError(
-            "KeyInvalid",
-            f"Secret {agent.key_secret_name} has no usable data.key (base64 of at least "
-            f"{protocol.MIN_KEY_BYTES} random bytes); fix or delete it",
-        )
-    missing = domain.missing_secret_data(
-        secret.get("data"), domain.secret_data(partition, agent, key, url)
-    )
-    if missing:
-        await kube.call(
-            kube.core.patch_namespaced_secret,
-            agent.key_secret_name,
-            namespace,
-            {"data": missing},
-        )
-    return False
-
-
-async def _read_secret(kube: Kube, namespace: str, name: str) -> dict | None:
-    try:
-        secret = await kube.call(kube.core.read_namespaced_secret, name, namespace)
-    except ApiException as error:
-        if not_found(error):
-            return None
-        raise
-    return kube.api_client.sanitize_for_serialization(secret)
-
-
-# --- the VirtualMachine ----------------------------------------------------------------------
-
-
-async def ensure_created_vm(kube: Kube, partition: dict, agent: domain.AgentSpec) -> dict:
-    """The Partition's own VM, created from the template when missing."""
-    meta = partition["metadata"]
-    namespace, name = meta["namespace"], meta["name"]
-    vm = await kube.get(VIRTUAL_MACHINE, namespace, name)
-    if vm is None:
-        body = domain.vm_from_template(partition, agent)
-        try:
-            vm = await kube.create(VIRTUAL_MACHINE, namespace, body)
-            normal(partition, reason="VMCreated", message=f"Created VirtualMachine {name}")
-            return vm
-        except ApiException as error:
-            if error.status == 422:
-                raise ProblemError("InvalidTemplate", _api_message(error)) from error
-            if error.status != 409:
-                raise
-        vm = await kube.get(VIRTUAL_MACHINE, namespace, name)
-        if vm is None:
-            raise kopf.TemporaryError("the VM vanished while being created", delay=1)
-    if not domain.controlled_by(vm, meta["uid"]):
-        raise ProblemError(
-            "VMNameConflict",
-            f"VirtualMachine {name} exists and is not this Partition's; delete or rename it, "
-            "or adopt it with spec.vmName instead of spec.vmTemplate",
-        )
-    return vm
-
-
-async def ensure_adopted_vm(kube: Kube, partition: dict, agent: domain.AgentSpec) -> dict | None:
-    """Add the Partition as a (non-controller) owner and the key disk; None if no such VM."""
-    meta = partition["metadata"]
-    name = domain.vm_name(meta["name"], partition["spec"])
-    vm = await kube.get(VIRTUAL_MACHINE, meta["namespace"], name)
-    if vm is None:
-        return None
-    try:
-        patch = domain.adoption_patch(vm, partition, agent)
-    except DeliveryError as exc:
-        raise ProblemError("KeyDeliveryFailed", str(exc)) from exc
-    if patch is None:
-        return vm
-    try:
-        vm = await kube.patch(VIRTUAL_MACHINE, meta["namespace"], name, patch)
-    except ApiException as error:
-        if error.status == 409:
-            raise kopf.TemporaryError("the VM changed while being adopted", delay=1) from error
-        raise
-    note = " (the key disk reaches the guest at its next restart)" if "spec" in patch else ""
-    normal(partition, reason="VMAdopted", message=f"Adopted VirtualMachine {name}{note}")
-    return vm
-
-
-async def release_adopted_vm(kube: Kube, partition: dict) -> None:
-    """Hand an adopted VM back: our owner reference and key disk removed, the VM kept."""
-    meta = partition["metadata"]
-    name = domain.vm_name(meta["name"], partition["spec"])
-    vm = await kube.get(VIRTUAL_MACHINE, meta["namespace"], name)
-    patch = domain.release_patch(vm, meta["uid"]) if vm else None
-    if patch is None:
-        return
-    try:
-        await kube.patch(VIRTUAL_MACHINE, meta["namespace"], name, patch)
-    except ApiException as error:
-        if error.status == 409:
-            raise kopf.TemporaryError("the VM changed while being released", delay=1) from error
-        if not not_found(error):
-            raise
-    normal(partition, reason="VMReleased", message=f"Released VirtualMachine {name}")
-
-
-async def delete_owned_vm(kube: Kube, partition: dict) -> None:
-    """Delete the VM this Partition controls now, rather than when the garbage collector next
-    notices (the owner reference stays as the backstop)."""
-    meta = partition["metadata"]
-    vm = await kube.get(VIRTUAL_MACHINE, meta["namespace"], meta["name"])
-    if vm is not None and domain.controlled_by(vm, meta["uid"]):
-        ref, delete = VIRTUAL_MACHINE, kube.custom.delete_namespaced_custom_object
-        args = (ref.group, ref.version, meta["namespace"], ref.plural, meta["name"])
-        await _delete(kube, delete, *args, uid=vm["metadata"]["uid"])
-
-
-async def delete_owned_secret(kube: Kube, partition: dict) -> None:
-    """Delete the key Secret if this Partition made it (a user's own Secret stays)."""
-    meta = partition["metadata"]
-    name = domain.agent_spec(meta["name"], partition.get("spec") or {}).key_secret_name
-    secret = await _read_secret(kube, meta["namespace"], name)
-    if secret is not None and domain.controlled_by(secret, meta["uid"]):
-        delete, uid = kube.core.delete_namespaced_secret, secret["metadata"]["uid"]
-        await _delete(kube, delete, name, meta["namespace"], uid=uid)
-
-
-async def _delete(kube: Kube, fn: Callable[..., Any], *args: Any, uid: str) -> None:
-    body = {"propagationPolicy": "Background", "preconditions": {"uid": uid}}
-    try:
-        await kube.call(fn, *args, body=body)
-    except ApiException as error:
-        if error.status not in (404, 409):  # gone already, or replaced by another object
-            raise
-
-
-def _api_message(error: ApiException) -> str:
-    try:
-        return json.loads(error.body or "{}").get("message") or str(error.reason)
-    except ValueError:
-        return str(error.reason)
 
 
 # --- reconcile -------------------------------------------------------------------------------
@@ -301,9 +129,9 @@ async def refresh_status(
     )
 
     def compute(current: dict) -> dict:
-        status = domain.observed_status(current, vm, vmi, now())
+        status = status_rules.observed_status(current, vm, vmi, now())
         if problem is not None:
-            status["conditions"] = domain.conditions(
+            status["conditions"] = status_rules.conditions(
                 current, problem.condition, status["agent"], now()
             )
         return status
@@ -318,8 +146,8 @@ async def reconcile_by_name(memo: Any, namespace: str, name: str) -> None:
         return
     try:
         await reconcile(memo.kube, partition, gateway_url(memo))
-    except kopf.PermanentError:
-        pass  # already in status and events; a later change re-triggers
+    except (kopf.PermanentError, kopf.TemporaryError):
+        pass  # a problem is in status and events; a lost race was won by another writer
     except ApiException as error:
         if error.status == 403 and "being terminated" in str(error.body):
             return  # the namespace is going away, and the Partition with it
@@ -376,25 +204,27 @@ async def partition_heartbeat(
 
 
 async def check_heartbeat(kube: Kube, body: kopf.Body) -> float:
-    """Expire the heartbeat if due; returns how long to sleep before looking again."""
-    partition = _plain(body)
-    meta = partition["metadata"]
-    timeout = domain.agent_spec(meta["name"], partition.get("spec") or {}).heartbeat_timeout
+    """Expire the heartbeat if due; returns how long to sleep before looking again.
+
+    Reads the live body without copying it: with many Partitions this runs often.
+    """
+    name = body.metadata.name
+    timeout = domain.agent_spec(name, dict(body.spec)).heartbeat_timeout
     idle = max(0.5, min(IDLE_CHECK_SECONDS, timeout / 2))
-    status = partition.get("status") or {}
-    deadline = domain.heartbeat_deadline(status.get("agent"), timeout)
-    connected = domain.stored_condition(status, domain.AGENT_CONNECTED).status == "True"
-    if deadline is None or not connected:
+    agent_status = body.status.get("agent")
+    deadline = status_rules.heartbeat_deadline(agent_status, timeout)
+    stored = status_rules.stored_condition(dict(body.status), status_rules.AGENT_CONNECTED)
+    if deadline is None or stored.status != TRUE:
         return idle
     remaining = (deadline - now()).total_seconds()
     if remaining >= 0:
         return min(idle, remaining + 0.05)
     before, after = await write_status(
-        kube, meta["namespace"], meta["name"], lambda p: domain.status_with_expiry(p, now())
+        kube, body.metadata.namespace, name, lambda p: status_rules.status_with_expiry(p, now())
     )
-    if domain.transition(before, after, domain.AGENT_CONNECTED) == FALSE:
+    if status_rules.transition(before, after, status_rules.AGENT_CONNECTED) == FALSE:
         message = f"No heartbeat from the guest agent for more than {timeout:g}s"
-        kopf.warn(partition, reason="AgentLost", message=message)
+        kopf.warn(_plain(body), reason="AgentLost", message=message)
     return idle
 
 
