@@ -3,7 +3,9 @@ FROM python:3.11-slim-bookworm AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY operator ./operator
-RUN pip install --no-cache-dir --prefix=/install .
+COPY guest-agent ./guest-agent
+# The operator signs and verifies agent messages with the agent's own protocol module.
+RUN pip install --no-cache-dir --prefix=/install ./guest-agent .
 
 FROM python:3.11-slim-bookworm
 LABEL org.opencontainers.image.title="lparkube" \
