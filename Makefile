@@ -36,3 +36,8 @@ crds: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .run
+
+# SaveEvent fan-out at 100 and 1,000 partitions against a bare client (a benchmark, not a test).
+.PHONY: bench-save
+bench-save: $(STAMP) control-plane
+	$(PY) hack/bench_save.py $(BENCH_ARGS)

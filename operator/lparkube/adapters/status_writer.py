@@ -2,9 +2,10 @@
 
 A SaveEvent over 1,000 partitions changes its status thousands of times in seconds; one
 patch per change would queue behind itself at the API server. The writer keeps the whole
-status in memory, remembers what changed, and sends at most one patch per interval: a JSON
-patch that replaces only the changed list items and fields (the first write, and any write
-after the stored status disagrees with ours, is a merge patch of the whole status).
+status in memory, remembers what changed, and sends one patch per burst of changes (at most
+every ``max_delay`` while they keep coming, never twice within ``interval``): a JSON patch
+replacing only the changed list items and fields, or a merge patch of the whole status when
+most of it changed, for the first write, and when the stored status disagrees with ours.
 ``barrier()`` writes at once and returns only when everything set before it is stored, for
 writes that must land before an action (an outcome Instructed before the save is sent).
 """
@@ -24,6 +25,7 @@ from lparkube.adapters.kube import Kube, ResourceRef
 JSON_PATCH = "application/json-patch+json"
 MERGE_PATCH = "application/merge-patch+json"
 UNPROCESSABLE = 422
+SPACING_FACTOR = 4
 
 logger = logging.getLogger(__name__)
 
@@ -41,12 +43,14 @@ class StatusWriter:
         name: str,
         *,
         interval: float = 0.5,
+        quiet: float = 0.25,
+        max_delay: float = 2.0,
         list_field: str = "partitions",
         derive: Derive | None = None,
         on_write: Callable[[], None] | None = None,
     ) -> None:
         self.kube, self.ref, self.namespace, self.name = kube, ref, namespace, name
-        self.interval = interval
+        self.interval, self.quiet, self.max_delay = interval, quiet, max_delay
         self.list_field = list_field
         self.status: dict[str, Any] = {}
         self.derive = derive  # computes fields (summary, conditions) at each write
@@ -59,6 +63,8 @@ class StatusWriter:
         self._generation = 0  # bumps on every change; a write stores up to the one it saw
         self._stored = 0
         self._last_write = 0.0
+        self._last_cost = 0.0
+        self._last_change = 0.0
 
     # --- changes ------------------------------------------------------------------------------
 
@@ -83,6 +89,7 @@ class StatusWriter:
 
     def _touch(self) -> None:
         self._generation += 1
+        self._last_change = asyncio.get_running_loop().time()
         self._changed.set()
 
     # --- writing ------------------------------------------------------------------------------
@@ -94,13 +101,24 @@ class StatusWriter:
             await self._write()
 
     async def run(self) -> None:
-        """Write changes as they come, at most once per interval, until cancelled."""
+        """Write changes as they come until cancelled: once they pause for ``quiet`` seconds
+        (a burst of results becomes one write), and at least every ``max_delay`` seconds
+        while they keep coming; never sooner than ``interval`` after the previous write."""
         loop = asyncio.get_running_loop()
         while True:
             await self._changed.wait()
-            pause = self._last_write + self.interval - loop.time()
-            if pause > 0:
-                await asyncio.sleep(pause)
+            first = loop.time()
+            while True:
+                now = loop.time()
+                # A big status costs the API server time per write; a progress write just
+                # before the last result would delay the final one by that much.
+                latest = first + max(self.max_delay, SPACING_FACTOR * self._last_cost)
+                due = max(
+                    min(self._last_change + self.quiet, latest), self._last_write + self.interval
+                )
+                if now >= due:
+                    break
+                await asyncio.sleep(due - now)
             try:
                 await self._write()
             except asyncio.CancelledError:
@@ -122,6 +140,7 @@ class StatusWriter:
             whole, fields, items = self._whole, self._dirty_fields, self._dirty_items
             self._whole, self._dirty_fields, self._dirty_items = False, set(), set()
             self._changed.clear()
+            began = asyncio.get_running_loop().time()
             try:
                 await self._send(whole, fields, items)
             except BaseException:
@@ -132,13 +151,16 @@ class StatusWriter:
                 raise
             self._stored = max(self._stored, seen)
             self._last_write = asyncio.get_running_loop().time()
+            self._last_cost = self._last_write - began
             if self._generation > seen:
                 self._changed.set()
             if self._on_write is not None:
                 self._on_write()
 
     async def _send(self, whole: bool, fields: set[str], items: set[int]) -> None:
-        if whole:
+        if whole or 2 * len(items) > len(self.status.get(self.list_field) or []):
+            # Most items changed: one merge patch is cheaper for the API server than a JSON
+            # patch with an operation per item.
             await self._merge({"status": copy.deepcopy(self.status)})
             return
         ops = [
