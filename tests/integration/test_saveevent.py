@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -179,7 +180,7 @@ def _create_pod(core: client.CoreV1Api, namespace: str, body: dict) -> bool:
 
 
 def test_backup_takes_snapshots_after_saving_and_calls_pod_hooks(
-    fleet: Fleet, api_client: client.ApiClient, namespace: str
+    fleet: Fleet, api_client: client.ApiClient, namespace: str, operator: OperatorProcess
 ) -> None:
     fleet.partition("db", "node-c", [("postgres", 10, 0.0)])
     server = HookServer()
@@ -220,6 +221,30 @@ def test_backup_takes_snapshots_after_saving_and_calls_pod_hooks(
     assert path == "/save" and body["id"] == uid and body["reason"] == "Backup"
     assert headers["X-Lparkube-Save-Id"] == uid
     assert condition(saved, "Succeeded")["status"] == "True"
+
+    # Once complete, nothing blocks its deletion, and the save is in the metrics.
+    wait_for(
+        lambda: not save_event(api_client, namespace, "nightly")["metadata"].get("finalizers"),
+        "the finalizer removed",
+    )
+    scraped = metrics(operator)
+    assert scraped['lparkube_saves_total{outcome="Succeeded",reason="Backup"}'] >= 1
+    assert scraped['lparkube_save_events_total{reason="Backup",result="Succeeded"}'] >= 1
+    assert scraped['lparkube_save_duration_seconds_count{reason="Backup"}'] >= 1
+    assert scraped['lparkube_save_fanout_latency_seconds_count{reason="Backup"}'] >= 1
+    assert scraped["lparkube_agents_connected"] >= 1
+
+
+def metrics(operator: OperatorProcess) -> dict[str, float]:
+    """The operator's /metrics as {name{labels}: value}."""
+    with urllib.request.urlopen(operator.metrics_url, timeout=5) as response:
+        text = response.read().decode()
+    found = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            found[name] = float(value)
+    return found
 
 
 def test_all_namespaces_is_refused_outside_the_system_namespace(
