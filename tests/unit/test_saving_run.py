@@ -16,7 +16,7 @@ import pytest
 
 from lparkube.adapters.guest_agent import AgentError, AgentTarget
 from lparkube.adapters.status_writer import JSON_PATCH
-from lparkube.controllers import saveevent
+from lparkube.controllers import save_run
 from lparkube.domain.conditions import rfc3339
 
 NS = "tenant"
@@ -197,7 +197,7 @@ def add_save_event(kube: FakeKube, spec: dict, *, status: dict | None = None, ns
 def events(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[str, str]]]:
     posted: list[tuple[str, str]] = []
     monkeypatch.setattr(
-        saveevent.kopf,
+        save_run.kopf,
         "event",
         lambda body, *, type, reason, message: posted.append((reason, message)),
     )
@@ -207,7 +207,7 @@ def events(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[str, str]]]:
 def run(kube: FakeKube, agents: FakeAgents, ns: str = NS) -> dict:
     body = copy.deepcopy(kube.save_event(namespace=ns))
     logger = logging.getLogger("test")
-    asyncio.run(saveevent.SaveRun(kube, agents, body, SYSTEM, logger).execute())  # type: ignore[arg-type]
+    asyncio.run(save_run.SaveRun(kube, agents, body, SYSTEM, logger).execute())  # type: ignore[arg-type]
     return kube.save_event(namespace=ns)["status"]
 
 
@@ -299,7 +299,7 @@ def test_agent_that_stops_answering_and_disconnects_is_unreachable(events: list)
 
     async def both() -> None:
         body = copy.deepcopy(kube.save_event())
-        run_ = saveevent.SaveRun(kube, agents, body, SYSTEM, logging.getLogger("t"))  # type: ignore[arg-type]
+        run_ = save_run.SaveRun(kube, agents, body, SYSTEM, logging.getLogger("t"))  # type: ignore[arg-type]
         await asyncio.gather(run_.execute(), disconnect_later())
 
     asyncio.run(both())

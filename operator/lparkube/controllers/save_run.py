@@ -1,0 +1,379 @@
+"""One SaveEvent's run: targets, the fan-out to the agents, results, deadline, completion.
+
+The run starts from the SaveEvent's status, so the same code serves a first run and a resume
+after a restart: partitions are stored ``Instructed`` before anything is sent to them, a
+resumed run re-sends the same instruction (same id) only to partitions without a final
+outcome, and the agent, idempotent by id, attaches instead of saving again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+from kubernetes.client.exceptions import ApiException
+
+from lparkube import metrics
+from lparkube.adapters import agent_keys
+from lparkube.adapters.guest_agent import (
+    AgentClient,
+    AgentError,
+    AgentKeyMissingError,
+    AgentTarget,
+    load_agent_key,
+)
+from lparkube.adapters.kube import PARTITION, SAVE_EVENT, Kube
+from lparkube.adapters.status_writer import StatusWriter
+from lparkube.controllers.save_extras import PodHooks, Snapshots, deadline_request
+from lparkube.domain import saving
+from lparkube.domain.conditions import merge, rfc3339
+
+MAX_CONCURRENT_SAVES = 512  # in-flight requests to agents; beyond it partitions queue
+MAX_PER_PARTITION_EVENTS = 20  # above this many targets, Events are summaries only
+AGENT_WAIT_SECONDS = 25
+RETRY_PAUSES = (0.5, 1.0, 2.0, 5.0)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class SaveRun:
+    """One SaveEvent's run: targets, fan-out, per-partition loops, deadline, completion."""
+
+    def __init__(
+        self,
+        kube: Kube,
+        agents: AgentClient,
+        body: dict[str, Any],
+        system_ns: str,
+        logger: logging.Logger | kopf.ObjectLogger,
+    ) -> None:
+        self.kube, self.agents, self.body, self.system_ns = kube, agents, body, system_ns
+        self.logger = logger
+        self.meta = body.get("metadata") or {}
+        self.spec = body.get("spec") or {}
+        self.stored = dict(body.get("status") or {})
+        self.namespace = self.meta.get("namespace", "")
+        self.name = self.meta.get("name", "")
+        self.uid = self.meta.get("uid", "")
+        self.reason = self.spec.get("reason", "Other")
+        self.created = saving.parse_time(self.meta.get("creationTimestamp")) or utcnow()
+        self.deadline = saving.deadline_of(self.meta, self.spec)
+        self.writer = StatusWriter(
+            kube,
+            SAVE_EVENT,
+            self.namespace,
+            self.name,
+            derive=self._derive,
+            on_write=metrics.SAVE_STATUS_WRITES.inc,
+        )
+        self.index: dict[tuple[str, str], int] = {}
+        self.slots = asyncio.Semaphore(MAX_CONCURRENT_SAVES)
+        self.keys: dict[tuple[str, str], bytes] = {}
+        self.few = True
+        self.pods = PodHooks(kube, self.writer, body, system_ns)
+        self.snapshots = Snapshots(kube, self.writer, body)
+
+    # --- top level --------------------------------------------------------------------------
+
+    async def execute(self) -> None:
+        refused = saving.refusal(self.namespace, self.system_ns, self.spec.get("targets") or {})
+        if refused is not None:
+            await self._refuse(refused)
+            return
+        targets = await self._start()
+        writing = asyncio.create_task(self.writer.run(), name=f"status of {self.name}")
+        try:
+            await self._save_all(targets)
+            await self._complete()
+        finally:
+            writing.cancel()
+
+    async def _refuse(self, message: str) -> None:
+        conditions = merge(
+            self.stored.get("conditions"),
+            saving.refused_conditions(message),
+            self.meta.get("generation", 1),
+            utcnow(),
+        )
+        write = self.kube.patch(
+            SAVE_EVENT,
+            self.namespace,
+            self.name,
+            {"status": {"conditions": conditions}},
+            status=True,
+        )
+
+        def announce() -> None:
+            kopf.event(self.body, type="Warning", reason="Refused", message=message)
+            metrics.SAVE_EVENTS.labels(reason=self.reason, result="Refused").inc()
+
+        await _finally_then(write, announce)
+
+    async def _start(self) -> dict[tuple[str, str], saving.Target]:
+        """Write the target list (first run) or load it (resume); return whom to send to."""
+        now = utcnow()
+        scope = saving.list_scope(self.namespace, self.system_ns, self.spec["targets"])
+        found = saving.select(self.spec["targets"], await self.kube.list(PARTITION, scope))
+        by_key = {t.key: t for t in found}
+        if "partitions" not in self.stored:
+            missing = saving.missing_names(self.spec["targets"], found, self.namespace)
+            items = saving.initial_entries(found, missing, self.namespace, now)
+            status = {
+                "startTime": rfc3339(now),
+                "deadlineTime": rfc3339(self.deadline),
+                "partitions": items,
+            }
+            self.writer.load(status, stored=False)
+            self._index(items)
+            await self.writer.barrier()  # Instructed is stored before anything is sent
+            self._announce(items)
+        else:
+            self.writer.load(self.stored, stored=True)
+            items = self.writer.status["partitions"]
+            self._index(items)
+            plan = saving.resume_plan(items)
+            for key in plan.pending:
+                self.writer.set_item(self.index[key], saving.mark_instructed(self._item(key), now))
+            await self.writer.barrier()
+            self.logger.info(
+                "Resuming: %d partitions to re-attach, %d finished",
+                len(plan.attach) + len(plan.pending),
+                len(plan.finished),
+            )
+        unfinished = {saving.entry_key(i) for i in items if not saving.is_final(i)}
+        for key in unfinished - set(by_key):
+            self._finish(key, saving.FAILED, "the Partition no longer exists", now)
+        return {key: by_key[key] for key in sorted(unfinished & set(by_key))}
+
+    def _index(self, items: list[dict[str, Any]]) -> None:
+        self.index = {saving.entry_key(item): i for i, item in enumerate(items)}
+        self.few = len(items) <= MAX_PER_PARTITION_EVENTS
+
+    def _announce(self, items: list[dict[str, Any]]) -> None:
+        counts = saving.summary(items)
+        message = (
+            f"{self.reason}: instructing {counts['pending']} of {counts['partitions']} partitions"
+        )
+        if counts["failed"]:
+            message += f"; {counts['failed']} unreachable or missing"
+        kopf.event(self.body, type="Normal", reason="Instructed", message=message)
+        for item in items:
+            if saving.is_final(item):
+                self._record_final(item)
+
+    # --- fan-out ------------------------------------------------------------------------------
+
+    async def _save_all(self, targets: dict[tuple[str, str], saving.Target]) -> None:
+        wanted = [(t.namespace, t.key_secret) for t in targets.values()]
+        try:
+            self.keys = await agent_keys.load_keys(self.kube, wanted)
+        except ApiException as error:  # each partition then reads its own key
+            self.logger.warning("Listing agent key Secrets failed: %s", error.reason)
+        work = [
+            asyncio.create_task(self._save_partition(t), name=f"save {t.ref}")
+            for t in targets.values()
+        ]
+        saved_before = [
+            key
+            for key in self.index
+            if key not in targets and self._item(key).get("outcome") == saving.SUCCEEDED
+        ]
+        work += self.snapshots.on_resume(saved_before, self._current)
+        if self.spec.get("podSaveHooks", True):
+            request = deadline_request(self.uid, self.reason, self.deadline)
+            work.append(asyncio.create_task(self.pods.call_all(request), name="pod save hooks"))
+        remaining = (self.deadline - utcnow()).total_seconds()
+        if work:
+            _, late = await asyncio.wait(work, timeout=max(0.0, remaining))
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*work, return_exceptions=True)
+        await self._deadline_passed(targets)
+
+    async def _deadline_passed(self, targets: dict[tuple[str, str], saving.Target]) -> None:
+        """Unfinished partitions at the deadline: TimedOut if their agent is still connected,
+        Unreachable if not."""
+        late = [k for k, i in self.index.items() if not saving.is_final(self._item(k))]
+        if not late:
+            return
+        now = utcnow()
+        for key in late:
+            target = targets.get(key)
+            current = await self._current(target) if target else None
+            reached = current is not None and saving.unreachable_reason(current) is None
+            item = saving.at_deadline(self._item(key), reached, now)
+            self.writer.set_item(self.index[key], item)
+            self._record_final(item)
+
+    async def _save_partition(self, target: saving.Target) -> None:
+        """Save one partition; unexpected errors (API server hiccups) are retried until the
+        deadline cancels the task, rather than failing a partition that may still save."""
+        while True:
+            try:
+                await self._save_partition_once(target)
+                return
+            except Exception:
+                self.logger.exception("Saving %s failed; retrying", target.ref)
+                await asyncio.sleep(RETRY_PAUSES[-1])
+
+    async def _save_partition_once(self, target: saving.Target) -> None:
+        key = target.key
+        if saving.is_final(self._item(key)):
+            return
+        if not target.endpoint:  # AgentConnected is not consulted here: a resumed partition
+            # was instructed already, and its heartbeat may have lapsed while we were down.
+            reason = saving.unreachable_reason(target) or "no agent endpoint"
+            self._finish(key, saving.UNREACHABLE, reason, utcnow())
+            return
+        try:
+            secret = self.keys.get((target.namespace, target.key_secret)) or await load_agent_key(
+                self.kube, target.namespace, target.key_secret
+            )
+        except AgentKeyMissingError as error:
+            self._finish(key, saving.FAILED, f"cannot read the agent key: {error}", utcnow())
+            return
+        agent = AgentTarget(target.ref, target.endpoint, secret)
+        async with self.slots:
+            sent = time.monotonic()
+            metrics.SAVE_FANOUT_LATENCY.labels(reason=self.reason).observe(
+                max(0.0, (utcnow() - self.created).total_seconds())
+            )
+            result = await self._call_until_answered(target, agent)
+        if result is None:
+            return
+        item = saving.with_agent_result(self._item(key), result, utcnow())
+        self.writer.set_item(self.index[key], item)
+        metrics.SAVE_DURATION.labels(reason=self.reason).observe(time.monotonic() - sent)
+        self._record_final(item)
+        if item["outcome"] == saving.SUCCEEDED and self.snapshots.wanted:
+            await self.snapshots.take(target)
+
+    async def _call_until_answered(
+        self, target: saving.Target, agent: AgentTarget
+    ) -> dict[str, Any] | None:
+        """The agent's final result; None when the partition was finished as a failure.
+        Connection failures are retried while the Partition still says its agent is
+        connected; the deadline cancels the loop."""
+        attempt = 0
+        while True:
+            now = utcnow()
+            body = saving.instruction(self.uid, self.spec, self.deadline, now, AGENT_WAIT_SECONDS)
+            timeout = (self.deadline - now).total_seconds() + 5
+            try:
+                return await self.agents.save(agent, body, timeout=timeout)
+            except AgentError as error:
+                if error.reason not in ("unreachable", "timeout"):
+                    self._finish(target.key, saving.FAILED, f"agent {error.reason}: {error}", now)
+                    return None
+                current = await self._current(target)
+                reason = "the Partition was deleted" if current is None else None
+                reason = reason or (current and saving.unreachable_reason(current))
+                if reason:
+                    self._finish(target.key, saving.UNREACHABLE, f"{reason} ({error})", utcnow())
+                    return None
+                if current is not None and current.endpoint != agent.endpoint:
+                    agent = AgentTarget(agent.partition, current.endpoint, agent.key)
+                await asyncio.sleep(RETRY_PAUSES[min(attempt, len(RETRY_PAUSES) - 1)])
+                attempt += 1
+
+    async def _current(self, target: saving.Target) -> saving.Target | None:
+        partition = await self.kube.get(PARTITION, target.namespace, target.name)
+        return None if partition is None else saving.target_of(partition)
+
+    def _item(self, key: tuple[str, str]) -> dict[str, Any]:
+        return self.writer.item(self.index[key])
+
+    def _finish(self, key: tuple[str, str], outcome: str, message: str, now: datetime) -> None:
+        item = saving.with_failure(self._item(key), outcome, message, now)
+        self.writer.set_item(self.index[key], item)
+        self._record_final(item)
+
+    def _record_final(self, item: Mapping[str, Any]) -> None:
+        """Metrics and, for small events, one Kubernetes Event per finished partition."""
+        outcome = item.get("outcome", "")
+        metrics.SAVES.labels(reason=self.reason, outcome=outcome).inc()
+        if not self.few:
+            return
+        where = f"{item.get('namespace')}/{item.get('name')}"
+        if outcome == saving.SUCCEEDED:
+            kopf.event(
+                self.body,
+                type="Normal",
+                reason="Saved",
+                message=f"{where}: {item.get('message', '')}",
+            )
+        else:
+            kopf.event(
+                self.body,
+                type="Warning",
+                reason="SaveFailed",
+                message=f"{where}: {outcome}: {item.get('message', '')}"[:1024],
+            )
+
+    # --- completion ---------------------------------------------------------------------------
+
+    def _derive(self, status: dict[str, Any]) -> dict[str, Any]:
+        """Summary and running conditions, computed once per write rather than per result."""
+        counts = saving.summary(status.get("partitions") or [])
+        conditions = merge(
+            status.get("conditions"),
+            saving.running_conditions(counts),
+            self.meta.get("generation", 1),
+            utcnow(),
+        )
+        return {"summary": counts, "conditions": conditions}
+
+    async def _complete(self) -> None:
+        now = utcnow()
+        items = self.writer.status["partitions"]
+        counts = saving.summary(items)
+        pods_bad = saving.pods_failed(self.writer.status.get("pods") or [])
+        reason = saving.completion_reason(counts, items, pods_bad)
+        final = saving.final_conditions(reason, counts, pods_bad)
+        if self.snapshots.wanted:
+            final = [replace(c, message=c.message + self.snapshots.note()) for c in final]
+        self.writer.derive = None  # the final conditions must not be overwritten
+        self.writer.set("summary", counts)
+        self.writer.set(
+            "conditions",
+            merge(self.writer.status.get("conditions"), final, self.meta.get("generation", 1), now),
+        )
+        self.writer.set("completionTime", rfc3339(now))
+        self.writer.set("observedGeneration", self.meta.get("generation", 1))
+
+        def announce() -> None:
+            kopf.event(
+                self.body,
+                type="Normal" if reason == saving.SUCCEEDED else "Warning",
+                reason="Completed",
+                message=f"{reason}: {final[0].message}",
+            )
+            metrics.SAVE_EVENTS.labels(reason=self.reason, result=reason).inc()
+            self.logger.info("SaveEvent complete: %s (%s)", reason, final[0].message)
+
+        await _finally_then(self.writer.barrier(), announce)
+
+
+async def _finally_then(write: Awaitable[Any], announce: Callable[[], None]) -> None:
+    """Await the final status write, then announce it (Event, metric, log).
+
+    kopf stops this daemon as soon as its watch shows the finished status, which may be
+    before our own PATCH call has returned; the write is shielded from that cancellation and
+    the announcement follows it either way, so it is never lost.
+    """
+    task = asyncio.ensure_future(write)
+
+    def after(done: asyncio.Future) -> None:
+        if not done.cancelled() and done.exception() is None:
+            announce()
+
+    task.add_done_callback(after)
+    await asyncio.shield(task)
