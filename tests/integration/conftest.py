@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from kubernetes import client
+from saving_helpers import Fleet
 
 from lparkube_agent.testing import AgentProcess
 from lparkube_devenv.controlplane import LocalControlPlane, free_port, wait_until
@@ -246,3 +247,35 @@ def guest_agent(api_client: client.ApiClient, tmp_path: Path) -> Iterator[GuestA
     yield start
     for agent in started:
         agent.stop()
+
+
+@pytest.fixture
+def fleet(
+    api_client: client.ApiClient,
+    kubevirt: StandIn,
+    namespace: str,
+    guest_agent: GuestAgentFactory,
+    tmp_path: Path,
+) -> Iterator[Fleet]:
+    """Partitions on chosen nodes, each with a real agent and recording apps (save tests)."""
+    fleet = Fleet(api_client, kubevirt, namespace, guest_agent, tmp_path)
+    yield fleet
+    fleet.close()
+
+
+@pytest.fixture
+def agent(tmp_path: Path) -> Iterator[AgentProcess]:
+    """A real agent process in a temporary directory (no Kubernetes involved)."""
+    process = AgentProcess(tmp_path).start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def apps() -> Iterator[list[subprocess.Popen]]:
+    """App processes a test starts; killed afterwards."""
+    started: list[subprocess.Popen] = []
+    yield started
+    for proc in started:
+        proc.kill()
+        proc.wait()

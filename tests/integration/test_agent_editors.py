@@ -4,19 +4,11 @@ edits onto disk, by typing the input table's keys into the terminal the agent ho
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from lparkube_agent.testing import AgentProcess, Terminal, cli
-
-
-@pytest.fixture
-def agent(tmp_path: Path) -> Iterator[AgentProcess]:
-    process = AgentProcess(tmp_path).start()
-    yield process
-    process.stop()
 
 
 def editor_session(agent: AgentProcess, tmp_path: Path, editor: str) -> tuple[Terminal, Path]:

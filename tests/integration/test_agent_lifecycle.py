@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -76,22 +76,6 @@ class FakeOperator:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
-
-
-@pytest.fixture
-def agent(tmp_path: Path) -> Iterator[AgentProcess]:
-    process = AgentProcess(tmp_path).start()
-    yield process
-    process.stop()
-
-
-@pytest.fixture
-def apps() -> Iterator[list[subprocess.Popen]]:
-    started: list[subprocess.Popen] = []
-    yield started
-    for proc in started:
-        proc.kill()
-        proc.wait()
 
 
 def signal_app(apps: list, agent: AgentProcess, name: str, out: Path) -> subprocess.Popen:

@@ -6,28 +6,9 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 from lparkube_agent.testing import AgentProcess, cli, lines, start_app
-
-
-@pytest.fixture
-def agent(tmp_path: Path) -> Iterator[AgentProcess]:
-    process = AgentProcess(tmp_path).start()
-    yield process
-    process.stop()
-
-
-@pytest.fixture
-def apps() -> Iterator[list[subprocess.Popen]]:
-    started: list[subprocess.Popen] = []
-    yield started
-    for proc in started:
-        proc.kill()
-        proc.wait()
 
 
 def launch(apps: list, mode: str, name: str, out: Path, delay: float = 0.0) -> tuple[int, str]:

@@ -7,8 +7,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pytest
 from kubernetes import client
@@ -21,15 +20,6 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.usefixtures("operator", "healthy_nodes")
 
 STRATEGIC = "application/strategic-merge-patch+json"
-
-
-@pytest.fixture
-def fleet(
-    api_client: client.ApiClient, kubevirt: Any, namespace: str, guest_agent: Any, tmp_path: Path
-) -> Iterator[Fleet]:
-    fleet = Fleet(api_client, kubevirt, namespace, guest_agent, tmp_path)
-    yield fleet
-    fleet.close()
 
 
 @pytest.fixture

@@ -4,8 +4,6 @@ Migration SaveEvent for its Partition (unless the Partition opted out)."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,15 +16,6 @@ from lparkube_devenv.kubevirt.nodes import cordon
 pytestmark = pytest.mark.usefixtures("operator", "healthy_nodes")
 
 SELECTOR = "lparkube.io/evacuation-of"
-
-
-@pytest.fixture
-def fleet(
-    api_client: client.ApiClient, kubevirt: Any, namespace: str, guest_agent: Any, tmp_path: Path
-) -> Iterator[Fleet]:
-    fleet = Fleet(api_client, kubevirt, namespace, guest_agent, tmp_path)
-    yield fleet
-    fleet.close()
 
 
 def test_a_drain_saves_an_external_eviction_partition_once(

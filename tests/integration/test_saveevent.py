@@ -8,9 +8,7 @@ import threading
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -24,15 +22,6 @@ if TYPE_CHECKING:
     from conftest import OperatorProcess
 
 pytestmark = pytest.mark.usefixtures("operator")
-
-
-@pytest.fixture
-def fleet(
-    api_client: client.ApiClient, kubevirt: Any, namespace: str, guest_agent: Any, tmp_path: Path
-) -> Iterator[Fleet]:
-    fleet = Fleet(api_client, kubevirt, namespace, guest_agent, tmp_path)
-    yield fleet
-    fleet.close()
 
 
 def test_hung_app_times_out_and_stopped_agents_fail_by_the_deadline(
