@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from lparkube.domain.conditions import FALSE, TRUE, Condition, find, is_true, merge, rfc3339
+from lparkube.domain.clock import rfc3339
+from lparkube.domain.conditions import FALSE, TRUE, Condition, find, is_true, merge
 
 T0 = datetime(2026, 11, 21, 12, 0, 0, tzinfo=UTC)
 T1 = T0 + timedelta(minutes=5)

@@ -9,7 +9,8 @@ import pytest
 
 from lparkube.domain import partition_status as part
 from lparkube.domain.agent_report import parse_report
-from lparkube.domain.conditions import FALSE, TRUE, find, rfc3339
+from lparkube.domain.clock import rfc3339
+from lparkube.domain.conditions import FALSE, TRUE, find
 
 T0 = datetime(2026, 11, 21, 12, 0, 0, tzinfo=UTC)
 

@@ -56,19 +56,6 @@ def test_defaults_of_the_agent_spec() -> None:
     assert (short.report_interval, short.key_secret_name) == (1, "k")
 
 
-@pytest.mark.parametrize(
-    ("text", "seconds"), [("90s", 90), ("1h30m", 5400), ("500ms", 0.5), ("1.5m", 90)]
-)
-def test_durations(text: str, seconds: float) -> None:
-    assert part.parse_duration(text) == seconds
-
-
-@pytest.mark.parametrize("text", ["", "90", "s", "1d", "5m junk", "-1s"])
-def test_bad_durations(text: str) -> None:
-    with pytest.raises(ValueError, match="duration"):
-        part.parse_duration(text)
-
-
 def test_partition_ids() -> None:
     assert part.parse_partition_id("tenant-a/web-1") == ("tenant-a", "web-1")
     assert part.parse_partition_id("tenant-a/web.example") == ("tenant-a", "web.example")

@@ -36,23 +36,6 @@ def partition(
     }
 
 
-@pytest.mark.parametrize(
-    ("text", "seconds"),
-    [("30s", 30), ("5m", 300), ("1h30m", 5400), ("500ms", 0.5), ("0s", 0), ("1.5h", 5400)],
-)
-def test_go_durations(text: str, seconds: float) -> None:
-    assert saving.parse_duration(text).total_seconds() == seconds
-
-
-def test_bad_duration_is_an_error() -> None:
-    with pytest.raises(ValueError):
-        saving.parse_duration("5 minutes")
-
-
-def test_default_duration_applies_when_missing() -> None:
-    assert saving.parse_duration(None, "5m") == timedelta(minutes=5)
-
-
 def test_label_selector_semantics() -> None:
     labels = {"tier": "frontend", "zone": "a"}
     assert saving.selector_matches({}, labels)

@@ -17,7 +17,7 @@ import pytest
 from lparkube.adapters.guest_agent import AgentError, AgentTarget
 from lparkube.adapters.status_writer import JSON_PATCH
 from lparkube.controllers import save_run
-from lparkube.domain.conditions import rfc3339
+from lparkube.domain.clock import rfc3339
 
 NS = "tenant"
 SYSTEM = "lparkube-system"

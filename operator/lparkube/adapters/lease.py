@@ -16,6 +16,7 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from lparkube.domain.clock import parse_time
 from lparkube.domain.leadership import LeaseRecord
 
 _MANAGED_BY = {"app.kubernetes.io/managed-by": "lparkube"}
@@ -109,8 +110,8 @@ def decode_spec(spec: dict[str, Any]) -> LeaseRecord:
     return LeaseRecord(
         holder=spec.get("holderIdentity") or "",
         duration_seconds=int(spec.get("leaseDurationSeconds") or 0),
-        acquire_time=_parse_time(spec.get("acquireTime")),
-        renew_time=_parse_time(spec.get("renewTime")),
+        acquire_time=parse_time(spec.get("acquireTime")),
+        renew_time=parse_time(spec.get("renewTime")),
         transitions=int(spec.get("leaseTransitions") or 0),
     )
 
@@ -135,7 +136,3 @@ def _micro_time(moment: datetime | None) -> str | None:
     if moment is None:
         return None
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _parse_time(text: str | None) -> datetime | None:
-    return datetime.fromisoformat(text) if text else None

@@ -27,7 +27,8 @@ from lparkube.controllers.partition import write_status
 from lparkube.domain import partition as domain
 from lparkube.domain import partition_status as status_rules
 from lparkube.domain.agent_report import parse_report
-from lparkube.domain.conditions import TRUE, rfc3339
+from lparkube.domain.clock import rfc3339
+from lparkube.domain.conditions import TRUE
 
 logger = logging.getLogger(__name__)
 KUBE_WORKERS = 8

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import aiohttp
@@ -26,8 +26,8 @@ from lparkube.adapters.kube import CONDITION_PROFILE, SAVE_EVENT, Kube
 from lparkube.api.resource import GROUP
 from lparkube.controllers.saveevent import clients, system_namespace
 from lparkube.domain import triggers
-from lparkube.domain.conditions import merge, rfc3339
-from lparkube.domain.saving import parse_duration
+from lparkube.domain.clock import parse_duration, rfc3339, utcnow
+from lparkube.domain.conditions import merge
 
 VERSION = "v1alpha1"
 DEBOUNCE = 0.2  # coalesce bursts of Node events into one evaluation
@@ -35,10 +35,6 @@ IDLE_RECHECK = 60.0  # re-evaluate at least this often, whatever happens
 CONFLICT = 409
 
 _wakers: dict[str, asyncio.Event] = {}
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 @kopf.index("v1", "nodes")

@@ -16,7 +16,7 @@ from lparkube.adapters import pod_hooks
 from lparkube.adapters.kube import VIRTUAL_MACHINE_SNAPSHOT, Kube
 from lparkube.adapters.status_writer import StatusWriter
 from lparkube.domain import saving
-from lparkube.domain.conditions import rfc3339
+from lparkube.domain.clock import rfc3339
 
 SNAPSHOT_POLL = 1.0
 

@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import kopf
@@ -32,16 +32,13 @@ from lparkube.adapters.kube import PARTITION, SAVE_EVENT, Kube
 from lparkube.adapters.status_writer import StatusWriter
 from lparkube.controllers.save_extras import PodHooks, Snapshots, deadline_request
 from lparkube.domain import saving
-from lparkube.domain.conditions import merge, rfc3339
+from lparkube.domain.clock import rfc3339, utcnow
+from lparkube.domain.conditions import merge
 
 MAX_CONCURRENT_SAVES = 512  # in-flight requests to agents; beyond it partitions queue
 MAX_PER_PARTITION_EVENTS = 20  # above this many targets, Events are summaries only
 AGENT_WAIT_SECONDS = 25
 RETRY_PAUSES = (0.5, 1.0, 2.0, 5.0)
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 class SaveRun:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from lparkube.domain.conditions import rfc3339
+from lparkube.domain.clock import rfc3339
 
 MAX_TEXT = 256
 MAX_APPLICATIONS = 1024

@@ -8,8 +8,10 @@ the stored list: lastTransitionTime changes only when a condition's status chang
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
+
+from lparkube.domain.clock import rfc3339
 
 TRUE = "True"
 FALSE = "False"
@@ -28,11 +30,6 @@ class Condition:
     @classmethod
     def of(cls, type_: str, holds: bool, reason: str, message: str = "") -> Condition:
         return cls(type_, TRUE if holds else FALSE, reason, message)
-
-
-def rfc3339(moment: datetime) -> str:
-    """Kubernetes' time format (UTC, second precision)."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def merge(

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lparkube.domain import key_delivery
+from lparkube.domain.clock import parse_duration
 
 API_VERSION = "lparkube.io/v1alpha1"
 KIND = "Partition"
@@ -26,18 +27,8 @@ SECRET_KEY = "key"
 SECRET_CONFIG = "config.json"
 SECRET_USERDATA = "userdata"
 
-_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _DNS_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
 _PARTITION_ID = re.compile(rf"({_DNS_LABEL})/({_DNS_LABEL}(\.{_DNS_LABEL})*)")
-
-
-def parse_duration(text: str) -> float:
-    """Seconds in a Go-style duration (``90s``, ``1h30m``, ``500ms``), as the CRD allows."""
-    parts = _DURATION_PART.findall(text or "")
-    if not parts or "".join(n + u for n, u in parts) != text:
-        raise ValueError(f"not a duration: {text!r} (use e.g. 30s, 5m, 1h30m)")
-    return sum(float(number) * _UNITS[unit] for number, unit in parts)
 
 
 @dataclass(frozen=True)
@@ -62,8 +53,8 @@ def agent_spec(name: str, spec: dict[str, Any]) -> AgentSpec:
         key_secret_name=agent.get("keySecretName") or f"{name}-agent-key",
         key_delivery=agent.get("keyDelivery") or key_delivery.SECRET_VOLUME,
         heartbeat_timeout=parse_duration(
-            agent.get("heartbeatTimeout") or DEFAULT_HEARTBEAT_TIMEOUT
-        ),
+            agent.get("heartbeatTimeout"), DEFAULT_HEARTBEAT_TIMEOUT
+        ).total_seconds(),
     )
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
+from lparkube.domain.clock import parse_time
 from lparkube.domain.conditions import FALSE, TRUE, UNKNOWN, Condition, find, merge
 from lparkube.domain.partition import agent_spec, vm_name
 
@@ -70,15 +71,6 @@ def stored_condition(status: dict[str, Any] | None, type_: str) -> Condition:
     return Condition(
         type_, found.get("status", UNKNOWN), found.get("reason", ""), found.get("message", "")
     )
-
-
-def parse_time(text: str | None) -> datetime | None:
-    if not text:
-        return None
-    try:
-        return datetime.fromisoformat(text)
-    except ValueError:
-        return None
 
 
 def heartbeat_deadline(agent_status: dict[str, Any] | None, timeout: float) -> datetime | None:

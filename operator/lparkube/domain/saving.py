@@ -11,10 +11,11 @@ import hashlib
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
-from lparkube.domain.conditions import FALSE, TRUE, UNKNOWN, Condition, rfc3339
+from lparkube.domain.clock import parse_duration, parse_time, rfc3339
+from lparkube.domain.conditions import FALSE, TRUE, UNKNOWN, Condition
 
 PENDING = "Pending"
 INSTRUCTED = "Instructed"
@@ -43,37 +44,6 @@ MAX_MESSAGE = 1024
 DEFAULT_DEADLINE = "5m"
 DEFAULT_APPLICATION_TIMEOUT = "30s"
 DEFAULT_SYSTEM_NAMESPACE = "lparkube-system"
-
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
-_UNIT_SECONDS = {
-    "ns": 1e-9,
-    "us": 1e-6,
-    "µs": 1e-6,
-    "ms": 1e-3,
-    "s": 1.0,
-    "m": 60.0,
-    "h": 3600.0,
-}
-
-
-def parse_duration(text: str | None, default: str = "0s") -> timedelta:
-    """A Go duration string (``1h30m``, ``500ms``); the API server already validated it."""
-    text = (text or default).strip()
-    if text in ("0", ""):
-        return timedelta(0)
-    sign = -1 if text.startswith("-") else 1
-    body = text.lstrip("+-")
-    parts = _DURATION_PART.findall(body)
-    if not parts or "".join(n + u for n, u in parts) != body:
-        raise ValueError(f"not a duration: {text!r}")
-    return timedelta(seconds=sign * sum(float(n) * _UNIT_SECONDS[u] for n, u in parts))
-
-
-def parse_time(text: str | None) -> datetime | None:
-    """An RFC 3339 timestamp as Kubernetes writes it, or None."""
-    if not text:
-        return None
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
 
 
 def clip(text: Any, limit: int = MAX_MESSAGE) -> str:

@@ -28,8 +28,9 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from lparkube.domain.conditions import Condition, rfc3339
-from lparkube.domain.saving import label_value, parse_duration, parse_time, selector_matches
+from lparkube.domain.clock import parse_duration, parse_time, rfc3339
+from lparkube.domain.conditions import Condition
+from lparkube.domain.saving import label_value, selector_matches
 
 CLUSTER = "*"
 NODE_SCOPE = "Node"

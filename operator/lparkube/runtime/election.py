@@ -9,12 +9,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Protocol
 
 from lparkube.adapters.lease import LeaseNamespaceMissingError, StoredLease
 from lparkube.config import LeaseConfig
 from lparkube.domain import leadership
+from lparkube.domain.clock import utcnow
 from lparkube.domain.leadership import Action, Decision, LeaseRecord, Observation
 
 logger = logging.getLogger(__name__)
@@ -36,10 +37,6 @@ class LeaseStorage(Protocol):
 
 class LeadershipLostError(Exception):
     """This replica no longer holds the Lease and must stop running handlers."""
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 async def wait_event(event: asyncio.Event, timeout: float) -> bool:
