@@ -93,14 +93,12 @@ def _builder(subject: x509.Name, issuer: x509.Name, public_key) -> x509.Certific
     )
 
 
-def create_ca(directory: Path, stem: str, common_name: str) -> KeyPair:
-    """Create a self-signed CA certificate and key as ``<stem>.crt``/``<stem>.key``."""
-    key = _new_key()
-    name = _name(common_name)
-    usage = x509.KeyUsage(
+def _key_usage(*, ca: bool) -> x509.KeyUsage:
+    """A CA signs certificates and CRLs; a leaf only signs (ECDSA needs no key encipherment)."""
+    return x509.KeyUsage(
         digital_signature=True,
-        key_cert_sign=True,
-        crl_sign=True,
+        key_cert_sign=ca,
+        crl_sign=ca,
         content_commitment=False,
         key_encipherment=False,
         data_encipherment=False,
@@ -108,6 +106,13 @@ def create_ca(directory: Path, stem: str, common_name: str) -> KeyPair:
         encipher_only=False,
         decipher_only=False,
     )
+
+
+def create_ca(directory: Path, stem: str, common_name: str) -> KeyPair:
+    """Create a self-signed CA certificate and key as ``<stem>.crt``/``<stem>.key``."""
+    key = _new_key()
+    name = _name(common_name)
+    usage = _key_usage(ca=True)
     cert = (
         _builder(name, name, key.public_key())
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
@@ -131,17 +136,7 @@ def issue(
     """Issue a leaf certificate signed by ``ca``: a server cert (with SANs) or a client cert."""
     key = _new_key()
     purpose = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
-    usage = x509.KeyUsage(
-        digital_signature=True,
-        key_encipherment=False,
-        key_cert_sign=False,
-        crl_sign=False,
-        content_commitment=False,
-        data_encipherment=False,
-        key_agreement=False,
-        encipher_only=False,
-        decipher_only=False,
-    )
+    usage = _key_usage(ca=False)
     builder = (
         _builder(_name(common_name, orgs), ca.cert.subject, key.public_key())
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)

@@ -10,15 +10,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from lparkube_devenv.certs import create_ca, issue
 from lparkube_devenv.kubevirt.actions import Actions
 from lparkube_devenv.kubevirt.api import VM
 from lparkube_devenv.kubevirt.fake import FakeKube
 from lparkube_devenv.kubevirt.subresources import SubresourceServer
-from lparkube_devenv.kubevirt.tls import certificate, make_serving_certs, server_context, write_pair
+from lparkube_devenv.kubevirt.tls import make_serving_certs, server_context
 
 
 class Reviewer(FakeKube):
@@ -33,20 +31,9 @@ class Reviewer(FakeKube):
 
 def client_pair(directory: Path, common_name: str) -> tuple[Path, Path, Path]:
     """A CA plus a client certificate it signed: (ca, cert, key)."""
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = certificate(
-        "front-proxy-ca",
-        None,
-        ca_key,
-        ca_key,
-        [(x509.BasicConstraints(ca=True, path_length=0), True)],
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    usage = x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH])
-    cert = certificate(common_name, ca.subject, key, ca_key, [(usage, False)])
-    ca_path, _ = write_pair(directory / f"{common_name}-ca.crt", ca, ca_key)
-    cert_path, key_path = write_pair(directory / f"{common_name}.crt", cert, key)
-    return ca_path, cert_path, key_path
+    ca = create_ca(directory, f"{common_name}-ca", "front-proxy-ca")
+    client = issue(ca, directory, common_name, common_name)
+    return ca.cert_path, client.cert_path, client.key_path
 
 
 @pytest.fixture

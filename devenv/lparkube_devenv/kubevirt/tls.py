@@ -4,16 +4,14 @@ present the API server's front-proxy client certificate."""
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import NameOID
+
+from lparkube_devenv.certs import create_ca, issue
 
 from .api import NAMESPACE, SERVICE_NAME
 
@@ -36,67 +34,20 @@ class ServingCerts:
         return self.ca_cert.read_bytes()
 
 
-def certificate(
-    subject: str, issuer: x509.Name | None, key, signer, extensions: list[tuple[object, bool]]
-) -> x509.Certificate:
-    now = datetime.datetime.now(datetime.UTC)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(issuer or name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=365))
-    )
-    for extension, critical in extensions:
-        builder = builder.add_extension(extension, critical=critical)
-    return builder.sign(signer, hashes.SHA256())
-
-
-def write_pair(path: Path, cert: x509.Certificate, key) -> tuple[Path, Path]:
-    key_path = path.with_suffix(".key")
-    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    key_path.chmod(0o600)
-    return path, key_path
-
-
 def make_serving_certs(directory: Path) -> ServingCerts:
     """A fresh CA (like virt-operator's kubevirt.io CA) and virt-api's serving certificate."""
     directory.mkdir(parents=True, exist_ok=True)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = certificate(
-        "kubevirt.io",
-        None,
-        ca_key,
-        ca_key,
-        [(x509.BasicConstraints(ca=True, path_length=0), True)],
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    sans = [x509.DNSName(d) for d in SERVICE_DNS]
-    sans.append(x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
-    cert = certificate(
+    ca = create_ca(directory, "virt-api-ca", "kubevirt.io")
+    serving = issue(
+        ca,
+        directory,
         "virt-api",
-        ca.subject,
-        key,
-        ca_key,
-        [
-            (x509.BasicConstraints(ca=False, path_length=None), True),
-            (x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False),
-            (x509.SubjectAlternativeName(sans), False),
-        ],
+        "virt-api",
+        dns_names=SERVICE_DNS,
+        ip_addresses=("127.0.0.1",),
+        server=True,
     )
-    ca_cert, _ = write_pair(directory / "virt-api-ca.crt", ca, ca_key)
-    cert_path, key_path = write_pair(directory / "virt-api.crt", cert, key)
-    return ServingCerts(ca_cert, cert_path, key_path)
+    return ServingCerts(ca.cert_path, serving.cert_path, serving.key_path)
 
 
 def server_context(certs: ServingCerts, client_ca: Path) -> ssl.SSLContext:
