@@ -13,6 +13,7 @@ from . import report as reports
 from .config import Config
 from .httpapi import AgentAPI, AgentHTTPServer
 from .inputtable import InputTable
+from .journal import Journal
 from .methods import Methods
 from .registry import Registration, Table
 from .regserver import RegistrationServer
@@ -23,6 +24,7 @@ log = logging.getLogger(__name__)
 
 PRUNE_SECONDS = 2.0
 TABLE_FILE = "registrations.json"
+JOURNAL_FILE = "saves.json"
 
 
 class Agent:
@@ -30,11 +32,12 @@ class Agent:
 
     def __init__(self, config: Config, input_table: InputTable | None = None) -> None:
         self.config = config
-        state = config.state_dir / TABLE_FILE if config.state_dir is not None else None
-        self.table = Table(state)  # no state dir: in memory only (in-process test agents)
+        state_dir = config.state_dir  # None: in memory only (in-process test agents)
+        self.table = Table(state_dir / TABLE_FILE if state_dir is not None else None)
+        journal = Journal(state_dir / JOURNAL_FILE if state_dir is not None else None)
         self.terminals = Terminals()
         self.methods = Methods(input_table or InputTable.load(config.input_table), self.terminals)
-        self.saves = SaveStore(self._registrations, self.methods.save)
+        self.saves = SaveStore(self._registrations, self.methods.save, journal=journal)
         self.api = AgentAPI(config.key, config.partition, self.saves, self.report)
         self.http = AgentHTTPServer(config.listen, self.api)
         self.registration: RegistrationServer | None = None

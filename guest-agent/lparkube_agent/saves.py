@@ -2,7 +2,8 @@
 
 Priority groups run one after another (lower number first); the apps of one group run at once,
 each in its own thread, so a hung or crashed app costs its own timeout and nothing else. Runs
-are idempotent by the instruction's id: a repeat attaches to the run or gets its result.
+are idempotent by the instruction's id: a repeat attaches to the run or gets its result, also
+after an agent restart (the journal keeps them).
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 
+from .journal import Journal, RunRecord
 from .methods import FAILED, SKIPPED, TIMED_OUT, Outcome, SaveContext
 from .registry import Registration
 
@@ -115,14 +117,21 @@ SaveFn = Callable[[Registration, SaveContext], Outcome]
 class SaveRun:
     """One save instruction's execution and its (partial, then final) result."""
 
-    def __init__(self, request: SaveRequest) -> None:
+    def __init__(
+        self,
+        request: SaveRequest,
+        saved: Iterable[dict] = (),
+        on_change: Callable[[], None] | None = None,
+    ) -> None:
+        """``saved``: outcomes kept from an interrupted run of the same id, not repeated."""
         self.request = request
         self.state = RUNNING
         self.started_at = time.time()
         self.completed_at: float | None = None
         self.done = threading.Event()
-        self._apps: dict[tuple[int, str], dict] = {}
+        self._apps: dict[tuple[int, str], dict] = {(a["pid"], a["name"]): a for a in saved}
         self._lock = threading.Lock()
+        self._on_change = on_change or (lambda: None)
 
     def result(self) -> dict:
         with self._lock:
@@ -137,20 +146,40 @@ class SaveRun:
                 body["completedAt"] = iso(self.completed_at)
         return body
 
+    def record(self) -> RunRecord:
+        with self._lock:
+            return RunRecord(
+                asdict(self.request),
+                self.state,
+                self.started_at,
+                self.completed_at,
+                list(self._apps.values()),
+            )
+
     def _record(self, entry: dict) -> None:
         key = (entry["pid"], entry["name"])
         with self._lock:
-            self._apps.setdefault(key, entry)  # the first outcome wins (a late thread loses)
+            if key in self._apps:
+                return  # the first outcome wins (a late thread loses)
+            self._apps[key] = entry
+        self._on_change()
 
     def execute(self, regs: list[Registration], save: SaveFn) -> None:
         mono_deadline = None
         if self.request.deadline is not None:
             mono_deadline = time.monotonic() + (self.request.deadline - time.time())
         for order, group in enumerate(priority_groups(regs), 1):
-            self._run_group(order, group, save, mono_deadline)
+            with self._lock:
+                pending = [r for r in group if (r.pid, r.name) not in self._apps]
+            if pending:
+                self._run_group(order, pending, save, mono_deadline)
+        self.finish()
+
+    def finish(self) -> None:
         with self._lock:
             self.state = COMPLETED
             self.completed_at = time.time()
+        self._on_change()
         self.done.set()
 
     def _run_group(
@@ -193,7 +222,8 @@ class BusyError(Exception):
 
 
 class SaveStore:
-    """Save runs by id: one at a time, repeats attach, the last `keep` results are kept."""
+    """Save runs by id: one at a time, repeats attach, the last `keep` results are kept, in
+    memory and, with a journal path, on disk across restarts."""
 
     def __init__(
         self,
@@ -201,6 +231,7 @@ class SaveStore:
         save: SaveFn,
         keep: int = 64,
         max_pending: int = 64,
+        journal: Journal | None = None,
     ) -> None:
         self._registrations = registrations
         self._save = save
@@ -208,8 +239,28 @@ class SaveStore:
         self._max_pending = max_pending
         self._running: dict[str, SaveRun] = {}
         self._finished: OrderedDict[str, SaveRun] = OrderedDict()
+        self._interrupted: dict[str, RunRecord] = {}  # runs a previous agent died in
         self._lock = threading.Lock()
         self._serial = threading.Lock()
+        self._journal = journal or Journal(None)
+        self._persisting = threading.Lock()
+        self._restore()
+
+    def _restore(self) -> None:
+        for record in self._journal.load()[-self._keep :]:
+            try:
+                request = SaveRequest(**record.request)
+            except TypeError as error:
+                log.warning("dropping a kept save run: %s", error)
+                continue
+            if record.state != COMPLETED:
+                self._interrupted[request.id] = record
+                continue
+            run = SaveRun(request, record.applications)
+            run.started_at, run.completed_at = record.started_at, record.completed_at
+            run.state = COMPLETED
+            run.done.set()
+            self._finished[request.id] = run
 
     def submit(self, request: SaveRequest) -> tuple[SaveRun, bool]:
         """The run for this id, started if new; the bool says whether it is new."""
@@ -219,8 +270,11 @@ class SaveStore:
                 return run, False
             if len(self._running) >= self._max_pending:
                 raise BusyError(f"{len(self._running)} save runs are already waiting")
-            run = SaveRun(request)
+            kept = self._interrupted.pop(request.id, None)
+            saved = kept.applications if kept is not None else []
+            run = SaveRun(request, saved, on_change=self._persist)
             self._running[request.id] = run
+        self._persist()
         threading.Thread(target=self._execute, args=(run,), daemon=True).start()
         return run, True
 
@@ -230,10 +284,18 @@ class SaveStore:
                 run.execute(self._registrations(), self._save)
             except Exception:
                 log.exception("save run %s failed", run.request.id)
-                run.state, run.completed_at = COMPLETED, time.time()
-                run.done.set()
+                run.finish()
         with self._lock:
             self._running.pop(run.request.id, None)
             self._finished[run.request.id] = run
             while len(self._finished) > self._keep:
                 self._finished.popitem(last=False)
+        self._persist()
+
+    def _persist(self) -> None:
+        """Write every kept run; serialized so an older snapshot never lands last."""
+        with self._persisting:
+            with self._lock:
+                runs = [*self._finished.values(), *self._running.values()]
+                kept = list(self._interrupted.values())
+            self._journal.write([*kept, *(r.record() for r in runs)][-self._keep :])

@@ -3,6 +3,7 @@ hangs bounded by timeouts, idempotent instructions, and every outcome reported."
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import time
@@ -136,3 +137,30 @@ def test_exited_apps_are_skipped_and_unhandled_signals_are_not_sent(
     messages = {a["name"]: a["message"] for a in result["applications"]}
     assert "does not handle SIGUSR2" in messages["bare"]
     assert apps[1].poll() is None, "SIGUSR2 would have killed the app"
+
+
+def test_a_restarted_agent_keeps_results_and_repeats_no_saved_app(
+    agent: AgentProcess, apps: list, tmp_path: Path
+) -> None:
+    out = tmp_path / "saves.log"
+    idle, _ = launch(apps, "idle", "idle", out)
+    web, url = launch(apps, "http", "slow", out, delay=2.0)
+    register(agent, "first", idle, 1, "--method=Command", save_command(out, "first"))
+    register(agent, "slow", web, 2, "--method=HTTP", f"--url={url}")
+
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # repeats attach and show the partial result
+        status, partial = agent.request("POST", "/v1/save", b'{"id": "kept", "waitSeconds": 0}')
+        if outcomes(partial).get("first") == ("Saved", 1):
+            break
+        time.sleep(0.05)
+    assert (status, partial["state"]) == (202, "Running")
+    agent.restart(signal.SIGKILL)  # killed while "slow" is saving
+
+    resumed = agent.save("kept", wait=10)
+    assert outcomes(resumed) == {"first": ("Saved", 1), "slow": ("Saved", 2)}
+    assert [name for name, _ in lines(out)].count("first") == 1, "a saved app saved again"
+
+    agent.restart()
+    assert agent.save("kept", wait=10) == resumed
+    assert [name for name, _ in lines(out)].count("first") == 1

@@ -13,6 +13,7 @@ import pytest
 from lparkube_agent import config as configs
 from lparkube_agent.cli import main as cli_main
 from lparkube_agent.inputtable import InputTable, encode_token
+from lparkube_agent.journal import Journal
 from lparkube_agent.methods import FAILED, SAVED, SKIPPED, TIMED_OUT, Outcome, SaveContext
 from lparkube_agent.registry import Registration, Table, normalize_signal, parse_registration
 from lparkube_agent.report import parse_vmcoreinfo
@@ -21,6 +22,7 @@ from lparkube_agent.saves import (
     COMPLETED,
     SaveRequest,
     SaveRun,
+    SaveStore,
     app_result,
     parse_save_request,
     parse_time,
@@ -304,3 +306,74 @@ def test_cli_version_and_missing_config(capsys: pytest.CaptureFixture[str]) -> N
     assert capsys.readouterr().out.strip() == VERSION
     assert cli_main(["serve", "--config", "/nonexistent/a.json", "--config", "/nope.json"]) == 2
     assert "no config file" in capsys.readouterr().err
+
+
+# --- the save journal -------------------------------------------------------------------------
+
+
+def journaled_store(path: Path, calls: list[str]) -> SaveStore:
+    def save(r: Registration, ctx: SaveContext) -> Outcome:
+        calls.append(r.name)
+        return Outcome(SAVED, "ok")
+
+    return SaveStore(lambda: [reg("a", 1, pid=1), reg("b", 2, pid=2)], save, journal=Journal(path))
+
+
+def test_a_new_store_answers_a_kept_id_without_saving(tmp_path: Path) -> None:
+    calls: list[str] = []
+    first, _ = journaled_store(tmp_path / "saves.json", calls).submit(
+        SaveRequest("s1", "Power", 1.0, None, 0)
+    )
+    assert first.done.wait(5)
+    again, new = journaled_store(tmp_path / "saves.json", calls).submit(
+        SaveRequest("s1", "Power", 1.0, None, 0)
+    )
+    assert (new, calls) == (False, ["a", "b"])
+    assert again.result()["applications"] == first.result()["applications"]
+
+
+def test_an_interrupted_run_saves_only_the_apps_without_an_outcome(tmp_path: Path) -> None:
+    path = tmp_path / "saves.json"
+    kept = app_result(reg("a", 1, pid=1), 1, Outcome(SAVED, "ok"), 5)
+    request = {"id": "s2", "reason": "Power", "app_timeout": 1.0, "deadline": None, "wait": 0}
+    record = {"request": request, "state": "Running", "started_at": 1.0,
+              "completed_at": None, "applications": [kept]}  # fmt: skip
+    path.write_text(json.dumps({"version": 1, "runs": [record]}))
+    calls: list[str] = []
+    run, new = journaled_store(path, calls).submit(SaveRequest("s2", "Power", 1.0, None, 0))
+    assert run.done.wait(5)
+    assert (new, calls) == (True, ["b"])
+    assert [a["name"] for a in run.result()["applications"]] == ["a", "b"]
+    stored = json.loads(path.read_text())["runs"]
+    assert [(r["request"]["id"], r["state"]) for r in stored] == [("s2", COMPLETED)]
+
+
+@pytest.mark.parametrize(
+    "runs",
+    [
+        [{"request": "x"}],
+        [{"request": {"id": 3}, "state": "Completed", "started_at": 1, "completed_at": 2,
+          "applications": []}],
+        [{"request": {"id": "s"}, "state": "Completed", "started_at": 1, "completed_at": 2,
+          "applications": [{"name": "a"}]}],
+        [{"request": {"id": "s", "bogus": 1}, "state": "Completed", "started_at": 1,
+          "completed_at": 2, "applications": []}],
+        "not a list",
+    ],
+)  # fmt: skip
+def test_malformed_journal_records_are_dropped_and_the_id_saves_afresh(
+    tmp_path: Path, runs: object
+) -> None:
+    path = tmp_path / "saves.json"
+    path.write_text(json.dumps({"version": 1, "runs": runs}))
+    calls: list[str] = []
+    run, new = journaled_store(path, calls).submit(SaveRequest("s", "Power", 1.0, None, 0))
+    assert run.done.wait(5)
+    assert (new, calls) == (True, ["a", "b"])
+
+
+def test_an_unreadable_journal_is_moved_aside(tmp_path: Path) -> None:
+    path = tmp_path / "saves.json"
+    path.write_text("{torn")
+    assert Journal(path).load() == []
+    assert [p.name.startswith("saves.json.corrupt-") for p in tmp_path.iterdir()] == [True]
