@@ -205,12 +205,15 @@ def test_backup_takes_snapshots_after_saving_and_calls_pod_hooks(
     pods = {p["name"]: p for p in status["pods"]}
     assert set(pods) == {"hooked", "exec-hook"}
     assert (pods["hooked"]["outcome"], pods["hooked"]["nodeName"]) == ("Saved", "node-c")
-    assert pods["exec-hook"]["outcome"] == "Skipped"
+    assert pods["exec-hook"]["outcome"] == "Failed"
+    assert "pods/exec" in pods["exec-hook"]["message"]
     ((path, body, headers),) = server.calls
     uid = created["metadata"]["uid"]
     assert path == "/save" and body["id"] == uid and body["reason"] == "Backup"
     assert headers["X-Lparkube-Save-Id"] == uid
-    assert condition(saved, "Succeeded")["status"] == "True"
+    # The misconfigured hook's pod did not save: the event says so.
+    assert condition(saved, "Complete")["reason"] == "PartiallySucceeded"
+    assert condition(saved, "Succeeded")["status"] == "False"
 
     # Once complete, nothing blocks its deletion, and the save is in the metrics.
     wait_for(
@@ -219,7 +222,7 @@ def test_backup_takes_snapshots_after_saving_and_calls_pod_hooks(
     )
     scraped = metrics(operator)
     assert scraped['lparkube_saves_total{outcome="Succeeded",reason="Backup"}'] >= 1
-    assert scraped['lparkube_save_events_total{reason="Backup",result="Succeeded"}'] >= 1
+    assert scraped['lparkube_save_events_total{reason="Backup",result="PartiallySucceeded"}'] >= 1
     assert scraped['lparkube_save_duration_seconds_count{reason="Backup"}'] >= 1
     assert scraped['lparkube_save_fanout_latency_seconds_count{reason="Backup"}'] >= 1
     assert scraped["lparkube_agents_connected"] >= 1

@@ -56,7 +56,7 @@ class PodHooks:
         hook = saving.parse_save_hook(pod["metadata"]["annotations"][saving.SAVE_HOOK_ANNOTATION])
         ip = (pod.get("status") or {}).get("podIP")
         if hook.error:
-            entry = saving.pod_entry(pod, saving.SKIPPED, 0, hook.error)
+            entry = saving.pod_entry(pod, saving.FAILED, 0, hook.error)
         elif not ip:
             entry = saving.pod_entry(pod, "Failed", 0, "the pod has no IP address")
         else:

@@ -450,7 +450,12 @@ _HTTP_HOOK = re.compile(r"^http://:(\d{1,5})(/[^\s]*)?$")
 
 @dataclass(frozen=True)
 class SaveHook:
-    """A pod's save hook: POST to http://<pod IP>:port/path (exec hooks are not run yet)."""
+    """A pod's save hook: POST to http://<pod IP>:port/path.
+
+    There are no exec hooks by design: running a command in a pod takes ``create pods/exec``
+    on every pod the hooks may be in, which is code execution across the cluster; a pod that
+    has nothing to listen with gets a small sidecar that does.
+    """
 
     port: int = 0
     path: str = "/"
@@ -464,7 +469,10 @@ def parse_save_hook(annotation: str) -> SaveHook:
         if 0 < port < 65536:
             return SaveHook(port, match.group(2) or "/")
     if text.startswith("exec:"):
-        return SaveHook(error="exec save hooks are not supported yet; use http://:PORT/PATH")
+        return SaveHook(
+            error="exec save hooks are not supported (they would need pods/exec on every pod); "
+            "serve http://:PORT/PATH from the pod or a sidecar"
+        )
     return SaveHook(error=f"unrecognised {SAVE_HOOK_ANNOTATION} {clip(text, 100)!r}")
 
 
