@@ -256,3 +256,22 @@ def test_all_namespaces_is_refused_outside_the_system_namespace(
     assert condition(refused, "Complete")["status"] == "False"
     assert "partitions" not in refused["status"]
     wait_for(lambda: "Refused" in events(api_client, namespace, "wide"), "the Refused event")
+
+
+def test_status_shows_the_applications_saved_while_a_partition_is_still_saving(
+    fleet: Fleet, api_client: client.ApiClient, namespace: str
+) -> None:
+    fleet.partition("long", "node-a", [("quick", 10, 0.0), ("slow", 20, 8.0)])
+    fleet.create_save_event("progress", {"reason": "Manual", "targets": {"partitions": ["long"]}})
+
+    def progress() -> dict | None:
+        found = results(save_event(api_client, namespace, "progress"), namespace)
+        entry = found.get("long") if found else None
+        return entry if entry and entry.get("applications") else None
+
+    running = wait_for(progress, "partial results in status", timeout=15)
+    assert running["outcome"] == "Instructed"
+    assert [(a["name"], a["outcome"]) for a in running["applications"]] == [("quick", "Saved")]
+    done = results(wait_complete(api_client, namespace, "progress", timeout=30), namespace)
+    assert done["long"]["outcome"] == "Succeeded"
+    assert [a["name"] for a in done["long"]["applications"]] == ["quick", "slow"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,11 +69,19 @@ class AgentClient:
             await self._session.close()
             self._session = None
 
-    async def save(self, target: AgentTarget, instruction: dict, *, timeout: float) -> dict:
+    async def save(
+        self,
+        target: AgentTarget,
+        instruction: dict,
+        *,
+        timeout: float,
+        on_progress: Callable[[dict], None] | None = None,
+    ) -> dict:
         """Instruct a save and wait for its final result (200) for at most ``timeout`` seconds.
 
         While the agent answers 202 (still saving) the same instruction is sent again with a
         fresh nonce; the agent attaches to the running save by its id and never saves twice.
+        Each 202's partial result (the applications done so far) goes to ``on_progress``.
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
@@ -90,6 +99,8 @@ class AgentClient:
             )
             if status == 200:
                 return result
+            if on_progress is not None:
+                on_progress(result)
             await asyncio.sleep(min(POLL_PAUSE, max(0.0, deadline - loop.time())))
 
     async def report(self, target: AgentTarget) -> dict:

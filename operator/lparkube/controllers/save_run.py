@@ -37,7 +37,7 @@ from lparkube.domain.conditions import merge
 
 MAX_CONCURRENT_SAVES = 512  # in-flight requests to agents; beyond it partitions queue
 MAX_PER_PARTITION_EVENTS = 20  # above this many targets, Events are summaries only
-AGENT_WAIT_SECONDS = 25
+AGENT_WAIT_SECONDS = 3  # an agent answers at least this often, with the apps saved so far
 RETRY_PAUSES = (0.5, 1.0, 2.0, 5.0)
 
 
@@ -265,7 +265,9 @@ class SaveRun:
             body = saving.instruction(self.uid, self.spec, self.deadline, now, AGENT_WAIT_SECONDS)
             timeout = (self.deadline - now).total_seconds() + 5
             try:
-                return await self.agents.save(agent, body, timeout=timeout)
+                return await self.agents.save(
+                    agent, body, timeout=timeout, on_progress=lambda r: self._progress(target, r)
+                )
             except AgentError as error:
                 if error.reason not in ("unreachable", "timeout"):
                     self._finish(target.key, saving.FAILED, f"agent {error.reason}: {error}", now)
@@ -280,6 +282,13 @@ class SaveRun:
                     agent = AgentTarget(agent.partition, current.endpoint, agent.key)
                 await asyncio.sleep(RETRY_PAUSES[min(attempt, len(RETRY_PAUSES) - 1)])
                 attempt += 1
+
+    def _progress(self, target: saving.Target, partial: dict[str, Any]) -> None:
+        """A running save's applications so far, so status shows progress, not just the end."""
+        item = self._item(target.key)
+        updated = saving.with_agent_result(item, {**partial, "state": "Running"}, utcnow())
+        if not saving.is_final(item) and updated != item:
+            self.writer.set_item(self.index[target.key], updated)
 
     async def _current(self, target: saving.Target) -> saving.Target | None:
         partition = await self.kube.get(PARTITION, target.namespace, target.name)
