@@ -13,12 +13,13 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import chart_identity
 import pytest
 from kubernetes import client
 from saving_helpers import Fleet
 
 from lparkube_agent.testing import AgentProcess
-from lparkube_devenv.controlplane import LocalControlPlane, free_port, wait_until
+from lparkube_devenv.controlplane import LocalControlPlane, find_tool, free_port, wait_until
 from lparkube_devenv.kubevirt import StandIn
 from lparkube_devenv.kubevirt.logic import DRAIN_TAINT
 from lparkube_devenv.kubevirt.nodes import NODES_PATH, ensure_nodes
@@ -134,17 +135,34 @@ class OperatorProcess:
 @pytest.fixture(scope="session")
 def operator(
     kubevirt: StandIn,
+    control_plane: LocalControlPlane,
     kubeconfig: Path,
     api_client: client.ApiClient,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[OperatorProcess]:
-    """The real operator (``lparkube run``), leading, with its agent gateway on loopback."""
-    lease_namespace = f"lparkube-system-{uuid.uuid4().hex[:6]}"
+    """The real operator (``lparkube run``), leading, with its agent gateway on loopback.
+
+    It runs as the Helm chart's ServiceAccount with exactly the chart's RBAC (rendered by the
+    real helm, token from the TokenRequest API), never as the admin: every flow the suite
+    drives proves the chart grants enough.
+    """
+    suffix = uuid.uuid4().hex[:6]
+    lease_namespace = f"lparkube-system-{suffix}"
     client.CoreV1Api(api_client).create_namespace({"metadata": {"name": lease_namespace}})
-    process = OperatorProcess(kubeconfig, lease_namespace, tmp_path_factory.mktemp("operator"))
+    workdir = tmp_path_factory.mktemp("operator")
+    identity = chart_identity.install_identity(
+        api_client,
+        find_tool("helm", control_plane.bin_dir),
+        release=f"lparkube-it-{suffix}",
+        namespace=lease_namespace,
+        admin_kubeconfig=kubeconfig,
+        workdir=workdir,
+    )
+    process = OperatorProcess(identity.kubeconfig, lease_namespace, workdir)
     process.start()
     yield process
     process.stop()
+    chart_identity.remove_cluster_objects(api_client, identity)
 
 
 class GuestAgent:
