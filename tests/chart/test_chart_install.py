@@ -109,25 +109,28 @@ def test_non_compliant_variant_is_refused(
 
 def test_helm_install_upgrade_uninstall(
     helm: Helm,
+    kubectl: Kubectl,
     control_plane: LocalControlPlane,
     api_client: client.ApiClient,
     restricted: str,
-    release: str,
 ) -> None:
     """The README's commands against the real API server; CRDs stay after uninstall."""
+    release = "lparkube-helm"  # its namespace is new; no other test installs this release
     config = ("--kubeconfig", str(control_plane.kubeconfig), "--namespace", restricted)
     installed = helm("install", release, str(CHART_DIR), *config)
     assert "kubectl get partitions -A" in installed.stdout  # NOTES.txt
     apps = client.AppsV1Api(api_client)
     assert apps.read_namespaced_deployment(release, restricted).spec.replicas == 1
+    crds = kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CHART_DIR / "crds"))
+    assert "partitions.lparkube.io serverside-applied" in crds.stdout
     helm("upgrade", release, str(CHART_DIR), *config, "--reuse-values", "--set", "replicaCount=2")
     assert apps.read_namespaced_deployment(release, restricted).spec.replicas == 2
     helm("uninstall", release, *config)
     with pytest.raises(client.ApiException) as gone:
         apps.read_namespaced_deployment(release, restricted)
     assert gone.value.status == 404
-    crds = client.ApiextensionsV1Api(api_client)
-    assert crds.read_custom_resource_definition("partitions.lparkube.io")
+    extensions = client.ApiextensionsV1Api(api_client)
+    assert extensions.read_custom_resource_definition("partitions.lparkube.io")
 
 
 def test_helm_install_refuses_bad_values(

@@ -48,6 +48,7 @@ def test_defaults_render_the_expected_objects(default: list[dict]) -> None:
         "Service": 2,
         "Deployment": 1,
         "ConfigMap": 1,
+        "NetworkPolicy": 1,
     }
     assert all(o["metadata"].get("namespace") in (None, "lparkube-system") for o in default)
 
@@ -57,7 +58,7 @@ def test_default_deployment(default: list[dict]) -> None:
     assert deployment["spec"]["replicas"] == 1
     main = container(default)
     assert main["image"] == "ghcr.io/lparkube/lparkube:0.1.0"  # the chart's appVersion
-    assert main["imagePullPolicy"] == "IfNotPresent"
+    assert main["imagePullPolicy"] == "Always"
     assert main["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
     assert main["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}
     assert {p["name"]: p["containerPort"] for p in main["ports"]} == {
@@ -130,6 +131,27 @@ def test_services_select_the_operator_pods(default: list[dict]) -> None:
     assert metrics["ports"][0]["targetPort"] == "metrics"
     for spec in (gateway, metrics):
         assert spec["selector"].items() <= pod_labels.items()
+
+
+def test_network_policy_admits_only_the_served_ports(default: list[dict]) -> None:
+    policy = one(default, "NetworkPolicy")["spec"]
+    pod_labels = one(default, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert policy["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    assert policy["policyTypes"] == ["Ingress", "Egress"]
+    ports = {p["port"] for rule in policy["ingress"] for p in rule["ports"]}
+    assert ports == {p["name"] for p in container(default)["ports"]}
+
+
+MONITORING = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+
+
+def test_network_policy_peers_from_values(render: Render) -> None:
+    objects = render("--set-json", f"networkPolicy.metricsFrom=[{json.dumps(MONITORING)}]")
+    ingress = one(objects, "NetworkPolicy")["spec"]["ingress"]
+    metrics = next(r for r in ingress if r["ports"][0]["port"] == "metrics")
+    assert metrics["from"] == [MONITORING]
+    gateway = next(r for r in ingress if r["ports"][0]["port"] == "agent-gateway")
+    assert "from" not in gateway  # guests in any namespace
 
 
 def test_lease_role_is_namespaced_and_names_the_lease(default: list[dict]) -> None:
