@@ -79,7 +79,9 @@ def test_args_are_accepted_by_the_operator_cli(default: list[dict]) -> None:
     assert settings.lease.namespace == "lparkube-system"
     assert settings.identity == "pod-x"
     assert settings.clusterwide
-    assert settings.agent_gateway_url == "http://lparkube-agent-gateway.lparkube-system.svc:8081"
+    assert settings.agent_gateway_url == (
+        "http://lparkube-agent-gateway.lparkube-system.svc.cluster.local:8081"
+    )
 
 
 def test_identity_and_namespace_come_from_the_downward_api(default: list[dict]) -> None:

@@ -62,6 +62,6 @@ app.kubernetes.io/part-of: lparkube
 {{- if .Values.agentGateway.url -}}
 {{- .Values.agentGateway.url -}}
 {{- else -}}
-{{- printf "http://%s.%s.svc:%d" (include "lparkube.agentGatewayService" .) .Release.Namespace (int .Values.agentGateway.service.port) -}}
+{{- printf "http://%s.%s.svc.%s:%d" (include "lparkube.agentGatewayService" .) .Release.Namespace .Values.clusterDomain (int .Values.agentGateway.service.port) -}}
 {{- end -}}
 {{- end -}}
