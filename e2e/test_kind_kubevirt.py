@@ -1,0 +1,190 @@
+"""The user's path on a real cluster: helm install, a Partition, a manual save, helm uninstall.
+
+One kind cluster with KubeVirt (software emulation) for the whole module; the tests run in
+file order and build on each other, as a user's session would. The guest is Fedora Cloud with
+the guest agent and a "notes" app installed by cloud-init (see e2e_guest.py).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from typing import Any
+
+import pytest
+import yaml
+from e2e_cluster import (
+    GATEWAY_URL,
+    IMAGE,
+    Kubectl,
+    Release,
+    condition,
+    get_json,
+    wait_for,
+)
+from e2e_guest import APP_NAME, HTTP_PORT, SAVED_FILE, partition_manifest
+from pytest_kind import KindCluster
+
+from lparkube_devenv.controlplane import REPO_ROOT
+
+PARTITION = "notes-1"
+LABELS = {"tier": "frontend"}  # what examples/saveevent-manual.yaml selects
+MANUAL_SAVE = REPO_ROOT / "examples" / "saveevent-manual.yaml"
+AGENT_CONNECT_TIMEOUT = 25 * 60  # pulling Fedora and booting it under emulation takes minutes
+SAVE_TIMEOUT = 5 * 60
+CLEANUP_TIMEOUT = 5 * 60
+# Setup (cluster, KubeVirt, image build, helm install) and the guest's boot outlast the
+# suite-wide 600 s timeout.
+pytestmark = pytest.mark.timeout(60 * 60)
+
+
+def _partition(kubectl: Kubectl, namespace: str) -> dict[str, Any]:
+    return get_json(kubectl, "-n", namespace, "partition", PARTITION)
+
+
+def _when(obj: dict[str, Any], kind: str) -> dict[str, Any] | None:
+    """``obj`` once its condition ``kind`` is True, else None (for wait_for)."""
+    return obj if condition(obj, kind).get("status") == "True" else None
+
+
+@pytest.fixture(scope="module")
+def tenant(kind_cluster: KindCluster, kubectl: Kubectl, helm_release: Release) -> str:
+    """A tenant namespace holding the Partition, created once the chart is installed."""
+    namespace = f"e2e-{uuid.uuid4().hex[:6]}"
+    kubectl("create", "namespace", namespace)
+    manifest = partition_manifest(PARTITION, LABELS)
+    kubectl("-n", namespace, "apply", "-f", "-", input=json.dumps(manifest))
+    return namespace
+
+
+@pytest.fixture(scope="module")
+def saveevent(kind_cluster: KindCluster, kubectl: Kubectl, tenant: str) -> dict[str, Any]:
+    """The shipped manual-save example, applied once the Partition is Ready; when Complete."""
+    wait_for(
+        f"Partition {PARTITION} Ready",
+        lambda: _when(_partition(kubectl, tenant), "Ready"),
+        timeout=AGENT_CONNECT_TIMEOUT,
+        interval=10,
+    )
+    kubectl("-n", tenant, "apply", "-f", str(MANUAL_SAVE))
+    name = yaml.safe_load(MANUAL_SAVE.read_text())["metadata"]["name"]
+    return wait_for(
+        f"SaveEvent {name} Complete",
+        lambda: _when(get_json(kubectl, "-n", tenant, "saveevent", name), "Complete"),
+        timeout=SAVE_TIMEOUT,
+    )
+
+
+def test_helm_install_runs_the_operator(kubectl: Kubectl, helm_release: Release) -> None:
+    release, namespace = helm_release.name, helm_release.namespace
+    status = json.loads(helm_release.helm("status", release, "-n", namespace, "-o", "json"))
+    assert status["info"]["status"] == "deployed"
+    deployment = get_json(kubectl, "-n", namespace, "deployment", release)
+    assert deployment["status"].get("readyReplicas") == 1, "the single replica leads, so is Ready"
+    for crd in ("partitions", "saveevents", "conditionprofiles"):
+        kubectl("get", "crd", f"{crd}.lparkube.io")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == IMAGE
+    assert f"--agent-gateway-url={GATEWAY_URL}" in container["args"]
+
+
+def test_partition_creates_its_vm_and_the_agent_connects(kubectl: Kubectl, tenant: str) -> None:
+    partition = wait_for(
+        "the guest agent's first signed report (AgentConnected)",
+        lambda: _when(_partition(kubectl, tenant), "AgentConnected"),
+        timeout=AGENT_CONNECT_TIMEOUT,
+        interval=10,
+    )
+    assert condition(partition, "VMReady")["status"] == "True"
+    agent = partition["status"]["agent"]
+    assert agent["version"] == "0.1.0"
+    assert agent["kernelRelease"], "the agent reports uname -r"
+
+    vm = get_json(kubectl, "-n", tenant, "vm", PARTITION)
+    assert vm["metadata"]["labels"]["lparkube.io/partition"] == PARTITION
+    volumes = vm["spec"]["template"]["spec"]["volumes"]
+    cloud_init = next(v["cloudInitNoCloud"] for v in volumes if "cloudInitNoCloud" in v)
+    assert "userData" not in cloud_init, "the key travels in the Secret, never in the VM spec"
+    secret = get_json(kubectl, "-n", tenant, "secret", cloud_init["secretRef"]["name"])
+    assert len(base64.b64decode(secret["data"]["key"])) == 32
+
+    apps = wait_for(
+        f"the {APP_NAME} app in the agent's report",
+        lambda: [
+            app
+            for app in _partition(kubectl, tenant)["status"]["agent"].get("applications") or []
+            if app["name"] == APP_NAME
+        ],
+        timeout=3 * 60,
+    )
+    assert apps[0]["method"] == "Command"
+
+
+def test_manual_saveevent_saves_the_app(saveevent: dict[str, Any]) -> None:
+    status = saveevent["status"]
+    assert condition(saveevent, "Complete")["reason"] == "Succeeded", status
+    assert condition(saveevent, "Succeeded")["status"] == "True"
+    assert (status["summary"]["partitions"], status["summary"]["succeeded"]) == (1, 1)
+    (partition,) = status["partitions"]
+    assert (partition["name"], partition["outcome"]) == (PARTITION, "Succeeded")
+    (app,) = [a for a in partition["applications"] if a["name"] == APP_NAME]
+    assert (app["method"], app["outcome"], app["order"]) == ("Command", "Saved", 1)
+    assert f"notes saved for {saveevent['metadata']['uid']}" in app["message"]
+
+
+def test_the_saved_file_is_in_the_guest(
+    kubectl: Kubectl, tenant: str, saveevent: dict[str, Any]
+) -> None:
+    """Read the file through the guest's own HTTP server, from a pod on the pod network."""
+    vmi = get_json(kubectl, "-n", tenant, "vmi", PARTITION)
+    ip = vmi["status"]["interfaces"][0]["ipAddress"]
+    probe = f"probe-{uuid.uuid4().hex[:6]}"
+    code = (
+        "import urllib.request;"
+        f"print(urllib.request.urlopen('http://{ip}:{HTTP_PORT}/{SAVED_FILE}', timeout=20)"
+        ".read().decode(), end='')"
+    )
+    kubectl(
+        "-n", tenant, "run", probe, f"--image={IMAGE}", "--image-pull-policy=Never",
+        "--restart=Never", "--command", "--", "python", "-c", code,
+    )  # fmt: skip
+    phase = wait_for(
+        f"pod {probe} to finish",
+        lambda: (
+            {"Succeeded", "Failed"}
+            & {get_json(kubectl, "-n", tenant, "pod", probe)["status"]["phase"]}
+        ),
+        timeout=180,
+        interval=2,
+    )
+    saved = kubectl("-n", tenant, "logs", probe)
+    assert phase == {"Succeeded"}, saved
+    assert saved.splitlines() == [f"{saveevent['metadata']['uid']} Manual"]
+
+
+def test_helm_uninstall_cleans_up(kubectl: Kubectl, tenant: str, helm_release: Release) -> None:
+    # Partitions go first, while the operator still runs to release their finalizers.
+    kubectl("-n", tenant, "delete", "saveevents,partitions", "--all", "--wait", "--timeout=5m")
+    owned = f"lparkube.io/partition={PARTITION}"
+    wait_for(
+        "the Partition's VM, VMI and key Secret to be deleted",
+        lambda: not get_json(kubectl, "-n", tenant, "vm,vmi,secret", "-l", owned)["items"],
+        timeout=CLEANUP_TIMEOUT,
+    )
+    selector = f"app.kubernetes.io/instance={helm_release.name}"
+    assert get_json(kubectl, "clusterrole", "-l", selector)["items"], "the selector finds the chart"
+
+    helm_release.helm("uninstall", helm_release.name, "-n", helm_release.namespace, "--wait")
+
+    namespaced = "deployment,replicaset,pod,service,serviceaccount,role,rolebinding,configmap"
+    wait_for(
+        "the release's objects to be gone",
+        lambda: (
+            not get_json(kubectl, "-n", helm_release.namespace, namespaced, "-l", selector)["items"]
+            and not get_json(kubectl, "clusterrole,clusterrolebinding", "-l", selector)["items"]
+        ),
+        timeout=CLEANUP_TIMEOUT,
+    )
+    # Helm leaves the CRDs of a chart's crds/ directory installed, so no user data is lost.
+    kubectl("get", "crd", "partitions.lparkube.io")
