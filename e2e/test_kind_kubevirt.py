@@ -60,10 +60,13 @@ def tenant(kind_cluster: KindCluster, kubectl: Kubectl, helm_release: Release) -
 
 @pytest.fixture(scope="module")
 def saveevent(kind_cluster: KindCluster, kubectl: Kubectl, tenant: str) -> dict[str, Any]:
-    """The shipped manual-save example, applied once the Partition is Ready; when Complete."""
+    """The shipped manual-save example, applied once the app is registered; when Complete."""
     wait_for(
-        f"Partition {PARTITION} Ready",
-        lambda: _when(_partition(kubectl, tenant), "Ready"),
+        f"Partition {PARTITION} Ready with the {APP_NAME} app registered",
+        lambda: (
+            (p := _when(_partition(kubectl, tenant), "Ready"))
+            and p["status"]["agent"].get("applications") == 1
+        ),
         timeout=AGENT_CONNECT_TIMEOUT,
         interval=10,
     )
@@ -109,16 +112,12 @@ def test_partition_creates_its_vm_and_the_agent_connects(kubectl: Kubectl, tenan
     secret = get_json(kubectl, "-n", tenant, "secret", cloud_init["secretRef"]["name"])
     assert len(base64.b64decode(secret["data"]["key"])) == 32
 
-    apps = wait_for(
-        f"the {APP_NAME} app in the agent's report",
-        lambda: [
-            app
-            for app in _partition(kubectl, tenant)["status"]["agent"].get("applications") or []
-            if app["name"] == APP_NAME
-        ],
+    # status.agent.applications counts the registered apps (the SaveEvent names them).
+    wait_for(
+        f"the {APP_NAME} app in the agent's report (Apps 1)",
+        lambda: _partition(kubectl, tenant)["status"]["agent"].get("applications") == 1,
         timeout=3 * 60,
     )
-    assert apps[0]["method"] == "Command"
 
 
 def test_manual_saveevent_saves_the_app(saveevent: dict[str, Any]) -> None:
