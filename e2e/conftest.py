@@ -21,7 +21,6 @@ import pytest
 import yaml
 from e2e_cluster import (
     CLUSTER_NAME,
-    GATEWAY_URL,
     IMAGE,
     IMAGE_REPOSITORY,
     IMAGE_TAG,
@@ -164,7 +163,6 @@ def helm_release(
         "--set", f"image.repository={IMAGE_REPOSITORY}",
         "--set", f"image.tag={IMAGE_TAG}",
         "--set", "image.pullPolicy=Never",
-        "--set", f"agentGateway.url={GATEWAY_URL}",
         "--wait", "--timeout", "10m",
     )  # fmt: skip
     return Release(RELEASE, SYSTEM_NAMESPACE, helm)

@@ -37,7 +37,8 @@ IMAGE_TAG = "e2e"
 IMAGE = f"{IMAGE_REPOSITORY}:{IMAGE_TAG}"
 RELEASE = "lparkube"
 SYSTEM_NAMESPACE = "lparkube-system"
-# The full name: the guest's systemd-resolved applies search domains to single labels only.
+# The chart's default: the full name, since the guest's systemd-resolved applies search domains
+# to single-label names only.
 GATEWAY_URL = f"http://{RELEASE}-agent-gateway.{SYSTEM_NAMESPACE}.svc.cluster.local:8081"
 
 Kubectl = Callable[..., str]
