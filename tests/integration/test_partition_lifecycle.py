@@ -215,3 +215,39 @@ def test_a_vm_name_taken_by_another_vm_is_a_clear_condition(
     )
     assert "spec.vmName" in parts.condition("taken", "VMReady")["message"]
     assert parts.vm("taken")["metadata"].get("ownerReferences") is None
+
+
+def test_an_edited_vm_template_reaches_the_vm_but_not_its_run_strategy(
+    parts: Partitions, namespace: str
+) -> None:
+    parts.create(partition_manifest("grow", "127.0.0.26", free_port()))
+    parts.wait_condition("grow", "VMReady", "True")
+    stop = f"/apis/subresources.kubevirt.io/v1/namespaces/{namespace}/virtualmachines/grow/stop"
+    parts.kubevirt.kube.request("PUT", stop, {})  # virtctl stop: KubeVirt sets Halted
+    wait_for(lambda: parts.vm("grow")["spec"]["runStrategy"] == "Halted", "the VM stopped")
+
+    edit = {
+        "spec": {
+            "vmTemplate": {
+                "metadata": {"labels": {"size": "large"}},
+                "spec": {"template": {"spec": {"domain": {"memory": {"guest": "1Gi"}}}}},
+            }
+        }
+    }
+    parts.custom.patch_namespaced_custom_object(
+        "lparkube.io", "v1alpha1", namespace, "partitions", "grow", edit
+    )
+
+    vm = wait_for(
+        lambda: (
+            (vm := parts.vm("grow"))
+            and vm["spec"]["template"]["spec"]["domain"]["memory"] == {"guest": "1Gi"}
+            and vm
+        ),
+        "the edited template on the VM",
+    )
+    assert vm["metadata"]["labels"]["size"] == "large"
+    assert vm["spec"]["runStrategy"] == "Halted", "the template must not restart a stopped VM"
+    volumes = {v["name"] for v in vm["spec"]["template"]["spec"]["volumes"]}
+    assert volumes == {"root", "lparkube-agent"}, "the key disk stays"
+    wait_for(lambda: "VMUpdated" in parts.reasons("grow"), "a VMUpdated event")

@@ -70,7 +70,8 @@ def test_vm_from_template_is_owned_labelled_and_gets_the_key_disk() -> None:
     assert vm["metadata"]["name"] == "web-1"
     assert vm["metadata"]["namespace"] == "tenant-a"
     assert vm["metadata"]["labels"] == {"tier": "web", part.PARTITION_LABEL: "web-1"}
-    assert vm["metadata"]["annotations"] == {"note": "x"}
+    annotations = vm["metadata"]["annotations"]
+    assert annotations.pop(part.LAST_APPLIED) and annotations == {"note": "x"}
     assert vm["metadata"]["ownerReferences"] == [
         {
             "apiVersion": "lparkube.io/v1alpha1",
@@ -278,3 +279,72 @@ def test_adopting_with_cloud_init_never_rewrites_the_users_cloud_init() -> None:
     patch = part.adoption_patch(existing_vm(), p, agent)
     names = [v["name"] for v in patch["spec"]["template"]["spec"]["volumes"]]
     assert names == ["root", kd.CLOUD_INIT_VOLUME]
+
+
+# --- vmTemplate edits ---------------------------------------------------------------------------
+
+
+def created_vm(p: dict) -> dict:
+    """The VM as the API server holds it: KubeVirt's defaults filled in, a resourceVersion."""
+    vm = part.vm_from_template(p, part.agent_spec("web-1", p["spec"]))
+    vm["metadata"]["resourceVersion"] = "7"
+    pod_spec(vm)["domain"]["firmware"] = {"uuid": "5d3f-kubevirt-default"}
+    vm["spec"]["runStrategy"] = "Halted"  # stopped with virtctl after creation
+    return vm
+
+
+def test_an_unchanged_template_needs_no_patch() -> None:
+    p = partition({"vmTemplate": template()})
+    assert part.template_patch(created_vm(p), p, part.agent_spec("web-1", p["spec"])) is None
+
+
+def test_an_edited_template_changes_only_what_it_changed() -> None:
+    p = partition({"vmTemplate": template()})
+    vm = created_vm(p)
+    edited = template()
+    edited["metadata"]["labels"]["tier"] = "db"
+    edited["spec"]["runStrategy"] = "Always"
+    pod = edited["spec"]["template"]["spec"]
+    pod["domain"]["memory"] = {"guest": "1Gi"}
+    del edited["spec"]["template"]["metadata"]
+    p["spec"]["vmTemplate"] = edited
+
+    patch = part.template_patch(vm, p, part.agent_spec("web-1", p["spec"]))
+
+    assert patch is not None
+    assert patch["metadata"]["resourceVersion"] == "7"
+    assert patch["metadata"]["labels"]["tier"] == "db"
+    assert "runStrategy" not in patch["spec"], "start/stop own the run strategy"
+    assert patch["spec"]["template"]["spec"] == {"domain": {"memory": {"guest": "1Gi"}}}
+    # the template's own pod labels went; the partition label the operator adds stays
+    assert patch["spec"]["template"]["metadata"] == {"labels": {"kubevirt.io/domain": None}}
+    assert "firmware" not in json.dumps(patch), "KubeVirt's defaults are left alone"
+    recorded = json.loads(patch["metadata"]["annotations"][part.LAST_APPLIED])
+    assert recorded["template"]["spec"]["domain"]["memory"] == {"guest": "1Gi"}
+
+
+def test_a_vm_without_a_readable_record_gets_the_whole_template() -> None:
+    p = partition({"vmTemplate": template()})
+    vm = created_vm(p)
+    vm["metadata"]["annotations"][part.LAST_APPLIED] = "{torn"
+    patch = part.template_patch(vm, p, part.agent_spec("web-1", p["spec"]))
+    assert patch is not None
+    assert (
+        patch["spec"]["template"]
+        == part.vm_from_template(p, part.agent_spec("web-1", p["spec"]))["spec"]["template"]
+    )
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "diff"),
+    [
+        ({"a": 1}, {"a": 1}, {}),
+        ({"a": 1, "b": 2}, {"a": 1}, {"b": None}),
+        ({"a": {"x": 1, "y": 2}}, {"a": {"x": 1}}, {"a": {"y": None}}),
+        ({"a": [1, 2]}, {"a": [2]}, {"a": [2]}),
+        ({"a": 1}, {"a": {"x": 1}}, {"a": {"x": 1}}),
+        ({}, {"a": None}, {"a": None}),
+    ],
+)
+def test_merge_diff(old: dict, new: dict, diff: dict) -> None:
+    assert part.merge_diff(old, new) == diff

@@ -117,7 +117,28 @@ async def ensure_created_vm(kube: Kube, partition: dict, agent: domain.AgentSpec
             f"VirtualMachine {name} exists and is not this Partition's; delete or rename it, "
             "or adopt it with spec.vmName instead of spec.vmTemplate",
         )
-    return vm
+    return await _apply_template(kube, partition, agent, vm)
+
+
+async def _apply_template(kube: Kube, partition: dict, agent: domain.AgentSpec, vm: dict) -> dict:
+    """An edited vmTemplate reaches the VM; KubeVirt marks a running VM RestartRequired."""
+    try:
+        updated, patch = await _patch_vm(
+            kube, partition, lambda vm: domain.template_patch(vm, partition, agent)
+        )
+    except ApiException as error:
+        if error.status == 422:
+            raise ProblemError("InvalidTemplate", _api_message(error)) from error
+        raise
+    if patch is None or updated is None:
+        return updated or vm
+    if "spec" in patch:
+        message = (
+            f"Applied the edited vmTemplate to VirtualMachine {vm['metadata']['name']}; "
+            "a running VM takes it at its next restart"
+        )
+        normal(partition, reason="VMUpdated", message=message)
+    return updated
 
 
 async def ensure_adopted_vm(kube: Kube, partition: dict, agent: domain.AgentSpec) -> dict | None:

@@ -26,6 +26,8 @@ MAX_REPORT_INTERVAL = 30
 SECRET_KEY = "key"
 SECRET_CONFIG = "config.json"
 SECRET_USERDATA = "userdata"
+LAST_APPLIED = "lparkube.io/last-applied-template"
+RUN_FIELDS = ("runStrategy", "running")  # after creation, start/stop own these, not the template
 
 _DNS_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
 _PARTITION_ID = re.compile(rf"({_DNS_LABEL})/({_DNS_LABEL}(\.{_DNS_LABEL})*)")
@@ -182,15 +184,75 @@ def vm_from_template(partition: dict[str, Any], agent: AgentSpec) -> dict[str, A
         "labels": labels,
         "ownerReferences": [owner_reference(partition, controller=True)],
     }
-    annotations = (template.get("metadata") or {}).get("annotations")
-    if annotations:
-        vm_meta["annotations"] = dict(annotations)
+    annotations = dict((template.get("metadata") or {}).get("annotations") or {})
+    annotations[LAST_APPLIED] = json.dumps(_managed(spec), sort_keys=True, separators=(",", ":"))
+    vm_meta["annotations"] = annotations
     return {
         "apiVersion": "kubevirt.io/v1",
         "kind": "VirtualMachine",
         "metadata": vm_meta,
         "spec": spec,
     }
+
+
+def _managed(spec: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in spec.items() if k not in RUN_FIELDS}
+
+
+def template_patch(
+    vm: dict[str, Any], partition: dict[str, Any], agent: AgentSpec
+) -> dict[str, Any] | None:
+    """The merge patch that brings an owned VM to an edited vmTemplate, or None if current.
+
+    Like ``kubectl apply``, it changes what the template changed since it was last applied
+    (kept in an annotation) and removes what the template dropped, leaving what KubeVirt
+    filled in (defaults, firmware UUID) alone. The run strategy is not managed after creation:
+    start, stop and restarts change it.
+    """
+    desired = vm_from_template(partition, agent)
+    meta = vm.get("metadata") or {}
+    current = meta.get("annotations") or {}
+    wanted = desired["metadata"]["annotations"]
+    labels = desired["metadata"]["labels"]
+    spec_patch = merge_diff(_last_applied(current), _managed(desired["spec"]))
+    if (
+        not spec_patch
+        and current.get(LAST_APPLIED) == wanted[LAST_APPLIED]
+        and labels.items() <= (meta.get("labels") or {}).items()
+        and wanted.items() <= current.items()
+    ):
+        return None
+    patch: dict[str, Any] = {
+        "metadata": {
+            "labels": labels,
+            "annotations": wanted,
+            "resourceVersion": meta.get("resourceVersion"),
+        }
+    }
+    if spec_patch:
+        patch["spec"] = spec_patch
+    return patch
+
+
+def _last_applied(annotations: dict[str, str]) -> dict[str, Any]:
+    try:
+        last = json.loads(annotations.get(LAST_APPLIED) or "{}")
+    except ValueError:
+        return {}
+    return last if isinstance(last, dict) else {}
+
+
+def merge_diff(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """The JSON merge patch (RFC 7386) that turns ``old`` into ``new``."""
+    patch: dict[str, Any] = {key: None for key in old if key not in new}
+    for key, value in new.items():
+        before = old.get(key)
+        if isinstance(value, dict) and isinstance(before, dict):
+            if sub := merge_diff(before, value):
+                patch[key] = sub
+        elif key not in old or before != value:
+            patch[key] = value
+    return patch
 
 
 def adoption_patch(
