@@ -7,7 +7,7 @@ import base64
 import copy
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
@@ -140,7 +140,14 @@ class FakeAgents:
         self.modes = modes or {}
         self.calls: list[tuple[str, dict]] = []
 
-    async def save(self, target: AgentTarget, instruction: dict, *, timeout: float) -> dict:
+    async def save(
+        self,
+        target: AgentTarget,
+        instruction: dict,
+        *,
+        timeout: float,
+        on_progress: Callable[[dict], None] | None = None,
+    ) -> dict:
         self.calls.append((target.partition, instruction))
         stored = self.kube.save_event(namespace=self.ns)["status"]["partitions"]
         mine = next(p for p in stored if f"{p['namespace']}/{p['name']}" == target.partition)
