@@ -8,7 +8,9 @@ from typing import Any
 
 import pytest
 import yaml
+from kubernetes import client
 
+from lparkube.domain import saving
 from lparkube_devenv.controlplane import REPO_ROOT
 
 EXAMPLES = REPO_ROOT / "examples"
@@ -242,3 +244,40 @@ def test_defaults_are_applied_by_the_api_server(kubectl, namespace: str) -> None
 def test_kubectl_explain_documents_fields(kubectl, field: str, text: str) -> None:
     out = kubectl("explain", field).stdout
     assert text in " ".join(out.split())
+
+
+def test_the_largest_save_event_status_fits_the_object_limit(api_client, namespace: str) -> None:
+    """MAX_TARGETS partitions, each with 128 failed applications and the longest messages,
+    fitted by the operator's budget, are stored by the real API server and etcd (1.5 MiB)."""
+    custom = client.CustomObjectsApi(api_client)
+    custom.create_namespaced_custom_object(
+        "lparkube.io", "v1alpha1", namespace, "saveevents", copy.deepcopy(SAVE_EVENT)
+    )
+    apps = [
+        {"name": f"application-{i:03}", "pid": 100000 + i, "priority": i, "order": i + 1,
+         "method": "UnixSocket", "outcome": "Failed", "durationMillis": 30000,
+         "message": "e" * saving.MAX_MESSAGE}
+        for i in range(saving.MAX_APPLICATIONS)
+    ]  # fmt: skip
+    budget = saving.entry_budget(saving.MAX_TARGETS)
+    entries = [
+        saving.fit_entry(
+            {"namespace": namespace, "name": f"partition-name-of-a-typical-length-{i:05}",
+             "nodeName": f"worker-node-in-rack-{i % 40:03}.example.internal",
+             "outcome": "Failed", "instructedTime": "2026-11-21T10:00:00Z",
+             "completionTime": "2026-11-21T10:00:30Z", "message": "m" * saving.MAX_MESSAGE,
+             "applications": apps},
+            budget,
+        )
+        for i in range(saving.MAX_TARGETS)
+    ]  # fmt: skip
+    status = {"partitions": entries, "summary": saving.summary(entries)}
+    stored = custom.patch_namespaced_custom_object_status(
+        "lparkube.io", "v1alpha1", namespace, "saveevents", "s", {"status": status}
+    )
+    assert len(stored["status"]["partitions"]) == saving.MAX_TARGETS
+    assert stored["status"]["summary"]["applicationsFailed"] == saving.MAX_TARGETS * 128
+    size = len(json.dumps(stored, separators=(",", ":")))
+    fields = len(json.dumps(stored["metadata"]["managedFields"], separators=(",", ":")))
+    print(f"stored SaveEvent: {size} bytes, managedFields {fields}")
+    assert size < 1_350_000, "too close to etcd's 1.5 MiB request limit"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -310,3 +311,56 @@ def test_snapshot_names_are_deterministic_and_bounded() -> None:
         "kind": "VirtualMachine",
         "name": "vm",
     }
+
+
+# --- result size ------------------------------------------------------------------------------
+
+
+def app(name: str, outcome: str, message: str = "ok") -> dict:
+    return {"name": name, "pid": 1, "priority": 1, "order": 1, "method": "HTTP",
+            "outcome": outcome, "durationMillis": 5, "message": message}  # fmt: skip
+
+
+def entry(apps: list[dict], message: str = "") -> dict:
+    item = {"namespace": "tenant-a", "name": "db-1", "nodeName": "node-a",
+            "outcome": "Failed", "instructedTime": "2026-11-21T10:00:00Z",
+            "completionTime": "2026-11-21T10:00:01Z", "applications": apps}  # fmt: skip
+    return {**item, "message": message} if message else item
+
+
+def test_a_result_within_its_budget_is_kept_whole() -> None:
+    item = entry([app("a", "Saved"), app("b", "Failed", "x" * 500)], "y" * 900)
+    assert saving.fit_entry(item, 10_000) == item
+
+
+def test_saved_applications_fold_into_counts_before_failures() -> None:
+    apps = [app(f"ok-{i}", "Saved", "z" * 300) for i in range(20)] + [app("bad", "TimedOut")]
+    fitted = saving.fit_entry(entry(apps, "m" * 1000), 1000)
+
+    assert [a["name"] for a in fitted["applications"]] == ["bad"]
+    assert fitted["omittedApplications"] == {"Saved": 20}
+    assert len(fitted["message"]) == 2 * saving.SHORT_MESSAGE
+    assert saving.application_outcomes(fitted) == {"Saved": 20, "TimedOut": 1}
+    assert len(json.dumps(fitted, separators=(",", ":"))) <= 1000
+
+
+def test_under_a_tiny_budget_every_application_is_a_count() -> None:
+    apps = [app(f"bad-{i}", "Failed", "e" * 1000) for i in range(128)]
+    fitted = saving.fit_entry(entry(apps), saving.entry_budget(saving.MAX_TARGETS))
+    assert "applications" not in fitted
+    assert fitted["omittedApplications"] == {"Failed": 128}
+    counts = saving.summary([fitted])
+    assert (counts["applications"], counts["applicationsFailed"]) == (128, 128)
+
+
+def test_the_worst_results_of_the_most_targets_fit_the_budget() -> None:
+    apps = [app(f"app-{i:03}", "Failed", "e" * 1024) for i in range(saving.MAX_APPLICATIONS)]
+    budget = saving.entry_budget(saving.MAX_TARGETS)
+    fitted = [saving.fit_entry(entry(apps, "m" * 1024), budget) for _ in range(saving.MAX_TARGETS)]
+    assert len(json.dumps(fitted, separators=(",", ":"))) <= saving.RESULTS_BUDGET_BYTES
+
+
+def test_too_many_targets_is_refused_with_what_to_do() -> None:
+    assert saving.too_many_targets(saving.MAX_TARGETS) is None
+    message = saving.too_many_targets(saving.MAX_TARGETS + 1)
+    assert message is not None and "Split it" in message

@@ -17,6 +17,7 @@ import pytest
 from lparkube.adapters.guest_agent import AgentError, AgentTarget
 from lparkube.adapters.status_writer import JSON_PATCH
 from lparkube.controllers import save_run
+from lparkube.domain import saving
 from lparkube.domain.clock import rfc3339
 
 NS = "tenant"
@@ -341,6 +342,22 @@ def test_all_namespaces_refused_outside_the_system_namespace(events: list) -> No
         "observedGeneration": 1,
         "lastTransitionTime": "",
     }
+    assert "partitions" not in status
+
+
+def test_more_targets_than_one_event_holds_are_refused(
+    events: list, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(saving, "MAX_TARGETS", 2)
+    kube = FakeKube()
+    for name in ("p1", "p2", "p3"):
+        add_partition(kube, name)
+    add_save_event(kube, {"targets": {"all": True}})
+    agents = FakeAgents(kube)
+    status = run(kube, agents)
+    assert agents.calls == []
+    assert condition(status, "Complete")["reason"] == "Refused"
+    assert "3 partitions match" in condition(status, "Complete")["message"]
     assert "partitions" not in status
 
 

@@ -75,6 +75,7 @@ class SaveRun:
         self.slots = asyncio.Semaphore(MAX_CONCURRENT_SAVES)
         self.keys: dict[tuple[str, str], bytes] = {}
         self.few = True
+        self.budget = saving.entry_budget(1)
         self.pods = PodHooks(kube, self.writer, body, system_ns)
         self.snapshots = Snapshots(kube, self.writer, body)
 
@@ -86,6 +87,8 @@ class SaveRun:
             await self._refuse(refused)
             return
         targets = await self._start()
+        if targets is None:
+            return
         writing = asyncio.create_task(self.writer.run(), name=f"status of {self.name}")
         try:
             await self._save_all(targets)
@@ -114,14 +117,18 @@ class SaveRun:
 
         await _finally_then(write, announce)
 
-    async def _start(self) -> dict[tuple[str, str], saving.Target]:
-        """Write the target list (first run) or load it (resume); return whom to send to."""
+    async def _start(self) -> dict[tuple[str, str], saving.Target] | None:
+        """Write the target list (first run) or load it (resume); return whom to send to,
+        or None when the event was refused."""
         now = utcnow()
         scope = saving.list_scope(self.namespace, self.system_ns, self.spec["targets"])
         found = saving.select(self.spec["targets"], await self.kube.list(PARTITION, scope))
         by_key = {t.key: t for t in found}
         if "partitions" not in self.stored:
             missing = saving.missing_names(self.spec["targets"], found, self.namespace)
+            if too_many := saving.too_many_targets(len(found) + len(missing)):
+                await self._refuse(too_many)
+                return None
             items = saving.initial_entries(found, missing, self.namespace, now)
             status = {
                 "startTime": rfc3339(now),
@@ -138,7 +145,7 @@ class SaveRun:
             self._index(items)
             plan = saving.resume_plan(items)
             for key in plan.pending:
-                self.writer.set_item(self.index[key], saving.mark_instructed(self._item(key), now))
+                self._set(key, saving.mark_instructed(self._item(key), now))
             await self.writer.barrier()
             self.logger.info(
                 "Resuming: %d partitions to re-attach, %d finished",
@@ -153,6 +160,7 @@ class SaveRun:
     def _index(self, items: list[dict[str, Any]]) -> None:
         self.index = {saving.entry_key(item): i for i, item in enumerate(items)}
         self.few = len(items) <= MAX_PER_PARTITION_EVENTS
+        self.budget = saving.entry_budget(len(items))
 
     def _announce(self, items: list[dict[str, Any]]) -> None:
         counts = saving.summary(items)
@@ -206,8 +214,7 @@ class SaveRun:
             target = targets.get(key)
             current = await self._current(target) if target else None
             reached = current is not None and saving.unreachable_reason(current) is None
-            item = saving.at_deadline(self._item(key), reached, now)
-            self.writer.set_item(self.index[key], item)
+            item = self._set(key, saving.at_deadline(self._item(key), reached, now))
             self._record_final(item)
 
     async def _save_partition(self, target: saving.Target) -> None:
@@ -246,8 +253,7 @@ class SaveRun:
             result = await self._call_until_answered(target, agent)
         if result is None:
             return
-        item = saving.with_agent_result(self._item(key), result, utcnow())
-        self.writer.set_item(self.index[key], item)
+        item = self._set(key, saving.with_agent_result(self._item(key), result, utcnow()))
         metrics.SAVE_DURATION.labels(reason=self.reason).observe(time.monotonic() - sent)
         self._record_final(item)
         if item["outcome"] == saving.SUCCEEDED and self.snapshots.wanted:
@@ -288,7 +294,7 @@ class SaveRun:
         item = self._item(target.key)
         updated = saving.with_agent_result(item, {**partial, "state": "Running"}, utcnow())
         if not saving.is_final(item) and updated != item:
-            self.writer.set_item(self.index[target.key], updated)
+            self._set(target.key, updated)
 
     async def _current(self, target: saving.Target) -> saving.Target | None:
         partition = await self.kube.get(PARTITION, target.namespace, target.name)
@@ -298,9 +304,14 @@ class SaveRun:
         return self.writer.item(self.index[key])
 
     def _finish(self, key: tuple[str, str], outcome: str, message: str, now: datetime) -> None:
-        item = saving.with_failure(self._item(key), outcome, message, now)
-        self.writer.set_item(self.index[key], item)
+        item = self._set(key, saving.with_failure(self._item(key), outcome, message, now))
         self._record_final(item)
+
+    def _set(self, key: tuple[str, str], item: dict[str, Any]) -> dict[str, Any]:
+        """Store a partition's result, cut to its share of the object's size budget."""
+        fitted = saving.fit_entry(item, self.budget)
+        self.writer.set_item(self.index[key], fitted)
+        return fitted
 
     def _record_final(self, item: Mapping[str, Any]) -> None:
         """Metrics and, for small events, one Kubernetes Event per finished partition."""

@@ -8,8 +8,9 @@ controller only moves data between the API server, the agents and these function
 from __future__ import annotations
 
 import hashlib
+import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -41,6 +42,11 @@ IN_PROGRESS = "InProgress"
 
 MAX_APPLICATIONS = 128
 MAX_MESSAGE = 1024
+# One SaveEvent must stay well inside etcd's 1.5 MiB object limit, and managedFields repeat
+# every list key: so at most MAX_TARGETS partitions, and their results share a byte budget.
+MAX_TARGETS = 1500
+RESULTS_BUDGET_BYTES = 750_000
+SHORT_MESSAGE = 80
 DEFAULT_DEADLINE = "5m"
 DEFAULT_APPLICATION_TIMEOUT = "30s"
 DEFAULT_SYSTEM_NAMESPACE = "lparkube-system"
@@ -380,13 +386,74 @@ def summary(items: Iterable[Mapping[str, Any]]) -> dict[str, int]:
             else "failed"
         )
         counts[key] += 1
-        for app in item.get("applications") or []:
-            counts["applications"] += 1
-            if app.get("outcome") == SAVED:
-                counts["applicationsSaved"] += 1
-            elif app.get("outcome") in APP_FAILURES:
-                counts["applicationsFailed"] += 1
+        for outcome, number in application_outcomes(item).items():
+            counts["applications"] += number
+            if outcome == SAVED:
+                counts["applicationsSaved"] += number
+            elif outcome in APP_FAILURES:
+                counts["applicationsFailed"] += number
     return counts
+
+
+def application_outcomes(item: Mapping[str, Any]) -> dict[str, int]:
+    """How many of a partition's applications ended how, listed or omitted."""
+    counts = {outcome: int(n) for outcome, n in (item.get("omittedApplications") or {}).items()}
+    for app in item.get("applications") or []:
+        outcome = app.get("outcome", "")
+        counts[outcome] = counts.get(outcome, 0) + 1
+    return counts
+
+
+# --- result size --------------------------------------------------------------------------------
+
+
+def entry_budget(partitions: int) -> int:
+    """Bytes one partition's result may take so that all of them fit the object."""
+    return RESULTS_BUDGET_BYTES // max(1, partitions)
+
+
+def too_many_targets(count: int) -> str | None:
+    if count <= MAX_TARGETS:
+        return None
+    return (
+        f"{count} partitions match the targets; one SaveEvent saves at most {MAX_TARGETS}. "
+        "Split it by namespace or label selector"
+    )
+
+
+def fit_entry(item: Mapping[str, Any], budget: int) -> dict[str, Any]:
+    """The result within ``budget`` bytes: messages shortened first, then the applications
+    that saved folded into counts, then all of them; failures stay listed longest."""
+    entry = dict(item)
+    if _size(entry) <= budget:
+        return entry
+    if "message" in entry:
+        entry["message"] = clip(entry["message"], SHORT_MESSAGE * 2)
+    entry["applications"] = [
+        {**a, "message": clip(a["message"], SHORT_MESSAGE)} if "message" in a else a
+        for a in entry.get("applications") or []
+    ]
+    for keep in (lambda a: a.get("outcome") in APP_FAILURES, lambda a: False):
+        if _size(entry) <= budget:
+            break
+        entry = _omit_applications(entry, keep)
+    if not entry.get("applications"):
+        entry.pop("applications", None)
+    return entry
+
+
+def _omit_applications(entry: dict[str, Any], keep: Callable[[dict], bool]) -> dict[str, Any]:
+    kept, omitted = [], dict(entry.get("omittedApplications") or {})
+    for app in entry.get("applications") or []:
+        if keep(app):
+            kept.append(app)
+        else:
+            omitted[app["outcome"]] = omitted.get(app["outcome"], 0) + 1
+    return {**entry, "applications": kept, "omittedApplications": omitted}
+
+
+def _size(entry: Mapping[str, Any]) -> int:
+    return len(json.dumps(entry, separators=(",", ":")))
 
 
 def pods_failed(pods: Iterable[Mapping[str, Any]]) -> int:

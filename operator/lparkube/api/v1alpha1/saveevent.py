@@ -138,9 +138,14 @@ PARTITION_RESULT = obj(
         "completionTime": timestamp("When its agent reported the last result."),
         "message": string("Details, such as why the agent was unreachable.", max_length=1024),
         "applications": array(
-            "Per-application results in the order they ran.",
+            "Per-application results in the order they ran. In large events, the ones that "
+            "saved (and then all) are folded into omittedApplications to keep the object small.",
             APPLICATION_RESULT,
             max_items=128,
+        ),
+        "omittedApplications": obj(
+            "How many applications, by outcome, are counted here instead of listed.",
+            {o: integer(f"Applications that ended {o}.", minimum=0) for o in SAVE_OUTCOMES},
         ),
     },
     required=("namespace", "name", "outcome"),
@@ -188,9 +193,9 @@ STATUS = obj(
         "completionTime": timestamp("When the last result arrived or the deadline passed."),
         "summary": SUMMARY,
         "partitions": array(
-            "Results per partition.",
+            "Results per partition (at most 1500 targets per SaveEvent).",
             PARTITION_RESULT,
-            max_items=5000,
+            max_items=1500,
             map_keys=["namespace", "name"],
         ),
         "pods": array(
@@ -208,7 +213,7 @@ STATUS = obj(
                 },
                 required=("namespace", "partition", "name"),
             ),
-            max_items=5000,
+            max_items=1500,
             map_keys=["namespace", "partition"],
         ),
     },
