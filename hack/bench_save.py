@@ -10,12 +10,13 @@ On a local control plane (started here, or ``--kubeconfig``), for each size N:
   process, speaking the signed protocol (``lparkube_agent.protocol``), idempotent by id, each
   with ``--apps`` applications that save in ``--app-ms``.
 * **operator**: the real SaveEvent controller (its kopf daemon, in an operator subprocess
-  that runs only the SaveEvent handlers, so the Partition controller does not rewrite these
-  Partitions) saves all N; timed from the SaveEvent's creation to the watch seeing
-  ``Complete=True``.
+  that runs only the SaveEvent handlers and their Partition index, so the Partition controller
+  does not rewrite these Partitions) saves all N; timed from the SaveEvent's creation to the
+  watch seeing ``Complete=True``.
 * **floor**: a bare async client (aiohttp only) does the same work on its own SaveEvent in
-  the same run: list the Partitions, list the key Secrets, write every partition
-  ``Instructed``, make the N signed agent calls with the same concurrency, write the results.
+  the same run: with the Partitions known beforehand (the operator has them in its watch
+  cache), list the key Secrets, write every partition ``Instructed`` while it makes the N
+  signed agent calls with the same concurrency, write the results.
 
 Per-partition instruction latency is measured by the agents: first receipt of the save
 instruction minus the SaveEvent's creation. Each size starts with one unreported run of each
@@ -351,6 +352,7 @@ def operator_main(kubeconfig: Path, namespaces: list[str]) -> None:
         kopf.on.startup(registry=registry)(fn)
     kopf.on.cleanup(registry=registry)(controllers.operator_cleanup)
     kopf.on.login(registry=registry)(controllers.operator_login)
+    kopf.index(GROUP, VERSION, "partitions", registry=registry)(saveevent.saving_targets)
     kopf.daemon(GROUP, VERSION, "saveevents", registry=registry, **saveevent.DAEMON_OPTIONS)(
         saveevent.saveevent_run
     )
@@ -418,12 +420,16 @@ async def operator_run(api: Api, agents: Agents, namespace: str, name: str) -> R
 async def floor_run(
     api: Api, agents: Agents, *, namespace: str, floor_ns: str, name: str, size: int
 ) -> Result:
-    """The same HTTP calls and status writes, made by a bare client with no framework."""
+    """The same HTTP calls and status writes, made by a bare client with no framework.
+
+    Like the operator, it knows the Partitions before the SaveEvent exists (the operator from
+    its watch cache), lists the key Secrets, and writes every partition ``Instructed`` while
+    it sends the instructions.
+    """
+    items = (await api.request("GET", partitions_path(namespace)))["items"]  # the cache
     created, began = await create_save_event(api, floor_ns, name)
     uid = created["metadata"]["uid"]
     status_path = save_events_path(floor_ns, name) + "/status"
-    listed = await api.request("GET", partitions_path(namespace))
-    items = listed["items"]
     secrets = await api.request(
         "GET", f"/api/v1/namespaces/{namespace}/secrets?labelSelector={PARTITION_LABEL}"
     )
@@ -436,13 +442,16 @@ async def floor_run(
          "outcome": "Instructed", "instructedTime": now}
         for p in items
     ]  # fmt: skip
-    await api.merge(status_path, {"status": {"startTime": now, "partitions": entries}})
+    instructed = asyncio.ensure_future(
+        api.merge(status_path, {"status": {"startTime": now, "partitions": entries}})
+    )
     instruction = {"id": uid, "reason": "Power", "applicationTimeoutSeconds": 30,
-                   "deadline": stamp(time.time() + 300), "waitSeconds": 25}  # fmt: skip
+                   "deadline": stamp(time.time() + 300), "waitSeconds": 3}  # fmt: skip
     answers = await bounded(
         CONCURRENCY,
         [signed_save(api.agents, p, key, instruction) for p, key in zip(items, keys, strict=True)],
     )
+    await instructed
     done = stamp()
     for entry, answer in zip(entries, answers, strict=True):
         entry.update(outcome="Succeeded", completionTime=done, applications=answer["applications"])

@@ -91,19 +91,22 @@ class FakeKube:
 
     async def patch(
         self, ref: Any, namespace: str, name: str, patch: dict, *, status: bool = False
-    ):
+    ) -> dict:
         key = (ref.plural, namespace, name)
         self.objects[key] = merge_patch(self.objects[key], patch)
         self.status_patches.append("merge")
         return self.objects[key]
 
-    def patch_namespaced_custom_object_status(self, *args: Any, **kw: Any) -> dict:
-        _, _, ns, plural, name, ops = args
-        assert kw["_content_type"] == JSON_PATCH
-        key = (plural, ns, name)
-        self.objects[key] = json_patch(self.objects[key], ops)
-        self.status_patches.append("json")
-        return self.objects[key]
+    async def patch_encoded(
+        self, ref: Any, namespace: str, name: str, payload: bytes, *, content_type: str
+    ) -> None:
+        key = (ref.plural, namespace, name)
+        if content_type == JSON_PATCH:
+            self.objects[key] = json_patch(self.objects[key], json.loads(payload))
+            self.status_patches.append("json")
+        else:
+            self.objects[key] = merge_patch(self.objects[key], json.loads(payload))
+            self.status_patches.append("merge")
 
     def read_namespaced_secret(self, name: str, namespace: str) -> Any:
         return SimpleNamespace(data={"key": base64.b64encode(b"k" * 32).decode()})
@@ -150,9 +153,6 @@ class FakeAgents:
         on_progress: Callable[[dict], None] | None = None,
     ) -> dict:
         self.calls.append((target.partition, instruction))
-        stored = self.kube.save_event(namespace=self.ns)["status"]["partitions"]
-        mine = next(p for p in stored if f"{p['namespace']}/{p['name']}" == target.partition)
-        assert mine["outcome"] == "Instructed", "sent before Instructed was stored"
         mode = self.modes.get(target.partition.split("/")[1], "ok")
         if mode == "hang":
             await asyncio.sleep(3600)
@@ -259,6 +259,29 @@ def test_all_targets_saved_and_recorded(events: list) -> None:
     reasons = [r for r, _ in events]
     assert reasons[0] == "Instructed" and reasons[-1] == "Completed"
     assert reasons.count("SaveFailed") == 2 and reasons.count("Saved") == 2
+
+
+def test_targets_come_from_the_cache_without_a_list(events: list) -> None:
+    kube = FakeKube()
+    for name in ("a", "b"):
+        add_partition(kube, name)
+    add_save_event(kube, {"targets": {"all": True}})
+    cache = [saving.target_fields(o) for (plural, _, _), o in kube.objects.items()
+             if plural == "partitions"][:1]  # fmt: skip
+    scopes: list[str | None] = []
+
+    async def listed(*_: Any, **__: Any) -> list:
+        raise AssertionError("listed the Partitions although a cache was given")
+
+    kube.list = listed  # type: ignore[method-assign]
+    agents = FakeAgents(kube)
+    body = copy.deepcopy(kube.save_event())
+    saver = save_run.SaveRun(kube, agents, body, SYSTEM, logging.getLogger("test"))  # type: ignore[arg-type]
+    saver.cached = lambda scope: scopes.append(scope) or cache
+    asyncio.run(saver.execute())
+    assert scopes == [NS]
+    assert [p for p, _ in agents.calls] == ["tenant/a"]
+    assert by_name(kube.save_event()["status"])["a"]["outcome"] == "Succeeded"
 
 
 def test_resume_reattaches_instructed_and_never_resends_finished(events: list) -> None:

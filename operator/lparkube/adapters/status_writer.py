@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import json
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -158,45 +159,36 @@ class StatusWriter:
                 self._on_write()
 
     async def _send(self, whole: bool, fields: set[str], items: set[int]) -> None:
+        """One patch; its body is encoded here, a snapshot later changes cannot touch."""
         if whole or 2 * len(items) > len(self.status.get(self.list_field) or []):
             # Most items changed: one merge patch is cheaper for the API server than a JSON
             # patch with an operation per item.
-            await self._merge({"status": copy.deepcopy(self.status)})
+            await self._patch({"status": self.status}, MERGE_PATCH)
             return
         ops = [
-            {"op": "add", "path": f"/status/{f}", "value": copy.deepcopy(self.status.get(f))}
+            {"op": "add", "path": f"/status/{f}", "value": self.status.get(f)}
             for f in sorted(fields)
         ]
         ops += [
             {
                 "op": "replace",
                 "path": f"/status/{self.list_field}/{i}",
-                "value": copy.deepcopy(self.status[self.list_field][i]),
+                "value": self.status[self.list_field][i],
             }
             for i in sorted(items)
         ]
         if not ops:
             return
         try:
-            await self._json_patch(ops)
+            await self._patch(ops, JSON_PATCH)
         except ApiException as error:
             if error.status != UNPROCESSABLE:
                 raise
             logger.info("stored status of %s/%s diverged; rewriting it", self.namespace, self.name)
-            await self._merge({"status": copy.deepcopy(self.status)})
+            await self._patch({"status": self.status}, MERGE_PATCH)
 
-    async def _merge(self, body: dict[str, Any]) -> None:
-        await self.kube.patch(self.ref, self.namespace, self.name, body, status=True)
-
-    async def _json_patch(self, ops: list[dict[str, Any]]) -> None:
-        custom = self.kube.custom
-        await self.kube.call(
-            custom.patch_namespaced_custom_object_status,
-            self.ref.group,
-            self.ref.version,
-            self.namespace,
-            self.ref.plural,
-            self.name,
-            ops,
-            _content_type=JSON_PATCH,
+    async def _patch(self, body: Any, content_type: str) -> None:
+        payload = json.dumps(body, separators=(",", ":")).encode()
+        await self.kube.patch_encoded(
+            self.ref, self.namespace, self.name, payload, content_type=content_type
         )

@@ -1,9 +1,11 @@
 """One SaveEvent's run: targets, the fan-out to the agents, results, deadline, completion.
 
 The run starts from the SaveEvent's status, so the same code serves a first run and a resume
-after a restart: partitions are stored ``Instructed`` before anything is sent to them, a
-resumed run re-sends the same instruction (same id) only to partitions without a final
-outcome, and the agent, idempotent by id, attaches instead of saving again.
+after a restart: the first run writes every target ``Instructed`` while it sends (not before:
+that write of the whole list would delay every instruction), a resumed run re-sends the same
+instruction (same id) only to partitions without a final outcome, and the agent, idempotent by
+id and journaled across its own restarts, attaches instead of saving again. A crash before the
+first write leaves no list, so the next run is a first run again, with the same id.
 """
 
 from __future__ import annotations
@@ -75,7 +77,14 @@ class SaveRun:
         self.slots = asyncio.Semaphore(MAX_CONCURRENT_SAVES)
         self.keys: dict[tuple[str, str], bytes] = {}
         self.few = True
+        # labelled once: a thousand results must not each look their series up
+        self.fanout_latency = metrics.SAVE_FANOUT_LATENCY.labels(reason=self.reason)
+        self.save_duration = metrics.SAVE_DURATION.labels(reason=self.reason)
+        self.first_write: asyncio.Future | None = None
         self.budget = saving.entry_budget(1)
+        # Partitions from a cache (the controller's index), by namespace or all (None);
+        # without one, the run lists them.
+        self.cached: Callable[[str | None], list[dict[str, Any]]] | None = None
         self.pods = PodHooks(kube, self.writer, body, system_ns)
         self.snapshots = Snapshots(kube, self.writer, body)
 
@@ -92,6 +101,8 @@ class SaveRun:
         writing = asyncio.create_task(self.writer.run(), name=f"status of {self.name}")
         try:
             await self._save_all(targets)
+            if self.first_write is not None:  # a failed first write is retried by `writing`
+                await asyncio.gather(self.first_write, return_exceptions=True)
             await self._complete()
         finally:
             writing.cancel()
@@ -121,8 +132,7 @@ class SaveRun:
         """Write the target list (first run) or load it (resume); return whom to send to,
         or None when the event was refused."""
         now = utcnow()
-        scope = saving.list_scope(self.namespace, self.system_ns, self.spec["targets"])
-        found = saving.select(self.spec["targets"], await self.kube.list(PARTITION, scope))
+        found = await self._targets()
         by_key = {t.key: t for t in found}
         if "partitions" not in self.stored:
             missing = saving.missing_names(self.spec["targets"], found, self.namespace)
@@ -137,7 +147,7 @@ class SaveRun:
             }
             self.writer.load(status, stored=False)
             self._index(items)
-            await self.writer.barrier()  # Instructed is stored before anything is sent
+            self.first_write = asyncio.ensure_future(self.writer.barrier())
             self._announce(items)
         else:
             self.writer.load(self.stored, stored=True)
@@ -156,6 +166,18 @@ class SaveRun:
         for key in unfinished - set(by_key):
             self._finish(key, saving.FAILED, "the Partition no longer exists", now)
         return {key: by_key[key] for key in sorted(unfinished & set(by_key))}
+
+    async def _targets(self) -> list[saving.Target]:
+        """The targeted partitions, from the cache when there is one. A partition named in
+        the targets but not cached yet (created a moment ago) is read before it is missing."""
+        scope = saving.list_scope(self.namespace, self.system_ns, self.spec["targets"])
+        if self.cached is None:
+            return saving.select(self.spec["targets"], await self.kube.list(PARTITION, scope))
+        found = saving.select(self.spec["targets"], self.cached(scope))
+        for name in saving.missing_names(self.spec["targets"], found, self.namespace):
+            if partition := await self.kube.get(PARTITION, self.namespace, name):
+                found.append(saving.target_of(partition))
+        return sorted(found, key=lambda t: t.key)
 
     def _index(self, items: list[dict[str, Any]]) -> None:
         self.index = {saving.entry_key(item): i for i, item in enumerate(items)}
@@ -232,6 +254,8 @@ class SaveRun:
         key = target.key
         if saving.is_final(self._item(key)):
             return
+        if not target.endpoint and self.cached is not None:
+            target = await self._current(target) or target  # the cache may lag its status
         if not target.endpoint:  # AgentConnected is not consulted here: a resumed partition
             # was instructed already, and its heartbeat may have lapsed while we were down.
             reason = saving.unreachable_reason(target) or "no agent endpoint"
@@ -247,14 +271,12 @@ class SaveRun:
         agent = AgentTarget(target.ref, target.endpoint, secret)
         async with self.slots:
             sent = time.monotonic()
-            metrics.SAVE_FANOUT_LATENCY.labels(reason=self.reason).observe(
-                max(0.0, (utcnow() - self.created).total_seconds())
-            )
+            self.fanout_latency.observe(max(0.0, (utcnow() - self.created).total_seconds()))
             result = await self._call_until_answered(target, agent)
         if result is None:
             return
         item = self._set(key, saving.with_agent_result(self._item(key), result, utcnow()))
-        metrics.SAVE_DURATION.labels(reason=self.reason).observe(time.monotonic() - sent)
+        self.save_duration.observe(time.monotonic() - sent)
         self._record_final(item)
         if item["outcome"] == saving.SUCCEEDED and self.snapshots.wanted:
             await self.snapshots.take(target)

@@ -1,11 +1,13 @@
 """SaveEvent controller: instruct every target agent concurrently and record each result.
 
 One kopf daemon per unfinished SaveEvent runs it (``save_run.SaveRun``); kopf starts it again
-after an operator restart, and it resumes from status: partitions are written ``Instructed``
-BEFORE their instruction is sent, so after a crash they are re-attached with the same id (the
-agent is idempotent by id) and finished ones are never sent again. Status goes through a
-coalescing writer, so 1,000 partitions do not mean 1,000 patches. Once the status says
-Complete, the daemon's filter stops matching and kopf drops the finalizer.
+after an operator restart, and it resumes from status: partitions without a final outcome are
+sent the same instruction again (same id; the agent, idempotent by id and journaled across its
+own restarts, attaches instead of saving twice) and finished ones are never sent again. Targets
+come from an index of the Partitions (kopf's watch cache, as controller-runtime reads from its
+informers), so instructing starts without a LIST. Status goes through a coalescing writer, so
+1,000 partitions do not mean 1,000 patches. Once the status says Complete, the daemon's filter
+stops matching and kopf drops the finalizer.
 """
 
 from __future__ import annotations
@@ -65,14 +67,34 @@ DAEMON_OPTIONS: dict[str, Any] = {
 }
 
 
+@kopf.index(GROUP, VERSION, "partitions")
+def saving_targets(namespace: str, body: kopf.Body, **_: Any) -> dict[str, dict[str, Any]]:
+    """Each Partition's fields that targeting and instructing read, by namespace."""
+    return {namespace: saving.target_fields(body)}
+
+
 @kopf.daemon(GROUP, VERSION, "saveevents", **DAEMON_OPTIONS)
 async def saveevent_run(
-    body: kopf.Body, memo: Any, logger: logging.Logger | kopf.ObjectLogger, **_: Any
+    body: kopf.Body,
+    memo: Any,
+    logger: logging.Logger | kopf.ObjectLogger,
+    saving_targets: kopf.Index | None = None,
+    **_: Any,
 ) -> None:
     """Run (or resume) one SaveEvent until it is complete."""
     kube, agents = clients(memo)
+    run = SaveRun(kube, agents, dict(body), system_namespace(memo), logger)
+    if saving_targets is not None:
+        run.cached = lambda scope: _indexed(saving_targets, scope)
     with metrics.handler_run("saveevents", "saveevent_run"):
-        await SaveRun(kube, agents, dict(body), system_namespace(memo), logger).execute()
+        await run.execute()
+
+
+def _indexed(index: kopf.Index, scope: str | None) -> list[dict[str, Any]]:
+    """The indexed Partitions of one namespace (``scope``), or of all when None."""
+    if scope is not None:
+        return list(index.get(scope, ()))
+    return [item for store in index.values() for item in store]
 
 
 @kopf.on.event(GROUP, VERSION, "partitions")

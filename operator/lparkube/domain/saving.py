@@ -111,6 +111,23 @@ class Target:
         return f"{self.namespace}/{self.name}"
 
 
+def target_fields(partition: Mapping[str, Any]) -> dict[str, Any]:
+    """The part of a Partition that ``select`` and ``target_of`` read, to keep in a cache."""
+    meta = partition.get("metadata") or {}
+    spec = partition.get("spec") or {}
+    status = partition.get("status") or {}
+    return {
+        "metadata": {k: meta[k] for k in ("namespace", "name", "labels") if k in meta},
+        "spec": {k: spec[k] for k in ("vmName", "agent") if k in spec},
+        "status": {
+            **{k: status[k] for k in ("nodeName", "vmName", "agent") if k in status},
+            "conditions": [
+                c for c in status.get("conditions") or [] if c.get("type") == "AgentConnected"
+            ],
+        },
+    }
+
+
 def target_of(partition: Mapping[str, Any]) -> Target:
     """Read a Partition object's status into a Target."""
     meta = partition.get("metadata") or {}
