@@ -364,3 +364,15 @@ def test_too_many_targets_is_refused_with_what_to_do() -> None:
     assert saving.too_many_targets(saving.MAX_TARGETS) is None
     message = saving.too_many_targets(saving.MAX_TARGETS + 1)
     assert message is not None and "Split it" in message
+
+
+def test_the_cached_fields_of_a_partition_target_it_as_the_whole_object_does() -> None:
+    whole = partition("db-1", "tenant-a", endpoint="10.0.0.5:8443", labels={"tier": "db"})
+    whole["metadata"].update(uid="u", resourceVersion="9")
+    whole["status"]["conditions"].append({"type": "Ready", "status": "True"})
+    whole["status"]["addresses"] = [{"ip": "10.0.0.5"}]
+    cached = saving.target_fields(whole)
+    assert saving.target_of(cached) == saving.target_of(whole)
+    assert cached["metadata"] == {"namespace": "tenant-a", "name": "db-1", "labels": {"tier": "db"}}
+    assert [c["type"] for c in cached["status"]["conditions"]] == ["AgentConnected"]
+    assert "addresses" not in cached["status"]
