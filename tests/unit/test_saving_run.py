@@ -125,11 +125,13 @@ class FakeKube:
         ]
         return SimpleNamespace(data=json.dumps({"items": items}).encode())
 
-    def list_pod_for_all_namespaces(self, field_selector: str) -> dict:
-        return {"items": []}
+    def list_pod_for_all_namespaces(self, **kwargs: Any) -> Any:
+        assert kwargs["_preload_content"] is False
+        return SimpleNamespace(data=b'{"items": []}')
 
-    def list_namespaced_pod(self, namespace: str, field_selector: str) -> dict:
-        return {"items": []}
+    def list_namespaced_pod(self, namespace: str, **kwargs: Any) -> Any:
+        assert kwargs["_preload_content"] is False
+        return SimpleNamespace(data=b'{"items": []}')
 
     def save_event(self, name: str = "se", namespace: str = NS) -> dict:
         return self.objects[("saveevents", namespace, name)]

@@ -32,9 +32,10 @@ def run_config(memo: Any) -> Settings | None:
 class StatuslessDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
     """kopf's diff base, built without deep-copying ``status`` first.
 
-    kopf drops status from an object's essence anyway, but copies the whole body before it
-    does; a SaveEvent's status holds up to 1,500 results, and that copy on every watch event
-    stalls the event loop the fan-out runs on.
+    kopf drops status and managedFields from an object's essence anyway, but copies the whole
+    body before it does; a SaveEvent's status holds up to 1,500 results (and managedFields a
+    key for each), and that copy on every watch event stalls the event loop the fan-out runs
+    on.
     """
 
     def build(
@@ -43,8 +44,9 @@ class StatuslessDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
         fields = list(extra_fields or ())
         if any(_field_root(f) == "status" for f in fields):  # a handler watches a status field
             return super().build(body=body, extra_fields=fields)
-        slim = kopf.Body({k: v for k, v in body.items() if k != "status"})
-        return super().build(body=slim, extra_fields=fields)
+        meta = {k: v for k, v in body.get("metadata", {}).items() if k != "managedFields"}
+        slim = {k: v for k, v in body.items() if k != "status"}
+        return super().build(body=kopf.Body({**slim, "metadata": meta}), extra_fields=fields)
 
 
 def _field_root(field: Any) -> str:
