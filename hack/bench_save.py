@@ -52,7 +52,7 @@ from lparkube_agent import protocol
 
 REPO = Path(__file__).resolve().parents[1]
 GROUP, VERSION = "lparkube.io", "v1alpha1"
-CONCURRENCY = 512  # the controller's MAX_CONCURRENT_SAVES
+CONCURRENCY = 128  # the controller's MAX_CONCURRENT_INSTRUCTIONS
 SETUP_CONCURRENCY = 64
 PARTITION_LABEL = "lparkube.io/partition"
 
@@ -446,7 +446,7 @@ async def floor_run(
         api.merge(status_path, {"status": {"startTime": now, "partitions": entries}})
     )
     instruction = {"id": uid, "reason": "Power", "applicationTimeoutSeconds": 30,
-                   "deadline": stamp(time.time() + 300), "waitSeconds": 3}  # fmt: skip
+                   "deadline": stamp(time.time() + 300), "waitSeconds": 0.25}  # fmt: skip
     answers = await bounded(
         CONCURRENCY,
         [signed_save(api.agents, p, key, instruction) for p, key in zip(items, keys, strict=True)],

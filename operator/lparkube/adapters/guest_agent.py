@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -76,15 +77,21 @@ class AgentClient:
         *,
         timeout: float,
         on_progress: Callable[[dict], None] | None = None,
+        gate: asyncio.Semaphore | None = None,
+        first_wait: float | None = None,
     ) -> dict:
         """Instruct a save and wait for its final result (200) for at most ``timeout`` seconds.
 
         While the agent answers 202 (still saving) the same instruction is sent again with a
         fresh nonce; the agent attaches to the running save by its id and never saves twice.
         Each 202's partial result (the applications done so far) goes to ``on_progress``.
+        Only the first request (the instruction itself) passes ``gate`` and waits at most
+        ``first_wait`` for the result, so slow applications in one guest hold no slot that
+        another guest's instruction needs; the long polls after it are not gated.
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
+        first = True
         while True:
             remaining = deadline - loop.time()
             if remaining <= 0:
@@ -94,9 +101,12 @@ class AgentClient:
             body = dict(instruction)
             if "waitSeconds" not in instruction:
                 body["waitSeconds"] = max(0, min(MAX_WAIT_SECONDS, int(remaining) - 1))
-            status, result = await self._call(
-                target, "POST", SAVE_PATH, json.dumps(body).encode(), remaining
-            )
+            if first and first_wait is not None:
+                body["waitSeconds"] = min(body["waitSeconds"], first_wait)
+            payload = json.dumps(body).encode()
+            async with gate if first and gate is not None else contextlib.nullcontext():
+                status, result = await self._call(target, "POST", SAVE_PATH, payload, remaining)
+            first = False
             if status == 200:
                 return result
             if on_progress is not None:

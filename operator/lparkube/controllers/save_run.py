@@ -37,7 +37,8 @@ from lparkube.domain import saving
 from lparkube.domain.clock import rfc3339, utcnow
 from lparkube.domain.conditions import merge
 
-MAX_CONCURRENT_SAVES = 512  # in-flight requests to agents; beyond it partitions queue
+MAX_CONCURRENT_INSTRUCTIONS = 128  # first requests in flight; more contend for no gain
+FIRST_WAIT_SECONDS = 0.25  # a save done by then is answered at once; else a 202 frees the slot
 MAX_PER_PARTITION_EVENTS = 20  # above this many targets, Events are summaries only
 AGENT_WAIT_SECONDS = 3  # an agent answers at least this often, with the apps saved so far
 RETRY_PAUSES = (0.5, 1.0, 2.0, 5.0)
@@ -74,7 +75,7 @@ class SaveRun:
             on_write=metrics.SAVE_STATUS_WRITES.inc,
         )
         self.index: dict[tuple[str, str], int] = {}
-        self.slots = asyncio.Semaphore(MAX_CONCURRENT_SAVES)
+        self.slots = asyncio.Semaphore(MAX_CONCURRENT_INSTRUCTIONS)
         self.keys: dict[tuple[str, str], bytes] = {}
         self.few = True
         # labelled once: a thousand results must not each look their series up
@@ -269,10 +270,9 @@ class SaveRun:
             self._finish(key, saving.FAILED, f"cannot read the agent key: {error}", utcnow())
             return
         agent = AgentTarget(target.ref, target.endpoint, secret)
-        async with self.slots:
-            sent = time.monotonic()
-            self.fanout_latency.observe(max(0.0, (utcnow() - self.created).total_seconds()))
-            result = await self._call_until_answered(target, agent)
+        sent = time.monotonic()
+        self.fanout_latency.observe(max(0.0, (utcnow() - self.created).total_seconds()))
+        result = await self._call_until_answered(target, agent)
         if result is None:
             return
         item = self._set(key, saving.with_agent_result(self._item(key), result, utcnow()))
@@ -294,7 +294,12 @@ class SaveRun:
             timeout = (self.deadline - now).total_seconds() + 5
             try:
                 return await self.agents.save(
-                    agent, body, timeout=timeout, on_progress=lambda r: self._progress(target, r)
+                    agent,
+                    body,
+                    timeout=timeout,
+                    on_progress=lambda r: self._progress(target, r),
+                    gate=self.slots,
+                    first_wait=FIRST_WAIT_SECONDS,
                 )
             except AgentError as error:
                 if error.reason not in ("unreachable", "timeout"):
