@@ -233,8 +233,13 @@ class Api:
         )
         async with self.session.get(path, timeout=aiohttp.ClientTimeout(total=timeout)) as reply:
             writes, last = 0, None
+            if reply.status != 200:
+                raise RuntimeError(f"watching {name} answered {reply.status}: {await reply.text()}")
             async for line in lines_of(reply.content):
-                obj = json.loads(line)["object"]
+                event = json.loads(line)
+                if event.get("type") == "ERROR" or "object" not in event:
+                    raise RuntimeError(f"watching {name} failed: {line[:500]!r}")
+                obj = event["object"]
                 status = obj.get("status") or {}
                 writes += status != last and bool(status)
                 last = status
