@@ -18,13 +18,14 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import chart_identity
 import pytest
 from kubernetes import client
 
 from lparkube import runtime
 from lparkube.config import Address, LeaseConfig, Settings
 from lparkube.version import version
-from lparkube_devenv.controlplane import free_port, wait_until
+from lparkube_devenv.controlplane import LocalControlPlane, find_tool, free_port, wait_until
 
 LEASE_NAME = "lparkube-operator"
 START_TIMEOUT = 60.0
@@ -133,19 +134,34 @@ class Replica:
 
 @pytest.fixture
 def replicas(
-    kubeconfig: Path, namespace: str, tmp_path: Path
+    control_plane: LocalControlPlane,
+    kubeconfig: Path,
+    api_client: client.ApiClient,
+    namespace: str,
+    tmp_path: Path,
 ) -> Iterator[Callable[[str], Replica]]:
-    """Factory of replicas sharing one Lease in the test namespace; killed if left running."""
+    """Factory of replicas sharing one Lease in the test namespace, each authenticated as the
+    Helm chart's ServiceAccount released there (so election works with the chart's Lease
+    Role, not as admin); killed if left running."""
+    identity = chart_identity.install_identity(
+        api_client,
+        find_tool("helm", control_plane.bin_dir),
+        release=f"lparkube-{namespace}"[:53],
+        namespace=namespace,
+        admin_kubeconfig=kubeconfig,
+        workdir=tmp_path,
+    )
     started: list[Replica] = []
 
-    def make(identity: str) -> Replica:
-        replica = Replica(kubeconfig, namespace, identity, tmp_path)
+    def make(name: str) -> Replica:
+        replica = Replica(identity.kubeconfig, namespace, name, tmp_path)
         started.append(replica)
         return replica
 
     yield make
     for replica in started:
         replica.kill()
+    chart_identity.remove_cluster_objects(api_client, identity)
 
 
 def lease_holder(api_client: client.ApiClient, namespace: str) -> str | None:
