@@ -67,22 +67,22 @@ def test_encoded_status_patches_and_their_errors(kube: Kube, namespace: str) -> 
         await kube.create(PARTITION, namespace, partition("p3"))
         first = {"interface": "default", "ip": "10.0.0.1"}
         merge = json.dumps({"status": {"nodeName": "n1", "addresses": [first]}}).encode()
-        await kube.patch_encoded(PARTITION, namespace, "p3", merge)
+        await kube.patch_status_encoded(PARTITION, namespace, "p3", merge)
         moved = {"interface": "default", "ip": "10.0.0.2"}
         ops = [{"op": "replace", "path": "/status/addresses/0", "value": moved}]
-        await kube.patch_encoded(
+        await kube.patch_status_encoded(
             PARTITION, namespace, "p3", json.dumps(ops).encode(), content_type=JSON_PATCH
         )
         got = await kube.get(PARTITION, namespace, "p3")
         assert (got["status"]["nodeName"], got["status"]["addresses"]) == ("n1", [moved])
         stale = [{"op": "replace", "path": "/status/addresses/5", "value": moved}]
         with pytest.raises(ApiException) as error:
-            await kube.patch_encoded(
+            await kube.patch_status_encoded(
                 PARTITION, namespace, "p3", json.dumps(stale).encode(), content_type=JSON_PATCH
             )
         assert error.value.status == 422  # what the status writer rewrites the status on
         with pytest.raises(ApiException) as missing:
-            await kube.patch_encoded(PARTITION, namespace, "nobody", merge)
+            await kube.patch_status_encoded(PARTITION, namespace, "nobody", merge)
         assert missing.value.status == 404
 
     asyncio.run(scenario())

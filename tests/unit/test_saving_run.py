@@ -97,7 +97,7 @@ class FakeKube:
         self.status_patches.append("merge")
         return self.objects[key]
 
-    async def patch_encoded(
+    async def patch_status_encoded(
         self, ref: Any, namespace: str, name: str, payload: bytes, *, content_type: str
     ) -> None:
         key = (ref.plural, namespace, name)

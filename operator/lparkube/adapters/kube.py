@@ -186,7 +186,7 @@ class Kube:
         path = f"{KUBEVIRT_SUBRESOURCES}/namespaces/{namespace}/{ref.plural}/{name}/{verb}"
         return await self.call(self._request, method, path, body)
 
-    async def patch_encoded(
+    async def patch_status_encoded(
         self,
         ref: ResourceRef,
         namespace: str,

@@ -189,6 +189,6 @@ class StatusWriter:
 
     async def _patch(self, body: Any, content_type: str) -> None:
         payload = json.dumps(body, separators=(",", ":")).encode()
-        await self.kube.patch_encoded(
+        await self.kube.patch_status_encoded(
             self.ref, self.namespace, self.name, payload, content_type=content_type
         )
