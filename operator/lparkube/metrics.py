@@ -179,6 +179,12 @@ AGENTS_CONNECTED = Gauge(
     "Partitions whose guest agent is connected (condition AgentConnected=True).",
     registry=REGISTRY,
 )
+AGENTS_LOST = Gauge(
+    "lparkube_agents_lost",
+    "Partitions whose VM runs but whose guest agent stopped reporting (AgentConnected=False, "
+    "HeartbeatTimeout, with VMReady=True): these guests cannot be told to save.",
+    registry=REGISTRY,
+)
 TRIGGER_FIRINGS = Counter(
     "lparkube_trigger_firings",
     "SaveEvents created by triggers: ConditionProfile rules and evacuations.",

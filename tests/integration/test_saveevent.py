@@ -25,13 +25,16 @@ pytestmark = pytest.mark.usefixtures("operator")
 
 
 def test_hung_app_times_out_and_stopped_agents_fail_by_the_deadline(
-    fleet: Fleet, api_client: client.ApiClient, namespace: str
+    fleet: Fleet, api_client: client.ApiClient, namespace: str, operator: OperatorProcess
 ) -> None:
     fleet.partition("slow", "node-a", [("first", 10, 0.0), ("hang", 20, 60.0), ("peer", 20, 0.2)])
     gone = fleet.partition("gone", "node-b", [("lost", 10, 0.0)])
     dies = fleet.partition("dies", "node-b", [("late", 10, 4.0)])
     gone.stop()
     fleet.parts.wait_condition("gone", "AgentConnected", "False", timeout=15)
+    assert fleet.parts.condition("gone", "AgentConnected")["reason"] == "HeartbeatTimeout"
+    # its VM still runs: the agent counts as lost, which the chart's alert fires on
+    wait_for(lambda: metrics(operator).get("lparkube_agents_lost", 0) >= 1, "agents_lost")
 
     spec = {
         "reason": "Manual",

@@ -184,3 +184,22 @@ def test_status_patch_is_empty_when_nothing_changed() -> None:
     status = part.observed_status(partition(), VM, vmi(), T0)
     again = part.observed_status(partition(status), VM, vmi(), T0 + timedelta(minutes=1))
     assert part.status_patch(status, again) == {}
+
+
+@pytest.mark.parametrize(
+    ("vm_ready", "agent", "reason", "lost"),
+    [
+        ("True", "False", "HeartbeatTimeout", True),
+        ("True", "False", "NoHeartbeat", False),  # not started yet
+        ("False", "False", "HeartbeatTimeout", False),  # its VM is stopped
+        ("True", "True", "HeartbeatReceived", False),
+    ],
+)
+def test_an_agent_is_lost_only_when_its_running_vm_went_silent(
+    vm_ready: str, agent: str, reason: str, lost: bool
+) -> None:
+    conditions = [
+        {"type": "VMReady", "status": vm_ready, "reason": "X"},
+        {"type": "AgentConnected", "status": agent, "reason": reason},
+    ]
+    assert part.agent_lost(conditions) is lost

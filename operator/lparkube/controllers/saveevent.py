@@ -24,7 +24,7 @@ from lparkube.adapters.kube import Kube
 from lparkube.api.resource import GROUP
 from lparkube.controllers import run_config
 from lparkube.controllers.save_run import SaveRun
-from lparkube.domain import saving
+from lparkube.domain import partition_status, saving
 from lparkube.domain.conditions import is_true
 
 VERSION = "v1alpha1"
@@ -32,6 +32,7 @@ VERSION = "v1alpha1"
 
 _fallback: dict[str, Any] = {}  # clients when memo has none (a bare `kopf run`)
 _connected: set[tuple[str, str]] = set()  # Partitions whose agent is connected
+_lost: set[tuple[str, str]] = set()  # Partitions whose VM runs but whose agent went silent
 
 
 def system_namespace(memo: Any) -> str:
@@ -99,13 +100,19 @@ def _indexed(index: kopf.Index, scope: str | None) -> list[dict[str, Any]]:
 
 @kopf.on.event(GROUP, VERSION, "partitions")
 def partition_agent_count(type: str | None, body: kopf.Body, memo: Any, **_: Any) -> None:
-    """Keep the agents-connected gauge in step with every Partition's AgentConnected."""
+    """Keep the agents-connected and agents-lost gauges in step with every Partition."""
     meta = body.get("metadata") or {}
     key = (meta.get("namespace", ""), meta.get("name", ""))
-    if type == "DELETED" or not is_true(
-        (body.get("status") or {}).get("conditions"), "AgentConnected"
-    ):
-        _connected.discard(key)
-    else:
-        _connected.add(key)
+    conditions = (body.get("status") or {}).get("conditions")
+    gone = type == "DELETED"
+    _track(_connected, key, not gone and is_true(conditions, "AgentConnected"))
+    _track(_lost, key, not gone and partition_status.agent_lost(conditions))
     metrics.AGENTS_CONNECTED.set(len(_connected))
+    metrics.AGENTS_LOST.set(len(_lost))
+
+
+def _track(keys: set[tuple[str, str]], key: tuple[str, str], member: bool) -> None:
+    if member:
+        keys.add(key)
+    else:
+        keys.discard(key)

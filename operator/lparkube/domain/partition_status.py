@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from lparkube.domain.clock import parse_time
-from lparkube.domain.conditions import FALSE, TRUE, UNKNOWN, Condition, find, merge
+from lparkube.domain.conditions import FALSE, TRUE, UNKNOWN, Condition, find, is_true, merge
 from lparkube.domain.partition import agent_spec, vm_name
 
 MAX_ADDRESSES = 16
@@ -77,6 +77,17 @@ def heartbeat_deadline(agent_status: dict[str, Any] | None, timeout: float) -> d
     """When the agent counts as lost unless it reports again; None before its first report."""
     last = parse_time((agent_status or {}).get("lastHeartbeatTime"))
     return last + timedelta(seconds=timeout) if last else None
+
+
+def agent_lost(conditions: list[dict[str, Any]] | None) -> bool:
+    """Its VM runs but its agent stopped reporting: such a guest cannot be told to save.
+    (An agent not started yet, or one whose VM is stopped, is not lost.)"""
+    connected = find(conditions, AGENT_CONNECTED) or {}
+    return (
+        is_true(conditions, VM_READY)
+        and connected.get("status") == FALSE
+        and connected.get("reason") == "HeartbeatTimeout"
+    )
 
 
 def agent_connected(
