@@ -75,6 +75,11 @@ class StatusWriter:
         self._whole = not stored
         self._touch()
 
+    @property
+    def stored(self) -> bool:
+        """Whether everything set so far is on the API server."""
+        return self._stored >= self._generation
+
     def set(self, field: str, value: Any) -> None:
         self.status[field] = value
         self._dirty_fields.add(field)

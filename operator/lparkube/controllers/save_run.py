@@ -146,9 +146,8 @@ class SaveRun:
                 "deadlineTime": rfc3339(self.deadline),
                 "partitions": items,
             }
-            self.writer.load(status, stored=False)
+            self.writer.load(status, stored=False)  # written as the instructions go out
             self._index(items)
-            self.first_write = asyncio.ensure_future(self.writer.barrier())
             self._announce(items)
         else:
             self.writer.load(self.stored, stored=True)
@@ -205,6 +204,8 @@ class SaveRun:
             self.keys = await agent_keys.load_keys(self.kube, wanted)
         except ApiException as error:  # each partition then reads its own key
             self.logger.warning("Listing agent key Secrets failed: %s", error.reason)
+        if not self.writer.stored:  # first run: the Instructed list goes out with them
+            self.first_write = asyncio.ensure_future(self.writer.barrier())
         work = [
             asyncio.create_task(self._save_partition(t), name=f"save {t.ref}")
             for t in targets.values()
