@@ -165,6 +165,8 @@ class FakeAgents:
             raise AgentError("unreachable", "connection refused")
         if mode == "reject":
             raise AgentError("rejected", "bad-signature")
+        if mode == "defect":
+            raise TypeError("save() got an unexpected keyword argument")
         apps = [
             {"name": "db", "priority": 1, "order": 1, "method": "Signal", "outcome": "Saved"},
             {"name": "ui", "priority": 5, "order": 2, "method": "HTTP", "outcome": "Saved"},
@@ -353,6 +355,19 @@ def test_rejected_instruction_fails_the_partition(events: list) -> None:
     assert by_name(status)["p"]["outcome"] == "Failed"
     assert "rejected" in by_name(status)["p"]["message"]
     assert by_name(status)["ghost"]["outcome"] == "Failed"
+
+
+def test_a_defect_fails_its_partition_at_once_instead_of_retrying(events: list) -> None:
+    kube = FakeKube()
+    for name in ("p", "q"):
+        add_partition(kube, name)
+    add_save_event(kube, {"targets": {"all": True}, "deadline": "10m"})
+    agents = FakeAgents(kube, {"p": "defect"})
+    status = run(kube, agents)
+    assert by_name(status)["p"]["outcome"] == "Failed"
+    assert "internal error: TypeError" in by_name(status)["p"]["message"]
+    assert by_name(status)["q"]["outcome"] == "Succeeded"
+    assert [p for p, _ in agents.calls].count("tenant/p") == 1
 
 
 def test_all_namespaces_refused_outside_the_system_namespace(events: list) -> None:

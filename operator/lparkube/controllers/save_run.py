@@ -18,8 +18,10 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
+import aiohttp
 import kopf
 from kubernetes.client.exceptions import ApiException
+from urllib3.exceptions import HTTPError
 
 from lparkube import metrics
 from lparkube.adapters import agent_keys
@@ -242,15 +244,21 @@ class SaveRun:
             self._record_final(item)
 
     async def _save_partition(self, target: saving.Target) -> None:
-        """Save one partition; unexpected errors (API server hiccups) are retried until the
-        deadline cancels the task, rather than failing a partition that may still save."""
+        """Save one partition. API server and network hiccups are retried until the deadline
+        cancels the task, rather than failing a partition that may still save; any other
+        error is a defect, and fails the partition at once with what it was."""
         while True:
             try:
                 await self._save_partition_once(target)
                 return
-            except Exception:
+            except (ApiException, HTTPError, OSError, aiohttp.ClientError):
                 self.logger.exception("Saving %s failed; retrying", target.ref)
                 await asyncio.sleep(RETRY_PAUSES[-1])
+            except Exception as error:
+                self.logger.exception("Saving %s failed", target.ref)
+                message = f"internal error: {type(error).__name__}: {error}"
+                self._finish(target.key, saving.FAILED, message, utcnow())
+                return
 
     async def _save_partition_once(self, target: saving.Target) -> None:
         key = target.key
