@@ -204,7 +204,17 @@ class Kube:
         path = f"/apis/{ref.group}/{ref.version}/namespaces/{namespace}/{ref.plural}/{name}/status"
         await self.call(self._send, "PATCH", path, payload, content_type)
 
-    def _send(self, method: str, path: str, payload: bytes, content_type: str) -> None:
+    def _send(
+        self,
+        method: str,
+        path: str,
+        payload: bytes | None,
+        content_type: str,
+        *,
+        read: bool = False,
+    ) -> bytes:
+        """One raw API request with a body the caller encoded; the answer's bytes when
+        ``read``, else it is drained unparsed. Non-2xx answers raise ApiException."""
         api = self.api_client
         method, url, headers, _, _ = api.param_serialize(
             method,
@@ -220,22 +230,15 @@ class Kube:
                 answer = RESTResponse(response)
                 answer.read()
                 raise ApiException(http_resp=answer)
+            if read:
+                return response.read()
             response.drain_conn()
+            return b""
         finally:
             response.release_conn()
 
     def _request(self, method: str, path: str, body: Any) -> Any:
-        """One raw API request (the client's generated APIs do not know KubeVirt's paths)."""
-        api = self.api_client
-        method, url, headers, body, _ = api.param_serialize(
-            method,
-            path,
-            header_params={"Accept": "application/json", "Content-Type": "application/json"},
-            body=body,
-            auth_settings=["BearerToken"],
-        )
-        response = api.call_api(method, url, headers, body)
-        response.read()
-        if not 200 <= response.status < 300:
-            raise ApiException(http_resp=response)
-        return json.loads(response.data) if response.data else None
+        """One raw JSON request (the client's generated APIs do not know KubeVirt's paths)."""
+        payload = None if body is None else json.dumps(body).encode()
+        data = self._send(method, path, payload, "application/json", read=True)
+        return json.loads(data) if data else None
