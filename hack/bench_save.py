@@ -15,8 +15,8 @@ On a local control plane (started here, or ``--kubeconfig``), for each size N:
   watch seeing ``Complete=True``.
 * **floor**: a bare async client (aiohttp only) does the same work on its own SaveEvent in
   the same run: with the Partitions known beforehand (the operator has them in its watch
-  cache), list the key Secrets, write every partition ``Instructed`` while it makes the N
-  signed agent calls with the same concurrency, write the results.
+  cache), list the key Secrets, make the N signed agent calls with the same concurrency, then
+  write the results (as the operator does, writing nothing until the instructions are out).
 
 Per-partition instruction latency is measured by the agents: first receipt of the save
 instruction minus the SaveEvent's creation. Each size starts with one unreported run of each
@@ -428,8 +428,8 @@ async def floor_run(
     """The same HTTP calls and status writes, made by a bare client with no framework.
 
     Like the operator, it knows the Partitions before the SaveEvent exists (the operator from
-    its watch cache), lists the key Secrets, and writes every partition ``Instructed`` while
-    it sends the instructions.
+    its watch cache), lists the key Secrets, sends the instructions, and writes the status
+    once they are out (here, with every result in).
     """
     items = (await api.request("GET", partitions_path(namespace)))["items"]  # the cache
     created, began = await create_save_event(api, floor_ns, name)
@@ -447,16 +447,12 @@ async def floor_run(
          "outcome": "Instructed", "instructedTime": now}
         for p in items
     ]  # fmt: skip
-    instructed = asyncio.ensure_future(
-        api.merge(status_path, {"status": {"startTime": now, "partitions": entries}})
-    )
     instruction = {"id": uid, "reason": "Power", "applicationTimeoutSeconds": 30,
                    "deadline": stamp(time.time() + 300), "waitSeconds": 0.25}  # fmt: skip
     answers = await bounded(
         CONCURRENCY,
         [signed_save(api.agents, p, key, instruction) for p, key in zip(items, keys, strict=True)],
     )
-    await instructed
     done = stamp()
     for entry, answer in zip(entries, answers, strict=True):
         entry.update(outcome="Succeeded", completionTime=done, applications=answer["applications"])
@@ -464,10 +460,11 @@ async def floor_run(
     condition = {"type": "Complete", "status": "True", "reason": "Succeeded", "message": "",
                  "lastTransitionTime": done}  # fmt: skip
     final = {"partitions": entries, "summary": summary, "conditions": [condition]}
-    await api.merge(status_path, {"status": {**final, "completionTime": done}})
+    status = {"startTime": now, **final, "completionTime": done}
+    await api.merge(status_path, {"status": status})
     ended = time.time()
     receipts = agents.receipts(uid)
-    return Result(ended - began, [t - began for t in receipts.values()], size, 2)
+    return Result(ended - began, [t - began for t in receipts.values()], size, 1)
 
 
 async def signed_save(

@@ -72,6 +72,7 @@ class FakeKube:
         self.api_client = SimpleNamespace(sanitize_for_serialization=lambda x: x)
 
     async def call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        await asyncio.sleep(0.001)  # the real one waits for a thread, and other tasks run
         return fn(*args, **kwargs)
 
     async def list(self, ref: Any, namespace: str | None = None, label_selector: str = "") -> list:
@@ -161,6 +162,8 @@ class FakeAgents:
         mode = self.modes.get(target.partition.split("/")[1], "ok")
         if mode == "hang":
             await asyncio.sleep(3600)
+        if mode == "slow":  # answers its instruction late, as an agent behind a slow link
+            await asyncio.sleep(1.5)
         if mode == "refuse":
             raise AgentError("unreachable", "connection refused")
         if mode == "reject":
@@ -423,3 +426,37 @@ def test_many_partitions_coalesce_status_writes(events: list) -> None:
     assert len(kube.status_patches) <= 3  # the first (Instructed), maybe one more, the last
     assert kube.secret_lists == 1  # keys by one list, not 300 reads
     assert events[0][0] == "Instructed" and len(events) == 2  # summaries only
+
+
+def test_results_and_status_wait_until_every_instruction_is_out(events: list) -> None:
+    """A fast partition's result is recorded only once the slow one has its instruction, with
+    the time it arrived; no status is written while instructions are still going out."""
+    kube = FakeKube()
+    for name in ("fast", "slow", *(f"p{i}" for i in range(8))):  # enough to list the keys
+        add_partition(kube, name)
+    add_save_event(kube, {"targets": {"all": True}})
+    agents = FakeAgents(kube, {"slow": "slow"})
+    answered: list[str] = []
+    written_after: list[list[str]] = []
+    save, patch = agents.save, kube.patch_status_encoded
+
+    async def save_and_note(target: AgentTarget, *args: Any, **kwargs: Any) -> dict:
+        result = await save(target, *args, **kwargs)
+        answered.append(target.partition)
+        return result
+
+    async def patch_and_note(*args: Any, **kwargs: Any) -> None:
+        written_after.append(list(answered))
+        await patch(*args, **kwargs)
+
+    agents.save = save_and_note  # type: ignore[method-assign]
+    kube.patch_status_encoded = patch_and_note  # type: ignore[method-assign]
+    began = datetime.now(UTC)
+    status = run(kube, agents)
+    assert written_after and all("tenant/slow" in seen for seen in written_after)
+    fast, slow = by_name(status)["fast"], by_name(status)["slow"]
+    assert fast["outcome"] == slow["outcome"] == "Succeeded"
+    # the fast result keeps the second it arrived in (timestamps have whole seconds), not
+    # the one it was recorded in, 1.5 s later
+    assert saving.parse_time(fast["completionTime"]) < began + timedelta(seconds=0.5)
+    assert kube.secret_lists == 1

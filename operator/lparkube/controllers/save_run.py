@@ -1,16 +1,19 @@
 """One SaveEvent's run: targets, the fan-out to the agents, results, deadline, completion.
 
 The run starts from the SaveEvent's status, so the same code serves a first run and a resume
-after a restart: the first run writes every target ``Instructed`` while it sends (not before:
-that write of the whole list would delay every instruction), a resumed run re-sends the same
-instruction (same id) only to partitions without a final outcome, and the agent, idempotent by
-id and journaled across its own restarts, attaches instead of saving again. A crash before the
-first write leaves no list, so the next run is a first run again, with the same id.
+after a restart: a resumed run re-sends the same instruction (same id) only to partitions
+without a final outcome, and the agent, idempotent by id and journaled across its own restarts,
+attaches instead of saving again. A crash before the first status write leaves no list, so the
+next run is a first run again, with the same id.
+
+Instructions go first (``instructions_first``): until every target's agent has answered its
+instruction, or ``HOLD_SECONDS`` passed, results are held and no status is written.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -34,6 +37,7 @@ from lparkube.adapters.guest_agent import (
 )
 from lparkube.adapters.kube import PARTITION, SAVE_EVENT, Kube
 from lparkube.adapters.status_writer import StatusWriter
+from lparkube.controllers.instructions_first import InstructionsFirst
 from lparkube.controllers.save_extras import PodHooks, Snapshots, deadline_request
 from lparkube.domain import saving
 from lparkube.domain.clock import rfc3339, utcnow
@@ -44,6 +48,7 @@ FIRST_WAIT_SECONDS = 0.25  # a save done by then is answered at once; else a 202
 MAX_PER_PARTITION_EVENTS = 20  # above this many targets, Events are summaries only
 AGENT_WAIT_SECONDS = 3  # an agent answers at least this often, with the apps saved so far
 RETRY_PAUSES = (0.5, 1.0, 2.0, 5.0)
+HOLD_SECONDS = 2.0  # results and status wait at most this long for the instructions to go out
 
 
 class SaveRun:
@@ -83,7 +88,7 @@ class SaveRun:
         # labelled once: a thousand results must not each look their series up
         self.fanout_latency = metrics.SAVE_FANOUT_LATENCY.labels(reason=self.reason)
         self.save_duration = metrics.SAVE_DURATION.labels(reason=self.reason)
-        self.first_write: asyncio.Future | None = None
+        self.instructing = InstructionsFirst()
         self.budget = saving.entry_budget(1)
         # Partitions from a cache (the controller's index), by namespace or all (None);
         # without one, the run lists them.
@@ -101,14 +106,18 @@ class SaveRun:
         targets = await self._start()
         if targets is None:
             return
-        writing = asyncio.create_task(self.writer.run(), name=f"status of {self.name}")
+        self.instructing.start(targets)  # before the writer, which waits for it
+        writing = asyncio.create_task(self._write_status(), name=f"status of {self.name}")
         try:
             await self._save_all(targets)
-            if self.first_write is not None:  # a failed first write is retried by `writing`
-                await asyncio.gather(self.first_write, return_exceptions=True)
             await self._complete()
         finally:
             writing.cancel()
+
+    async def _write_status(self) -> None:
+        """Write status as it changes, once the instructions are out."""
+        await self.instructing.release(HOLD_SECONDS)
+        await self.writer.run()
 
     async def _refuse(self, message: str) -> None:
         conditions = merge(
@@ -206,8 +215,6 @@ class SaveRun:
             self.keys = await agent_keys.load_keys(self.kube, wanted)
         except ApiException as error:  # each partition then reads its own key
             self.logger.warning("Listing agent key Secrets failed: %s", error.reason)
-        if not self.writer.stored:  # first run: the Instructed list goes out with them
-            self.first_write = asyncio.ensure_future(self.writer.barrier())
         work = [
             asyncio.create_task(self._save_partition(t), name=f"save {t.ref}")
             for t in targets.values()
@@ -227,6 +234,7 @@ class SaveRun:
             for task in late:
                 task.cancel()
             await asyncio.gather(*work, return_exceptions=True)
+        self.instructing.flush()
         await self._deadline_passed(targets)
 
     async def _deadline_passed(self, targets: dict[tuple[str, str], saving.Target]) -> None:
@@ -253,12 +261,14 @@ class SaveRun:
                 return
             except (ApiException, HTTPError, OSError, aiohttp.ClientError):
                 self.logger.exception("Saving %s failed; retrying", target.ref)
-                await asyncio.sleep(RETRY_PAUSES[-1])
             except Exception as error:
                 self.logger.exception("Saving %s failed", target.ref)
                 message = f"internal error: {type(error).__name__}: {error}"
                 self._finish(target.key, saving.FAILED, message, utcnow())
                 return
+            finally:  # however it went, it no longer holds up the others' status
+                self.instructing.answered(target.key)
+            await asyncio.sleep(RETRY_PAUSES[-1])
 
     async def _save_partition_once(self, target: saving.Target) -> None:
         key = target.key
@@ -284,11 +294,16 @@ class SaveRun:
         result = await self._call_until_answered(target, agent)
         if result is None:
             return
-        item = self._set(key, saving.with_agent_result(self._item(key), result, utcnow()))
         self.save_duration.observe(time.monotonic() - sent)
-        self._record_final(item)
-        if item["outcome"] == saving.SUCCEEDED and self.snapshots.wanted:
-            await self.snapshots.take(target)
+        self.instructing.after(functools.partial(self._record_result, key, result, utcnow()))
+        self.instructing.answered(key)
+        if self.snapshots.wanted:
+            await self.instructing.out.wait()
+            if self._item(key).get("outcome") == saving.SUCCEEDED:
+                await self.snapshots.take(target)
+
+    def _record_result(self, key: tuple[str, str], result: dict[str, Any], now: datetime) -> None:
+        self._record_final(self._set(key, saving.with_agent_result(self._item(key), result, now)))
 
     async def _call_until_answered(
         self, target: saving.Target, agent: AgentTarget
@@ -311,6 +326,7 @@ class SaveRun:
                     first_wait=FIRST_WAIT_SECONDS,
                 )
             except AgentError as error:
+                self.instructing.answered(target.key)
                 if error.reason not in ("unreachable", "timeout"):
                     self._finish(target.key, saving.FAILED, f"agent {error.reason}: {error}", now)
                     return None
@@ -327,6 +343,7 @@ class SaveRun:
 
     def _progress(self, target: saving.Target, partial: dict[str, Any]) -> None:
         """A running save's applications so far, so status shows progress, not just the end."""
+        self.instructing.answered(target.key)
         item = self._item(target.key)
         updated = saving.with_agent_result(item, {**partial, "state": "Running"}, utcnow())
         if not saving.is_final(item) and updated != item:

@@ -196,8 +196,7 @@ STATUS = obj(
             "Results per partition (at most 1500 targets per SaveEvent).",
             PARTITION_RESULT,
             max_items=1500,
-            map_keys=["namespace", "name"],
-        ),
+        ),  # atomic, not a map list: one writer, and per-entry managedFields would double it
         "pods": array(
             "Results per pod save hook.", POD_RESULT, max_items=1000, map_keys=["namespace", "name"]
         ),
