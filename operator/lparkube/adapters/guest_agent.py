@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -77,7 +76,6 @@ class AgentClient:
         *,
         timeout: float,
         on_progress: Callable[[dict], None] | None = None,
-        gate: asyncio.Semaphore | None = None,
         first_wait: float | None = None,
     ) -> dict:
         """Instruct a save and wait for its final result (200) for at most ``timeout`` seconds.
@@ -85,9 +83,9 @@ class AgentClient:
         While the agent answers 202 (still saving) the same instruction is sent again with a
         fresh nonce; the agent attaches to the running save by its id and never saves twice.
         Each 202's partial result (the applications done so far) goes to ``on_progress``.
-        Only the first request (the instruction itself) passes ``gate`` and waits at most
-        ``first_wait`` for the result, so slow applications in one guest hold no slot that
-        another guest's instruction needs; the long polls after it are not gated.
+        The first request (the instruction itself) waits at most ``first_wait`` for the
+        result, so a caller limiting instructions in flight gets its answer, and the slot,
+        back soon even from a guest whose applications take long.
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
@@ -104,8 +102,7 @@ class AgentClient:
             if first and first_wait is not None:
                 body["waitSeconds"] = min(body["waitSeconds"], first_wait)
             payload = json.dumps(body).encode()
-            async with gate if first and gate is not None else contextlib.nullcontext():
-                status, result = await self._call(target, "POST", SAVE_PATH, payload, remaining)
+            status, result = await self._call(target, "POST", SAVE_PATH, payload, remaining)
             first = False
             if status == 200:
                 return result

@@ -82,13 +82,12 @@ class SaveRun:
             on_write=metrics.SAVE_STATUS_WRITES.inc,
         )
         self.index: dict[tuple[str, str], int] = {}
-        self.slots = asyncio.Semaphore(MAX_CONCURRENT_INSTRUCTIONS)
         self.keys: dict[tuple[str, str], bytes] = {}
         self.few = True
         # labelled once: a thousand results must not each look their series up
         self.fanout_latency = metrics.SAVE_FANOUT_LATENCY.labels(reason=self.reason)
         self.save_duration = metrics.SAVE_DURATION.labels(reason=self.reason)
-        self.instructing = InstructionsFirst()
+        self.instructing = InstructionsFirst(MAX_CONCURRENT_INSTRUCTIONS)
         self.budget = saving.entry_budget(1)
         # Partitions from a cache (the controller's index), by namespace or all (None);
         # without one, the run lists them.
@@ -215,10 +214,10 @@ class SaveRun:
             self.keys = await agent_keys.load_keys(self.kube, wanted)
         except ApiException as error:  # each partition then reads its own key
             self.logger.warning("Listing agent key Secrets failed: %s", error.reason)
-        work = [
-            asyncio.create_task(self._save_partition(t), name=f"save {t.ref}")
-            for t in targets.values()
-        ]
+        instructing = self.instructing.launch(
+            targets, lambda key: self._save_partition(targets[key])
+        )
+        work = [asyncio.create_task(instructing, name="instructing")]
         saved_before = [
             key
             for key in self.index
@@ -229,11 +228,10 @@ class SaveRun:
             request = deadline_request(self.uid, self.reason, self.deadline)
             work.append(asyncio.create_task(self.pods.call_all(request), name="pod save hooks"))
         remaining = (self.deadline - utcnow()).total_seconds()
-        if work:
-            _, late = await asyncio.wait(work, timeout=max(0.0, remaining))
-            for task in late:
-                task.cancel()
-            await asyncio.gather(*work, return_exceptions=True)
+        _, late = await asyncio.wait(work, timeout=max(0.0, remaining))
+        for task in [*late, *self.instructing.tasks]:
+            task.cancel()
+        await asyncio.gather(*work, *self.instructing.tasks, return_exceptions=True)
         self.instructing.flush()
         await self._deadline_passed(targets)
 
@@ -322,7 +320,6 @@ class SaveRun:
                     body,
                     timeout=timeout,
                     on_progress=lambda r: self._progress(target, r),
-                    gate=self.slots,
                     first_wait=FIRST_WAIT_SECONDS,
                 )
             except AgentError as error:
