@@ -1,7 +1,8 @@
 """``lparkube-dev``: the project's local environment (control plane, KubeVirt stand-in, operator).
 
 Subcommands:
-  up             control plane + CRDs + KubeVirt stand-in + operator + examples, in the foreground
+  up             control plane + CRDs + KubeVirt stand-in + operator + examples + demo guests
+                 (a real agent and app per example Partition), in the foreground
   control-plane  just the control plane, in the foreground
   kubeconfig     print the path of the admin kubeconfig of the running environment
 """
@@ -22,6 +23,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import IO, Any
 
+import yaml
 from kubernetes import client, config
 
 from lparkube_devenv.controlplane import (
@@ -34,7 +36,8 @@ from lparkube_devenv.controlplane import (
     install_crds,
     spawn,
 )
-from lparkube_devenv.kubevirt import StandIn
+from lparkube_devenv.guests import DemoGuests
+from lparkube_devenv.kubevirt import Settings, StandIn
 
 RUN_DIR = REPO_ROOT / ".run"
 CRD_DIR = REPO_ROOT / "crds"
@@ -42,7 +45,13 @@ EXAMPLES_DIR = REPO_ROOT / "examples"
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 OPERATOR_NAMESPACE = "lparkube-system"  # where the Helm chart runs the operator (its Lease)
 # Loopback only: a developer machine should not expose probes and metrics to its network.
-OPERATOR_ADDRESSES = ("--health-address", "127.0.0.1:8080", "--metrics-address", "127.0.0.1:9090")
+GATEWAY = "127.0.0.1:8081"  # where the demo guests' agents report
+OPERATOR_ADDRESSES = (
+    "--health-address", "127.0.0.1:8080", "--metrics-address", "127.0.0.1:9090",
+    "--agent-gateway-address", GATEWAY, "--agent-gateway-url", f"http://{GATEWAY}",
+)  # fmt: skip
+DEMO_POD_NETWORK = "127.77.0.0/16"  # VMI addresses a local demo agent can listen on
+AGENTS_TIMEOUT = 60.0  # how long the example SaveEvents wait for the demo guests' agents
 
 
 class Shutdown(BaseException):  # like KeyboardInterrupt: not caught by `except Exception`
@@ -111,10 +120,14 @@ def start_control_plane(stack: ExitStack, workdir: Path) -> LocalControlPlane:
 
 
 def start_stand_in(stack: ExitStack, plane: LocalControlPlane, workdir: Path) -> StandIn:
-    """Start the KubeVirt stand-in; it is stopped when the stack unwinds."""
+    """Start the KubeVirt stand-in; it is stopped when the stack unwinds. Its VMIs get
+    loopback addresses, so the demo guests' agents can listen on them."""
     say("starting the KubeVirt stand-in")
     stand_in = StandIn(
-        kubeconfig=plane.kubeconfig, workdir=workdir, front_proxy_ca=plane.front_proxy_ca
+        kubeconfig=plane.kubeconfig,
+        workdir=workdir,
+        front_proxy_ca=plane.front_proxy_ca,
+        settings=Settings(pod_network=DEMO_POD_NETWORK),
     )
     stack.callback(stand_in.stop)
     stand_in.start()
@@ -137,16 +150,47 @@ def start_operator(stack: ExitStack, kubeconfig: Path) -> Process:
     return operator
 
 
-def apply_examples(kubectl: str, kubeconfig: Path) -> None:
-    """``kubectl apply`` every example; a failure is reported, not fatal."""
-    if not any(EXAMPLES_DIR.glob("*.y*ml")):
-        say("no examples to apply")
+def apply_examples(kubectl: str, kubeconfig: Path, files: list[Path]) -> None:
+    """``kubectl apply`` the example files; a failure is reported, not fatal."""
+    if not files:
         return
-    argv = [kubectl, "--kubeconfig", str(kubeconfig), "apply", "-f", str(EXAMPLES_DIR)]
+    argv = [kubectl, "--kubeconfig", str(kubeconfig), "apply"]
+    argv += [arg for path in files for arg in ("-f", str(path))]
     result = subprocess.run(argv, capture_output=True, text=True, check=False)
     sys.stderr.write(result.stdout)
     if result.returncode != 0:
         say(f"WARNING: applying examples/ failed (exit {result.returncode}):\n{result.stderr}")
+
+
+def split_examples(directory: Path) -> tuple[list[Path], list[Path]]:
+    """The example files, SaveEvents last: they save what the guests run, so they go in
+    once the demo guests' agents are connected."""
+    files = sorted(directory.glob("*.y*ml"))
+    saves = [f for f in files if {d.get("kind") for d in _documents(f)} == {"SaveEvent"}]
+    return [f for f in files if f not in saves], saves
+
+
+def _documents(path: Path) -> list[dict]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if isinstance(d, dict)]
+
+
+def wait_for_agents(api_client: client.ApiClient, timeout: float) -> list[str]:
+    """Wait until every Partition's agent is connected; the names still waiting after it."""
+    custom = client.CustomObjectsApi(api_client)
+    deadline = time.monotonic() + timeout
+    while True:
+        items = custom.list_cluster_custom_object("lparkube.io", "v1alpha1", "partitions")["items"]
+        waiting = [
+            f"{p['metadata']['namespace']}/{p['metadata']['name']}"
+            for p in items
+            if not any(
+                c.get("type") == "AgentConnected" and c.get("status") == "True"
+                for c in (p.get("status") or {}).get("conditions") or []
+            )
+        ]
+        if not waiting or time.monotonic() > deadline:
+            return waiting
+        time.sleep(1)
 
 
 def usage(plane: LocalControlPlane) -> str:
@@ -212,7 +256,15 @@ def _start_project(stack: ExitStack, plane: LocalControlPlane, workdir: Path) ->
     say(f"installed {len(names)} CRDs from crds/: {', '.join(names) or '(none)'}")
     start_stand_in(stack, plane, workdir / "kubevirt")
     operator = start_operator(stack, plane.kubeconfig)
-    apply_examples(find_tool("kubectl", plane.bin_dir), plane.kubeconfig)
+    kubectl = find_tool("kubectl", plane.bin_dir)
+    first, saves = split_examples(EXAMPLES_DIR)
+    apply_examples(kubectl, plane.kubeconfig, first)
+    say(f"demo guests: an agent and an app per running Partition, under {workdir / 'guests'}")
+    api_client = stack.enter_context(config.new_client_from_config(str(plane.kubeconfig)))
+    stack.callback(DemoGuests(api_client, workdir / "guests").start().stop)
+    if waiting := wait_for_agents(api_client, AGENTS_TIMEOUT):
+        say(f"WARNING: no agent connected for {', '.join(waiting)}; applying SaveEvents anyway")
+    apply_examples(kubectl, plane.kubeconfig, saves)
     return operator
 
 

@@ -53,6 +53,16 @@ def test_vm_reaches_running_through_every_phase() -> None:
     assert "Started" in kube.events
 
 
+def test_vmi_addresses_come_from_the_configured_pod_network() -> None:
+    """make run hands out loopback addresses, so a local demo agent can listen on them."""
+    kube = cluster("node-a")
+    add_vm(kube, "vm")
+    controller = Controller(kube, Settings(pod_network="127.77.0.0/16"))  # type: ignore[arg-type]
+    passes(controller, 6)
+    address = kube.get(VMI.path("ns", "vm"))["status"]["interfaces"][0]["ipAddress"]
+    assert address.startswith("127.77.")
+
+
 def test_second_vm_goes_to_the_less_loaded_node() -> None:
     kube = cluster("node-a", "node-b")
     controller = Controller(kube, Settings())  # type: ignore[arg-type]

@@ -12,12 +12,13 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from ipaddress import IPv4Network, IPv6Network, ip_network
 
 from kubernetes.client import ApiException
 
 from . import migration, nodes, snapshots, vm, vmi
 from .api import RESTORE, SNAPSHOT, VM, VMI, VMIM, Kube, key, log
-from .logic import dig, is_final
+from .logic import POD_NETWORK, dig, is_final
 
 
 @dataclass
@@ -30,6 +31,7 @@ class Settings:
     default_eviction_strategy: str = "None"  # KubeVirt CR spec.configuration.evictionStrategy
     migration_timeout: float = 60.0  # a migration without a target node fails after this
     require_pvcs: bool = True  # VMIs wait (ErrorPvcNotFound) until their PVCs exist
+    pod_network: str = str(POD_NETWORK)  # where VMI addresses come from (make run: loopback)
 
 
 @dataclass
@@ -43,6 +45,7 @@ class World:
     snapshots: list[dict] = field(default_factory=list)
     restores: list[dict] = field(default_factory=list)
     pvcs: dict[tuple[str, str], dict] = field(default_factory=dict)
+    pod_network: IPv4Network | IPv6Network = POD_NETWORK
 
     def load(self) -> Counter:
         """Live VMIs per node, for least-loaded placement."""
@@ -121,6 +124,7 @@ class Controller:
             snapshots=items(SNAPSHOT.path()),
             restores=items(RESTORE.path()),
             pvcs={key(o): o for o in items("/api/v1/persistentvolumeclaims")},
+            pod_network=ip_network(self.settings.pod_network),
         )
 
     def _guard(self, step, world: World, obj: dict | None) -> None:

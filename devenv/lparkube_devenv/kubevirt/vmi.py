@@ -171,7 +171,8 @@ def pod_ip(world: World, vmi: dict) -> str:
     for iface in dig(vmi, "status", "interfaces", default=[]) or []:
         if isinstance(iface, dict) and iface.get("ipAddress"):
             return iface["ipAddress"]
-    return allocate_ip(str(dig(vmi, "metadata", "uid", default="")), world.used_ips())
+    uid = str(dig(vmi, "metadata", "uid", default=""))
+    return allocate_ip(uid, world.used_ips(), world.pod_network)
 
 
 def interfaces(world: World, vmi: dict) -> list[dict]:

@@ -1,0 +1,51 @@
+"""make run's demo guests: a real agent and app for a running Partition, and a save of it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from kubernetes import client
+from partition_helpers import Partitions, partition_manifest, wait_for
+from saving_helpers import GROUP, VERSION, condition, results, wait_complete
+
+from lparkube_agent.testing import lines
+from lparkube_devenv.controlplane import free_port
+from lparkube_devenv.guests import APP, DemoGuests
+from lparkube_devenv.kubevirt import StandIn
+
+pytestmark = pytest.mark.usefixtures("operator")
+
+
+def test_demo_guests_boot_an_agent_and_app_that_a_save_event_reaches(
+    api_client: client.ApiClient, kubevirt: StandIn, namespace: str, tmp_path: Path
+) -> None:
+    parts = Partitions(api_client, kubevirt, namespace)
+    parts.create(partition_manifest("demo", "127.0.70.2", free_port()))
+    parts.wait_condition("demo", "VMReady", "True")
+    guests = DemoGuests(api_client, tmp_path / "guests", namespace=namespace)
+    try:
+        booted = wait_for(guests.boot_pending, "a demo guest for the running Partition")
+        assert booted == [f"{namespace}/demo"]
+        wait_for(
+            lambda: (
+                parts.condition("demo", "AgentConnected").get("status") == "True"
+                and parts.status("demo")["agent"].get("applications") == 1
+            ),
+            "the demo agent connected with its app",
+        )
+        assert guests.boot_pending() == []  # one guest per Partition, not one per pass
+        body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "SaveEvent",
+                "metadata": {"name": "demo-save"},
+                "spec": {"reason": "Manual", "targets": {"partitions": ["demo"]}}}  # fmt: skip
+        client.CustomObjectsApi(api_client).create_namespaced_custom_object(
+            GROUP, VERSION, namespace, "saveevents", body
+        )
+        saved = wait_complete(api_client, namespace, "demo-save")
+        assert condition(saved, "Complete")["reason"] == "Succeeded"
+        assert results(saved, namespace)["demo"]["applications"][0]["name"] == APP
+        saves = tmp_path / "guests" / namespace / "demo" / "saves"
+        assert [name for name, _ in wait_for(lambda: lines(saves), "the app's save")] == [APP]
+    finally:
+        guests.stop()
+    assert not guests.running
