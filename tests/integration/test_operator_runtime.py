@@ -52,6 +52,8 @@ class Replica:
             "--kubeconfig", str(kubeconfig),
             "--health-address", self.health.removeprefix("http://"),
             "--metrics-address", self.metrics.removeprefix("http://"),
+            # its own port: a `make run` on this machine already holds the default :8081
+            "--agent-gateway-address", f"127.0.0.1:{free_port()}",
             "--lease-namespace", lease_namespace,
             "--identity", identity,
         ]  # fmt: skip
