@@ -264,7 +264,7 @@ class SaveRun:
                 message = f"internal error: {type(error).__name__}: {error}"
                 self._finish(target.key, saving.FAILED, message, utcnow())
                 return
-            finally:  # however it went, it no longer holds up the others' status
+            finally:  # however it went, its slot and the held status are free for the others
                 self.instructing.answered(target.key)
             await asyncio.sleep(RETRY_PAUSES[-1])
 
