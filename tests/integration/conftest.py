@@ -131,6 +131,15 @@ class OperatorProcess:
     def log_tail(self, chars: int = 6000) -> str:
         return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
 
+    def log_size(self) -> int:
+        """Where the log ends now: ``log_since`` it reads what one test made the operator say."""
+        return self.log_path.stat().st_size if self.log_path.exists() else 0
+
+    def log_since(self, offset: int) -> str:
+        with self.log_path.open("rb") as log:
+            log.seek(offset)
+            return log.read().decode(errors="replace")
+
 
 @pytest.fixture(scope="session")
 def operator(

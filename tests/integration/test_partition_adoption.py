@@ -1,5 +1,6 @@
-"""Adopting an existing VM: a plain owner reference, the key disk, a real agent; deleting the
-Partition hands the VM back untouched instead of deleting it."""
+"""Adopting an existing VM: the adopted-by annotation (no owner reference, so the garbage
+collector never takes it), the key disk, a real agent; deleting the Partition hands the VM back
+untouched instead of deleting it. A VM belongs to at most one Partition."""
 
 from __future__ import annotations
 
@@ -41,26 +42,22 @@ def volume_names(vm: dict) -> list[str]:
     return [v["name"] for v in vm["spec"]["template"]["spec"]["volumes"]]
 
 
+ADOPTED_BY = "lparkube.io/adopted-by"
+
+
+def adopter(parts: Partitions, vm_name: str) -> str | None:
+    return ((parts.vm(vm_name) or {}).get("metadata", {}).get("annotations") or {}).get(ADOPTED_BY)
+
+
 def test_adopt_then_release(parts: Partitions, guest_agent) -> None:
     ip, port = "127.0.0.31", free_port()
     create_vm(parts, "db-1", ip)
     vmi_uid = wait_for(lambda: (parts.vmi("db-1") or {}).get("metadata", {}).get("uid"), "VMI")
-    created = parts.create(adopting("db", "db-1", port))
-    uid = created["metadata"]["uid"]
+    parts.create(adopting("db", "db-1", port))
 
-    def adopted() -> dict | None:
-        vm = parts.vm("db-1") or {}
-        refs = vm.get("metadata", {}).get("ownerReferences") or []
-        return vm if any(r["uid"] == uid for r in refs) else None
-
-    vm = wait_for(adopted, "the Partition among the VM's owners")
-    (ref,) = vm["metadata"]["ownerReferences"]
-    assert ref == {
-        "apiVersion": "lparkube.io/v1alpha1",
-        "kind": "Partition",
-        "name": "db",
-        "uid": uid,
-    }
+    wait_for(lambda: adopter(parts, "db-1") == "db", "the VM annotated as the Partition's")
+    vm = parts.vm("db-1")
+    assert not vm["metadata"].get("ownerReferences"), "no owner reference: GC never takes it"
     assert volume_names(vm) == ["root", "lparkube-agent"]
 
     status = parts.wait_condition("db", "VMReady", "True")
@@ -74,7 +71,7 @@ def test_adopt_then_release(parts: Partitions, guest_agent) -> None:
     wait_for(lambda: parts.get("db") is None, "the Partition gone")
     vm = parts.vm("db-1")
     assert vm is not None, "an adopted VM is never deleted"
-    assert vm["metadata"].get("ownerReferences") is None
+    assert ADOPTED_BY not in (vm["metadata"].get("annotations") or {})
     assert volume_names(vm) == ["root"]
     assert parts.vmi("db-1")["metadata"]["uid"] == vmi_uid, "the running guest was not disturbed"
     wait_for(lambda: parts.secret("db-agent-key") is None, "the key Secret gone")
@@ -88,5 +85,107 @@ def test_a_vm_that_appears_later_is_adopted(parts: Partitions) -> None:
 
     create_vm(parts, "late-vm", "127.0.0.32")
     parts.wait_condition("late", "VMReady", "True")
-    owners = parts.vm("late-vm")["metadata"]["ownerReferences"]
-    assert [o["name"] for o in owners] == ["late"]
+    assert adopter(parts, "late-vm") == "late"
+
+
+def conflict(parts: Partitions, name: str) -> dict:
+    parts.wait_condition(name, "VMReady", "False")
+    return wait_for(
+        lambda: (c := parts.condition(name, "VMReady")).get("reason") == "VMNameConflict" and c,
+        f"{name} VMNameConflict",
+    )
+
+
+def test_a_second_partition_adopting_the_same_vm_touches_nothing(
+    parts: Partitions, operator
+) -> None:
+    log_start = operator.log_size()
+    create_vm(parts, "db-1", "127.0.0.33")
+    parts.create(adopting("first", "db-1", free_port()))
+    wait_for(lambda: adopter(parts, "db-1") == "first", "adopted by the first")
+    parts.wait_condition("first", "VMReady", "True")
+    generation = parts.vm("db-1")["metadata"]["generation"]
+
+    parts.create(adopting("second", "db-1", free_port()))
+    refused = conflict(parts, "second")
+    assert "belongs to Partition first, which adopted it" in refused["message"]
+    status = parts.status("second")
+    assert status.get("nodeName") is None and not status.get("addresses")
+    assert parts.secret("second-agent-key") is None, "a refused Partition makes nothing"
+    vm = parts.vm("db-1")
+    assert vm["metadata"]["generation"] == generation
+    assert adopter(parts, "db-1") == "first"
+    assert [r for r, _ in parts.events("first")].count("VMAdopted") == 1
+    assert [r for r, _ in parts.events("second")].count("VMNameConflict") == 1
+
+    # The owner goes: it hands the VM back, and the Partition that waited takes it over.
+    parts.delete("first")
+    wait_for(lambda: adopter(parts, "db-1") == "second", "adopted by the second")
+    parts.wait_condition("second", "VMReady", "True")
+    key_volume = next(
+        v for v in parts.vm("db-1")["spec"]["template"]["spec"]["volumes"]
+        if v["name"] == "lparkube-agent"
+    )  # fmt: skip
+    assert key_volume["secret"]["secretName"] == "second-agent-key"
+    assert "Traceback" not in operator.log_since(log_start)
+
+
+def test_partitions_racing_for_one_vm_end_with_one_owner(parts: Partitions) -> None:
+    names = [f"racer-{i}" for i in range(3)]
+    for name in names:
+        parts.create(adopting(name, "db-1", free_port()))
+    create_vm(parts, "db-1", "127.0.0.34")  # appears for all three at once
+    owner = wait_for(lambda: adopter(parts, "db-1"), "an owner")
+    parts.wait_condition(owner, "VMReady", "True")
+    for loser in set(names) - {owner}:
+        assert f"belongs to Partition {owner}" in conflict(parts, loser)["message"]
+    generation = parts.vm("db-1")["metadata"]["generation"]
+    assert generation <= 2, "the key disk was added once, not fought over"
+    assert adopter(parts, "db-1") == owner
+
+
+def test_adopting_a_template_partitions_vm_is_refused_and_deleting_it_keeps_the_key_disk(
+    parts: Partitions, operator
+) -> None:
+    log_start = operator.log_size()
+    parts.create(
+        {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "Partition",
+            "metadata": {"name": "web-1"},
+            "spec": {"vmTemplate": {"spec": vm_spec("127.0.0.35")}},
+        }
+    )
+    parts.wait_condition("web-1", "VMReady", "True")
+    before = parts.vm("web-1")
+
+    parts.create(adopting("thief", "web-1", free_port()))
+    assert "which created it" in conflict(parts, "thief")["message"]
+    parts.delete("thief")
+    wait_for(lambda: parts.get("thief") is None, "the refused Partition gone")
+
+    vm = parts.vm("web-1")
+    assert volume_names(vm) == volume_names(before) == ["root", "lparkube-agent"]
+    assert vm["metadata"]["generation"] == before["metadata"]["generation"]
+    assert ADOPTED_BY not in (vm["metadata"].get("annotations") or {})
+    assert parts.condition("web-1", "VMReady")["status"] == "True"
+    assert "Traceback" not in operator.log_since(log_start)
+
+
+def test_an_adopted_vm_outlives_a_partition_removed_without_the_operator(
+    parts: Partitions, kubectl
+) -> None:
+    create_vm(parts, "db-1", "127.0.0.36")
+    parts.create(adopting("gone", "db-1", free_port()))
+    wait_for(lambda: adopter(parts, "db-1") == "gone", "adopted")
+    # What the README says to do when the operator is gone: clear the finalizer, delete.
+    kubectl("-n", parts.namespace, "patch", "partition", "gone", "--type=merge",
+            "-p", '{"metadata":{"finalizers":null}}')  # fmt: skip
+    kubectl("-n", parts.namespace, "delete", "partition", "gone", "--wait=true")
+    # The VM names the vanished Partition but has no owner for the garbage collector to miss;
+    # a new Partition may take it, as the claim it finds is stale.
+    assert not parts.vm("db-1")["metadata"].get("ownerReferences")
+    parts.create(adopting("next", "db-1", free_port()))
+    wait_for(lambda: adopter(parts, "db-1") == "next", "adopted again")
+    parts.wait_condition("next", "VMReady", "True")
+    assert parts.vm("db-1") is not None

@@ -53,6 +53,30 @@ def not_found(error: ApiException) -> bool:
     return error.status == 404
 
 
+class KindNotServedError(ApiException):
+    """The API server does not serve this kind at all (its CRD or API group is missing).
+
+    Still the 404 ApiException it was, so code that handles API errors handles it too; its
+    reason says which kind is missing."""
+
+    def __init__(self, ref: ResourceRef, error: ApiException) -> None:
+        reason = f"the API server does not serve {ref.plural}.{ref.group}/{ref.version}"
+        super().__init__(status=error.status, reason=reason)
+        self.body, self.headers, self.ref = error.body, error.headers, ref
+
+
+def kind_not_served(error: ApiException) -> bool:
+    """A 404 about the kind, not one object: the API server names no object in its answer
+    (``details`` is empty, or the body is not a Status at all)."""
+    if error.status != 404:
+        return False
+    try:
+        details = json.loads(error.body or "{}").get("details") or {}
+    except (ValueError, AttributeError):
+        return True
+    return not details.get("name")
+
+
 class Kube:
     """The operator's Kubernetes client: async methods over the official client."""
 
@@ -79,7 +103,8 @@ class Kube:
         return await loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
 
     async def get(self, ref: ResourceRef, namespace: str | None, name: str) -> dict | None:
-        """One object, or None when it does not exist."""
+        """One object, or None when it does not exist; KindNotServedError when its kind is
+        not served (a cluster without KubeVirt, say)."""
         try:
             if namespace is None:
                 return await self.call(
@@ -94,6 +119,8 @@ class Kube:
                 name,
             )
         except ApiException as error:
+            if kind_not_served(error):
+                raise KindNotServedError(ref, error) from error
             if not_found(error):
                 return None
             raise

@@ -19,11 +19,19 @@ import kopf
 from kubernetes.client.exceptions import ApiException
 
 from lparkube import metrics
-from lparkube.adapters.kube import PARTITION, VIRTUAL_MACHINE, VIRTUAL_MACHINE_INSTANCE, Kube
+from lparkube.adapters.kube import (
+    PARTITION,
+    VIRTUAL_MACHINE,
+    VIRTUAL_MACHINE_INSTANCE,
+    KindNotServedError,
+    Kube,
+    not_found,
+)
 from lparkube.config import default_gateway_url
 from lparkube.controllers import run_config
 from lparkube.controllers.partition_objects import (
     ProblemError,
+    check_claim,
     delete_owned_secret,
     delete_owned_vm,
     ensure_adopted_vm,
@@ -31,7 +39,9 @@ from lparkube.controllers.partition_objects import (
     ensure_secret,
     normal,
     release_adopted_vm,
+    vm_problem,
 )
+from lparkube.controllers.partition_scope import PartitionScope
 from lparkube.domain import partition as domain
 from lparkube.domain import partition_status as status_rules
 from lparkube.domain.conditions import FALSE, TRUE
@@ -43,6 +53,8 @@ RESOURCE = (PARTITION.group, PARTITION.version, PARTITION.plural)
 KUBEVIRT = (VIRTUAL_MACHINE.group, VIRTUAL_MACHINE.version)
 STATUS_RETRIES = 5
 IDLE_CHECK_SECONDS = 5.0
+KUBEVIRT_RECHECK_SECONDS = 30.0
+KUBEVIRT_MISSING = "KubeVirtMissing"
 StatusFn = Callable[[dict[str, Any]], dict[str, Any]]
 
 
@@ -54,15 +66,17 @@ def now() -> datetime:
 
 
 async def write_status(
-    kube: Kube, namespace: str, name: str, compute: StatusFn
+    kube: Kube, namespace: str, name: str, compute: StatusFn, partition: dict | None = None
 ) -> tuple[dict | None, dict | None]:
-    """Read, compute, patch with the read resourceVersion; retry on conflict.
+    """Compute, patch with the read resourceVersion; on a conflict read and compute again.
 
     The gateway, the daemon and the handlers all write this status; the precondition keeps
-    one from undoing another's condition list. Returns (status before, status after).
+    one from undoing another's condition list. ``partition``, when the caller has just read
+    it, saves the first read. Returns (status before, status after).
     """
     for _ in range(STATUS_RETRIES):
-        partition = await kube.get(PARTITION, namespace, name)
+        if partition is None:
+            partition = await kube.get(PARTITION, namespace, name)
         if partition is None:
             return None, None
         before = partition.get("status") or {}
@@ -76,7 +90,10 @@ async def write_status(
             )
         except ApiException as error:
             if error.status == 409:
+                partition = None
                 continue
+            if not_found(error):
+                return None, None
             raise
         return before, written.get("status") or {}
     raise kopf.TemporaryError(f"status of {namespace}/{name} kept changing", delay=1)
@@ -92,51 +109,90 @@ def gateway_url(memo: Any) -> str:
 # --- reconcile -------------------------------------------------------------------------------
 
 
-async def reconcile(kube: Kube, partition: dict, url: str) -> None:
-    """Secret, VM, status: each step idempotent, status written even when a step fails."""
-    meta, spec = partition["metadata"], partition.get("spec") or {}
-    agent = domain.agent_spec(meta["name"], spec)
-    problem: ProblemError | None = None
+async def load_scope(kube: Kube, partition: dict, url: str) -> PartitionScope:
+    """The Partition's VM and VMI, read once (at the same time)."""
+    scope = PartitionScope(partition, url)
     try:
-        if await ensure_secret(kube, partition, agent, url):
-            message = f"Generated the agent key in Secret {agent.key_secret_name}"
-            normal(partition, reason="KeyCreated", message=message)
-        if domain.is_adoption(spec):
-            await ensure_adopted_vm(kube, partition, agent)
-        else:
-            await ensure_created_vm(kube, partition, agent)
-    except DeliveryError as exc:
-        problem = ProblemError("KeyDeliveryFailed", str(exc))
-    except ProblemError as exc:
-        problem = exc
-    await refresh_status(kube, meta["namespace"], meta["name"], problem)
-    if problem is not None:
-        kopf.warn(partition, reason=problem.condition.reason, message=problem.condition.message)
-        raise kopf.PermanentError(problem.condition.message)
+        scope.vm, scope.vmi = await asyncio.gather(
+            kube.get(VIRTUAL_MACHINE, scope.namespace, scope.vm_name),
+            kube.get(VIRTUAL_MACHINE_INSTANCE, scope.namespace, scope.vm_name),
+        )
+    except KindNotServedError as error:
+        scope.problem = vm_problem(KUBEVIRT_MISSING, kubevirt_missing(error))
+        scope.retry_seconds = KUBEVIRT_RECHECK_SECONDS
+    return scope
 
 
-async def refresh_status(
-    kube: Kube, namespace: str, name: str, problem: ProblemError | None = None
-) -> None:
-    """Mirror the VM and VMI into the Partition's status."""
-    partition = await kube.get(PARTITION, namespace, name)
-    if partition is None:
-        return
-    vm_name = domain.vm_name(name, partition.get("spec") or {})
-    vm, vmi = await asyncio.gather(
-        kube.get(VIRTUAL_MACHINE, namespace, vm_name),
-        kube.get(VIRTUAL_MACHINE_INSTANCE, namespace, vm_name),
+def kubevirt_missing(error: KindNotServedError) -> str:
+    return (
+        f"KubeVirt's API is missing: {error.reason}. Install KubeVirt (or its CRDs); this "
+        f"Partition is checked again every {KUBEVIRT_RECHECK_SECONDS:g}s"
     )
 
-    def compute(current: dict) -> dict:
-        status = status_rules.observed_status(current, vm, vmi, now())
-        if problem is not None:
-            status["conditions"] = status_rules.conditions(
-                current, problem.condition, status["agent"], now()
-            )
-        return status
 
-    await write_status(kube, namespace, name, compute)
+async def claim_vm(kube: Kube, scope: PartitionScope) -> None:
+    """Before anything is made: an existing VM that is another Partition's is left alone."""
+    if scope.vm is not None:
+        await check_claim(kube, scope, scope.vm)
+
+
+async def reconcile_secret(kube: Kube, scope: PartitionScope) -> None:
+    if await ensure_secret(kube, scope.partition, scope.agent, scope.url):
+        message = f"Generated the agent key in Secret {scope.agent.key_secret_name}"
+        normal(scope.partition, reason="KeyCreated", message=message)
+
+
+async def reconcile_vm(kube: Kube, scope: PartitionScope) -> None:
+    if scope.adoption:
+        await ensure_adopted_vm(kube, scope)
+    else:
+        await ensure_created_vm(kube, scope)
+
+
+PHASES = (claim_vm, reconcile_secret, reconcile_vm)
+
+
+async def reconcile(kube: Kube, partition: dict, url: str) -> None:
+    """Load, run the phases in order until one meets a problem, write status once."""
+    scope = await load_scope(kube, partition, url)
+    for phase in PHASES:
+        if scope.problem is not None:
+            break
+        try:
+            await phase(kube, scope)
+        except DeliveryError as exc:
+            scope.problem = vm_problem("KeyDeliveryFailed", str(exc))
+        except ProblemError as exc:
+            scope.problem = exc.condition
+    before, _ = await write_status(
+        kube, scope.namespace, scope.name, lambda current: scope_status(scope, current), partition
+    )
+    report_problem(scope, before)
+
+
+def scope_status(scope: PartitionScope, current: dict) -> dict:
+    """The status from the scope's reads, the problem (if any) as VMReady."""
+    vm, vmi = scope.observed()
+    status = status_rules.observed_status(current, vm, vmi, now())
+    if scope.problem is not None:
+        status["conditions"] = status_rules.conditions(
+            current, scope.problem, status["agent"], now()
+        )
+    return status
+
+
+def report_problem(scope: PartitionScope, before: dict | None) -> None:
+    """A Warning when the problem is new (not on every VM change), then the handler's error:
+    retried later when the problem may clear by itself, else left to the next change."""
+    problem = scope.problem
+    if problem is None:
+        return
+    stored = status_rules.stored_condition(before, status_rules.VM_READY)
+    if (stored.reason, stored.message) != (problem.reason, problem.message):
+        kopf.warn(scope.partition, reason=problem.reason, message=problem.message)
+    if scope.retry_seconds is not None:
+        raise kopf.TemporaryError(problem.message, delay=scope.retry_seconds)
+    raise kopf.PermanentError(problem.message)
 
 
 async def reconcile_by_name(memo: Any, namespace: str, name: str) -> None:
@@ -233,16 +289,22 @@ async def vmi_changed(
     namespace: str, name: str, memo: Any, partition_by_vm: kopf.Index, **_: Any
 ) -> None:
     """Node and address changes flow into the Partition's status as they happen."""
-    for partition in partition_by_vm.get((namespace, name), []):
-        await reconcile_by_name(memo, namespace, partition)
+    await reconcile_indexed(memo, partition_by_vm, namespace, name)
 
 
 @kopf.on.event(*KUBEVIRT, VIRTUAL_MACHINE.plural)
 async def vm_changed(
     namespace: str, name: str, memo: Any, partition_by_vm: kopf.Index, **_: Any
 ) -> None:
-    """A VM that appears is adopted, one deleted under a live Partition is recreated."""
-    for partition in partition_by_vm.get((namespace, name), []):
+    """A VM that appears is adopted, one deleted under a live Partition is recreated, one
+    handed back by its Partition may be adopted by another that names it."""
+    await reconcile_indexed(memo, partition_by_vm, namespace, name)
+
+
+async def reconcile_indexed(memo: Any, index: kopf.Index, namespace: str, vm_name: str) -> None:
+    """Every Partition that names the VM. The names are copied first: kopf changes its
+    index while this awaits."""
+    for partition in list(index.get((namespace, vm_name), ())):
         await reconcile_by_name(memo, namespace, partition)
 
 

@@ -8,13 +8,15 @@ user must fix raise ProblemError, which the controller shows as a condition.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import kopf
 from kubernetes.client.exceptions import ApiException
 
-from lparkube.adapters.kube import VIRTUAL_MACHINE, Kube, not_found
+from lparkube.adapters.kube import PARTITION, VIRTUAL_MACHINE, Kube, not_found
+from lparkube.controllers.partition_scope import PartitionScope
+from lparkube.domain import key_delivery, vm_ownership
 from lparkube.domain import partition as domain
 from lparkube.domain.conditions import FALSE, Condition
 from lparkube.domain.key_delivery import DeliveryError
@@ -29,12 +31,17 @@ def normal(partition: dict, *, reason: str, message: str) -> None:
     kopf.event(partition, type="Normal", reason=reason, message=message)
 
 
+def vm_problem(reason: str, message: str) -> Condition:
+    """A problem with the Partition's VM, shown as VMReady=False."""
+    return Condition(VM_READY, FALSE, reason, message)
+
+
 class ProblemError(Exception):
     """A state the user must fix; shown as VMReady=False with this reason and message."""
 
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
-        self.condition = Condition(VM_READY, FALSE, reason, message)
+        self.condition = vm_problem(reason, message)
 
 
 # --- the key Secret --------------------------------------------------------------------------
@@ -92,101 +99,127 @@ async def _read_secret(kube: Kube, namespace: str, name: str) -> dict | None:
 # --- the VirtualMachine ----------------------------------------------------------------------
 
 
-async def ensure_created_vm(kube: Kube, partition: dict, agent: domain.AgentSpec) -> dict:
+async def check_claim(kube: Kube, scope: PartitionScope, vm: dict) -> None:
+    """Raise ProblemError when the VM is another Partition's (the claim rules in
+    ``vm_ownership``); the Partition then leaves it alone."""
+    other = vm_ownership.other_claimant(vm, scope.name)
+    claimant = await kube.get(PARTITION, scope.namespace, other) if other else None
+    refusal = vm_ownership.claim_refusal(vm_ownership.ClaimInput(scope.partition, vm, claimant))
+    if refusal is not None:
+        scope.refused = True
+        raise ProblemError(refusal.reason, refusal.message)
+
+
+async def ensure_created_vm(kube: Kube, scope: PartitionScope) -> None:
     """The Partition's own VM, created from the template when missing."""
-    meta = partition["metadata"]
-    namespace, name = meta["namespace"], meta["name"]
-    vm = await kube.get(VIRTUAL_MACHINE, namespace, name)
-    if vm is None:
-        body = domain.vm_from_template(partition, agent)
+    if scope.vm is None:
+        body = domain.vm_from_template(scope.partition, scope.agent)
         try:
-            vm = await kube.create(VIRTUAL_MACHINE, namespace, body)
-            normal(partition, reason="VMCreated", message=f"Created VirtualMachine {name}")
-            return vm
+            scope.vm = await kube.create(VIRTUAL_MACHINE, scope.namespace, body)
+            message = f"Created VirtualMachine {scope.name}"
+            normal(scope.partition, reason="VMCreated", message=message)
+            return
         except ApiException as error:
             if error.status == 422:
                 raise ProblemError("InvalidTemplate", _api_message(error)) from error
             if error.status != 409:
                 raise
-        vm = await kube.get(VIRTUAL_MACHINE, namespace, name)
-        if vm is None:
+        scope.vm = await kube.get(VIRTUAL_MACHINE, scope.namespace, scope.name)
+        if scope.vm is None:
             raise kopf.TemporaryError("the VM vanished while being created", delay=1)
-    if not domain.controlled_by(vm, meta["uid"]):
-        raise ProblemError(
-            "VMNameConflict",
-            f"VirtualMachine {name} exists and is not this Partition's; delete or rename it, "
-            "or adopt it with spec.vmName instead of spec.vmTemplate",
-        )
-    return await _apply_template(kube, partition, agent, vm)
+        await check_claim(kube, scope, scope.vm)
+    await _apply_template(kube, scope)
 
 
-async def _apply_template(kube: Kube, partition: dict, agent: domain.AgentSpec, vm: dict) -> dict:
+async def _apply_template(kube: Kube, scope: PartitionScope) -> None:
     """An edited vmTemplate reaches the VM; KubeVirt marks a running VM RestartRequired."""
+
+    async def plan(vm: dict) -> dict | None:
+        return domain.template_patch(vm, scope.partition, scope.agent)
+
     try:
-        updated, patch = await _patch_vm(
-            kube, partition, lambda vm: domain.template_patch(vm, partition, agent)
-        )
+        patch = await _patch_vm(kube, scope, plan)
     except ApiException as error:
         if error.status == 422:
             raise ProblemError("InvalidTemplate", _api_message(error)) from error
         raise
-    if patch is None or updated is None:
-        return updated or vm
-    if "spec" in patch:
+    if patch is not None and "spec" in patch:
         message = (
-            f"Applied the edited vmTemplate to VirtualMachine {vm['metadata']['name']}; "
+            f"Applied the edited vmTemplate to VirtualMachine {scope.vm_name}; "
             "a running VM takes it at its next restart"
         )
-        normal(partition, reason="VMUpdated", message=message)
-    return updated
+        normal(scope.partition, reason="VMUpdated", message=message)
 
 
-async def ensure_adopted_vm(kube: Kube, partition: dict, agent: domain.AgentSpec) -> dict | None:
-    """Add the Partition as a (non-controller) owner and the key disk; None if no such VM."""
+async def ensure_adopted_vm(kube: Kube, scope: PartitionScope) -> None:
+    """Mark the VM as this Partition's and give it the key disk; nothing while it is missing."""
+    adopted_before = False
 
-    def plan(vm: dict) -> dict | None:
+    async def plan(vm: dict) -> dict | None:
+        nonlocal adopted_before
+        await check_claim(kube, scope, vm)
+        adopted_before = vm_ownership.claimed_by(vm, scope.name, scope.uid)
         try:
-            return domain.adoption_patch(vm, partition, agent)
+            return vm_ownership.adoption_patch(vm, scope.partition, scope.agent)
         except DeliveryError as exc:
             raise ProblemError("KeyDeliveryFailed", str(exc)) from exc
 
-    vm, patch = await _patch_vm(kube, partition, plan)
-    if patch is not None:
+    patch = await _patch_vm(kube, scope, plan)
+    if patch is None:
+        return
+    if adopted_before and "spec" in patch:
+        kopf.warn(scope.partition, reason="KeyDiskRestored", message=_restored(scope))
+    elif not adopted_before:
         note = " (the key disk reaches the guest at its next restart)" if "spec" in patch else ""
-        message = f"Adopted VirtualMachine {vm['metadata']['name']}{note}"
-        normal(partition, reason="VMAdopted", message=message)
-    return vm
+        message = f"Adopted VirtualMachine {scope.vm_name}{note}"
+        normal(scope.partition, reason="VMAdopted", message=message)
+
+
+def _restored(scope: PartitionScope) -> str:
+    return (
+        f"VirtualMachine {scope.vm_name} had lost the key volume or disk "
+        f"{key_delivery.KEY_VOLUME!r} (applied from a manifest without it?); added it back. "
+        "Put them into the VM's manifest, and applying it changes nothing (docs/api.md, "
+        '"What lparkube changes on an adopted VM")'
+    )
 
 
 async def release_adopted_vm(kube: Kube, partition: dict) -> None:
-    """Hand an adopted VM back: our owner reference and key disk removed, the VM kept."""
-    uid = partition["metadata"]["uid"]
-    vm, patch = await _patch_vm(kube, partition, lambda vm: domain.release_patch(vm, uid))
-    if vm is not None and patch is not None:
-        message = f"Released VirtualMachine {vm['metadata']['name']}"
+    """Hand an adopted VM back: our claim and key disk removed, the VM kept. A VM that is
+    not this Partition's (it was refused) is not touched."""
+    scope = PartitionScope(partition, url="")
+    scope.vm = await kube.get(VIRTUAL_MACHINE, scope.namespace, scope.vm_name)
+
+    async def plan(vm: dict) -> dict | None:
+        return vm_ownership.release_patch(vm, partition)
+
+    if await _patch_vm(kube, scope, plan) is not None:
+        message = f"Released VirtualMachine {scope.vm_name}"
         normal(partition, reason="VMReleased", message=message)
 
 
 async def _patch_vm(
-    kube: Kube, partition: dict, plan: Callable[[dict], dict | None]
-) -> tuple[dict | None, dict | None]:
-    """Read the adopted VM, plan a merge patch, apply it guarded by the resourceVersion it
-    read; a conflict (KubeVirt updating its status, say) means read and plan again."""
-    meta = partition["metadata"]
-    namespace, name = meta["namespace"], domain.vm_name(meta["name"], partition["spec"])
+    kube: Kube, scope: PartitionScope, plan: Callable[[dict], Awaitable[dict | None]]
+) -> dict | None:
+    """Plan a merge patch of the scope's VM and apply it guarded by the resourceVersion it was
+    planned from; a conflict (KubeVirt updating its status, another Partition adopting it)
+    means read and plan again. The scope's VM becomes the patched one; returns the patch."""
     for _ in range(VM_PATCH_ATTEMPTS):
-        vm = await kube.get(VIRTUAL_MACHINE, namespace, name)
-        patch = plan(vm) if vm is not None else None
+        vm = scope.vm
+        patch = await plan(vm) if vm is not None else None
         if vm is None or patch is None:
-            return vm, None
+            return None
         try:
-            return await kube.patch(VIRTUAL_MACHINE, namespace, name, patch), patch
+            scope.vm = await kube.patch(VIRTUAL_MACHINE, scope.namespace, scope.vm_name, patch)
+            return patch
         except ApiException as error:
             if not_found(error):
-                return None, None
+                scope.vm = None
+                return None
             if error.status != 409:
                 raise
-    raise kopf.TemporaryError(f"VirtualMachine {name} kept changing", delay=1)
+        scope.vm = await kube.get(VIRTUAL_MACHINE, scope.namespace, scope.vm_name)
+    raise kopf.TemporaryError(f"VirtualMachine {scope.vm_name} kept changing", delay=1)
 
 
 async def delete_owned_vm(kube: Kube, partition: dict) -> None:

@@ -143,6 +143,23 @@ def _secret_ref(secret_name: str) -> dict[str, Any]:
     return {"secretRef": {"name": secret_name}}
 
 
+def delivered(vm_spec: dict[str, Any], delivery: str, secret_name: str) -> bool:
+    """The VM already hands this Secret to its guest the chosen way (as ``with_key_delivery``
+    would add it; other fields of the user's own entries do not matter)."""
+    pod = (vm_spec.get("template") or {}).get("spec") or {}
+    volumes = {v.get("name"): v for v in pod.get("volumes") or []}
+    devices = (pod.get("domain") or {}).get("devices") or {}
+    disks = {d.get("name"): d for d in devices.get("disks") or []}
+    if delivery == CLOUD_INIT:
+        source = (volumes.get(CLOUD_INIT_VOLUME) or {}).get("cloudInitNoCloud") or {}
+        return (source.get("secretRef") or {}).get("name") == secret_name and (
+            CLOUD_INIT_VOLUME in disks
+        )
+    secret = (volumes.get(KEY_VOLUME) or {}).get("secret") or {}
+    disk = disks.get(KEY_VOLUME) or {}
+    return secret.get("secretName") == secret_name and disk.get("serial") == KEY_SERIAL
+
+
 def adoptable_delivery(vm_spec: dict[str, Any], delivery: str) -> None:
     """An adopted VM only gets volumes the operator adds, never a rewrite of the user's own."""
     if delivery == CLOUD_INIT and cloud_init_volume(vm_spec) is not None:

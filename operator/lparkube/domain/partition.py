@@ -93,10 +93,6 @@ def owner_reference(partition: dict[str, Any], *, controller: bool) -> dict[str,
     return ref
 
 
-def owner_uids(obj: dict[str, Any]) -> set[str]:
-    return {ref.get("uid") for ref in (obj.get("metadata") or {}).get("ownerReferences") or []}
-
-
 def controlled_by(obj: dict[str, Any], uid: str) -> bool:
     refs = (obj.get("metadata") or {}).get("ownerReferences") or []
     return any(r.get("uid") == uid and r.get("controller") for r in refs)
@@ -253,53 +249,3 @@ def merge_diff(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
         elif key not in old or before != value:
             patch[key] = value
     return patch
-
-
-def adoption_patch(
-    vm: dict[str, Any], partition: dict[str, Any], agent: AgentSpec
-) -> dict[str, Any] | None:
-    """The merge patch that adopts a VM (owner reference, key disk), or None if done already.
-
-    Lists are replaced whole by a merge patch, so the patch carries the VM's resourceVersion
-    and fails instead of overwriting a concurrent change.
-    """
-    key_delivery.adoptable_delivery(vm.get("spec") or {}, agent.key_delivery)
-    patch: dict[str, Any] = {}
-    refs = list(vm["metadata"].get("ownerReferences") or [])
-    if partition["metadata"]["uid"] not in owner_uids(vm):
-        patch["metadata"] = {
-            "ownerReferences": [*refs, owner_reference(partition, controller=False)]
-        }
-    spec = key_delivery.with_key_delivery(
-        vm.get("spec") or {}, agent.key_delivery, agent.key_secret_name
-    )
-    if spec != vm.get("spec"):
-        patch["spec"] = {"template": {"spec": _volume_lists(spec)}}
-    if not patch:
-        return None
-    patch.setdefault("metadata", {})["resourceVersion"] = vm["metadata"]["resourceVersion"]
-    return patch
-
-
-def release_patch(vm: dict[str, Any], partition_uid: str) -> dict[str, Any] | None:
-    """The merge patch that hands an adopted VM back: our owner reference and disks removed."""
-    patch: dict[str, Any] = {}
-    refs = vm["metadata"].get("ownerReferences") or []
-    if partition_uid in owner_uids(vm):
-        kept = [r for r in refs if r.get("uid") != partition_uid]
-        patch["metadata"] = {"ownerReferences": kept or None}
-    if key_delivery.has_operator_volumes(vm.get("spec") or {}):
-        spec = key_delivery.without_key_delivery(vm.get("spec") or {})
-        patch["spec"] = {"template": {"spec": _volume_lists(spec)}}
-    if not patch:
-        return None
-    patch.setdefault("metadata", {})["resourceVersion"] = vm["metadata"]["resourceVersion"]
-    return patch
-
-
-def _volume_lists(spec: dict[str, Any]) -> dict[str, Any]:
-    pod = spec["template"]["spec"]
-    return {
-        "volumes": pod["volumes"],
-        "domain": {"devices": {"disks": pod["domain"]["devices"]["disks"]}},
-    }
