@@ -174,14 +174,40 @@ INVALID_UPDATES = {
         {"spec": {"vmName": None, "vmTemplate": TEMPLATE}},
         "cannot switch between vmTemplate and vmName",
     ),
+    "partition-vm-name-removed": (PARTITION, {"spec": {"vmName": None}}, "spec.vmName"),
+    "partition-switch-to-adoption": (
+        variant(PARTITION, vmName=None, vmTemplate=TEMPLATE),
+        {"spec": {"vmName": "vm-1", "vmTemplate": None}},
+        "cannot switch between vmTemplate and vmName",
+    ),
     "partition-key-secret-changed": (
         variant(PARTITION, agent={"keySecretName": "k1"}),
         {"spec": {"agent": {"keySecretName": "k2"}}},
-        "spec.agent.keySecretName",
+        "spec.agent.keySecretName is immutable",
+    ),
+    "partition-key-secret-set-later": (
+        variant(PARTITION, agent={"port": 9000}),
+        {"spec": {"agent": {"keySecretName": "k2"}}},
+        "spec.agent.keySecretName is immutable",
+    ),
+    "partition-key-secret-set-with-agent": (
+        PARTITION,
+        {"spec": {"agent": {"keySecretName": "p-agent-key"}}},
+        "spec.agent.keySecretName is immutable",
+    ),
+    "partition-key-secret-removed": (
+        variant(PARTITION, agent={"keySecretName": "k1"}),
+        {"spec": {"agent": {"keySecretName": None}}},
+        "spec.agent.keySecretName is immutable",
     ),
     "saveevent-spec-changed": (
         SAVE_EVENT,
         {"spec": {"deadline": "1m"}},
+        "spec is immutable",
+    ),
+    "saveevent-field-set-later": (
+        SAVE_EVENT,
+        {"spec": {"message": "now with a message"}},
         "spec is immutable",
     ),
 }
@@ -201,6 +227,19 @@ def test_immutable_fields_reject_updates(case: str, kubectl, namespace: str) -> 
     assert field in result.stderr, result.stderr
     after = kubectl("get", kind, name, "-n", namespace, "-o", "json").stdout
     assert json.loads(after)["spec"] == json.loads(before)["spec"]
+
+
+@pytest.mark.parametrize("agent", [{}, {"keySecretName": "k1"}], ids=["default key", "own key"])
+def test_mutable_agent_fields_still_change(agent: dict, kubectl, namespace: str) -> None:
+    kubectl("create", "-n", namespace, "-f", "-", input=as_yaml(variant(PARTITION, agent=agent)))
+    patch = {"spec": {"agent": {"port": 9000, "heartbeatTimeout": "2m"}}}
+    kubectl("patch", "partition", "p", "-n", namespace, "--type=merge", "-p", json.dumps(patch))
+    spec = json.loads(kubectl("get", "partition", "p", "-n", namespace, "-o", "json").stdout)
+    assert spec["spec"]["agent"] == {
+        **agent,
+        **patch["spec"]["agent"],
+        "keyDelivery": "SecretVolume",
+    }
 
 
 def test_examples_are_accepted_and_listed_with_columns(kubectl, kubevirt, namespace: str) -> None:

@@ -165,6 +165,26 @@ def immutable(node: Schema, what: str) -> Schema:
     return out
 
 
+def set_once(path: str, what: str) -> Rule:
+    """A rule for an object that always exists (``spec``): its optional field at ``path``
+    (dotted, relative to it) cannot be set, changed or removed after creation.
+
+    ``self == oldSelf`` on the field itself runs only when the old object has the field, so it
+    would let an unset field be set later; this compares presence first."""
+    steps = path.split(".")
+    prefixes = [".".join(steps[: i + 1]) for i in range(len(steps))]
+
+    def present(root: str) -> str:
+        return "(" + " && ".join(f"has({root}.{p})" for p in prefixes) + ")"
+
+    now, before = present("self"), present("oldSelf")
+    return Rule(
+        f"{now} == {before} && (!{now} || self.{path} == oldSelf.{path})",
+        f"{what} is immutable: it can be set only when the object is created",
+        field_path=f".{path}",
+    )
+
+
 def label_selector(description: str) -> Schema:
     """A metav1.LabelSelector."""
     requirement = obj(

@@ -12,6 +12,7 @@ from lparkube.api.schema import (
     name_ref,
     obj,
     observed_generation,
+    set_once,
     string,
     string_map,
     timestamp,
@@ -47,13 +48,10 @@ AGENT_SPEC = obj(
             default=8443,
             fmt="int32",
         ),
-        "keySecretName": immutable(
-            name_ref(
-                "Secret (in this namespace) holding the partition key under data.key. When "
-                "omitted the operator generates <partition>-agent-key. Rotate a key by "
-                "updating the Secret, not this field."
-            ),
-            "spec.agent.keySecretName",
+        "keySecretName": name_ref(
+            "Secret (in this namespace) holding the partition key under data.key. When "
+            "omitted the operator generates <partition>-agent-key. Immutable, set or not: "
+            "rotate a key by updating the Secret, not this field."
         ),
         "keyDelivery": string(
             "How the key reaches the guest: SecretVolume attaches the Secret as a disk, "
@@ -96,6 +94,7 @@ SPEC = obj(
             "has(self.vmName) == has(oldSelf.vmName)",
             "a Partition cannot switch between vmTemplate and vmName after creation",
         ),
+        set_once("agent.keySecretName", "spec.agent.keySecretName"),
     ),
 )
 
