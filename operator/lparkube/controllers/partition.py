@@ -124,9 +124,11 @@ async def load_scope(kube: Kube, partition: dict, url: str) -> PartitionScope:
 
 
 def kubevirt_missing(error: KindNotServedError) -> str:
+    ref = error.ref
     return (
-        f"KubeVirt's API is missing: {error.reason}. Install KubeVirt (or its CRDs); this "
-        f"Partition is checked again every {KUBEVIRT_RECHECK_SECONDS:g}s"
+        f"KubeVirt is not installed: this cluster does not serve {ref.group}/{ref.version} "
+        f"{ref.plural}. Install KubeVirt; the Partition is checked again every "
+        f"{KUBEVIRT_RECHECK_SECONDS:g}s"
     )
 
 
