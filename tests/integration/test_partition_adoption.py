@@ -5,10 +5,11 @@ untouched instead of deleting it. A VM belongs to at most one Partition."""
 from __future__ import annotations
 
 import pytest
+import yaml
 from kubernetes import client
 from partition_helpers import GROUP, VERSION, Partitions, vm_spec, wait_for
 
-from lparkube_devenv.controlplane import free_port
+from lparkube_devenv.controlplane import REPO_ROOT, free_port
 from lparkube_devenv.kubevirt import VM, StandIn
 
 pytestmark = pytest.mark.usefixtures("operator")
@@ -43,6 +44,7 @@ def volume_names(vm: dict) -> list[str]:
 
 
 ADOPTED_BY = "lparkube.io/adopted-by"
+EXAMPLES = REPO_ROOT / "examples"
 
 
 def adopter(parts: Partitions, vm_name: str) -> str | None:
@@ -189,3 +191,39 @@ def test_an_adopted_vm_outlives_a_partition_removed_without_the_operator(
     wait_for(lambda: adopter(parts, "db-1") == "next", "adopted again")
     parts.wait_condition("next", "VMReady", "True")
     assert parts.vm("db-1") is not None
+
+
+def without_key_disk(manifest: str) -> str:
+    """The example's VM with the lparkube-agent volume and disk taken out."""
+    vm, partition = yaml.safe_load_all(manifest)
+    pod = vm["spec"]["template"]["spec"]
+    pod["volumes"] = [v for v in pod["volumes"] if v["name"] != "lparkube-agent"]
+    disks = pod["domain"]["devices"]["disks"]
+    pod["domain"]["devices"]["disks"] = [d for d in disks if d["name"] != "lparkube-agent"]
+    return yaml.safe_dump_all([vm, partition])
+
+
+def test_applying_the_adopted_vms_manifest_again_changes_nothing(
+    parts: Partitions, kubectl
+) -> None:
+    manifest = (EXAMPLES / "partition-adopt-vm.yaml").read_text()
+
+    def apply(text: str) -> None:
+        kubectl("apply", "-n", parts.namespace, "-f", "-", input=text)
+
+    apply(manifest)
+    wait_for(lambda: adopter(parts, "db-1") == "db-1", "the example VM adopted")
+    vm = parts.vm("db-1")
+    assert vm["metadata"]["generation"] == 1, "the manifest's key disk was left as it was"
+    for _ in range(3):
+        apply(manifest)
+        assert parts.vm("db-1")["metadata"]["generation"] == 1
+    assert [r for r, _ in parts.events("db-1")].count("VMAdopted") == 1
+
+    # A manifest without the key disk: each apply removes it; lparkube puts it back and says
+    # what to add to the manifest.
+    apply(without_key_disk(manifest))
+    wait_for(lambda: "KeyDiskRestored" in parts.reasons("db-1"), "the KeyDiskRestored warning")
+    wait_for(lambda: "lparkube-agent" in volume_names(parts.vm("db-1")), "the key disk back")
+    message = next(m for r, m in parts.events("db-1") if r == "KeyDiskRestored")
+    assert "Put them into the VM's manifest" in message

@@ -54,7 +54,6 @@ KUBEVIRT = (VIRTUAL_MACHINE.group, VIRTUAL_MACHINE.version)
 STATUS_RETRIES = 5
 IDLE_CHECK_SECONDS = 5.0
 KUBEVIRT_RECHECK_SECONDS = 30.0
-KUBEVIRT_MISSING = "KubeVirtMissing"
 StatusFn = Callable[[dict[str, Any]], dict[str, Any]]
 
 
@@ -118,7 +117,7 @@ async def load_scope(kube: Kube, partition: dict, url: str) -> PartitionScope:
             kube.get(VIRTUAL_MACHINE_INSTANCE, scope.namespace, scope.vm_name),
         )
     except KindNotServedError as error:
-        scope.problem = vm_problem(KUBEVIRT_MISSING, kubevirt_missing(error))
+        scope.problem = vm_problem(status_rules.KUBEVIRT_MISSING, kubevirt_missing(error))
         scope.retry_seconds = KUBEVIRT_RECHECK_SECONDS
     return scope
 
@@ -163,7 +162,7 @@ async def reconcile(kube: Kube, partition: dict, url: str) -> None:
         try:
             await phase(kube, scope)
         except DeliveryError as exc:
-            scope.problem = vm_problem("KeyDeliveryFailed", str(exc))
+            scope.problem = vm_problem(status_rules.KEY_DELIVERY_FAILED, str(exc))
         except ProblemError as exc:
             scope.problem = exc.condition
     before, _ = await write_status(

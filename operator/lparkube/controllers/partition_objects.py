@@ -18,9 +18,9 @@ from lparkube.adapters.kube import PARTITION, VIRTUAL_MACHINE, Kube, not_found
 from lparkube.controllers.partition_scope import PartitionScope
 from lparkube.domain import key_delivery, vm_ownership
 from lparkube.domain import partition as domain
+from lparkube.domain import partition_status as status_rules
 from lparkube.domain.conditions import FALSE, Condition
 from lparkube.domain.key_delivery import DeliveryError
-from lparkube.domain.partition_status import VM_READY
 from lparkube_agent import protocol
 
 VM_PATCH_ATTEMPTS = 5
@@ -33,7 +33,7 @@ def normal(partition: dict, *, reason: str, message: str) -> None:
 
 def vm_problem(reason: str, message: str) -> Condition:
     """A problem with the Partition's VM, shown as VMReady=False."""
-    return Condition(VM_READY, FALSE, reason, message)
+    return Condition(status_rules.VM_READY, FALSE, reason, message)
 
 
 class ProblemError(Exception):
@@ -69,7 +69,7 @@ async def ensure_secret(kube: Kube, partition: dict, agent: domain.AgentSpec, ur
     key = domain.secret_key(secret)
     if key is None or len(key) < protocol.MIN_KEY_BYTES:
         raise ProblemError(
-            "KeyInvalid",
+            status_rules.KEY_INVALID,
             f"Secret {agent.key_secret_name} has no usable data.key (base64 of at least "
             f"{protocol.MIN_KEY_BYTES} random bytes); fix or delete it",
         )
@@ -121,7 +121,7 @@ async def ensure_created_vm(kube: Kube, scope: PartitionScope) -> None:
             return
         except ApiException as error:
             if error.status == 422:
-                raise ProblemError("InvalidTemplate", _api_message(error)) from error
+                raise ProblemError(status_rules.INVALID_TEMPLATE, _api_message(error)) from error
             if error.status != 409:
                 raise
         scope.vm = await kube.get(VIRTUAL_MACHINE, scope.namespace, scope.name)
@@ -141,7 +141,7 @@ async def _apply_template(kube: Kube, scope: PartitionScope) -> None:
         patch = await _patch_vm(kube, scope, plan)
     except ApiException as error:
         if error.status == 422:
-            raise ProblemError("InvalidTemplate", _api_message(error)) from error
+            raise ProblemError(status_rules.INVALID_TEMPLATE, _api_message(error)) from error
         raise
     if patch is not None and "spec" in patch:
         message = (
@@ -162,7 +162,7 @@ async def ensure_adopted_vm(kube: Kube, scope: PartitionScope) -> None:
         try:
             return vm_ownership.adoption_patch(vm, scope.partition, scope.agent)
         except DeliveryError as exc:
-            raise ProblemError("KeyDeliveryFailed", str(exc)) from exc
+            raise ProblemError(status_rules.KEY_DELIVERY_FAILED, str(exc)) from exc
 
     patch = await _patch_vm(kube, scope, plan)
     if patch is None:

@@ -15,6 +15,12 @@ MAX_ADDRESSES = 16
 VM_READY = "VMReady"
 AGENT_CONNECTED = "AgentConnected"
 READY = "Ready"
+# VMReady=False reasons for problems the user must fix (docs/api.md lists them all)
+VM_NAME_CONFLICT = "VMNameConflict"
+INVALID_TEMPLATE = "InvalidTemplate"
+KEY_INVALID = "KeyInvalid"
+KEY_DELIVERY_FAILED = "KeyDeliveryFailed"
+KUBEVIRT_MISSING = "KubeVirtMissing"
 
 
 def addresses(vmi: dict[str, Any] | None) -> list[dict[str, str]]:

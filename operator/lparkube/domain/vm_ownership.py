@@ -20,9 +20,9 @@ from typing import Any
 
 from lparkube.domain import key_delivery
 from lparkube.domain.partition import API_VERSION, KIND, AgentSpec, is_adoption, vm_name
+from lparkube.domain.partition_status import VM_NAME_CONFLICT
 
 ADOPTED_BY = "lparkube.io/adopted-by"
-VM_NAME_CONFLICT = "VMNameConflict"
 GROUP_PREFIX = API_VERSION.split("/")[0] + "/"
 
 
