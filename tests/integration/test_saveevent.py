@@ -243,21 +243,19 @@ def metrics(operator: OperatorProcess) -> dict[str, float]:
     return found
 
 
-def test_all_namespaces_is_refused_outside_the_system_namespace(
-    fleet: Fleet, api_client: client.ApiClient, namespace: str
+def test_all_namespaces_is_refused_outside_the_system_namespace_and_complete(
+    fleet: Fleet, api_client: client.ApiClient, namespace: str, kubectl
 ) -> None:
     spec = {"reason": "Manual", "targets": {"all": True, "allNamespaces": True}}
     fleet.create_save_event("wide", spec)
-    refused = wait_for(
-        lambda: (
-            condition(save_event(api_client, namespace, "wide"), "Complete").get("reason")
-            == "Refused"
-            and save_event(api_client, namespace, "wide")
-        ),
-        "refused",
-    )
-    assert condition(refused, "Complete")["status"] == "False"
-    assert "partitions" not in refused["status"]
+    # finished as a failed Job is: `kubectl wait --for=condition=Complete` returns
+    kubectl("wait", "-n", namespace, "saveevent/wide", "--for=condition=Complete", "--timeout=30s")
+    refused = save_event(api_client, namespace, "wide")
+    complete, succeeded = condition(refused, "Complete"), condition(refused, "Succeeded")
+    assert (complete["status"], complete["reason"]) == ("True", "Refused")
+    assert (succeeded["status"], succeeded["reason"]) == ("False", "Refused")
+    assert "allNamespaces" in complete["message"]
+    assert "partitions" not in refused["status"] and "completionTime" in refused["status"]
     wait_for(lambda: "Refused" in events(api_client, namespace, "wide"), "the Refused event")
 
 

@@ -273,12 +273,21 @@ def test_conditions() -> None:
     assert (complete.status, succeeded.status) == (TRUE, FALSE)
 
 
+def test_a_refused_event_is_complete_and_not_succeeded() -> None:
+    complete, succeeded = saving.refused_conditions("allNamespaces outside the system namespace")
+    assert (complete.type, complete.status, complete.reason) == ("Complete", TRUE, "Refused")
+    assert (succeeded.type, succeeded.status, succeeded.reason) == ("Succeeded", FALSE, "Refused")
+
+
 def test_finished_status() -> None:
     assert not saving.finished(None)
     running = {"conditions": [{"type": "Complete", "status": "False", "reason": "InProgress"}]}
     assert not saving.finished(running)
-    refused = {"conditions": [{"type": "Complete", "status": "False", "reason": "Refused"}]}
+    refused = {"conditions": [{"type": "Complete", "status": "True", "reason": "Refused"}]}
     assert saving.finished(refused)
+    # refused before Complete became True for it: stored so, and still finished
+    stored_before = {"conditions": [{"type": "Complete", "status": "False", "reason": "Refused"}]}
+    assert saving.finished(stored_before)
     assert saving.finished({"conditions": [{"type": "Complete", "status": "True"}]})
 
 

@@ -381,13 +381,15 @@ def test_all_namespaces_refused_outside_the_system_namespace(events: list) -> No
     assert agents.calls == []
     assert condition(status, "Complete") | {"lastTransitionTime": ""} == {
         "type": "Complete",
-        "status": "False",
+        "status": "True",
         "reason": "Refused",
         "message": condition(status, "Complete")["message"],
         "observedGeneration": 1,
         "lastTransitionTime": "",
     }
-    assert "partitions" not in status
+    assert (condition(status, "Succeeded")["status"], status["observedGeneration"]) == ("False", 1)
+    assert "completionTime" in status and "partitions" not in status
+    assert saving.finished(status)
 
 
 def test_more_targets_than_one_event_holds_are_refused(

@@ -119,23 +119,21 @@ class SaveRun:
         await self.writer.run()
 
     async def _refuse(self, message: str) -> None:
-        conditions = merge(
-            self.stored.get("conditions"),
-            saving.refused_conditions(message),
-            self.meta.get("generation", 1),
-            utcnow(),
-        )
+        now, generation = utcnow(), self.meta.get("generation", 1)
+        status = {
+            "conditions": merge(
+                self.stored.get("conditions"), saving.refused_conditions(message), generation, now
+            ),
+            "completionTime": rfc3339(now),
+            "observedGeneration": generation,
+        }
         write = self.kube.patch(
-            SAVE_EVENT,
-            self.namespace,
-            self.name,
-            {"status": {"conditions": conditions}},
-            status=True,
+            SAVE_EVENT, self.namespace, self.name, {"status": status}, status=True
         )
 
         def announce() -> None:
-            kopf.event(self.body, type="Warning", reason="Refused", message=message)
-            metrics.SAVE_EVENTS.labels(reason=self.reason, result="Refused").inc()
+            kopf.event(self.body, type="Warning", reason=saving.REFUSED, message=message)
+            metrics.SAVE_EVENTS.labels(reason=self.reason, result=saving.REFUSED).inc()
 
         await _finally_then(write, announce)
 

@@ -512,14 +512,17 @@ def final_conditions(reason: str, counts: Mapping[str, int], pods_bad: int = 0) 
 
 
 def refused_conditions(message: str) -> list[Condition]:
+    """A refused SaveEvent is finished, as a failed Job is: Complete=True (so ``kubectl wait
+    --for=condition=Complete`` returns) and Succeeded=False, both with reason Refused."""
     return [
-        Condition(COMPLETE, FALSE, REFUSED, message),
+        Condition(COMPLETE, TRUE, REFUSED, message),
         Condition(SUCCEEDED_CONDITION, FALSE, REFUSED, message),
     ]
 
 
 def finished(status: Mapping[str, Any] | None) -> bool:
-    """No more work: Complete=True, or refused (Complete=False, reason Refused)."""
+    """No more work: Complete=True; or Complete=False with reason Refused, the shape refused
+    SaveEvents had before they became Complete=True (still stored in clusters)."""
     for condition in (status or {}).get("conditions") or []:
         if condition.get("type") == COMPLETE:
             return condition.get("status") == TRUE or condition.get("reason") == REFUSED
