@@ -144,7 +144,17 @@ def results(save: dict, namespace: str) -> dict[str, dict]:
 
 
 def events(api: client.ApiClient, namespace: str, name: str) -> list[str]:
-    listed = client.CoreV1Api(api).list_namespaced_event(
-        namespace, field_selector=f"involvedObject.name={name}"
-    )
-    return [e.reason for e in listed.items if e.involved_object.kind == "SaveEvent"]
+    return [reason for _, reason, _ in event_records(api, namespace, name)]
+
+
+def event_records(
+    api: client.ApiClient, namespace: str | None, name: str, kind: str = "SaveEvent"
+) -> list[tuple[str, str, str]]:
+    """(type, reason, message) of the Events about one object; ``namespace`` None for a
+    cluster-scoped object (its Events may be in any namespace)."""
+    core, selector = client.CoreV1Api(api), f"involvedObject.name={name}"
+    if namespace is None:
+        listed = core.list_event_for_all_namespaces(field_selector=selector)
+    else:
+        listed = core.list_namespaced_event(namespace, field_selector=selector)
+    return [(e.type, e.reason, e.message) for e in listed.items if e.involved_object.kind == kind]

@@ -14,7 +14,15 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from kubernetes import client
 from partition_helpers import wait_for
-from saving_helpers import Fleet, condition, events, results, save_event, wait_complete
+from saving_helpers import (
+    Fleet,
+    condition,
+    event_records,
+    events,
+    results,
+    save_event,
+    wait_complete,
+)
 
 from lparkube_devenv.controlplane import free_port
 
@@ -257,6 +265,26 @@ def test_all_namespaces_is_refused_outside_the_system_namespace_and_complete(
     assert "allNamespaces" in complete["message"]
     assert "partitions" not in refused["status"] and "completionTime" in refused["status"]
     wait_for(lambda: "Refused" in events(api_client, namespace, "wide"), "the Refused event")
+
+
+def test_a_selector_that_matches_nothing_says_so(
+    fleet: Fleet, api_client: client.ApiClient, namespace: str
+) -> None:
+    spec = {"reason": "Manual", "targets": {"selector": {"matchLabels": {"tier": "nowhere"}}}}
+    fleet.create_save_event("nobody", spec)
+    saved = wait_complete(api_client, namespace, "nobody")
+    message = (
+        f"no Partition matched the targets (selector tier=nowhere in namespace {namespace}); "
+        "nothing was instructed"
+    )
+    complete, succeeded = condition(saved, "Complete"), condition(saved, "Succeeded")
+    assert (complete["reason"], complete["message"]) == ("NoTargets", message)
+    assert (succeeded["status"], succeeded["reason"]) == ("True", "NoTargets")
+    assert saved["status"]["summary"]["partitions"] == 0
+    wait_for(
+        lambda: ("Warning", "NoTargets", message) in event_records(api_client, namespace, "nobody"),
+        "the NoTargets warning",
+    )
 
 
 def test_status_shows_the_applications_saved_while_a_partition_is_still_saving(

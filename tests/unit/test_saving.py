@@ -255,7 +255,8 @@ def test_summary_counts() -> None:
         (["Unreachable", "Failed"], 0, "Failed"),
         (["Succeeded", "TimedOut"], 0, "DeadlineExceeded"),
         (["Succeeded"], 1, "PartiallySucceeded"),
-        ([], 0, "Succeeded"),
+        ([], 0, "NoTargets"),
+        ([], 1, "Failed"),
     ],
 )
 def test_completion_reason(outcomes: list[str], pods_bad: int, reason: str) -> None:
@@ -271,6 +272,50 @@ def test_conditions() -> None:
     assert (complete.status, complete.reason, succeeded.status) == (TRUE, "Succeeded", TRUE)
     complete, succeeded = saving.final_conditions("DeadlineExceeded", counts)
     assert (complete.status, succeeded.status) == (TRUE, FALSE)
+
+
+def test_nothing_matched_completes_succeeded_with_a_message_naming_the_targets() -> None:
+    counts = saving.summary([])
+    targets = saving.describe_targets({"selector": {"matchLabels": {"tier": "db"}}}, "shop")
+    complete, succeeded = saving.final_conditions("NoTargets", counts, 0, targets)
+    message = "no Partition matched the targets (selector tier=db in namespace shop); "
+    message += "nothing was instructed"
+    assert (complete.status, complete.reason, complete.message) == (TRUE, "NoTargets", message)
+    assert (succeeded.status, succeeded.reason) == (TRUE, "NoTargets")
+    complete, succeeded = saving.final_conditions("Failed", counts, 1, targets)
+    assert complete.message == message + "; 1 pod save hooks failed"
+    assert succeeded.status == FALSE
+
+
+@pytest.mark.parametrize(
+    ("targets", "scope", "text"),
+    [
+        ({"nodeName": "node-a", "allNamespaces": True}, None, "nodeName node-a in every namespace"),
+        ({"all": True}, "shop", "all in namespace shop"),
+        ({"partitions": ["a", "b"]}, "shop", "partitions a, b in namespace shop"),
+        ({"selector": {}}, "shop", "selector {} (every Partition) in namespace shop"),
+        (
+            {
+                "selector": {
+                    "matchLabels": {"tier": "web", "app": "shop"},
+                    "matchExpressions": [
+                        {"key": "zone", "operator": "In", "values": ["a", "b"]},
+                        {"key": "env", "operator": "NotIn", "values": ["dev"]},
+                        {"key": "gpu", "operator": "Exists"},
+                        {"key": "legacy", "operator": "DoesNotExist"},
+                    ],
+                }
+            },
+            "shop",
+            "selector app=shop,tier=web,zone in (a,b),env notin (dev),gpu,!legacy "
+            "in namespace shop",
+        ),
+    ],
+)
+def test_targets_are_described_as_kubectl_writes_them(
+    targets: dict, scope: str | None, text: str
+) -> None:
+    assert saving.describe_targets(targets, scope) == text
 
 
 def test_a_refused_event_is_complete_and_not_succeeded() -> None:

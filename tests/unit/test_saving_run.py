@@ -408,6 +408,26 @@ def test_more_targets_than_one_event_holds_are_refused(
     assert "partitions" not in status
 
 
+def test_a_selector_that_matches_nothing_completes_with_a_warning(events: list) -> None:
+    kube = FakeKube()
+    add_partition(kube, "p")
+    add_save_event(kube, {"targets": {"selector": {"matchLabels": {"tier": "db"}}}})
+    status = run(kube, FakeAgents(kube))
+    message = (
+        f"no Partition matched the targets (selector tier=db in namespace {NS}); "
+        "nothing was instructed"
+    )
+    complete, succeeded = condition(status, "Complete"), condition(status, "Succeeded")
+    assert (complete["status"], complete["reason"], complete["message"]) == (
+        "True",
+        "NoTargets",
+        message,
+    )
+    assert (succeeded["status"], succeeded["reason"]) == ("True", "NoTargets")
+    assert [reason for reason, _ in events] == ["NoTargets", "Completed"]
+    assert events[0] == ("NoTargets", message)
+
+
 def test_system_namespace_reaches_every_namespace(events: list) -> None:
     kube = FakeKube()
     add_partition(kube, "p")

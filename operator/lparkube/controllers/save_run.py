@@ -187,12 +187,21 @@ class SaveRun:
                 found.append(saving.target_of(partition))
         return sorted(found, key=lambda t: t.key)
 
+    def _targets_text(self) -> str:
+        targets = self.spec["targets"]
+        scope = saving.list_scope(self.namespace, self.system_ns, targets)
+        return saving.describe_targets(targets, scope)
+
     def _index(self, items: list[dict[str, Any]]) -> None:
         self.index = {saving.entry_key(item): i for i, item in enumerate(items)}
         self.few = len(items) <= MAX_PER_PARTITION_EVENTS
         self.budget = saving.entry_budget(len(items))
 
     def _announce(self, items: list[dict[str, Any]]) -> None:
+        if not items:
+            message = saving.no_match_message(self._targets_text())
+            kopf.event(self.body, type="Warning", reason=saving.NO_TARGETS, message=message)
+            return
         counts = saving.summary(items)
         message = (
             f"{self.reason}: instructing {counts['pending']} of {counts['partitions']} partitions"
@@ -402,7 +411,7 @@ class SaveRun:
         counts = saving.summary(items)
         pods_bad = saving.pods_failed(self.writer.status.get("pods") or [])
         reason = saving.completion_reason(counts, items, pods_bad)
-        final = saving.final_conditions(reason, counts, pods_bad)
+        final = saving.final_conditions(reason, counts, pods_bad, self._targets_text())
         if self.snapshots.wanted:
             final = [replace(c, message=c.message + self.snapshots.note()) for c in final]
         self.writer.derive = None  # the final conditions must not be overwritten
@@ -417,7 +426,7 @@ class SaveRun:
         def announce() -> None:
             kopf.event(
                 self.body,
-                type="Normal" if reason == saving.SUCCEEDED else "Warning",
+                type="Normal" if reason in saving.SUCCESSES else "Warning",
                 reason="Completed",
                 message=f"{reason}: {final[0].message}",
             )
