@@ -47,9 +47,12 @@ class Fleet:
         apps: list[tuple[str, int, float]],
         *,
         template: dict | None = None,
+        agent_port: int | None = None,
     ) -> Any:
         """A Partition whose VM runs on ``node`` and whose agent has ``apps`` registered as
-        (name, priority, save delay) Command apps writing to ``out(name)``."""
+        (name, priority, save delay) Command apps writing to ``out(name)``. ``agent_port``
+        makes the agent listen on another port than its Partition's: it reports, connected,
+        but nothing answers at the Partition's endpoint."""
         ip, port = next(_ips), free_port()
         manifest = partition_manifest(name, ip, port)
         vmi_spec = manifest["spec"]["vmTemplate"]["spec"]["template"]["spec"]
@@ -58,7 +61,7 @@ class Fleet:
         self.parts.create(manifest)
         status = self.parts.wait_condition(name, "VMReady", "True")
         assert status["nodeName"] == node
-        agent = self.guest_agent(self.namespace, name, ip=ip)
+        agent = self.guest_agent(self.namespace, name, ip=ip, port=agent_port)
         self.agents[name] = agent
         idle, _ = start_app("idle", f"{name}-idle", self.out(name))
         self.procs.append(idle)

@@ -287,6 +287,31 @@ def test_a_selector_that_matches_nothing_says_so(
     )
 
 
+def test_a_timed_out_partition_names_the_refused_connection(
+    fleet: Fleet, api_client: client.ApiClient, namespace: str
+) -> None:
+    # its agent listens elsewhere: it reports (connected), but its endpoint refuses
+    fleet.partition("deaf", "node-a", [("ledger", 10, 0.0)], agent_port=free_port())
+    endpoint = fleet.parts.status("deaf")["agent"]["endpoint"]
+    spec = {
+        "reason": "Manual",
+        "targets": {"partitions": ["deaf"]},
+        "deadline": "6s",
+        "applicationTimeout": "2s",
+    }
+    fleet.create_save_event("deaf-save", spec)
+    deaf = results(wait_complete(api_client, namespace, "deaf-save", timeout=30), namespace)["deaf"]
+    assert deaf["outcome"] == "TimedOut"
+    assert deaf["message"] == (
+        "the deadline passed before it finished; last attempt: "
+        f"{namespace}/deaf: cannot reach {endpoint}: connection refused"
+    )
+    warning = ("Warning", "SaveFailed", f"{namespace}/deaf: TimedOut: {deaf['message']}")
+    wait_for(
+        lambda: warning in event_records(api_client, namespace, "deaf-save"), "the SaveFailed event"
+    )
+
+
 def test_status_shows_the_applications_saved_while_a_partition_is_still_saving(
     fleet: Fleet, api_client: client.ApiClient, namespace: str
 ) -> None:

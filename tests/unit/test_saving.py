@@ -229,6 +229,21 @@ def test_deadline_marks_reached_timed_out_and_silent_unreachable() -> None:
     assert saving.at_deadline(done, True, T0) == done
 
 
+def test_deadline_message_names_the_last_failed_attempt() -> None:
+    item = {"namespace": "n", "name": "p", "outcome": "Instructed"}
+    refused = "n/p: cannot reach 10.0.0.5:8443: connection refused"
+    timed_out = saving.at_deadline(item, True, T0, refused)
+    assert (timed_out["outcome"], timed_out["message"]) == (
+        "TimedOut",
+        "the deadline passed before it finished; last attempt: " + refused,
+    )
+    assert saving.at_deadline(item, True, T0)["message"] == (
+        "the deadline passed before it finished"
+    )
+    silent = saving.at_deadline(item, False, T0, refused)["message"]
+    assert silent == "the agent never answered before the deadline; last attempt: " + refused
+
+
 def test_summary_counts() -> None:
     items = [
         {"outcome": "Succeeded", "applications": [{"outcome": "Saved"}, {"outcome": "Saved"}]},

@@ -326,6 +326,19 @@ def test_deadline_times_out_a_hanging_agent(events: list) -> None:
     assert condition(status, "Complete")["reason"] == "DeadlineExceeded"
 
 
+def test_a_timed_out_partition_says_what_its_last_attempt_failed_on(events: list) -> None:
+    kube = FakeKube()
+    add_partition(kube, "refusing")  # its agent stays connected, its endpoint refuses
+    add_save_event(kube, {"targets": {"all": True}, "deadline": "2s"})
+    status = run(kube, FakeAgents(kube, {"refusing": "refuse"}))
+    refusing = by_name(status)["refusing"]
+    assert refusing["outcome"] == "TimedOut"
+    assert refusing["message"] == (
+        "the deadline passed before it finished; last attempt: connection refused"
+    )
+    assert ("SaveFailed", f"{NS}/refusing: TimedOut: {refusing['message']}") in events
+
+
 def test_agent_that_stops_answering_and_disconnects_is_unreachable(events: list) -> None:
     kube = FakeKube()
     add_partition(kube, "gone")

@@ -369,16 +369,25 @@ def with_failure(item: Mapping[str, Any], outcome: str, message: str, now: datet
     return {**item, "outcome": outcome, "message": clip(message), "completionTime": rfc3339(now)}
 
 
-def at_deadline(item: Mapping[str, Any], reached: bool, now: datetime, note: str = "") -> dict:
+def at_deadline(
+    item: Mapping[str, Any], reached: bool, now: datetime, last_error: str = ""
+) -> dict:
     """An unfinished partition when the deadline passes: TimedOut if its agent took the
-    instruction, Unreachable if it never answered."""
+    instruction, Unreachable if it never answered; the message names the last failed
+    attempt, if any, so a retried connection error is not lost."""
     if is_final(item):
         return dict(item)
+    outcome = TIMED_OUT if reached else UNREACHABLE
+    return with_failure(item, outcome, deadline_message(reached, last_error), now)
+
+
+def deadline_message(reached: bool, last_error: str = "") -> str:
+    """Why a partition did not finish by the deadline, with the last error it was retried on."""
     if reached:
-        return with_failure(item, TIMED_OUT, note or "the deadline passed before it finished", now)
-    return with_failure(
-        item, UNREACHABLE, note or "the agent never answered before the deadline", now
-    )
+        message = "the deadline passed before it finished"
+    else:
+        message = "the agent never answered before the deadline"
+    return f"{message}; last attempt: {last_error}" if last_error else message
 
 
 # --- instruction and timing -------------------------------------------------------------------
