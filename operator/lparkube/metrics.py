@@ -151,7 +151,7 @@ SAVES = Counter(
 SAVE_EVENTS = Counter(
     "lparkube_save_events",
     "SaveEvents completed, by reason and Complete reason (Succeeded, PartiallySucceeded, "
-    "Failed, DeadlineExceeded, Refused).",
+    "Failed, DeadlineExceeded, NoTargets, Refused).",
     ["reason", "result"],
     registry=REGISTRY,
 )

@@ -47,9 +47,12 @@ class Fleet:
         apps: list[tuple[str, int, float]],
         *,
         template: dict | None = None,
+        agent_port: int | None = None,
     ) -> Any:
         """A Partition whose VM runs on ``node`` and whose agent has ``apps`` registered as
-        (name, priority, save delay) Command apps writing to ``out(name)``."""
+        (name, priority, save delay) Command apps writing to ``out(name)``. ``agent_port``
+        makes the agent listen on another port than its Partition's: it reports, connected,
+        but nothing answers at the Partition's endpoint."""
         ip, port = next(_ips), free_port()
         manifest = partition_manifest(name, ip, port)
         vmi_spec = manifest["spec"]["vmTemplate"]["spec"]["template"]["spec"]
@@ -58,7 +61,7 @@ class Fleet:
         self.parts.create(manifest)
         status = self.parts.wait_condition(name, "VMReady", "True")
         assert status["nodeName"] == node
-        agent = self.guest_agent(self.namespace, name, ip=ip)
+        agent = self.guest_agent(self.namespace, name, ip=ip, port=agent_port)
         self.agents[name] = agent
         idle, _ = start_app("idle", f"{name}-idle", self.out(name))
         self.procs.append(idle)
@@ -144,7 +147,17 @@ def results(save: dict, namespace: str) -> dict[str, dict]:
 
 
 def events(api: client.ApiClient, namespace: str, name: str) -> list[str]:
-    listed = client.CoreV1Api(api).list_namespaced_event(
-        namespace, field_selector=f"involvedObject.name={name}"
-    )
-    return [e.reason for e in listed.items if e.involved_object.kind == "SaveEvent"]
+    return [reason for _, reason, _ in event_records(api, namespace, name)]
+
+
+def event_records(
+    api: client.ApiClient, namespace: str | None, name: str, kind: str = "SaveEvent"
+) -> list[tuple[str, str, str]]:
+    """(type, reason, message) of the Events about one object; ``namespace`` None for a
+    cluster-scoped object (its Events may be in any namespace)."""
+    core, selector = client.CoreV1Api(api), f"involvedObject.name={name}"
+    if namespace is None:
+        listed = core.list_event_for_all_namespaces(field_selector=selector)
+    else:
+        listed = core.list_namespaced_event(namespace, field_selector=selector)
+    return [(e.type, e.reason, e.message) for e in listed.items if e.involved_object.kind == kind]

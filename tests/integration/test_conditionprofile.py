@@ -3,16 +3,21 @@ flip and a BMC-style sensor annotation make exactly one SaveEvent each."""
 
 from __future__ import annotations
 
+import json
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from kubernetes import client
 from partition_helpers import wait_for
-from saving_helpers import Fleet, results, save_events, wait_complete
+from saving_helpers import Fleet, event_records, results, save_events, wait_complete
+
+from lparkube_devenv.controlplane import free_port
 
 if TYPE_CHECKING:
     from conftest import OperatorProcess
@@ -23,18 +28,19 @@ STRATEGIC = "application/strategic-merge-patch+json"
 
 
 @pytest.fixture
-def profiles(api_client: client.ApiClient) -> Iterator[Callable[[list[dict]], str]]:
-    """Create ConditionProfiles (cluster-scoped, so deleted explicitly afterwards)."""
+def profiles(api_client: client.ApiClient) -> Iterator[Callable[..., str]]:
+    """``profiles(rules, **spec)``: create ConditionProfiles (cluster-scoped, so deleted
+    explicitly afterwards)."""
     custom = client.CustomObjectsApi(api_client)
     made: list[str] = []
 
-    def create(rules: list[dict]) -> str:
+    def create(rules: list[dict], **spec: Any) -> str:
         name = f"test-{uuid.uuid4().hex[:8]}"
         body = {
             "apiVersion": "lparkube.io/v1alpha1",
             "kind": "ConditionProfile",
             "metadata": {"name": name},
-            "spec": {"rules": rules},
+            "spec": {"rules": rules, **spec},
         }
         custom.create_cluster_custom_object("lparkube.io", "v1alpha1", "conditionprofiles", body)
         made.append(name)
@@ -69,7 +75,7 @@ def test_a_condition_flip_saves_that_nodes_partitions_once(
     api_client: client.ApiClient,
     namespace: str,
     operator: OperatorProcess,
-    profiles: Callable[[list[dict]], str],
+    profiles: Callable[..., str],
 ) -> None:
     fleet.partition("hot-1", "node-a", [("db", 10, 0.3), ("web", 20, 0.0), ("cache", 20, 0.0)])
     fleet.partition("hot-2", "node-a", [("mail", 10, 0.2), ("ui", 30, 0.0)])
@@ -134,7 +140,7 @@ def test_a_sensor_held_for_its_duration_saves_every_partition(
     api_client: client.ApiClient,
     namespace: str,
     operator: OperatorProcess,
-    profiles: Callable[[list[dict]], str],
+    profiles: Callable[..., str],
 ) -> None:
     fleet.partition("far", "node-c", [("ledger", 10, 0.0)])
     annotation = f"bmc.lparkube.io/battery-{uuid.uuid4().hex[:6]}"
@@ -163,3 +169,73 @@ def test_a_sensor_held_for_its_duration_saves_every_partition(
         assert [app for app, _ in fleet.written("far")] == ["ledger"]
     finally:
         core.patch_node("node-b", {"metadata": {"annotations": {annotation: None}}})
+
+
+class EmptyPrometheus:
+    """A Prometheus on ``port`` whose every query returns no series."""
+
+    def __init__(self, port: int) -> None:
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                body = {"status": "success", "data": {"resultType": "vector", "result": []}}
+                payload = json.dumps(body).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = HTTPServer(("127.0.0.1", port), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_an_unreachable_prometheus_is_told_once_and_so_is_its_recovery(
+    api_client: client.ApiClient, operator: OperatorProcess, profiles: Callable[..., str]
+) -> None:
+    port = free_port()
+    rule = {"name": "battery", "reason": "Power", "prometheus": {"query": "battery < 3"}}
+    url = f"http://127.0.0.1:{port}"
+    profile = profiles([rule], prometheus={"url": url, "interval": "1s", "timeout": "1s"})
+    custom = client.CustomObjectsApi(api_client)
+
+    def ready(status: str) -> dict | None:
+        body = custom.get_cluster_custom_object(
+            "lparkube.io", "v1alpha1", "conditionprofiles", profile
+        )
+        found = [
+            c for c in (body.get("status") or {}).get("conditions") or [] if c["type"] == "Ready"
+        ]
+        return found[0] if found and found[0]["status"] == status else None
+
+    def told(kind: str) -> list[tuple[str, str, str]]:
+        return [
+            e for e in event_records(api_client, None, profile, "ConditionProfile") if e[1] == kind
+        ]
+
+    def logged(text: str) -> int:
+        return operator.log_tail(500_000).count(f"[{profile}] {text}")
+
+    down = wait_for(lambda: ready("False"), "Ready=False")
+    assert down["reason"] == "PrometheusUnreachable"
+    assert down["message"] == f"battery: {url}/api/v1/query: connection refused"
+    time.sleep(4.0)  # four more failing polls: still one Event, one log line
+    warning = ("Warning", "PrometheusUnreachable", f"Prometheus queries fail: {down['message']}")
+    assert told("PrometheusUnreachable") == [warning]
+    assert logged("Prometheus queries fail") == 1
+
+    prometheus = EmptyPrometheus(port)
+    try:
+        wait_for(lambda: ready("True"), "Ready=True once Prometheus answers")
+        normal = ("Normal", "PrometheusReachable", "Prometheus answers the queries again")
+        wait_for(lambda: told("PrometheusReachable") == [normal], "the PrometheusReachable event")
+        assert logged("Prometheus answers the queries again") == 1
+        assert len(told("PrometheusUnreachable")) == 1
+    finally:
+        prometheus.close()

@@ -14,7 +14,15 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from kubernetes import client
 from partition_helpers import wait_for
-from saving_helpers import Fleet, condition, events, results, save_event, wait_complete
+from saving_helpers import (
+    Fleet,
+    condition,
+    event_records,
+    events,
+    results,
+    save_event,
+    wait_complete,
+)
 
 from lparkube_devenv.controlplane import free_port
 
@@ -243,22 +251,65 @@ def metrics(operator: OperatorProcess) -> dict[str, float]:
     return found
 
 
-def test_all_namespaces_is_refused_outside_the_system_namespace(
-    fleet: Fleet, api_client: client.ApiClient, namespace: str
+def test_all_namespaces_is_refused_outside_the_system_namespace_and_complete(
+    fleet: Fleet, api_client: client.ApiClient, namespace: str, kubectl
 ) -> None:
     spec = {"reason": "Manual", "targets": {"all": True, "allNamespaces": True}}
     fleet.create_save_event("wide", spec)
-    refused = wait_for(
-        lambda: (
-            condition(save_event(api_client, namespace, "wide"), "Complete").get("reason")
-            == "Refused"
-            and save_event(api_client, namespace, "wide")
-        ),
-        "refused",
-    )
-    assert condition(refused, "Complete")["status"] == "False"
-    assert "partitions" not in refused["status"]
+    # finished as a failed Job is: `kubectl wait --for=condition=Complete` returns
+    kubectl("wait", "-n", namespace, "saveevent/wide", "--for=condition=Complete", "--timeout=30s")
+    refused = save_event(api_client, namespace, "wide")
+    complete, succeeded = condition(refused, "Complete"), condition(refused, "Succeeded")
+    assert (complete["status"], complete["reason"]) == ("True", "Refused")
+    assert (succeeded["status"], succeeded["reason"]) == ("False", "Refused")
+    assert "allNamespaces" in complete["message"]
+    assert "partitions" not in refused["status"] and "completionTime" in refused["status"]
     wait_for(lambda: "Refused" in events(api_client, namespace, "wide"), "the Refused event")
+
+
+def test_a_selector_that_matches_nothing_says_so(
+    fleet: Fleet, api_client: client.ApiClient, namespace: str
+) -> None:
+    spec = {"reason": "Manual", "targets": {"selector": {"matchLabels": {"tier": "nowhere"}}}}
+    fleet.create_save_event("nobody", spec)
+    saved = wait_complete(api_client, namespace, "nobody")
+    message = (
+        f"no Partition matched the targets (selector tier=nowhere in namespace {namespace}); "
+        "nothing was instructed"
+    )
+    complete, succeeded = condition(saved, "Complete"), condition(saved, "Succeeded")
+    assert (complete["reason"], complete["message"]) == ("NoTargets", message)
+    assert (succeeded["status"], succeeded["reason"]) == ("True", "NoTargets")
+    assert saved["status"]["summary"]["partitions"] == 0
+    wait_for(
+        lambda: ("Warning", "NoTargets", message) in event_records(api_client, namespace, "nobody"),
+        "the NoTargets warning",
+    )
+
+
+def test_a_timed_out_partition_names_the_refused_connection(
+    fleet: Fleet, api_client: client.ApiClient, namespace: str
+) -> None:
+    # its agent listens elsewhere: it reports (connected), but its endpoint refuses
+    fleet.partition("deaf", "node-a", [("ledger", 10, 0.0)], agent_port=free_port())
+    endpoint = fleet.parts.status("deaf")["agent"]["endpoint"]
+    spec = {
+        "reason": "Manual",
+        "targets": {"partitions": ["deaf"]},
+        "deadline": "6s",
+        "applicationTimeout": "2s",
+    }
+    fleet.create_save_event("deaf-save", spec)
+    deaf = results(wait_complete(api_client, namespace, "deaf-save", timeout=30), namespace)["deaf"]
+    assert deaf["outcome"] == "TimedOut"
+    assert deaf["message"] == (
+        "the deadline passed before it finished; last attempt: "
+        f"{namespace}/deaf: cannot reach {endpoint}: connection refused"
+    )
+    warning = ("Warning", "SaveFailed", f"{namespace}/deaf: TimedOut: {deaf['message']}")
+    wait_for(
+        lambda: warning in event_records(api_client, namespace, "deaf-save"), "the SaveFailed event"
+    )
 
 
 def test_status_shows_the_applications_saved_while_a_partition_is_still_saving(

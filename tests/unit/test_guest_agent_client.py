@@ -196,17 +196,19 @@ def free_port() -> int:
 
 
 def test_nobody_listening_is_unreachable() -> None:
+    endpoint = f"127.0.0.1:{free_port()}"
+
     async def scenario() -> None:
         client = AgentClient(connect_timeout=1.0)
         try:
-            target = AgentTarget(PARTITION, f"127.0.0.1:{free_port()}", KEY)
-            await client.save(target, {"id": "x"}, timeout=2)
+            await client.save(AgentTarget(PARTITION, endpoint, KEY), {"id": "x"}, timeout=2)
         finally:
             await client.close()
 
     with pytest.raises(AgentError) as caught:
         asyncio.run(scenario())
     assert caught.value.reason == "unreachable"
+    assert str(caught.value) == f"{PARTITION}: cannot reach {endpoint}: connection refused"
 
 
 class FakeSecrets:

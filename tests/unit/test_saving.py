@@ -229,6 +229,21 @@ def test_deadline_marks_reached_timed_out_and_silent_unreachable() -> None:
     assert saving.at_deadline(done, True, T0) == done
 
 
+def test_deadline_message_names_the_last_failed_attempt() -> None:
+    item = {"namespace": "n", "name": "p", "outcome": "Instructed"}
+    refused = "n/p: cannot reach 10.0.0.5:8443: connection refused"
+    timed_out = saving.at_deadline(item, True, T0, refused)
+    assert (timed_out["outcome"], timed_out["message"]) == (
+        "TimedOut",
+        "the deadline passed before it finished; last attempt: " + refused,
+    )
+    assert saving.at_deadline(item, True, T0)["message"] == (
+        "the deadline passed before it finished"
+    )
+    silent = saving.at_deadline(item, False, T0, refused)["message"]
+    assert silent == "the agent never answered before the deadline; last attempt: " + refused
+
+
 def test_summary_counts() -> None:
     items = [
         {"outcome": "Succeeded", "applications": [{"outcome": "Saved"}, {"outcome": "Saved"}]},
@@ -255,7 +270,8 @@ def test_summary_counts() -> None:
         (["Unreachable", "Failed"], 0, "Failed"),
         (["Succeeded", "TimedOut"], 0, "DeadlineExceeded"),
         (["Succeeded"], 1, "PartiallySucceeded"),
-        ([], 0, "Succeeded"),
+        ([], 0, "NoTargets"),
+        ([], 1, "Failed"),
     ],
 )
 def test_completion_reason(outcomes: list[str], pods_bad: int, reason: str) -> None:
@@ -273,12 +289,65 @@ def test_conditions() -> None:
     assert (complete.status, succeeded.status) == (TRUE, FALSE)
 
 
+def test_nothing_matched_completes_succeeded_with_a_message_naming_the_targets() -> None:
+    counts = saving.summary([])
+    targets = saving.describe_targets({"selector": {"matchLabels": {"tier": "db"}}}, "shop")
+    complete, succeeded = saving.final_conditions("NoTargets", counts, 0, targets)
+    message = "no Partition matched the targets (selector tier=db in namespace shop); "
+    message += "nothing was instructed"
+    assert (complete.status, complete.reason, complete.message) == (TRUE, "NoTargets", message)
+    assert (succeeded.status, succeeded.reason) == (TRUE, "NoTargets")
+    complete, succeeded = saving.final_conditions("Failed", counts, 1, targets)
+    assert complete.message == message + "; 1 pod save hooks failed"
+    assert succeeded.status == FALSE
+
+
+@pytest.mark.parametrize(
+    ("targets", "scope", "text"),
+    [
+        ({"nodeName": "node-a", "allNamespaces": True}, None, "nodeName node-a in every namespace"),
+        ({"all": True}, "shop", "all in namespace shop"),
+        ({"partitions": ["a", "b"]}, "shop", "partitions a, b in namespace shop"),
+        ({"selector": {}}, "shop", "selector {} (every Partition) in namespace shop"),
+        (
+            {
+                "selector": {
+                    "matchLabels": {"tier": "web", "app": "shop"},
+                    "matchExpressions": [
+                        {"key": "zone", "operator": "In", "values": ["a", "b"]},
+                        {"key": "env", "operator": "NotIn", "values": ["dev"]},
+                        {"key": "gpu", "operator": "Exists"},
+                        {"key": "legacy", "operator": "DoesNotExist"},
+                    ],
+                }
+            },
+            "shop",
+            "selector app=shop,tier=web,zone in (a,b),env notin (dev),gpu,!legacy "
+            "in namespace shop",
+        ),
+    ],
+)
+def test_targets_are_described_as_kubectl_writes_them(
+    targets: dict, scope: str | None, text: str
+) -> None:
+    assert saving.describe_targets(targets, scope) == text
+
+
+def test_a_refused_event_is_complete_and_not_succeeded() -> None:
+    complete, succeeded = saving.refused_conditions("allNamespaces outside the system namespace")
+    assert (complete.type, complete.status, complete.reason) == ("Complete", TRUE, "Refused")
+    assert (succeeded.type, succeeded.status, succeeded.reason) == ("Succeeded", FALSE, "Refused")
+
+
 def test_finished_status() -> None:
     assert not saving.finished(None)
     running = {"conditions": [{"type": "Complete", "status": "False", "reason": "InProgress"}]}
     assert not saving.finished(running)
-    refused = {"conditions": [{"type": "Complete", "status": "False", "reason": "Refused"}]}
+    refused = {"conditions": [{"type": "Complete", "status": "True", "reason": "Refused"}]}
     assert saving.finished(refused)
+    # refused before Complete became True for it: stored so, and still finished
+    stored_before = {"conditions": [{"type": "Complete", "status": "False", "reason": "Refused"}]}
+    assert saving.finished(stored_before)
     assert saving.finished({"conditions": [{"type": "Complete", "status": "True"}]})
 
 

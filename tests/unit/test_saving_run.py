@@ -326,6 +326,19 @@ def test_deadline_times_out_a_hanging_agent(events: list) -> None:
     assert condition(status, "Complete")["reason"] == "DeadlineExceeded"
 
 
+def test_a_timed_out_partition_says_what_its_last_attempt_failed_on(events: list) -> None:
+    kube = FakeKube()
+    add_partition(kube, "refusing")  # its agent stays connected, its endpoint refuses
+    add_save_event(kube, {"targets": {"all": True}, "deadline": "2s"})
+    status = run(kube, FakeAgents(kube, {"refusing": "refuse"}))
+    refusing = by_name(status)["refusing"]
+    assert refusing["outcome"] == "TimedOut"
+    assert refusing["message"] == (
+        "the deadline passed before it finished; last attempt: connection refused"
+    )
+    assert ("SaveFailed", f"{NS}/refusing: TimedOut: {refusing['message']}") in events
+
+
 def test_agent_that_stops_answering_and_disconnects_is_unreachable(events: list) -> None:
     kube = FakeKube()
     add_partition(kube, "gone")
@@ -381,13 +394,15 @@ def test_all_namespaces_refused_outside_the_system_namespace(events: list) -> No
     assert agents.calls == []
     assert condition(status, "Complete") | {"lastTransitionTime": ""} == {
         "type": "Complete",
-        "status": "False",
+        "status": "True",
         "reason": "Refused",
         "message": condition(status, "Complete")["message"],
         "observedGeneration": 1,
         "lastTransitionTime": "",
     }
-    assert "partitions" not in status
+    assert (condition(status, "Succeeded")["status"], status["observedGeneration"]) == ("False", 1)
+    assert "completionTime" in status and "partitions" not in status
+    assert saving.finished(status)
 
 
 def test_more_targets_than_one_event_holds_are_refused(
@@ -404,6 +419,26 @@ def test_more_targets_than_one_event_holds_are_refused(
     assert condition(status, "Complete")["reason"] == "Refused"
     assert "3 partitions match" in condition(status, "Complete")["message"]
     assert "partitions" not in status
+
+
+def test_a_selector_that_matches_nothing_completes_with_a_warning(events: list) -> None:
+    kube = FakeKube()
+    add_partition(kube, "p")
+    add_save_event(kube, {"targets": {"selector": {"matchLabels": {"tier": "db"}}}})
+    status = run(kube, FakeAgents(kube))
+    message = (
+        f"no Partition matched the targets (selector tier=db in namespace {NS}); "
+        "nothing was instructed"
+    )
+    complete, succeeded = condition(status, "Complete"), condition(status, "Succeeded")
+    assert (complete["status"], complete["reason"], complete["message"]) == (
+        "True",
+        "NoTargets",
+        message,
+    )
+    assert (succeeded["status"], succeeded["reason"]) == ("True", "NoTargets")
+    assert [reason for reason, _ in events] == ["NoTargets", "Completed"]
+    assert events[0] == ("NoTargets", message)
 
 
 def test_system_namespace_reaches_every_namespace(events: list) -> None:

@@ -231,6 +231,25 @@ def test_ready_condition() -> None:
     assert (bad.status, bad.reason) == ("False", "PrometheusUnreachable")
 
 
+def test_ready_is_told_once_per_transition() -> None:
+    bad = triggers.ready_condition({"q": "http://prom:9090/api/v1/query: connection refused"})
+    good = triggers.ready_condition({})
+    stored_bad = {"type": "Ready", "status": "False", "reason": "PrometheusUnreachable"}
+    stored_good = {"type": "Ready", "status": "True", "reason": "Evaluated"}
+    assert triggers.ready_notice(None, bad) == triggers.Notice(
+        "Warning",
+        "PrometheusUnreachable",
+        "Prometheus queries fail: q: http://prom:9090/api/v1/query: connection refused",
+    )
+    assert triggers.ready_notice(stored_good, bad) == triggers.ready_notice(None, bad)
+    assert triggers.ready_notice(stored_bad, bad) is None  # still failing: said already
+    assert triggers.ready_notice(stored_bad, good) == triggers.Notice(
+        "Normal", "PrometheusReachable", "Prometheus answers the queries again"
+    )
+    assert triggers.ready_notice(stored_good, good) is None
+    assert triggers.ready_notice(None, good) is None  # a new profile: nothing to tell
+
+
 def vmi(strategy: str = "External", node_name: str | None = "node-a") -> dict:
     status = {"evacuationNodeName": node_name} if node_name else {}
     return {

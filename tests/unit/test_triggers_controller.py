@@ -126,11 +126,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-async def with_prometheus(result: list[dict], body: dict, kube: FakeKube) -> ProfileEvaluator:
-    queries: list[str] = []
+async def serve_prometheus(
+    result: list[dict], port: int, queries: list[str] | None = None
+) -> web.AppRunner:
+    """A Prometheus on ``port`` answering every query with ``result`` (and noting it)."""
 
     async def query(request: web.Request) -> web.Response:
-        queries.append(request.query["query"])
+        if queries is not None:
+            queries.append(request.query["query"])
         return web.json_response(
             {"status": "success", "data": {"resultType": "vector", "result": result}}
         )
@@ -139,8 +142,14 @@ async def with_prometheus(result: list[dict], body: dict, kube: FakeKube) -> Pro
     app.router.add_get("/api/v1/query", query)
     runner = web.AppRunner(app)
     await runner.setup()
-    port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
+    return runner
+
+
+async def with_prometheus(result: list[dict], body: dict, kube: FakeKube) -> ProfileEvaluator:
+    queries: list[str] = []
+    port = free_port()
+    runner = await serve_prometheus(result, port, queries)
     try:
         body["spec"]["prometheus"] = {"url": f"http://127.0.0.1:{port}", "timeout": "2s"}
         evaluator = await rounds(kube, body, {"n": node(False)})
@@ -173,7 +182,38 @@ def test_unreachable_prometheus_makes_ready_false() -> None:
     evaluator = asyncio.run(rounds(kube, body, {"n": node(False)}))
     ready = evaluator.status["conditions"][0]
     assert (ready["status"], ready["reason"]) == ("False", "PrometheusUnreachable")
+    assert "connection refused" in ready["message"]
     assert kube.created == []
+
+
+def test_unreachable_prometheus_is_told_once_and_so_is_its_recovery(
+    events: list[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    port = free_port()
+    body = profile(PROM_RULE, prom=f"http://127.0.0.1:{port}")
+    body["spec"]["prometheus"]["interval"] = "0s"  # queried on every round
+    kube = FakeKube()
+
+    async def scenario() -> None:
+        async with aiohttp.ClientSession() as session:
+            evaluator = ProfileEvaluator(kube, session, body, SYSTEM, logging.getLogger("t"))  # type: ignore[arg-type]
+            for _ in range(3):
+                await evaluator.round({"n": node(False)})
+            runner = await serve_prometheus([], port)
+            try:
+                for _ in range(2):
+                    await evaluator.round({"n": node(False)})
+            finally:
+                await runner.cleanup()
+
+    with caplog.at_level(logging.INFO, logger="t"):
+        asyncio.run(scenario())
+    assert events == ["PrometheusUnreachable", "PrometheusReachable"]
+    told = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "t"]
+    assert [level for level, _ in told] == ["WARNING", "INFO"]
+    assert told[0][1].startswith("Prometheus queries fail: battery: http://127.0.0.1:")
+    assert told[0][1].endswith("connection refused")
+    assert all(getattr(r, "k8s_skip", False) for r in caplog.records if r.name == "t")
 
 
 def vmi() -> dict:

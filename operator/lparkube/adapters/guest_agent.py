@@ -17,6 +17,7 @@ from typing import Any
 import aiohttp
 from kubernetes.client.exceptions import ApiException
 
+from lparkube.adapters import net_errors
 from lparkube.adapters.kube import Kube, not_found
 from lparkube_agent import protocol
 
@@ -136,7 +137,8 @@ class AgentClient:
             raise AgentError("timeout", f"{target.partition}: no answer in {timeout:g}s") from exc
         except (aiohttp.ClientError, OSError) as exc:
             raise AgentError(
-                "unreachable", f"{target.partition}: cannot reach {target.endpoint}: {exc}"
+                "unreachable",
+                f"{target.partition}: cannot reach {target.endpoint}: {net_errors.reason(exc)}",
             ) from exc
 
 

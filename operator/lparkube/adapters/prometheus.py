@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import aiohttp
 
+from lparkube.adapters import net_errors
+
 
 class PrometheusError(Exception):
     """A query could not be answered; the message says why."""
@@ -22,7 +24,7 @@ async def query(
                 raise PrometheusError(f"{url}: HTTP {reply.status}")
             payload = await reply.json(content_type=None)
     except (aiohttp.ClientError, TimeoutError, ValueError) as error:
-        raise PrometheusError(f"{url}: {type(error).__name__}: {error}") from error
+        raise PrometheusError(f"{url}: {net_errors.reason(error)}") from error
     if payload.get("status") != "success":
         raise PrometheusError(f"{url}: {payload.get('errorType')}: {payload.get('error')}")
     data = payload.get("data") or {}

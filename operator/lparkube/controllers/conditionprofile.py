@@ -27,12 +27,13 @@ from lparkube.api.resource import GROUP
 from lparkube.controllers.saveevent import clients, system_namespace
 from lparkube.domain import triggers
 from lparkube.domain.clock import parse_duration, rfc3339, utcnow
-from lparkube.domain.conditions import merge
+from lparkube.domain.conditions import find, merge
 
 VERSION = "v1alpha1"
 DEBOUNCE = 0.2  # coalesce bursts of Node events into one evaluation
 IDLE_RECHECK = 60.0  # re-evaluate at least this often, whatever happens
 CONFLICT = 409
+LOG_ONLY = {"k8s_skip": True}  # kopf posts no Event for a record with this extra
 
 _wakers: dict[str, asyncio.Event] = {}
 
@@ -182,17 +183,23 @@ class ProfileEvaluator:
         wanted = dict(self.status)
         wanted["rules"] = triggers.dump_states(rules)
         generation = (self.body.get("metadata") or {}).get("generation", 1)
-        wanted["conditions"] = merge(
-            self.status.get("conditions"),
-            [triggers.ready_condition(self.query_errors)],
-            generation,
-            utcnow(),
-        )
+        ready = triggers.ready_condition(self.query_errors)
+        stored = self.status.get("conditions")
+        wanted["conditions"] = merge(stored, [ready], generation, utcnow())
         wanted["observedGeneration"] = generation
         if wanted == self.status:
             return
         await self.kube.patch(CONDITION_PROFILE, None, self.name, {"status": wanted}, status=True)
         self.status = wanted
+        if notice := triggers.ready_notice(find(stored, triggers.READY), ready):
+            self._tell(notice)
+
+    def _tell(self, notice: triggers.Notice) -> None:
+        """Post the notice as an Event and log it (as a log line only: kopf would post a
+        logged warning as a second Event)."""
+        kopf.event(self.body, type=notice.type, reason=notice.reason, message=notice.message)
+        level = logging.WARNING if notice.type == "Warning" else logging.INFO
+        self.logger.log(level, "%s", notice.message, extra=LOG_ONLY)
 
     # --- prometheus -------------------------------------------------------------------------
 

@@ -27,7 +27,7 @@ from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
 from lparkube import metrics
-from lparkube.adapters import agent_keys
+from lparkube.adapters import agent_keys, net_errors
 from lparkube.adapters.guest_agent import (
     AgentClient,
     AgentError,
@@ -83,6 +83,8 @@ class SaveRun:
         )
         self.index: dict[tuple[str, str], int] = {}
         self.keys: dict[tuple[str, str], bytes] = {}
+        # why a partition's last attempt failed while it is retried, for its deadline message
+        self.last_error: dict[tuple[str, str], str] = {}
         self.few = True
         # labelled once: a thousand results must not each look their series up
         self.fanout_latency = metrics.SAVE_FANOUT_LATENCY.labels(reason=self.reason)
@@ -119,23 +121,21 @@ class SaveRun:
         await self.writer.run()
 
     async def _refuse(self, message: str) -> None:
-        conditions = merge(
-            self.stored.get("conditions"),
-            saving.refused_conditions(message),
-            self.meta.get("generation", 1),
-            utcnow(),
-        )
+        now, generation = utcnow(), self.meta.get("generation", 1)
+        status = {
+            "conditions": merge(
+                self.stored.get("conditions"), saving.refused_conditions(message), generation, now
+            ),
+            "completionTime": rfc3339(now),
+            "observedGeneration": generation,
+        }
         write = self.kube.patch(
-            SAVE_EVENT,
-            self.namespace,
-            self.name,
-            {"status": {"conditions": conditions}},
-            status=True,
+            SAVE_EVENT, self.namespace, self.name, {"status": status}, status=True
         )
 
         def announce() -> None:
-            kopf.event(self.body, type="Warning", reason="Refused", message=message)
-            metrics.SAVE_EVENTS.labels(reason=self.reason, result="Refused").inc()
+            kopf.event(self.body, type="Warning", reason=saving.REFUSED, message=message)
+            metrics.SAVE_EVENTS.labels(reason=self.reason, result=saving.REFUSED).inc()
 
         await _finally_then(write, announce)
 
@@ -189,12 +189,21 @@ class SaveRun:
                 found.append(saving.target_of(partition))
         return sorted(found, key=lambda t: t.key)
 
+    def _targets_text(self) -> str:
+        targets = self.spec["targets"]
+        scope = saving.list_scope(self.namespace, self.system_ns, targets)
+        return saving.describe_targets(targets, scope)
+
     def _index(self, items: list[dict[str, Any]]) -> None:
         self.index = {saving.entry_key(item): i for i, item in enumerate(items)}
         self.few = len(items) <= MAX_PER_PARTITION_EVENTS
         self.budget = saving.entry_budget(len(items))
 
     def _announce(self, items: list[dict[str, Any]]) -> None:
+        if not items:
+            message = saving.no_match_message(self._targets_text())
+            kopf.event(self.body, type="Warning", reason=saving.NO_TARGETS, message=message)
+            return
         counts = saving.summary(items)
         message = (
             f"{self.reason}: instructing {counts['pending']} of {counts['partitions']} partitions"
@@ -246,7 +255,8 @@ class SaveRun:
             target = targets.get(key)
             current = await self._current(target) if target else None
             reached = current is not None and saving.unreachable_reason(current) is None
-            item = self._set(key, saving.at_deadline(self._item(key), reached, now))
+            last_error = self.last_error.get(key, "")
+            item = self._set(key, saving.at_deadline(self._item(key), reached, now, last_error))
             self._record_final(item)
 
     async def _save_partition(self, target: saving.Target) -> None:
@@ -257,8 +267,9 @@ class SaveRun:
             try:
                 await self._save_partition_once(target)
                 return
-            except (ApiException, HTTPError, OSError, aiohttp.ClientError):
+            except (ApiException, HTTPError, OSError, aiohttp.ClientError) as error:
                 self.logger.exception("Saving %s failed; retrying", target.ref)
+                self.last_error[target.key] = _retry_cause(error)
             except Exception as error:
                 self.logger.exception("Saving %s failed", target.ref)
                 message = f"internal error: {type(error).__name__}: {error}"
@@ -335,12 +346,14 @@ class SaveRun:
                     return None
                 if current is not None and current.endpoint != agent.endpoint:
                     agent = AgentTarget(agent.partition, current.endpoint, agent.key)
+                self.last_error[target.key] = str(error)
                 await asyncio.sleep(RETRY_PAUSES[min(attempt, len(RETRY_PAUSES) - 1)])
                 attempt += 1
 
     def _progress(self, target: saving.Target, partial: dict[str, Any]) -> None:
         """A running save's applications so far, so status shows progress, not just the end."""
         self.instructing.answered(target.key)
+        self.last_error.pop(target.key, None)  # it answers: an earlier failure is not the cause
         item = self._item(target.key)
         updated = saving.with_agent_result(item, {**partial, "state": "Running"}, utcnow())
         if not saving.is_final(item) and updated != item:
@@ -404,7 +417,7 @@ class SaveRun:
         counts = saving.summary(items)
         pods_bad = saving.pods_failed(self.writer.status.get("pods") or [])
         reason = saving.completion_reason(counts, items, pods_bad)
-        final = saving.final_conditions(reason, counts, pods_bad)
+        final = saving.final_conditions(reason, counts, pods_bad, self._targets_text())
         if self.snapshots.wanted:
             final = [replace(c, message=c.message + self.snapshots.note()) for c in final]
         self.writer.derive = None  # the final conditions must not be overwritten
@@ -419,7 +432,7 @@ class SaveRun:
         def announce() -> None:
             kopf.event(
                 self.body,
-                type="Normal" if reason == saving.SUCCEEDED else "Warning",
+                type="Normal" if reason in saving.SUCCESSES else "Warning",
                 reason="Completed",
                 message=f"{reason}: {final[0].message}",
             )
@@ -427,6 +440,13 @@ class SaveRun:
             self.logger.info("SaveEvent complete: %s (%s)", reason, final[0].message)
 
         await _finally_then(self.writer.barrier(), announce)
+
+
+def _retry_cause(error: Exception) -> str:
+    """A retried error, in a line (an ApiException's text carries every header)."""
+    if isinstance(error, ApiException):
+        return f"the API server answered {error.status} {error.reason}"
+    return net_errors.reason(error)
 
 
 async def _finally_then(write: Awaitable[Any], announce: Callable[[], None]) -> None:

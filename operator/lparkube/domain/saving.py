@@ -36,9 +36,11 @@ METHODS = frozenset({"Signal", "Command", "HTTP", "UnixSocket", "SimulatedInput"
 COMPLETE = "Complete"
 SUCCEEDED_CONDITION = "Succeeded"
 REFUSED = "Refused"
+NO_TARGETS = "NoTargets"
 DEADLINE_EXCEEDED = "DeadlineExceeded"
 PARTIALLY_SUCCEEDED = "PartiallySucceeded"
 IN_PROGRESS = "InProgress"
+SUCCESSES = frozenset({SUCCEEDED, NO_TARGETS})  # completion reasons with Succeeded=True
 
 MAX_APPLICATIONS = 128
 MAX_MESSAGE = 1024
@@ -84,6 +86,23 @@ def _expression_holds(expression: Mapping[str, Any], labels: Mapping[str, str]) 
     if operator == "DoesNotExist":
         return key not in labels
     return False
+
+
+def selector_text(selector: Mapping[str, Any]) -> str:
+    """A LabelSelector as kubectl writes one: ``tier=web,zone in (a,b),!legacy``."""
+    terms = [f"{k}={v}" for k, v in sorted((selector.get("matchLabels") or {}).items())]
+    terms += [_expression_text(e) for e in selector.get("matchExpressions") or []]
+    return ",".join(terms) or "{} (every Partition)"
+
+
+def _expression_text(expression: Mapping[str, Any]) -> str:
+    key, operator = expression.get("key", ""), expression.get("operator", "")
+    values = ",".join(expression.get("values") or [])
+    if operator == "In":
+        return f"{key} in ({values})"
+    if operator == "NotIn":
+        return f"{key} notin ({values})"
+    return key if operator == "Exists" else f"!{key}"
 
 
 # --- targets -----------------------------------------------------------------------------------
@@ -187,6 +206,20 @@ def select(targets: Mapping[str, Any], partitions: Iterable[Mapping[str, Any]]) 
     else:
         chosen = []
     return sorted(chosen, key=lambda t: t.key)
+
+
+def describe_targets(targets: Mapping[str, Any], scope: str | None) -> str:
+    """What a SaveEvent targets, for messages: ``selector tier=web in namespace shop``.
+    ``scope`` is the namespace searched (``list_scope``); None is every namespace."""
+    if names := targets.get("partitions"):
+        what = f"partitions {', '.join(names)}"
+    elif (selector := targets.get("selector")) is not None:
+        what = f"selector {selector_text(selector)}"
+    elif node := targets.get("nodeName"):
+        what = f"nodeName {node}"
+    else:
+        what = "all"
+    return f"{what} in {'every namespace' if scope is None else f'namespace {scope}'}"
 
 
 def missing_names(
@@ -336,16 +369,25 @@ def with_failure(item: Mapping[str, Any], outcome: str, message: str, now: datet
     return {**item, "outcome": outcome, "message": clip(message), "completionTime": rfc3339(now)}
 
 
-def at_deadline(item: Mapping[str, Any], reached: bool, now: datetime, note: str = "") -> dict:
+def at_deadline(
+    item: Mapping[str, Any], reached: bool, now: datetime, last_error: str = ""
+) -> dict:
     """An unfinished partition when the deadline passes: TimedOut if its agent took the
-    instruction, Unreachable if it never answered."""
+    instruction, Unreachable if it never answered; the message names the last failed
+    attempt, if any, so a retried connection error is not lost."""
     if is_final(item):
         return dict(item)
+    outcome = TIMED_OUT if reached else UNREACHABLE
+    return with_failure(item, outcome, deadline_message(reached, last_error), now)
+
+
+def deadline_message(reached: bool, last_error: str = "") -> str:
+    """Why a partition did not finish by the deadline, with the last error it was retried on."""
     if reached:
-        return with_failure(item, TIMED_OUT, note or "the deadline passed before it finished", now)
-    return with_failure(
-        item, UNREACHABLE, note or "the agent never answered before the deadline", now
-    )
+        message = "the deadline passed before it finished"
+    else:
+        message = "the agent never answered before the deadline"
+    return f"{message}; last attempt: {last_error}" if last_error else message
 
 
 # --- instruction and timing -------------------------------------------------------------------
@@ -480,12 +522,14 @@ def pods_failed(pods: Iterable[Mapping[str, Any]]) -> int:
 def completion_reason(
     counts: Mapping[str, int], items: Iterable[Mapping[str, Any]], pods_bad: int
 ) -> str:
-    """Succeeded, PartiallySucceeded, Failed or DeadlineExceeded, once nothing is pending."""
+    """Succeeded, PartiallySucceeded, Failed, DeadlineExceeded or NoTargets (no Partition
+    matched and no pod hook failed: nothing to save is not a failure), once nothing is
+    pending."""
     if any(i.get("outcome") == TIMED_OUT for i in items):
         return DEADLINE_EXCEEDED
     failed = counts["failed"] + pods_bad
     if failed == 0:
-        return SUCCEEDED
+        return SUCCEEDED if counts["partitions"] else NO_TARGETS
     return PARTIALLY_SUCCEEDED if counts["succeeded"] else FAILED
 
 
@@ -497,29 +541,44 @@ def running_conditions(counts: Mapping[str, int]) -> list[Condition]:
     ]
 
 
-def final_conditions(reason: str, counts: Mapping[str, int], pods_bad: int = 0) -> list[Condition]:
-    message = (
-        f"{counts['succeeded']} of {counts['partitions']} partitions saved, "
-        f"{counts['failed']} failed; {counts['applicationsSaved']} of "
-        f"{counts['applications']} applications saved"
-    )
+def no_match_message(targets_text: str) -> str:
+    """The message of a SaveEvent whose targets matched no Partition."""
+    return f"no Partition matched the targets ({targets_text}); nothing was instructed"
+
+
+def final_conditions(
+    reason: str, counts: Mapping[str, int], pods_bad: int = 0, targets_text: str = ""
+) -> list[Condition]:
+    """Complete=True and Succeeded, with counts, or, when no Partition matched, a message
+    that says so and names the targets (``describe_targets``)."""
+    if counts["partitions"]:
+        message = (
+            f"{counts['succeeded']} of {counts['partitions']} partitions saved, "
+            f"{counts['failed']} failed; {counts['applicationsSaved']} of "
+            f"{counts['applications']} applications saved"
+        )
+    else:
+        message = no_match_message(targets_text)
     if pods_bad:
         message += f"; {pods_bad} pod save hooks failed"
     return [
         Condition(COMPLETE, TRUE, reason, message),
-        Condition.of(SUCCEEDED_CONDITION, reason == SUCCEEDED, reason, message),
+        Condition.of(SUCCEEDED_CONDITION, reason in SUCCESSES, reason, message),
     ]
 
 
 def refused_conditions(message: str) -> list[Condition]:
+    """A refused SaveEvent is finished, as a failed Job is: Complete=True (so ``kubectl wait
+    --for=condition=Complete`` returns) and Succeeded=False, both with reason Refused."""
     return [
-        Condition(COMPLETE, FALSE, REFUSED, message),
+        Condition(COMPLETE, TRUE, REFUSED, message),
         Condition(SUCCEEDED_CONDITION, FALSE, REFUSED, message),
     ]
 
 
 def finished(status: Mapping[str, Any] | None) -> bool:
-    """No more work: Complete=True, or refused (Complete=False, reason Refused)."""
+    """No more work: Complete=True; or Complete=False with reason Refused, the shape refused
+    SaveEvents had before they became Complete=True (still stored in clusters)."""
     for condition in (status or {}).get("conditions") or []:
         if condition.get("type") == COMPLETE:
             return condition.get("status") == TRUE or condition.get("reason") == REFUSED

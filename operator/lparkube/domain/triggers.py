@@ -29,7 +29,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from lparkube.domain.clock import parse_duration, parse_time, rfc3339
-from lparkube.domain.conditions import Condition
+from lparkube.domain.conditions import FALSE, Condition
 from lparkube.domain.saving import label_value, selector_matches
 
 CLUSTER = "*"
@@ -39,6 +39,11 @@ PROFILE_LABEL = "lparkube.io/condition-profile"
 RULE_LABEL = "lparkube.io/rule"
 NODE_LABEL = "lparkube.io/node"
 EVACUATION_LABEL = "lparkube.io/evacuation-of"
+
+READY = "Ready"
+EVALUATED = "Evaluated"
+PROMETHEUS_UNREACHABLE = "PrometheusUnreachable"
+PROMETHEUS_REACHABLE = "PrometheusReachable"  # the Event when queries answer again
 
 _COMPARE = {
     "GreaterThan": lambda a, b: a > b,
@@ -394,8 +399,32 @@ def after_firing(
 def ready_condition(failed_queries: Mapping[str, str]) -> Condition:
     if failed_queries:
         detail = "; ".join(f"{rule}: {error}" for rule, error in sorted(failed_queries.items()))
-        return Condition.of("Ready", False, "PrometheusUnreachable", detail[:1024])
-    return Condition.of("Ready", True, "Evaluated", "rules are evaluated on every node change")
+        return Condition.of(READY, False, PROMETHEUS_UNREACHABLE, detail[:1024])
+    return Condition.of(READY, True, EVALUATED, "rules are evaluated on every node change")
+
+
+@dataclass(frozen=True)
+class Notice:
+    """An Event (and log line) to post about a profile."""
+
+    type: str  # Normal or Warning
+    reason: str
+    message: str
+
+
+def ready_notice(stored: Mapping[str, Any] | None, ready: Condition) -> Notice | None:
+    """What a change of Ready is worth saying, once per transition, not on every poll: a
+    Warning when the queries start failing, a Normal when they answer again after failing;
+    None while Ready keeps its status (also across an operator restart, as it is stored) and
+    for a profile's first Ready=True."""
+    before = (stored or {}).get("status")
+    if ready.status == before:
+        return None
+    if ready.status == FALSE:
+        return Notice("Warning", ready.reason, f"Prometheus queries fail: {ready.message}")
+    if before == FALSE:
+        return Notice("Normal", PROMETHEUS_REACHABLE, "Prometheus answers the queries again")
+    return None
 
 
 # --- drain: KubeVirt evacuation ------------------------------------------------------------------

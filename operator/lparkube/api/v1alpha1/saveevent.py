@@ -185,8 +185,9 @@ STATUS = obj(
     {
         "observedGeneration": observed_generation(),
         "conditions": conditions(
-            "Complete (no work left; reason Succeeded, PartiallySucceeded, Failed or "
-            "DeadlineExceeded) and Succeeded (every target saved)."
+            "Complete (no work left; reason Succeeded, PartiallySucceeded, Failed, "
+            "DeadlineExceeded, NoTargets (no Partition matched) or Refused) and Succeeded "
+            "(every target saved; True for NoTargets, False for Refused)."
         ),
         "startTime": timestamp("When the operator started instructing partitions."),
         "deadlineTime": timestamp("creationTimestamp + spec.deadline."),
