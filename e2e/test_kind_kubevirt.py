@@ -31,6 +31,7 @@ from lparkube_devenv.controlplane import REPO_ROOT
 PARTITION = "notes-1"
 LABELS = {"tier": "frontend"}  # what examples/saveevent-manual.yaml selects
 MANUAL_SAVE = REPO_ROOT / "examples" / "saveevent-manual.yaml"
+ADOPT_EXAMPLE = REPO_ROOT / "examples" / "partition-adopt-vm.yaml"
 AGENT_CONNECT_TIMEOUT = 25 * 60  # pulling Fedora and booting it under emulation takes minutes
 SAVE_TIMEOUT = 5 * 60
 CLEANUP_TIMEOUT = 5 * 60
@@ -160,6 +161,57 @@ def test_the_saved_file_is_in_the_guest(
     saved = kubectl("-n", tenant, "logs", probe)
     assert phase == {"Succeeded"}, saved
     assert saved.splitlines() == [f"{saveevent['metadata']['uid']} Manual"]
+
+
+def test_a_second_partition_for_the_vm_is_refused_and_touches_nothing(
+    kubectl: Kubectl, tenant: str, saveevent: dict[str, Any]
+) -> None:
+    generation = get_json(kubectl, "-n", tenant, "vm", PARTITION)["metadata"]["generation"]
+    thief = {
+        "apiVersion": "lparkube.io/v1alpha1",
+        "kind": "Partition",
+        "metadata": {"name": "thief"},
+        "spec": {"vmName": PARTITION},
+    }
+    kubectl("-n", tenant, "apply", "-f", "-", input=json.dumps(thief))
+    refused = wait_for(
+        "the second Partition's VMNameConflict",
+        lambda: (
+            (c := condition(get_json(kubectl, "-n", tenant, "partition", "thief"), "VMReady")).get(
+                "reason"
+            )
+            == "VMNameConflict"
+            and c
+        ),
+        timeout=60,
+    )
+    assert f"belongs to Partition {PARTITION}" in refused["message"]
+    kubectl("-n", tenant, "delete", "partition", "thief", "--wait", "--timeout=2m")
+    vm = get_json(kubectl, "-n", tenant, "vm", PARTITION)
+    assert vm["metadata"]["generation"] == generation
+    names = [v["name"] for v in vm["spec"]["template"]["spec"]["volumes"]]
+    assert "lparkube-cloudinit" in names or "lparkube-agent" in names, "the key disk stays"
+
+
+def test_applying_the_adoption_example_again_changes_nothing(kubectl: Kubectl, tenant: str) -> None:
+    vm, partition = yaml.safe_load_all(ADOPT_EXAMPLE.read_text())
+    vm["spec"]["runStrategy"] = "Halted"  # no second guest to boot; the manifest is the point
+    manifest = yaml.safe_dump_all([vm, partition])
+    kubectl("-n", tenant, "apply", "-f", "-", input=manifest)
+    name = vm["metadata"]["name"]
+    wait_for(
+        f"VirtualMachine {name} adopted",
+        lambda: (
+            get_json(kubectl, "-n", tenant, "vm", name)["metadata"]
+            .get("annotations", {})
+            .get("lparkube.io/adopted-by")
+            == name
+        ),
+        timeout=60,
+    )
+    for _ in range(3):
+        kubectl("-n", tenant, "apply", "-f", "-", input=manifest)
+        assert get_json(kubectl, "-n", tenant, "vm", name)["metadata"]["generation"] == 1
 
 
 def test_helm_uninstall_cleans_up(kubectl: Kubectl, tenant: str, helm_release: Release) -> None:

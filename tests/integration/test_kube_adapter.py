@@ -10,7 +10,14 @@ from pathlib import Path
 import pytest
 from kubernetes.client.exceptions import ApiException
 
-from lparkube.adapters.kube import PARTITION, VIRTUAL_MACHINE, VIRTUAL_MACHINE_INSTANCE, Kube
+from lparkube.adapters.kube import (
+    PARTITION,
+    VIRTUAL_MACHINE,
+    VIRTUAL_MACHINE_INSTANCE,
+    KindNotServedError,
+    Kube,
+    ResourceRef,
+)
 from lparkube.adapters.status_writer import JSON_PATCH
 from lparkube_devenv.controlplane import wait_until
 
@@ -42,6 +49,24 @@ def test_create_get_list_patch_and_missing(kube: Kube, namespace: str) -> None:
             "p1"
         ]
         assert await kube.get(PARTITION, namespace, "absent") is None
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(
+    "ref",
+    [ResourceRef("kubevirt.io", "v9", "virtualmachines"), ResourceRef("absent.io", "v1", "things")],
+    ids=["unserved version", "unserved group"],
+)
+def test_a_kind_the_server_does_not_serve_is_told_apart_from_a_missing_object(
+    kube: Kube, namespace: str, ref: ResourceRef
+) -> None:
+    async def scenario() -> None:
+        assert await kube.get(PARTITION, namespace, "absent") is None
+        with pytest.raises(KindNotServedError) as raised:
+            await kube.get(ref, namespace, "absent")
+        assert raised.value.status == 404 and raised.value.ref == ref
+        assert f"does not serve {ref.plural}.{ref.group}/{ref.version}" in str(raised.value)
 
     asyncio.run(scenario())
 

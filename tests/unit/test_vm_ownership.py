@@ -35,7 +35,7 @@ def adopting(name: str = "db", uid: str = "uid-1", **agent: str) -> dict:
 
 
 def refusal(p: dict, vm: dict, claimant: dict | None = None) -> own.Refusal | None:
-    return own.claim_refusal(own.ClaimInput(p, vm, claimant))
+    return own.claim_refusal(own.ClaimInput.of(p, vm, claimant))
 
 
 def adopted(vm: dict, patch: dict) -> dict:

@@ -104,7 +104,7 @@ async def check_claim(kube: Kube, scope: PartitionScope, vm: dict) -> None:
     ``vm_ownership``); the Partition then leaves it alone."""
     other = vm_ownership.other_claimant(vm, scope.name)
     claimant = await kube.get(PARTITION, scope.namespace, other) if other else None
-    refusal = vm_ownership.claim_refusal(vm_ownership.ClaimInput(scope.partition, vm, claimant))
+    refusal = vm_ownership.claim_refusal(vm_ownership.ClaimInput.of(scope.partition, vm, claimant))
     if refusal is not None:
         scope.refused = True
         raise ProblemError(refusal.reason, refusal.message)

@@ -45,28 +45,24 @@ class Refusal:
 
 @dataclass(frozen=True)
 class ClaimInput:
-    """What a claim decision reads: the Partition, its VM (which exists) and, when the VM's
-    claim names another Partition of the namespace, that Partition (None if it is gone)."""
+    """What a claim decision reads: the Partition, the claim on its VM (which exists) and,
+    when that claim names another Partition of the namespace, that Partition (None: gone)."""
 
-    partition: dict[str, Any]
-    vm: dict[str, Any]
+    name: str
+    uid: str
+    adoption: bool
+    vm_name: str
+    claim: Claim | None
     claimant: dict[str, Any] | None = None
 
-    @property
-    def name(self) -> str:
-        return self.partition["metadata"]["name"]
-
-    @property
-    def uid(self) -> str:
-        return self.partition["metadata"]["uid"]
-
-    @property
-    def vm_name(self) -> str:
-        return self.vm["metadata"]["name"]
-
-    @property
-    def claim(self) -> Claim | None:
-        return claim_of(self.vm)
+    @classmethod
+    def of(
+        cls, partition: dict[str, Any], vm: dict[str, Any], claimant: dict[str, Any] | None
+    ) -> ClaimInput:
+        meta = partition["metadata"]
+        adoption = is_adoption(partition.get("spec") or {})
+        name = vm["metadata"]["name"]
+        return cls(meta["name"], meta["uid"], adoption, name, claim_of(vm), claimant)
 
 
 def _partition_refs(vm: dict[str, Any]) -> list[dict[str, Any]]:
@@ -156,8 +152,7 @@ TEMPLATE_CHECKS: tuple[Check, ...] = (not_created_by_this,)
 def claim_refusal(claim: ClaimInput) -> Refusal | None:
     """The first check that refuses this Partition its VM, or None: the VM is, or may become,
     this Partition's."""
-    spec = claim.partition.get("spec") or {}
-    checks = ADOPTION_CHECKS if is_adoption(spec) else TEMPLATE_CHECKS
+    checks = ADOPTION_CHECKS if claim.adoption else TEMPLATE_CHECKS
     return next((refusal for check in checks if (refusal := check(claim))), None)
 
 
