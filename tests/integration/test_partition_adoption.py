@@ -208,16 +208,17 @@ def test_applying_the_adopted_vms_manifest_again_changes_nothing(
 ) -> None:
     manifest = (EXAMPLES / "partition-adopt-vm.yaml").read_text()
 
-    def apply(text: str) -> None:
-        kubectl("apply", "-n", parts.namespace, "-f", "-", input=text)
+    def apply(text: str, *flags: str) -> None:
+        kubectl("apply", *flags, "-n", parts.namespace, "-f", "-", input=text)
 
     apply(manifest)
     wait_for(lambda: adopter(parts, "db-1") == "db-1", "the example VM adopted")
     vm = parts.vm("db-1")
     assert vm["metadata"]["generation"] == 1, "the manifest's key disk was left as it was"
-    for _ in range(3):
-        apply(manifest)
-        assert parts.vm("db-1")["metadata"]["generation"] == 1
+    for flags in ((), (), ("--server-side",), ("--server-side",)):
+        apply(manifest, *flags)
+        assert parts.vm("db-1")["metadata"]["generation"] == 1, flags
+    assert adopter(parts, "db-1") == "db-1", "server-side apply leaves lparkube's annotation"
     assert [r for r, _ in parts.events("db-1")].count("VMAdopted") == 1
 
     # A manifest without the key disk: each apply removes it; lparkube puts it back and says
