@@ -57,7 +57,7 @@ class DemoGuests:
         for agent, app in self.running.values():
             app.kill()
             app.wait()
-            agent.stop()
+            agent.close()
         self.running.clear()
 
     def _loop(self) -> None:
