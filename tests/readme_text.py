@@ -9,6 +9,11 @@ from lparkube_devenv.controlplane import REPO_ROOT
 README = REPO_ROOT / "README.md"
 
 
+def intro() -> str:
+    """The README up to its first section."""
+    return README.read_text().split("\n## ", 1)[0]
+
+
 def section(heading: str) -> str:
     """The text of the README's ``## heading`` section (up to the next ``##``)."""
     parts = re.split(r"^## ", README.read_text(), flags=re.MULTILINE)
