@@ -42,8 +42,12 @@ class AgentProcess:
         key: bytes | None = None,
         config: dict | None = None,
         command: list[str] | None = None,
+        *,
+        own_session: bool = False,
     ) -> None:
         self.root = root
+        # In a session of its own, with its CLI commands, a terminal's Ctrl-C does not reach it.
+        self.own_session = own_session
         self.partition = partition
         self.key = key or protocol.new_key()
         self.state_dir = root / "state"
@@ -74,8 +78,9 @@ class AgentProcess:
     def start(self, timeout: float = 15.0) -> AgentProcess:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            self.argv(), stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL
-        )
+            self.argv(), stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL,
+            start_new_session=self.own_session,
+        )  # fmt: skip
         log.close()
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline().decode()
@@ -181,18 +186,21 @@ def cli(agent: AgentProcess, *args: str, check: bool = True) -> subprocess.Compl
         text=True,
         timeout=30,
         check=False,
+        start_new_session=agent.own_session,
     )
     if check and result.returncode != 0:
         raise AssertionError(f"lparkube-agent {' '.join(args)}: {result.stderr}{result.stdout}")
     return result
 
 
-def start_app(mode: str, name: str, out: Path, delay: float = 0.0) -> tuple[subprocess.Popen, str]:
-    """Start a demo app; returns it and what it is reachable by (its pid, URL or socket), the
-    line it prints once it is ready."""
+def start_app(
+    mode: str, name: str, out: Path, delay: float = 0.0, *, own_session: bool = False
+) -> tuple[subprocess.Popen, str]:
+    """Start a demo app (in a session of its own if asked); returns it and what it is reachable
+    by (its pid, URL or socket), the line it prints once it is ready."""
     argv = [sys.executable, "-m", "lparkube_agent.testing", "app", f"--mode={mode}"]
     argv += [f"--name={name}", f"--out={out}", f"--delay={delay}"]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, start_new_session=own_session)
     assert proc.stdout is not None
     with proc.stdout:
         address = proc.stdout.readline().strip()
