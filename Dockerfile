@@ -27,13 +27,14 @@ COPY requirements-image.txt ./
 RUN python -m venv /opt/lparkube \
  && /opt/lparkube/bin/pip install --require-hashes --no-deps -r requirements-image.txt
 
-# lparkube and the guest agent's protocol module (the operator signs and verifies agent messages
-# with it), built offline with the pinned backend and installed without dependencies. Importing
-# every module proves the pinned closure is complete before the image exists.
+# lparkube, which ships the guest agent's package too (the operator signs and verifies agent
+# messages with its protocol module), built offline with the pinned backend and installed without
+# dependencies. Importing every module proves the pinned closure is complete before the image
+# exists.
 COPY pyproject.toml ./
 COPY operator ./operator
 COPY guest-agent ./guest-agent
-RUN pip wheel --no-deps --no-build-isolation --no-index --wheel-dir /wheels ./guest-agent . \
+RUN pip wheel --no-deps --no-build-isolation --no-index --wheel-dir /wheels . \
  && /opt/lparkube/bin/pip install --no-deps --no-index /wheels/*.whl \
  && /opt/lparkube/bin/pip uninstall -y pip \
  && /opt/lparkube/bin/python -c "import importlib, pkgutil, lparkube; \

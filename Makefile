@@ -6,10 +6,12 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run test lint fmt crds control-plane clean
 
-$(STAMP): pyproject.toml requirements-dev.txt devenv/pyproject.toml guest-agent/pyproject.toml
-	$(PYTHON) -m venv $(VENV)
+# The venv is made anew whenever these files change, so it holds exactly what they list (no
+# distribution left over from an older layout).
+$(STAMP): pyproject.toml requirements-dev.txt devenv/pyproject.toml
+	$(PYTHON) -m venv --clear $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools
-	$(PY) -m pip install -q -r requirements-dev.txt -e . -e ./guest-agent -e ./devenv
+	$(PY) -m pip install -q -r requirements-dev.txt -e . -e ./devenv
 	touch $(STAMP)
 
 control-plane:

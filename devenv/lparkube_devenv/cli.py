@@ -1,10 +1,7 @@
 """``lparkube-dev``: the project's local environment (control plane, KubeVirt stand-in, operator).
 
-Subcommands:
-  up             control plane + CRDs + KubeVirt stand-in + operator + examples + demo guests
-                 (a real agent and app per example Partition), in the foreground
-  control-plane  just the control plane, in the foreground
-  kubeconfig     print the path of the admin kubeconfig of the running environment
+The commands and their help are in ``COMMANDS``: plain text, not reST, since ``--help`` prints
+them as they are.
 """
 
 from __future__ import annotations
@@ -52,6 +49,23 @@ OPERATOR_ADDRESSES = (
 )  # fmt: skip
 DEMO_POD_NETWORK = "127.77.0.0/16"  # VMI addresses a local demo agent can listen on
 AGENTS_TIMEOUT = 60.0  # how long the example SaveEvents wait for the demo guests' agents
+
+DESCRIPTION = "The local environment: control plane, KubeVirt stand-in, operator and examples."
+COMMANDS = {
+    "up": "control plane, CRDs, KubeVirt stand-in, operator, examples/ and demo guests (a real "
+    "agent and app per running example Partition), in the foreground (make run)",
+    "control-plane": "just etcd, kube-apiserver and kube-controller-manager, in the foreground",
+    "kubeconfig": "print the path of the running environment's admin kubeconfig",
+}
+# What `up` suggests trying first from another shell in the repository root: the same commands as
+# the README's "The two commands" (tests/unit/test_devenv_cli.py compares them).
+FIRST_COMMANDS = (
+    "kubectl get partitions,saveevents,conditionprofiles -A",
+    "kubectl explain partition.spec.agent",
+    "kubectl describe saveevent save-frontend-now     # Complete: Succeeded, 1 of 1 applications",
+    "cat .run/guests/default/web-1/saves",
+)
+CONTROL_PLANE_COMMANDS = ("kubectl get namespaces,crds",)  # `control-plane` has no lparkube CRDs
 
 
 class Shutdown(BaseException):  # like KeyboardInterrupt: not caught by `except Exception`
@@ -193,8 +207,8 @@ def wait_for_agents(api_client: client.ApiClient, timeout: float) -> list[str]:
         time.sleep(1)
 
 
-def usage(plane: LocalControlPlane) -> str:
-    """How to reach the environment from another shell."""
+def usage(plane: LocalControlPlane, *, full: bool) -> str:
+    """How to reach the environment from another shell (``full``: the one ``up`` started)."""
     lines = [
         "",
         f"  control plane start-up time: {plane.startup_seconds:.1f}s",
@@ -203,8 +217,8 @@ def usage(plane: LocalControlPlane) -> str:
     ]
     if (plane.bin_dir / "kubectl").is_file() or (plane.bin_dir / "helm").is_file():
         lines.append(f"    export PATH={plane.bin_dir}:$PATH")
+    lines += [f"    {command}" for command in (FIRST_COMMANDS if full else CONTROL_PLANE_COMMANDS)]
     lines += [
-        "    kubectl get nodes,crds,partitions -A",
         f"  component logs: {plane.workdir / 'logs'}",
         "  press Ctrl-C to stop everything",
         "",
@@ -233,7 +247,7 @@ def up(run_dir: Path, *, full: bool) -> int:
         workdir = stack.enter_context(fresh_run_dir(run_dir))  # released last
         plane = start_control_plane(stack, workdir)
         operator = _start_project(stack, plane, workdir) if full else None
-        say(usage(plane))
+        say(usage(plane, full=full))
         return wait_foreground(plane, operator)
     except Shutdown as stop:
         say(f"{stop}: stopping")
@@ -268,18 +282,20 @@ def _start_project(stack: ExitStack, plane: LocalControlPlane, workdir: Path) ->
     return operator
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``lparkube-dev``."""
-    parser = argparse.ArgumentParser(prog="lparkube-dev", description=__doc__.splitlines()[0])
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lparkube-dev", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("up", help="the whole local environment in the foreground (make run)")
-    sub.add_parser("control-plane", help="just etcd + kube-apiserver + controller-manager")
-    sub.add_parser("kubeconfig", help="print the admin kubeconfig path")
-    for name in sub.choices:
-        sub.choices[name].add_argument(
+    for name, text in COMMANDS.items():
+        command = sub.add_parser(name, help=text, description=text)
+        command.add_argument(
             "--run-dir", type=Path, default=RUN_DIR, help="state directory (wiped by up)"
         )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``lparkube-dev``."""
+    args = build_parser().parse_args(argv)
     run_dir = args.run_dir.resolve()
     if args.command == "kubeconfig":
         print(run_dir / "kubeconfig")

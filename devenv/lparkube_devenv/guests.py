@@ -6,11 +6,16 @@ starts a real ``lparkube-agent serve`` with that Secret's key and config.json, l
 VMI's address (the stand-in hands out loopback addresses under ``make run``), and a demo
 application registered with it: ``editor`` (priority 10, saves on SIGUSR1) appends
 "editor <time>" to ``<root>/<namespace>/<name>/saves`` whenever it is told to save.
+
+Like the VMs they stand for, the guests' processes run in sessions of their own: a Ctrl-C in
+the terminal reaches only ``lparkube-dev``, which then stops them and removes their temporary
+folders (``stop``).
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 import subprocess
@@ -55,9 +60,8 @@ class DemoGuests:
         if self._thread.ident is not None:  # started
             self._thread.join(10)
         for agent, app in self.running.values():
-            app.kill()
-            app.wait()
-            agent.stop()
+            _kill(app)
+            agent.close()
         self.running.clear()
 
     def _loop(self) -> None:
@@ -106,10 +110,21 @@ class DemoGuests:
     ) -> tuple[AgentProcess, subprocess.Popen]:
         home = self.root / namespace / name
         home.mkdir(parents=True, exist_ok=True)
-        agent = AgentProcess(home, config["partition"], key, {**config, "listen": endpoint})
-        agent.start()
-        app, pid = start_app("signal", APP, home / "saves")
-        cli(agent, "register", f"--name={APP}", f"--pid={pid}", "--priority=10", "--method=Signal")
+        settings = {**config, "listen": endpoint}
+        with contextlib.ExitStack() as undo:  # a guest that fails to boot leaves nothing behind
+            agent = AgentProcess(home, config["partition"], key, settings, own_session=True)
+            undo.callback(agent.close)
+            agent.start()
+            app, pid = start_app("signal", APP, home / "saves", own_session=True)
+            undo.callback(_kill, app)
+            register = (f"--name={APP}", f"--pid={pid}", "--priority=10", "--method=Signal")
+            cli(agent, "register", *register)
+            undo.pop_all()
         log.info("demo guest %s/%s: agent on %s, %s saves to %s", namespace, name, endpoint, APP,
                  home / "saves")  # fmt: skip
         return agent, app
+
+
+def _kill(app: subprocess.Popen) -> None:
+    app.kill()
+    app.wait()

@@ -18,28 +18,38 @@ from .runwrap import default_watch, run
 from .version import VERSION
 
 SOCKET_ENV = "LPARKUBE_AGENT_SOCKET"
+CLIENT_SOCKET_HELP = (
+    f"the agent's registration socket (default ${SOCKET_ENV} or {configs.DEFAULT_SOCKET})"
+)
 
 
-def _socket_default() -> str:
-    return os.environ.get(SOCKET_ENV, configs.DEFAULT_SOCKET)
+def _socket_option(default: object, help_text: str) -> argparse.ArgumentParser:
+    """`--socket`, for use as a parent parser. The main parser's copy holds the value, so the
+    option may come before the command; each command's copy has no default (SUPPRESS), so that
+    it does not reset a value given before the command."""
+    options = argparse.ArgumentParser(add_help=False)
+    options.add_argument("--socket", default=default, help=help_text)
+    return options
 
 
-def _add_socket(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--socket",
-        default=_socket_default(),
-        help=f"the agent's registration socket (default ${SOCKET_ENV} or {configs.DEFAULT_SOCKET})",
-    )
+def _client_socket(args: argparse.Namespace) -> Path:
+    return Path(args.socket or os.environ.get(SOCKET_ENV, configs.DEFAULT_SOCKET))
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="lparkube-agent", description="lparkube guest agent: saves apps on request."
+        prog="lparkube-agent",
+        description="lparkube guest agent: saves apps on request.",
+        parents=[_socket_option(None, "the agent's registration socket (or after the command)")],
     )
     sub = parser.add_subparsers(dest="cmd", required=True)
+    client = [_socket_option(argparse.SUPPRESS, CLIENT_SOCKET_HELP)]
     sub.add_parser("version", help="print the agent version")
 
-    serve = sub.add_parser("serve", help="run the agent daemon")
+    serve_socket = _socket_option(
+        argparse.SUPPRESS, f"registration socket ({configs.DEFAULT_SOCKET})"
+    )
+    serve = sub.add_parser("serve", help="run the agent daemon", parents=[serve_socket])
     serve.add_argument(
         "--config",
         action="append",
@@ -47,14 +57,13 @@ def _parser() -> argparse.ArgumentParser:
         help="config.json from the operator; repeat it to try several places (first found)",
     )
     serve.add_argument("--state-dir", help=f"registration table dir ({configs.DEFAULT_STATE_DIR})")
-    serve.add_argument("--socket", help=f"registration socket ({configs.DEFAULT_SOCKET})")
     serve.add_argument("--listen", help="HOST:PORT of the HTTP endpoint (config: listen)")
     serve.add_argument("--key-file", help="partition key file (default: 'key' beside config)")
     serve.add_argument("--input-table", help=f"input table ({configs.DEFAULT_INPUT_TABLE})")
     serve.add_argument("--vmcoreinfo", help=f"VMCOREINFO file ({configs.DEFAULT_VMCOREINFO})")
     serve.add_argument("--log-level", default="INFO")
 
-    reg = sub.add_parser("register", help="register a process with a save method")
+    reg = sub.add_parser("register", help="register a process with a save method", parents=client)
     reg.add_argument("--name", required=True)
     reg.add_argument("--pid", type=int, default=os.getppid(), help="default: the caller's shell")
     reg.add_argument("--priority", type=int, default=100, help="lower saves first (100)")
@@ -66,18 +75,17 @@ def _parser() -> argparse.ArgumentParser:
     reg.add_argument("--url", help="HTTP: a loopback URL the agent POSTs to")
     reg.add_argument("--unix-socket", help="UnixSocket: your socket; the agent sends SAVE lines")
     reg.add_argument("--settle-ms", type=int, help="Signal: wait this long after sending")
-    _add_socket(reg)
 
-    unreg = sub.add_parser("unregister", help="remove registrations of a process")
+    unreg = sub.add_parser("unregister", help="remove registrations of a process", parents=client)
     unreg.add_argument("--pid", type=int, default=os.getppid())
     unreg.add_argument("--name")
-    _add_socket(unreg)
 
-    listing = sub.add_parser("list", help="show the registration table")
+    listing = sub.add_parser("list", help="show the registration table", parents=client)
     listing.add_argument("--json", action="store_true")
-    _add_socket(listing)
 
-    run = sub.add_parser("run", help="run a terminal program the agent can type save keys into")
+    run = sub.add_parser(
+        "run", help="run a terminal program the agent can type save keys into", parents=client
+    )
     run.add_argument("--name", help="default: the program name")
     run.add_argument("--priority", type=int, default=100)
     run.add_argument("--keys", help='save keys instead of the input table, e.g. "Esc :w Enter"')
@@ -85,7 +93,6 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--no-watch", action="store_true", help="wait a settle time instead")
     run.add_argument("--settle-ms", type=int)
     run.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD [ARGS...]")
-    _add_socket(run)
     return parser
 
 
@@ -155,7 +162,7 @@ def _register(args: argparse.Namespace) -> int:
         "settleMillis": args.settle_ms,
     }
     app = {k: v for k, v in app.items() if v is not None}
-    answer = call(Path(args.socket), {"op": "register", "app": app})
+    answer = call(_client_socket(args), {"op": "register", "app": app})
     reg = answer["application"]
     print(f"registered {reg['name']} (pid {reg['pid']}, priority {reg['priority']}, "
           f"{reg['method']})")  # fmt: skip
@@ -164,14 +171,14 @@ def _register(args: argparse.Namespace) -> int:
 
 def _unregister(args: argparse.Namespace) -> int:
     request = {"op": "unregister", "pid": args.pid, "name": args.name}
-    answer = call(Path(args.socket), {k: v for k, v in request.items() if v is not None})
+    answer = call(_client_socket(args), {k: v for k, v in request.items() if v is not None})
     for reg in answer["removed"]:
         print(f"unregistered {reg['name']} (pid {reg['pid']})")
     return 0
 
 
 def _list(args: argparse.Namespace) -> int:
-    apps = call(Path(args.socket), {"op": "list"})["applications"]
+    apps = call(_client_socket(args), {"op": "list"})["applications"]
     if args.json:
         print(json.dumps(apps, indent=1))
         return 0
@@ -198,4 +205,4 @@ def _run(args: argparse.Namespace) -> int:
         "watch": watch,
         "settleMillis": args.settle_ms,
     }
-    return run(command, Path(args.socket), {k: v for k, v in app.items() if v is not None})
+    return run(command, _client_socket(args), {k: v for k, v in app.items() if v is not None})

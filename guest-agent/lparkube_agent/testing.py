@@ -9,10 +9,12 @@ appends "<name> <time>" to a file whenever it is told to save, by any of the sav
 from __future__ import annotations
 
 import argparse
+import atexit
 import fcntl
 import http.client
 import json
 import os
+import shutil
 import signal
 import socket
 import struct
@@ -40,8 +42,12 @@ class AgentProcess:
         key: bytes | None = None,
         config: dict | None = None,
         command: list[str] | None = None,
+        *,
+        own_session: bool = False,
     ) -> None:
         self.root = root
+        # In a session of its own, with its CLI commands, a terminal's Ctrl-C does not reach it.
+        self.own_session = own_session
         self.partition = partition
         self.key = key or protocol.new_key()
         self.state_dir = root / "state"
@@ -72,8 +78,9 @@ class AgentProcess:
     def start(self, timeout: float = 15.0) -> AgentProcess:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            self.argv(), stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL
-        )
+            self.argv(), stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL,
+            start_new_session=self.own_session,
+        )  # fmt: skip
         log.close()
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline().decode()
@@ -103,6 +110,11 @@ class AgentProcess:
                 self.proc.wait()
         if self.proc and self.proc.stdout:
             self.proc.stdout.close()
+
+    def close(self) -> None:
+        """Stop the agent for good and remove its socket's temporary folder."""
+        self.stop()
+        shutil.rmtree(self.socket.parent, ignore_errors=True)
 
     def restart(self, sig: int = signal.SIGTERM) -> AgentProcess:
         """Stop (gracefully, or with SIGKILL) and start again on the same state and socket."""
@@ -174,6 +186,7 @@ def cli(agent: AgentProcess, *args: str, check: bool = True) -> subprocess.Compl
         text=True,
         timeout=30,
         check=False,
+        start_new_session=agent.own_session,
     )
     if check and result.returncode != 0:
         raise AssertionError(f"lparkube-agent {' '.join(args)}: {result.stderr}{result.stdout}")
@@ -181,20 +194,21 @@ def cli(agent: AgentProcess, *args: str, check: bool = True) -> subprocess.Compl
 
 
 def start_app(
-    mode: str, name: str, out: Path, delay: float = 0.0, **popen: object
+    mode: str, name: str, out: Path, delay: float = 0.0, *, own_session: bool = False
 ) -> tuple[subprocess.Popen, str]:
-    """Start a demo app; returns it and what it is reachable by (its pid, URL or socket)."""
-    ready = Path(tempfile.mkdtemp(prefix="lpk-")) / "ready"
+    """Start a demo app (in a session of its own if asked); returns it and what it is reachable
+    by (its pid, URL or socket), the line it prints once it is ready."""
     argv = [sys.executable, "-m", "lparkube_agent.testing", "app", f"--mode={mode}"]
-    argv += [f"--name={name}", f"--out={out}", f"--delay={delay}", f"--ready={ready}"]
-    proc = subprocess.Popen(argv, **popen)  # type: ignore[call-overload]
-    deadline = time.monotonic() + 10
-    while not (ready.exists() and ready.read_text()):
-        if time.monotonic() > deadline or proc.poll() is not None:
-            proc.kill()
-            raise RuntimeError(f"app {name} did not start")
-        time.sleep(0.02)
-    return proc, ready.read_text()
+    argv += [f"--name={name}", f"--out={out}", f"--delay={delay}"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, start_new_session=own_session)
+    assert proc.stdout is not None
+    with proc.stdout:
+        address = proc.stdout.readline().strip()
+    if not address:
+        proc.kill()
+        proc.wait()
+        raise RuntimeError(f"app {name} did not start")
+    return proc, address
 
 
 class Terminal:
@@ -265,19 +279,27 @@ def _app(args: argparse.Namespace) -> int:
     if args.mode == "command":  # the save command itself
         _append(out, name, args.delay)
         return 0
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _exit_quietly)
     if args.mode == "signal":
         signal.signal(signal.SIGUSR1, lambda *_: _append(out, name, args.delay))
-    elif args.mode == "http":
-        _serve_http(out, name, args.delay, Path(args.ready))
+    if args.mode == "http":
+        address = _serve_http(out, name, args.delay)
     elif args.mode == "socket":
-        _serve_socket(out, name, args.delay, Path(args.ready))
-    if args.mode in ("signal", "idle"):
-        Path(args.ready).write_text(str(os.getpid()))
+        address = _serve_socket(out, name, args.delay)
+    else:
+        address = str(os.getpid())
+    print(address, flush=True)  # tells start_app it is ready
     while True:
         time.sleep(3600)
 
 
-def _serve_http(out: Path, name: str, delay: float, ready: Path) -> None:
+def _exit_quietly(_signum: int, _frame: object) -> None:
+    """Ctrl-C or SIGTERM: exit as a well-behaved app does, with no traceback."""
+    raise SystemExit(0)
+
+
+def _serve_http(out: Path, name: str, delay: float) -> str:
     class Save(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             self.rfile.read(int(self.headers.get("Content-Length") or 0))
@@ -292,11 +314,14 @@ def _serve_http(out: Path, name: str, delay: float, ready: Path) -> None:
 
     server = HTTPServer(("127.0.0.1", 0), Save)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    ready.write_text(f"http://127.0.0.1:{server.server_address[1]}/save")
+    return f"http://127.0.0.1:{server.server_address[1]}/save"
 
 
-def _serve_socket(out: Path, name: str, delay: float, ready: Path) -> None:
-    path = ready.with_suffix(".sock")
+def _serve_socket(out: Path, name: str, delay: float) -> str:
+    # AF_UNIX paths are limited to 107 bytes: a short folder of its own, removed when it exits.
+    folder = tempfile.mkdtemp(prefix="lpk-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    path = Path(folder) / "app.sock"
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.bind(str(path))
     sock.listen(8)
@@ -310,7 +335,7 @@ def _serve_socket(out: Path, name: str, delay: float, ready: Path) -> None:
                 conn.sendall(b"OK saved\n")
 
     threading.Thread(target=loop, daemon=True).start()
-    ready.write_text(str(path))
+    return str(path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -321,7 +346,6 @@ def main(argv: list[str] | None = None) -> int:
     app.add_argument("--name", required=True)
     app.add_argument("--out", required=True)
     app.add_argument("--delay", type=float, default=0.0, help="seconds a save takes")
-    app.add_argument("--ready", default="", help="file written once the app listens")
     return _app(parser.parse_args(argv))
 
 

@@ -1,4 +1,5 @@
-"""The ``lparkube`` command: ``run`` starts the operator, ``version`` prints its version."""
+"""The ``lparkube`` command: ``run`` starts the operator; ``version`` and ``--version`` print its
+version."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lparkube", description="Resilience operator for KubeVirt virtual machines."
     )
+    parser.add_argument("--version", action="version", version=version())
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands.add_parser("version", help="print the version and exit")
     run = commands.add_parser("run", help="run the operator in the foreground")

@@ -28,3 +28,8 @@ def one(objects: list[dict], kind: str) -> dict:
     found = by_kind(objects).get(kind, [])
     assert len(found) == 1, f"expected one {kind}, got {len(found)}"
     return found[0]
+
+
+def container(objects: list[dict]) -> dict:
+    """The operator's container in the rendered Deployment."""
+    return one(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from chart_helpers import Render, by_kind, one
+from chart_helpers import Render, by_kind, container, one
 
 import lparkube.controllers.agent_gateway  # registers lparkube_agent_reports
 from lparkube import cli, metrics
@@ -31,10 +31,6 @@ def default(render: Render) -> list[dict]:
 @pytest.fixture(scope="module")
 def custom(render: Render) -> list[dict]:
     return render(*NON_DEFAULT, release="ops", namespace="ops-system")
-
-
-def container(objects: list[dict]) -> dict:
-    return one(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]
 
 
 def test_defaults_render_the_expected_objects(default: list[dict]) -> None:

@@ -273,7 +273,7 @@ def guest_agent(api_client: client.ApiClient, tmp_path: Path) -> Iterator[GuestA
 
     yield start
     for agent in started:
-        agent.stop()
+        agent.process.close()
 
 
 @pytest.fixture
@@ -295,7 +295,7 @@ def agent(tmp_path: Path) -> Iterator[AgentProcess]:
     """A real agent process in a temporary directory (no Kubernetes involved)."""
     process = AgentProcess(tmp_path).start()
     yield process
-    process.stop()
+    process.close()
 
 
 @pytest.fixture

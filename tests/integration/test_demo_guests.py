@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +20,7 @@ from lparkube_devenv.guests import APP, DemoGuests
 from lparkube_devenv.kubevirt import StandIn
 
 pytestmark = pytest.mark.usefixtures("operator")
+FOREGROUND = Path(__file__).with_name("demo_guests_foreground.py")
 
 
 def test_demo_guests_boot_an_agent_and_app_that_a_save_event_reaches(
@@ -49,3 +55,48 @@ def test_demo_guests_boot_an_agent_and_app_that_a_save_event_reaches(
     finally:
         guests.stop()
     assert not guests.running
+
+
+def processes_naming(path: Path) -> dict[int, str]:
+    """The running processes whose command line names ``path``: pid -> command line."""
+    found = {}
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):  # gone meanwhile
+            words = cmdline.read_bytes().decode(errors="replace").split("\0")
+            if any(str(path) in word for word in words):
+                found[int(cmdline.parent.name)] = " ".join(words)
+    return found
+
+
+def test_ctrl_c_stops_the_demo_guests_quietly_and_removes_their_folders(
+    api_client: client.ApiClient,
+    kubeconfig: Path,
+    kubevirt: StandIn,
+    namespace: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    parts = Partitions(api_client, kubevirt, namespace)
+    parts.create(partition_manifest("demo", "127.0.70.3", free_port()))
+    parts.wait_condition("demo", "VMReady", "True")
+    temp = tmp_path_factory.mktemp("tmp")  # the guests' TMPDIR, short for AF_UNIX paths
+    root = temp.with_name(f"{temp.name}-guests")
+    guests = subprocess.Popen(
+        [sys.executable, str(FOREGROUND), str(kubeconfig), namespace, str(root)],
+        env={**os.environ, "TMPDIR": str(temp)}, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        wait_for(
+            lambda: parts.status("demo").get("agent", {}).get("applications") == 1,
+            "the demo agent connected with its app",
+        )
+        assert len(processes_naming(root).keys() - {guests.pid}) == 2, "an agent and an app run"
+        assert list(temp.iterdir()), "the agent's socket is under TMPDIR"
+        os.killpg(guests.pid, signal.SIGINT)  # what Ctrl-C in make run's terminal sends
+        output, _ = guests.communicate(timeout=30)
+    finally:
+        guests.kill()
+    assert guests.returncode == 0, output
+    assert "Traceback" not in output and "KeyboardInterrupt" not in output, output
+    assert list(temp.iterdir()) == [], "the guests' temporary folders are removed"
+    assert processes_naming(root) == {}, "no agent or app is left running"

@@ -96,6 +96,14 @@ def test_version_prints_the_installed_version(capsys) -> None:
     assert capsys.readouterr().out.strip() == version() != ""
 
 
+def test_the_version_option_prints_the_same_and_needs_no_command(capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--version"])
+
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == version() != ""
+
+
 @pytest.mark.parametrize(
     ("text", "address"),
     [
