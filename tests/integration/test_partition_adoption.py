@@ -119,6 +119,7 @@ def test_a_second_partition_adopting_the_same_vm_touches_nothing(
     assert adopter(parts, "db-1") == "first"
     assert [r for r, _ in parts.events("first")].count("VMAdopted") == 1
     assert [r for r, _ in parts.events("second")].count("VMNameConflict") == 1
+    assert "Logging" not in parts.reasons("second"), "no second event of a handler failure"
 
     # The owner goes: it hands the VM back, and the Partition that waited takes it over.
     parts.delete("first")

@@ -1,6 +1,6 @@
-"""A cluster without KubeVirt: each Partition says so in a condition (no raw 404 in the log),
-and comes to life by itself once KubeVirt is installed. Its own control plane, since the
-session's has KubeVirt's stand-in."""
+"""A cluster without KubeVirt: each Partition says so in a condition and one Warning (no raw
+404 in the log), and comes to life by itself once KubeVirt's CRD is Established. Its own
+control plane, since the session's has KubeVirt's stand-in."""
 
 from __future__ import annotations
 
@@ -36,6 +36,7 @@ def test_partitions_say_kubevirt_is_missing_until_it_is_installed(
         operator = OperatorProcess(bare_cluster.kubeconfig, lease_namespace, workdir).start()
         try:
             parts = Partitions(api, None, namespace)  # type: ignore[arg-type]
+            log_start = operator.log_size()
             parts.create(partition_manifest("web-1", "127.0.0.61", free_port()))
             missing = wait_for(
                 lambda: (
@@ -49,8 +50,9 @@ def test_partitions_say_kubevirt_is_missing_until_it_is_installed(
             assert "kubevirt.io/v1" in missing["message"]
             assert parts.condition("web-1", "Ready")["reason"] == "KubeVirtMissing"
             wait_for(lambda: "KubeVirtMissing" in parts.reasons("web-1"), "the Warning event")
-            log = operator.log_tail(200_000)
+            log = operator.log_since(log_start)
             assert "Traceback" not in log and "(404)" not in log, log[-3000:]
+            assert "Handler 'partition_create' failed" not in log, "status says it, once"
 
             # KubeVirt arrives: the Partition's retry creates its VM, which then runs.
             standin = StandIn(
@@ -61,8 +63,9 @@ def test_partitions_say_kubevirt_is_missing_until_it_is_installed(
             standin.start()
             try:
                 parts.kubevirt = standin
-                parts.wait_condition("web-1", "VMReady", "True", timeout=90)
+                parts.wait_condition("web-1", "VMReady", "True")
                 assert parts.vm("web-1") is not None
+                assert [r for r, _ in parts.events("web-1")].count("KubeVirtMissing") == 1
             finally:
                 standin.stop()
         finally:

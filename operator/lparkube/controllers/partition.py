@@ -1,9 +1,11 @@
 """Partition controller: the key Secret, the VM (created or adopted), and status from KubeVirt.
 
 Every path converges on one idempotent ``reconcile``: create, resume after a restart, spec
-updates, and any change of the Partition's VM or VMI. It never makes a second VM or Secret
-and never replaces a key; status is recomputed from what it reads, so a restart or a missed
-event costs nothing but a few reads. Heartbeat expiry runs in a per-Partition daemon.
+updates, any change of the Partition's VM or VMI, and KubeVirt's CRD appearing. It reads the
+VM and VMI once into a scope, runs ordered phases over it (claim, Secret, VM) and writes status
+once. It never makes a second VM or Secret and never replaces a key; status is recomputed from
+what it reads, so a restart or a missed event costs nothing but a few reads. Heartbeat expiry
+runs in a per-Partition daemon.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ from lparkube.controllers.partition_objects import (
 from lparkube.controllers.partition_scope import PartitionScope
 from lparkube.domain import partition as domain
 from lparkube.domain import partition_status as status_rules
-from lparkube.domain.conditions import FALSE, TRUE
+from lparkube.domain.conditions import FALSE, TRUE, is_true
 from lparkube.domain.key_delivery import DeliveryError
 
 logger = logging.getLogger(__name__)
@@ -53,7 +55,7 @@ RESOURCE = (PARTITION.group, PARTITION.version, PARTITION.plural)
 KUBEVIRT = (VIRTUAL_MACHINE.group, VIRTUAL_MACHINE.version)
 STATUS_RETRIES = 5
 IDLE_CHECK_SECONDS = 5.0
-KUBEVIRT_RECHECK_SECONDS = 30.0
+KUBEVIRT_VM_CRD = f"{VIRTUAL_MACHINE.plural}.{VIRTUAL_MACHINE.group}"
 StatusFn = Callable[[dict[str, Any]], dict[str, Any]]
 
 
@@ -118,7 +120,6 @@ async def load_scope(kube: Kube, partition: dict, url: str) -> PartitionScope:
         )
     except KindNotServedError as error:
         scope.problem = vm_problem(status_rules.KUBEVIRT_MISSING, kubevirt_missing(error))
-        scope.retry_seconds = KUBEVIRT_RECHECK_SECONDS
     return scope
 
 
@@ -126,8 +127,7 @@ def kubevirt_missing(error: KindNotServedError) -> str:
     ref = error.ref
     return (
         f"KubeVirt is not installed: this cluster does not serve {ref.group}/{ref.version} "
-        f"{ref.plural}. Install KubeVirt; the Partition is checked again every "
-        f"{KUBEVIRT_RECHECK_SECONDS:g}s"
+        f"{ref.plural}. Install KubeVirt; the Partition is reconciled as soon as it is"
     )
 
 
@@ -183,17 +183,15 @@ def scope_status(scope: PartitionScope, current: dict) -> dict:
 
 
 def report_problem(scope: PartitionScope, before: dict | None) -> None:
-    """A Warning when the problem is new (not on every VM change), then the handler's error:
-    retried later when the problem may clear by itself, else left to the next change."""
+    """One Warning when the problem is new, not on every VM change. The handler itself
+    succeeds: the condition says what to fix, and the change that fixes it (the Partition, its
+    VM, KubeVirt's CRD) reconciles again, so a kopf retry would only repeat the Warning."""
     problem = scope.problem
     if problem is None:
         return
     stored = status_rules.stored_condition(before, status_rules.VM_READY)
     if (stored.reason, stored.message) != (problem.reason, problem.message):
         kopf.warn(scope.partition, reason=problem.reason, message=problem.message)
-    if scope.retry_seconds is not None:
-        raise kopf.TemporaryError(problem.message, delay=scope.retry_seconds)
-    raise kopf.PermanentError(problem.message)
 
 
 async def reconcile_by_name(memo: Any, namespace: str, name: str) -> None:
@@ -203,8 +201,8 @@ async def reconcile_by_name(memo: Any, namespace: str, name: str) -> None:
         return
     try:
         await reconcile(memo.kube, partition, gateway_url(memo))
-    except (kopf.PermanentError, kopf.TemporaryError):
-        pass  # a problem is in status and events; a lost race was won by another writer
+    except kopf.TemporaryError:
+        pass  # a lost race, won by another writer; the next change or resume looks again
     except ApiException as error:
         if error.status == 403 and "being terminated" in str(error.body):
             return  # the namespace is going away, and the Partition with it
@@ -300,6 +298,27 @@ async def vm_changed(
     """A VM that appears is adopted, one deleted under a live Partition is recreated, one
     handed back by its Partition may be adopted by another that names it."""
     await reconcile_indexed(memo, partition_by_vm, namespace, name)
+
+
+def _is_kubevirt_vm_crd(name: str, **_: Any) -> bool:
+    return name == KUBEVIRT_VM_CRD
+
+
+@kopf.on.event("apiextensions.k8s.io", "v1", "customresourcedefinitions", when=_is_kubevirt_vm_crd)
+async def kubevirt_crd_changed(
+    type: str | None, status: kopf.Status, memo: Any, partition_by_vm: kopf.Index, **_: Any
+) -> None:
+    """KubeVirt installed while the operator runs: once its VirtualMachine CRD is Established,
+    the Partitions that found KubeVirt missing reconcile (nothing else would wake them)."""
+    if type is None or not is_true(status.get("conditions"), "Established"):
+        return  # the initial listing (every Partition resumes anyway), or not served yet
+    waiting = [(ns, name) for (ns, _), names in list(partition_by_vm.items()) for name in names]
+    for namespace, name in waiting:
+        partition = await memo.kube.get(PARTITION, namespace, name)
+        status = (partition or {}).get("status")
+        stored = status_rules.stored_condition(status, status_rules.VM_READY)
+        if stored.reason == status_rules.KUBEVIRT_MISSING:
+            await reconcile_by_name(memo, namespace, name)
 
 
 async def reconcile_indexed(memo: Any, index: kopf.Index, namespace: str, vm_name: str) -> None:

@@ -21,7 +21,6 @@ class PartitionScope:
     vm: dict[str, Any] | None = None
     vmi: dict[str, Any] | None = None
     problem: Condition | None = None
-    retry_seconds: float | None = None  # the problem may go away by itself: look again then
     refused: bool = False  # the VM is another Partition's: status shows none of it
 
     def __post_init__(self) -> None:
