@@ -10,10 +10,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
+import kopf
 import pytest
 from aiohttp import web
 from kubernetes.client.exceptions import ApiException
 
+from lparkube import controllers
 from lparkube.controllers import conditionprofile, evacuation
 from lparkube.controllers.conditionprofile import ProfileEvaluator
 
@@ -228,17 +230,18 @@ def test_evacuation_creates_one_save_event(monkeypatch: pytest.MonkeyPatch) -> N
     kube = FakeKube()
     kube.partitions = [{"metadata": {"name": "web-1", "namespace": "t"}, "spec": {}}]
     monkeypatch.setattr(evacuation, "clients", lambda memo: (kube, None))
-    monkeypatch.setattr(evacuation, "_created", set())
     monkeypatch.setattr(evacuation.kopf, "event", lambda *a, **k: None)
     logger = logging.getLogger("t")
+    memo = kopf.Memo()
+    controllers.operator_state(memo)
 
     async def twice() -> None:
         for _ in range(2):
-            await evacuation.virtualmachineinstance_evacuate(body=vmi(), memo=None, logger=logger)
+            await evacuation.virtualmachineinstance_evacuate(body=vmi(), memo=memo, logger=logger)
 
     asyncio.run(twice())
-    evacuation._created.clear()
-    asyncio.run(twice())  # a restarted operator meets the existing SaveEvent
+    controllers.operator_state(memo)  # a restarted operator: what it made is forgotten...
+    asyncio.run(twice())  # ...and it meets the existing SaveEvent
     assert len(kube.created) == 1
     (created,) = kube.objects.values()
     assert created["spec"]["reason"] == "Migration"

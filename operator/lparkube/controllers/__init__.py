@@ -87,6 +87,16 @@ async def operator_clients(memo: Any, **_: Any) -> None:
     memo.agents = AgentClient()
 
 
+@kopf.on.startup()
+def operator_state(memo: Any, **_: Any) -> None:
+    """What handlers share across objects, made once: kopf hands each object a shallow copy of
+    this memo, so every copy refers to these same containers."""
+    memo.agents_connected = set()  # (namespace, name) of Partitions whose agent is connected
+    memo.agents_lost = set()  # ... whose VM runs but whose agent went silent
+    memo.profile_wakers = {}  # ConditionProfile name -> the Event that wakes its evaluation
+    memo.evacuation_saves = set()  # (namespace, SaveEvent name) made or met for an evacuation
+
+
 @kopf.on.cleanup()
 async def operator_cleanup(memo: Any, **_: Any) -> None:
     agents: AgentClient | None = getattr(memo, "agents", None)

@@ -35,8 +35,6 @@ IDLE_RECHECK = 60.0  # re-evaluate at least this often, whatever happens
 CONFLICT = 409
 LOG_ONLY = {"k8s_skip": True}  # kopf posts no Event for a record with this extra
 
-_wakers: dict[str, asyncio.Event] = {}
-
 
 @kopf.index("v1", "nodes")
 def node_index(body: kopf.Body, name: str, **_: Any) -> dict[str, dict[str, Any]]:
@@ -69,9 +67,9 @@ def node_index(body: kopf.Body, name: str, **_: Any) -> dict[str, dict[str, Any]
 
 
 @kopf.on.event("v1", "nodes")
-def node_changed(**_: Any) -> None:
+def node_changed(memo: Any, **_: Any) -> None:
     """Wake every profile's evaluation; the daemons debounce bursts."""
-    for waker in _wakers.values():
+    for waker in list(memo.profile_wakers.values()):
         waker.set()
 
 
@@ -86,7 +84,7 @@ async def conditionprofile_evaluate(
 ) -> None:
     """Evaluate one profile for as long as it exists."""
     kube, _agents = clients(memo)
-    waker = _wakers.setdefault(name, asyncio.Event())
+    waker = memo.profile_wakers.setdefault(name, asyncio.Event())
     try:
         async with aiohttp.ClientSession() as session:
             evaluator = ProfileEvaluator(kube, session, body, system_namespace(memo), logger)
@@ -94,7 +92,7 @@ async def conditionprofile_evaluate(
                 wake_at = await evaluator.round(_nodes(node_index))
                 await _sleep_until(waker, wake_at)
     finally:
-        _wakers.pop(name, None)
+        memo.profile_wakers.pop(name, None)
 
 
 def _nodes(index: kopf.Index) -> dict[str, Mapping[str, Any]]:

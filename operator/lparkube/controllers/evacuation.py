@@ -21,7 +21,6 @@ from lparkube.controllers.saveevent import clients
 from lparkube.domain import triggers
 
 CONFLICT = 409
-_created: set[tuple[str, str]] = set()  # (namespace, SaveEvent name) this process made or saw
 
 
 @kopf.on.event("kubevirt.io", "v1", "virtualmachineinstances")
@@ -41,7 +40,7 @@ async def virtualmachineinstance_evacuate(
     if event is None:
         return
     key = (namespace, event["metadata"]["name"])
-    if key in _created:
+    if key in memo.evacuation_saves:
         return
     try:
         await kube.create(SAVE_EVENT, namespace, event)
@@ -53,4 +52,4 @@ async def virtualmachineinstance_evacuate(
         message = f"evacuation from {node}: SaveEvent {namespace}/{key[1]}"
         kopf.event(partition, type="Normal", reason="EvacuationSave", message=message)
         logger.info("%s", message)
-    _created.add(key)
+    memo.evacuation_saves.add(key)

@@ -30,11 +30,6 @@ from lparkube.domain.conditions import is_true
 VERSION = "v1alpha1"
 
 
-_fallback: dict[str, Any] = {}  # clients when memo has none (a bare `kopf run`)
-_connected: set[tuple[str, str]] = set()  # Partitions whose agent is connected
-_lost: set[tuple[str, str]] = set()  # Partitions whose VM runs but whose agent went silent
-
-
 def system_namespace(memo: Any) -> str:
     """The operator's system namespace: where the Lease lives and triggers create events."""
     config = run_config(memo)
@@ -42,18 +37,8 @@ def system_namespace(memo: Any) -> str:
 
 
 def clients(memo: Any) -> tuple[Kube, AgentClient]:
-    """The shared Kubernetes and agent clients the startup handler put in memo (or our own
-    when running without it, as under a bare ``kopf run``)."""
-    kube = getattr(memo, "kube", None)
-    agents = getattr(memo, "agents", None)
-    if kube is None:
-        if "kube" not in _fallback:
-            config = run_config(memo)
-            _fallback["kube"] = Kube.connect(config.kubeconfig if config else None)
-        kube = _fallback["kube"]
-    if agents is None:
-        agents = _fallback.setdefault("agents", AgentClient())
-    return kube, agents
+    """The shared Kubernetes and agent clients the startup handler put in memo."""
+    return memo.kube, memo.agents
 
 
 def _unfinished(status: Mapping[str, Any], **_: Any) -> bool:
@@ -105,10 +90,10 @@ def partition_agent_count(type: str | None, body: kopf.Body, memo: Any, **_: Any
     key = (meta.get("namespace", ""), meta.get("name", ""))
     conditions = (body.get("status") or {}).get("conditions")
     gone = type == "DELETED"
-    _track(_connected, key, not gone and is_true(conditions, "AgentConnected"))
-    _track(_lost, key, not gone and partition_status.agent_lost(conditions))
-    metrics.AGENTS_CONNECTED.set(len(_connected))
-    metrics.AGENTS_LOST.set(len(_lost))
+    _track(memo.agents_connected, key, not gone and is_true(conditions, "AgentConnected"))
+    _track(memo.agents_lost, key, not gone and partition_status.agent_lost(conditions))
+    metrics.AGENTS_CONNECTED.set(len(memo.agents_connected))
+    metrics.AGENTS_LOST.set(len(memo.agents_lost))
 
 
 def _track(keys: set[tuple[str, str]], key: tuple[str, str], member: bool) -> None:
