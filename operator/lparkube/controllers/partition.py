@@ -197,7 +197,15 @@ def report_problem(scope: PartitionScope, before: dict | None) -> None:
 async def reconcile_by_name(memo: Any, namespace: str, name: str) -> None:
     """Reconcile after a VM or VMI change; best effort, the next change or resume retries."""
     partition = await memo.kube.get(PARTITION, namespace, name)
-    if partition is None or partition["metadata"].get("deletionTimestamp"):
+    if partition is not None:
+        await reconcile_read(memo, partition)
+
+
+async def reconcile_read(memo: Any, partition: dict) -> None:
+    """Reconcile a Partition just read (unless it is being deleted), as best effort."""
+    meta = partition["metadata"]
+    namespace, name = meta["namespace"], meta["name"]
+    if meta.get("deletionTimestamp"):
         return
     try:
         await reconcile(memo.kube, partition, gateway_url(memo))
@@ -315,10 +323,11 @@ async def kubevirt_crd_changed(
     waiting = [(ns, name) for (ns, _), names in list(partition_by_vm.items()) for name in names]
     for namespace, name in waiting:
         partition = await memo.kube.get(PARTITION, namespace, name)
-        status = (partition or {}).get("status")
-        stored = status_rules.stored_condition(status, status_rules.VM_READY)
+        if partition is None:
+            continue
+        stored = status_rules.stored_condition(partition.get("status"), status_rules.VM_READY)
         if stored.reason == status_rules.KUBEVIRT_MISSING:
-            await reconcile_by_name(memo, namespace, name)
+            await reconcile_read(memo, partition)
 
 
 async def reconcile_indexed(memo: Any, index: kopf.Index, namespace: str, vm_name: str) -> None:

@@ -20,7 +20,6 @@ from lparkube.domain import key_delivery, vm_ownership
 from lparkube.domain import partition as domain
 from lparkube.domain import partition_status as status_rules
 from lparkube.domain.conditions import FALSE, Condition
-from lparkube.domain.key_delivery import DeliveryError
 from lparkube_agent import protocol
 
 VM_PATCH_ATTEMPTS = 5
@@ -152,17 +151,17 @@ async def _apply_template(kube: Kube, scope: PartitionScope) -> None:
 
 
 async def ensure_adopted_vm(kube: Kube, scope: PartitionScope) -> None:
-    """Mark the VM as this Partition's and give it the key disk; nothing while it is missing."""
-    adopted_before = False
+    """Mark the VM as this Partition's and give it the key disk; nothing while it is missing.
+    The claim phase checked the VM read first; one read again after a conflict is checked
+    again (another Partition may have just taken it)."""
+    adopted_before, checked = False, scope.vm
 
     async def plan(vm: dict) -> dict | None:
         nonlocal adopted_before
-        await check_claim(kube, scope, vm)
+        if vm is not checked:
+            await check_claim(kube, scope, vm)
         adopted_before = vm_ownership.claimed_by(vm, scope.name, scope.uid)
-        try:
-            return vm_ownership.adoption_patch(vm, scope.partition, scope.agent)
-        except DeliveryError as exc:
-            raise ProblemError(status_rules.KEY_DELIVERY_FAILED, str(exc)) from exc
+        return vm_ownership.adoption_patch(vm, scope.partition, scope.agent)
 
     patch = await _patch_vm(kube, scope, plan)
     if patch is None:
