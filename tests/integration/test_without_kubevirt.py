@@ -54,7 +54,7 @@ def test_partitions_say_kubevirt_is_missing_until_it_is_installed(
             assert "Traceback" not in log and "(404)" not in log, log[-3000:]
             assert "Handler 'partition_create' failed" not in log, "status says it, once"
 
-            # KubeVirt arrives: the Partition's retry creates its VM, which then runs.
+            # KubeVirt arrives: its CRDs wake the Partition, which creates its VM, which then runs.
             standin = StandIn(
                 bare_cluster.kubeconfig,
                 tmp_path_factory.mktemp("late-kubevirt"),

@@ -55,7 +55,9 @@ RESOURCE = (PARTITION.group, PARTITION.version, PARTITION.plural)
 KUBEVIRT = (VIRTUAL_MACHINE.group, VIRTUAL_MACHINE.version)
 STATUS_RETRIES = 5
 IDLE_CHECK_SECONDS = 5.0
-KUBEVIRT_VM_CRD = f"{VIRTUAL_MACHINE.plural}.{VIRTUAL_MACHINE.group}"
+KUBEVIRT_CRDS = frozenset(
+    f"{ref.plural}.{ref.group}" for ref in (VIRTUAL_MACHINE, VIRTUAL_MACHINE_INSTANCE)
+)
 StatusFn = Callable[[dict[str, Any]], dict[str, Any]]
 
 
@@ -308,16 +310,18 @@ async def vm_changed(
     await reconcile_indexed(memo, partition_by_vm, namespace, name)
 
 
-def _is_kubevirt_vm_crd(name: str, **_: Any) -> bool:
-    return name == KUBEVIRT_VM_CRD
+def _is_kubevirt_crd(name: str, **_: Any) -> bool:
+    return name in KUBEVIRT_CRDS
 
 
-@kopf.on.event("apiextensions.k8s.io", "v1", "customresourcedefinitions", when=_is_kubevirt_vm_crd)
+@kopf.on.event("apiextensions.k8s.io", "v1", "customresourcedefinitions", when=_is_kubevirt_crd)
 async def kubevirt_crd_changed(
     type: str | None, status: kopf.Status, memo: Any, partition_by_vm: kopf.Index, **_: Any
 ) -> None:
-    """KubeVirt installed while the operator runs: once its VirtualMachine CRD is Established,
-    the Partitions that found KubeVirt missing reconcile (nothing else would wake them)."""
+    """KubeVirt installed while the operator runs: each time its VirtualMachine or
+    VirtualMachineInstance CRD becomes Established, the Partitions that found KubeVirt missing
+    reconcile (nothing else would wake them; the reconcile reads both kinds, so the later of
+    the two is the one that finds KubeVirt whole)."""
     if type is None or not is_true(status.get("conditions"), "Established"):
         return  # the initial listing (every Partition resumes anyway), or not served yet
     waiting = [(ns, name) for (ns, _), names in list(partition_by_vm.items()) for name in names]
