@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -86,7 +87,14 @@ def push(url: str, key: bytes, partition: str, report: dict, timeout: float = 10
 
 class Reporter:
     """Pushes the report at start, every interval, soon after registrations change, and with
-    backoff while the operator is unreachable. Never raises out of its thread."""
+    backoff while the operator is unreachable. Never raises out of its thread.
+
+    Pokes are coalesced: at most one push per ``MIN_SPACING`` seconds, the registrations
+    read when it starts. And never two pushes within one wall-clock second: the gateway accepts
+    a report only when it is signed in a later second than the last one it accepted.
+    """
+
+    MIN_SPACING = 1.0  # seconds between two pushes, however often the registrations change
 
     def __init__(
         self,
@@ -116,7 +124,10 @@ class Reporter:
 
     def _loop(self) -> None:
         backoff = MIN_BACKOFF
-        while not self._stop.is_set():
+        started, signed_by = float("-inf"), -1  # the last push: monotonic start, wall second
+        while not self._pace(started, signed_by):
+            self._wake.clear()  # pokes from now on get the next push
+            started = time.monotonic()
             try:
                 self._send()
                 self.pushed += 1
@@ -125,5 +136,18 @@ class Reporter:
                 self.failures += 1
                 log.warning("report to the operator failed (%s); retrying in %.0fs", error, backoff)
                 delay, backoff = backoff, min(backoff * 2, self._max_backoff)
+            signed_by = int(time.time())  # the push was signed in this second or before
             self._wake.wait(delay)
-            self._wake.clear()
+
+    def _pace(self, started: float, signed_by: int) -> bool:
+        """Wait until the next push may start; True when stopped meanwhile."""
+        while not self._stop.is_set():
+            now = time.time()
+            pause = max(
+                started + self.MIN_SPACING - time.monotonic(),
+                signed_by + 1 - now if int(now) <= signed_by else 0.0,
+            )
+            if pause <= 0:
+                return False
+            self._stop.wait(pause)
+        return True

@@ -1,27 +1,45 @@
-"""The agent gateway refuses everything not validly signed and fresh, before any write."""
+"""The agent gateway refuses everything not validly signed, fresh and newer, before any write;
+it answers from the operator's directory without API calls, bounds its connections, and
+writes each partition's reports at most once a window."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import random
+import socket
+import ssl
 import time
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 
-from lparkube.adapters.agent_gateway import MalformedReportError, Verifiers, gateway_app
+from lparkube.adapters import agent_identity
+from lparkube.adapters.agent_gateway import (
+    Coalescer,
+    Limits,
+    MalformedReportError,
+    ReportGateway,
+    Verifiers,
+)
+from lparkube.controllers.agent_gateway import status_after_report
 from lparkube.domain.agent_report import parse_report
+from lparkube.domain.clock import rfc3339
 from lparkube.domain.partition import parse_partition_id
+from lparkube.domain.partition_directory import DirectoryEntry, PartitionDirectory
 from lparkube_agent import protocol
 
 KEY = bytes(range(32))
 PARTITION = "tenant-a/web-1"
+ENTRY = DirectoryEntry("tenant-a", "web-1", "uid-1", False, "web-1-agent-key", None)
 PATH = "/v1/reports"
 REPORT = json.dumps({"agentVersion": "0.1.0", "kernelRelease": "6.1", "applications": []}).encode()
+DEFAULTS = Limits()
+FAST = Limits(request_seconds=0.5, sweep_seconds=0.05)
 
 
 class Keys:
@@ -31,9 +49,18 @@ class Keys:
         self.keys = keys
         self.calls = 0
 
-    async def __call__(self, partition: str) -> bytes | None:
+    async def __call__(self, entry: DirectoryEntry) -> bytes | None:
         self.calls += 1
-        return self.keys.get(partition)
+        return self.keys.get(entry.partition)
+
+
+def directory_of(*entries: DirectoryEntry, synced: bool = True) -> PartitionDirectory:
+    directory = PartitionDirectory()
+    for entry in entries:
+        directory.observe(entry)
+    if synced:
+        directory.mark_synced()
+    return directory
 
 
 def signed_headers(
@@ -51,40 +78,54 @@ def signed_headers(
 
 
 Scenario = Callable[[aiohttp.ClientSession, str], Awaitable[Any]]
-
-
 RESULTS: list[str] = []
+SERVING: list[ReportGateway] = []  # the gateway the running scenario talks to
 
 
-def run(scenario: Scenario, keys: Keys | None = None) -> tuple[Any, list]:
+def run(
+    scenario: Scenario,
+    keys: Any = None,
+    *,
+    directory: PartitionDirectory | None = None,
+    limits: Limits = DEFAULTS,
+    ssl_context: ssl.SSLContext | None = None,
+    client_ssl: ssl.SSLContext | None = None,
+) -> tuple[Any, list]:
     """Serve the gateway on loopback, run the scenario; returns its result and the sink's.
 
     Every outcome the gateway counts lands in RESULTS.
     """
-    recorded: list[tuple[str, Any]] = []
+    recorded: list[tuple[str, int, Any]] = []
     RESULTS.clear()
 
-    async def sink(partition: str, body: bytes) -> None:
+    def parse(body: bytes) -> Any:
         try:
-            recorded.append((partition, parse_report(body)))
+            return parse_report(body)
         except ValueError as exc:
             raise MalformedReportError(str(exc)) from exc
 
+    async def sink(entry: DirectoryEntry, signed_at: int, report: Any) -> None:
+        recorded.append((entry.partition, signed_at, report))
+
     async def main() -> Any:
-        verifiers = Verifiers(keys or Keys({PARTITION: KEY}))
-        app = gateway_app(
-            verifiers, sink, lambda p: parse_partition_id(p) is not None, RESULTS.append
+        gateway = ReportGateway(
+            directory or directory_of(ENTRY),
+            Verifiers(keys or Keys({PARTITION: KEY})),
+            parse,
+            sink,
+            lambda p: parse_partition_id(p) is not None,
+            record=RESULTS.append,
+            limits=limits,
         )
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        SERVING[:] = [gateway]
+        listener = await gateway.listen("127.0.0.1", 0, ssl_context)
+        scheme = "https" if ssl_context else "http"
+        connector = aiohttp.TCPConnector(ssl=client_ssl) if client_ssl else None
         try:
-            async with aiohttp.ClientSession() as session:
-                return await scenario(session, url)
+            async with aiohttp.ClientSession(connector=connector) as session:
+                return await scenario(session, f"{scheme}://127.0.0.1:{listener.port}")
         finally:
-            await runner.cleanup()
+            await listener.close()
 
     return asyncio.run(main()), recorded
 
@@ -107,15 +148,15 @@ def test_a_signed_report_is_recorded_and_answered_204_signed() -> None:
     (status, _, body, response_headers), recorded = run(scenario)
     assert status == 204
     protocol.verify_response(KEY, signed, 204, response_headers, body)
-    ((partition, report),) = recorded
-    assert (partition, report.version) == (PARTITION, "0.1.0")
+    ((partition, signed_at, report),) = recorded
+    assert (partition, signed_at, report.version) == (PARTITION, signed.timestamp, "0.1.0")
 
 
-def refused(headers: dict[str, str], body: bytes = REPORT, keys: Keys | None = None) -> tuple:
+def refused(headers: dict[str, str], body: bytes = REPORT, keys: Any = None, **kw: Any) -> tuple:
     async def scenario(session: aiohttp.ClientSession, url: str) -> tuple:
         return await post(session, url, body, headers)
 
-    (status, error, _, _), recorded = run(scenario, keys)
+    (status, error, _, _), recorded = run(scenario, keys, **kw)
     assert recorded == [], "a refused report must change nothing"
     return status, error["error"], error["message"]
 
@@ -135,11 +176,55 @@ def test_malformed_headers() -> None:
     assert refused(headers)[:2] == (400, "malformed")
 
 
-def test_unknown_partition_and_wrong_key() -> None:
-    _, headers = signed_headers(partition="tenant-a/other")
-    assert refused(headers)[:2] == (401, "wrong-partition")
-    _, headers = signed_headers(key=b"x" * 32)
-    assert refused(headers)[:2] == (401, "bad-signature")
+def answers(requests: list[tuple[bytes, dict]], **kw: Any) -> list[tuple[int, bytes, dict]]:
+    """Status, body and headers (but the date) of each request's answer."""
+
+    async def scenario(session: aiohttp.ClientSession, url: str) -> list:
+        found = []
+        for body, headers in requests:
+            status, _, data, response_headers = await post(session, url, body, headers)
+            response_headers.pop("Date", None)
+            found.append((status, data, response_headers))
+        return found
+
+    return run(scenario, **kw)[0]
+
+
+def test_unknown_deleting_and_wrongly_signed_partitions_get_one_answer() -> None:
+    """No existence oracle: a name the operator does not know, one being deleted, one without
+    a key yet and a real one with a wrong signature are answered byte for byte alike."""
+    gone = DirectoryEntry("tenant-a", "old", "uid-2", True, "old-agent-key", None)
+    keyless = DirectoryEntry("tenant-a", "new", "uid-3", False, "new-agent-key", None)
+    keys = Keys({PARTITION: KEY, "tenant-a/old": KEY})
+    requests = [
+        (REPORT, signed_headers(partition="tenant-b/ghost")[1]),
+        (REPORT, signed_headers(partition="tenant-a/old")[1]),
+        (REPORT, signed_headers(partition="tenant-a/new")[1]),
+        (REPORT, signed_headers(key=b"x" * 32)[1]),
+    ]
+    found = answers(requests, keys=keys, directory=directory_of(ENTRY, gone, keyless))
+    assert found[0][0] == 401
+    assert json.loads(found[0][1])["error"] == "bad-signature"
+    assert all(answer == found[0] for answer in found), found
+    assert RESULTS == ["unknown-partition"] * 3 + ["bad-signature"]
+    assert keys.calls == 2, "only Partitions in the directory are looked up"
+
+
+def test_fresh_names_cost_no_key_lookup() -> None:
+    keys = Keys({PARTITION: KEY})
+    requests = [(REPORT, signed_headers(partition=f"tenant-{i}/p-{i}")[1]) for i in range(300)]
+    found = answers(requests, keys=keys)
+    assert {status for status, _, _ in found} == {401}
+    assert keys.calls == 0
+    assert RESULTS == ["unknown-partition"] * 300
+
+
+def test_until_the_directory_is_synced_everything_is_unavailable() -> None:
+    """Before the watch's first listing is in, "unknown" would be a guess: 503, retry."""
+    directory = directory_of(ENTRY, synced=False)
+    for partition in (PARTITION, "tenant-a/ghost"):
+        _, headers = signed_headers(partition=partition)
+        assert refused(headers, directory=directory)[:2] == (503, "unavailable")
 
 
 def test_a_tampered_body_or_path_breaks_the_signature() -> None:
@@ -160,56 +245,106 @@ def test_oversized() -> None:
     assert refused(headers, body=big)[:2] == (413, "oversized")
 
 
+def test_other_paths_are_not_served() -> None:
+    async def scenario(session: aiohttp.ClientSession, url: str) -> tuple[int, int]:
+        async with session.get(url + PATH) as wrong_method, session.post(url + "/x") as other:
+            return wrong_method.status, other.status
+
+    assert run(scenario)[0] == (404, 404)
+
+
 def test_signed_but_malformed_report_is_refused_signed() -> None:
+    """Answered signed, and not accepted: a good report signed in the same second still is."""
     body = b'{"applications": "many"}'
-    signed, headers = signed_headers(body)
+    now = time.time()
+    signed, headers = signed_headers(body, now=now)
+    _, good = signed_headers(now=now)
 
     async def scenario(session: aiohttp.ClientSession, url: str) -> tuple:
-        return await post(session, url, body, headers)
+        return await post(session, url, body, headers), (await post(session, url, REPORT, good))[0]
 
-    (status, error, raw, response_headers), recorded = run(scenario)
+    ((status, error, raw, response_headers), then), recorded = run(scenario)
     assert (status, error["error"]) == (400, "malformed")
     assert "applications" in error["message"]
     protocol.verify_response(KEY, signed, 400, response_headers, raw)
-    assert recorded == []
+    assert then == 204 and len(recorded) == 1
 
 
-def test_replayed() -> None:
-    _, headers = signed_headers()
+def test_a_report_must_be_signed_later_than_the_last_one() -> None:
+    """The same request again, another nonce in the same second, or an older report: all
+    replays; the next second is accepted."""
+    now = time.time()
+    first = signed_headers(now=now)[1]
+    requests = [
+        (REPORT, first),
+        (REPORT, first),
+        (REPORT, signed_headers(now=now)[1]),
+        (REPORT, signed_headers(now=now - 5)[1]),
+        (REPORT, signed_headers(now=now + 1)[1]),
+    ]
 
     async def scenario(session: aiohttp.ClientSession, url: str) -> list:
-        return [(await post(session, url, REPORT, headers))[:2] for _ in range(2)]
+        return [(await post(session, url, body, headers))[:2] for body, headers in requests]
 
     results, recorded = run(scenario)
-    assert results[0][0] == 204
-    assert results[1] == (401, {"error": "replayed", "message": "this nonce was already used"})
-    assert len(recorded) == 1
-    assert RESULTS == ["accepted", "replayed"]
+    assert [status for status, _ in results] == [204, 401, 401, 401, 204]
+    assert {error["error"] for _, error in results[1:4]} == {"replayed"}
+    assert [signed_at for _, signed_at, _ in recorded] == [int(now), int(now) + 1]
+    assert RESULTS == ["accepted", "replayed", "replayed", "replayed", "accepted"]
+
+
+def test_the_last_accepted_time_comes_from_the_directory() -> None:
+    """After a restart the directory holds the last accepted time from status: a report
+    captured before it is refused."""
+    now = time.time()
+    seen = DirectoryEntry("tenant-a", "web-1", "uid-1", False, "web-1-agent-key", int(now))
+    _, headers = signed_headers(now=now)
+    assert refused(headers, directory=directory_of(seen))[:2] == (401, "replayed")
+
+
+def test_status_keeps_the_signed_time_as_the_heartbeat() -> None:
+    report = parse_report(REPORT)
+    partition = {"metadata": {"name": "web-1", "namespace": "tenant-a", "generation": 1}}
+    now = datetime(2026, 11, 21, 12, 0, 30, tzinfo=UTC)
+    signed_at = int(datetime(2026, 11, 21, 12, 0, 0, tzinfo=UTC).timestamp())
+    status = status_after_report(partition, report, signed_at, now)
+    assert status["agent"]["lastHeartbeatTime"] == "2026-11-21T12:00:00Z"
+    partition["status"] = status
+    assert status_after_report(partition, report, signed_at, now) == {}, "a replay writes nothing"
+    assert status_after_report(partition, report, signed_at - 1, now) == {}
+    later = status_after_report(partition, report, signed_at + 1, now)
+    assert later["agent"]["lastHeartbeatTime"] == rfc3339(
+        datetime.fromtimestamp(signed_at + 1, UTC)
+    )
 
 
 def test_keys_are_cached_and_nonces_tracked_across_refreshes() -> None:
     keys = Keys({PARTITION: KEY})
     clock = [0.0]
     verifiers = Verifiers(keys, ttl=10, negative_ttl=2, clock=lambda: clock[0])
+    ghost = DirectoryEntry("tenant-a", "ghost", "uid-9", False, "ghost-agent-key", None)
 
     async def scenario() -> None:
-        first = await verifiers.get(PARTITION)
-        assert first is not None and (await verifiers.get(PARTITION)) == first
+        first = await verifiers.get(ENTRY)
+        assert first is not None and (await verifiers.get(ENTRY)) == first
         assert keys.calls == 1
         clock[0] = 11  # refreshed, same key: the same verifier keeps its nonces
-        assert (await verifiers.get(PARTITION)) == first
+        assert (await verifiers.get(ENTRY)) == first
         assert keys.calls == 2
         keys.keys[PARTITION] = b"r" * 32  # rotated: a new verifier
         clock[0] = 22
-        rotated = await verifiers.get(PARTITION)
+        rotated = await verifiers.get(ENTRY)
         assert rotated is not None and rotated[0] == b"r" * 32 and rotated[1] is not first[1]
+        recreated = await verifiers.get(DirectoryEntry(**{**ENTRY.__dict__, "uid": "uid-new"}))
+        assert keys.calls == 4, "a Partition recreated under the same name is looked up anew"
+        assert recreated is not None and recreated[1] is not rotated[1]
 
-        assert await verifiers.get("tenant-a/ghost") is None
-        assert await verifiers.get("tenant-a/ghost") is None
-        assert keys.calls == 4, "unknown partitions are remembered briefly"
+        assert await verifiers.get(ghost) is None
+        assert await verifiers.get(ghost) is None
+        assert keys.calls == 5, "a Partition without a key is remembered briefly"
         clock[0] = 25
-        assert await verifiers.get("tenant-a/ghost") is None
-        assert keys.calls == 5
+        assert await verifiers.get(ghost) is None
+        assert keys.calls == 6
 
     asyncio.run(scenario())
 
@@ -218,13 +353,13 @@ def test_concurrent_requests_share_one_lookup() -> None:
     keys = Keys({PARTITION: KEY})
     gate = asyncio.Event()
 
-    async def slow(partition: str) -> bytes | None:
+    async def slow(entry: DirectoryEntry) -> bytes | None:
         await gate.wait()
-        return await keys(partition)
+        return await keys(entry)
 
     async def scenario() -> None:
         verifiers = Verifiers(slow)
-        waiting = [asyncio.create_task(verifiers.get(PARTITION)) for _ in range(5)]
+        waiting = [asyncio.create_task(verifiers.get(ENTRY)) for _ in range(5)]
         await asyncio.sleep(0.01)
         gate.set()
         results = await asyncio.gather(*waiting)
@@ -235,14 +370,11 @@ def test_concurrent_requests_share_one_lookup() -> None:
 
 
 def test_a_failing_lookup_is_503_and_not_cached() -> None:
-    calls = []
-
-    async def broken(partition: str) -> bytes | None:
-        calls.append(partition)
+    async def broken(entry: DirectoryEntry) -> bytes | None:
         raise RuntimeError("API server down")
 
     _, headers = signed_headers()
-    status, reason, _ = refused(headers, keys=broken)  # type: ignore[arg-type]
+    status, reason, _ = refused(headers, keys=broken)
     assert (status, reason) == (503, "unavailable")
 
 
@@ -268,3 +400,259 @@ def test_random_garbage_is_never_accepted(count: int) -> None:
     statuses, recorded = run(scenario)
     assert 204 not in statuses
     assert recorded == []
+
+
+# --- connections -----------------------------------------------------------------------------
+
+
+async def closed_after(reader: asyncio.StreamReader) -> float:
+    """Seconds until the server closes the connection (reading whatever it sends)."""
+    started = time.monotonic()
+    try:
+        while await reader.read(4096):
+            pass
+    except ConnectionResetError:
+        pass  # closed with data unread: a reset
+    return time.monotonic() - started
+
+
+def test_idle_slow_header_and_slow_body_connections_are_closed() -> None:
+    head = f"POST {PATH} HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n".encode()
+
+    async def dribble(writer: asyncio.StreamWriter, data: bytes) -> None:
+        for byte in data:
+            writer.write(bytes([byte]))
+            await asyncio.sleep(0.1)
+
+    async def scenario(_: aiohttp.ClientSession, url: str) -> list[float]:
+        port = int(url.rsplit(":", 1)[1])
+        idle = await asyncio.open_connection("127.0.0.1", port)
+        slow_head = await asyncio.open_connection("127.0.0.1", port)
+        slow_body = await asyncio.open_connection("127.0.0.1", port)
+        slow_body[1].write(head + b"\r\n")
+        feeders = [
+            asyncio.create_task(dribble(slow_head[1], head * 10)),
+            asyncio.create_task(dribble(slow_body[1], b"x" * 100)),
+        ]
+        waits = [closed_after(reader) for reader, _ in (idle, slow_head, slow_body)]
+        try:
+            return await asyncio.wait_for(asyncio.gather(*waits), 5)
+        finally:
+            for feeder in feeders:
+                feeder.cancel()
+
+    elapsed, _ = run(scenario, limits=FAST)
+    assert all(0.4 < seconds < 1.5 for seconds in elapsed), elapsed
+
+
+def test_keep_alive_connections_must_send_their_next_request_in_time() -> None:
+    async def scenario(session: aiohttp.ClientSession, url: str) -> tuple:
+        port = int(url.rsplit(":", 1)[1])
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        _, headers = signed_headers()
+        lines = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        request = f"POST {PATH} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(REPORT)}\r\n{lines}\r\n"
+        writer.write(request.encode() + REPORT)
+        status_line = await reader.readline()
+        return status_line, await asyncio.wait_for(closed_after(reader), 5)
+
+    (status_line, idle_for), recorded = run(scenario, limits=FAST)
+    assert status_line.startswith(b"HTTP/1.1 204")
+    assert len(recorded) == 1
+    assert 0.3 < idle_for < 1.5
+
+
+def test_a_full_gateway_evicts_the_oldest_unproven_connection() -> None:
+    """With the cap reached, idle connections make way for a newcomer, oldest first; one that
+    delivered a verified report stays, and reports on it still get through."""
+    limits = Limits(max_connections=4, request_seconds=30)
+
+    async def scenario(session: aiohttp.ClientSession, url: str) -> tuple:
+        port = int(url.rsplit(":", 1)[1])
+        _, headers = signed_headers()
+        status, *_ = await post(session, url, REPORT, headers)  # a kept-alive, proven connection
+        idle = [await asyncio.open_connection("127.0.0.1", port) for _ in range(3)]
+        await asyncio.sleep(0.05)
+        newcomer = await asyncio.open_connection("127.0.0.1", port)
+        oldest_closed = await asyncio.wait_for(closed_after(idle[0][0]), 2)
+        open_connections = len(SERVING[0].connections)
+        _, headers = signed_headers(now=time.time() + 1)
+        again, *_ = await post(session, url, REPORT, headers)
+        for _, writer in [*idle, newcomer]:
+            writer.close()
+        return status, oldest_closed, open_connections, again
+
+    (status, oldest_closed, open_connections, again), recorded = run(scenario, limits=limits)
+    assert (status, again) == (204, 204)
+    assert len(recorded) == 2
+    assert oldest_closed < 1
+    assert open_connections == 4
+    assert SERVING[0].connections.evicted == 1
+
+
+# --- TLS -------------------------------------------------------------------------------------
+
+ROOT = bytes(range(32, 64))
+
+
+def agent_tls(tmp_path: Path, identity: agent_identity.AgentIdentity, name: str) -> ssl.SSLContext:
+    """A client context as an agent of tenant-a/<name> has: the CA and its own certificate."""
+    creds = identity.agent_credentials("tenant-a", name, "uid-1")
+    cert, key = tmp_path / f"{name}.crt", tmp_path / f"{name}.key"
+    cert.write_bytes(creds.cert_pem)
+    key.write_bytes(creds.key_pem)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False  # the operator's certificate names lparkube:operator
+    context.load_verify_locations(cadata=creds.ca_pem.decode())
+    context.load_cert_chain(cert, key)
+    return context
+
+
+def operator_tls(identity: agent_identity.AgentIdentity) -> ssl.SSLContext:
+    return agent_identity.server_context(
+        identity, identity.issue_operator_certificate(datetime.now(UTC))
+    )
+
+
+def test_over_tls_the_client_certificate_must_name_the_partition(tmp_path: Path) -> None:
+    identity = agent_identity.AgentIdentity(ROOT)
+    server = operator_tls(identity)
+    key = identity.partition_key("tenant-a", "web-1", "uid-1")
+    lookups: list[str] = []
+
+    async def derived(entry: DirectoryEntry) -> bytes | None:  # the key the lead derives
+        lookups.append(entry.partition)
+        return identity.partition_key(entry.namespace, entry.name, entry.uid)
+
+    def over_tls(name: str, *requests: tuple[bytes, dict]) -> list:
+        client = agent_tls(tmp_path, identity, name)
+        return answers(list(requests), keys=derived, ssl_context=server, client_ssl=client)
+
+    signed, headers = signed_headers(key=key)
+    ((status, body, response_headers),) = over_tls("web-1", (REPORT, headers))
+    assert status == 204
+    protocol.verify_response(key, signed, 204, response_headers, body)
+    assert lookups == [PARTITION]
+
+    # Another partition's certificate with this partition's valid signature is refused before
+    # its key is looked up, with the answer an unknown partition gets.
+    lookups.clear()
+    other = over_tls("db", (REPORT, signed_headers(key=key, now=time.time() + 1)[1]))
+    assert RESULTS == ["wrong-partition"]
+    unknown = over_tls("ghost", (REPORT, signed_headers(partition="tenant-a/ghost")[1]))
+    assert other == unknown and other[0][0] == 401
+    assert lookups == []
+
+
+def test_over_tls_a_client_without_a_certificate_gets_nothing(tmp_path: Path) -> None:
+    identity = agent_identity.AgentIdentity(ROOT)
+    anonymous = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    anonymous.check_hostname = False
+    anonymous.load_verify_locations(cadata=identity.ca_pem.decode())
+
+    async def scenario(session: aiohttp.ClientSession, url: str) -> list[Exception]:
+        port = int(url.rsplit(":", 1)[1])
+        failures: list[Exception] = []
+        try:
+            await tls_request(port, anonymous)
+        except (ssl.SSLError, ConnectionError) as exc:
+            failures.append(exc)
+        try:
+            await post(session, f"http://127.0.0.1:{port}", REPORT, signed_headers()[1])
+        except aiohttp.ClientError as exc:
+            failures.append(exc)
+        return failures
+
+    failures, recorded = run(scenario, ssl_context=operator_tls(identity))
+    assert len(failures) == 2, failures
+    assert recorded == [] and RESULTS == []
+
+
+async def tls_request(port: int, context: ssl.SSLContext) -> bytes:
+    """What the server answers to a request over TLS with ``context``."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=context)
+    writer.write(f"POST {PATH} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n".encode())
+    await writer.drain()
+    data = await reader.read()
+    writer.close()
+    if not data:
+        raise ConnectionError("closed without an answer")
+    return data
+
+
+def test_the_tls_handshake_has_a_deadline() -> None:
+    server = operator_tls(agent_identity.AgentIdentity(ROOT))
+    limits = Limits(handshake_seconds=0.5)
+
+    async def scenario(_: aiohttp.ClientSession, url: str) -> float:
+        port = int(url.rsplit(":", 1)[1])
+        loop = asyncio.get_running_loop()
+        with socket.create_connection(("127.0.0.1", port)) as raw:  # never says hello
+            raw.setblocking(False)
+            started = time.monotonic()
+            while await asyncio.wait_for(loop.sock_recv(raw, 4096), 5):
+                pass
+            return time.monotonic() - started
+
+    elapsed, _ = run(scenario, limits=limits, ssl_context=server)
+    assert 0.3 < elapsed < 2
+
+
+# --- coalescing ------------------------------------------------------------------------------
+
+
+def test_writes_are_coalesced_to_one_per_window() -> None:
+    """The first write goes at once; what arrives during the window waits, and only the
+    latest of it is written; every caller returns after the write that carried its item."""
+    written: list[tuple[str, int, float]] = []
+
+    async def write(key: str, item: int) -> None:
+        written.append((key, item, time.monotonic()))
+        await asyncio.sleep(0.01)
+
+    async def scenario() -> list[float]:
+        writes = Coalescer(write, window=0.3)
+        started = time.monotonic()
+
+        async def submit(key: str, item: int, delay: float) -> float:
+            await asyncio.sleep(delay)
+            await writes.submit(key, item)
+            return time.monotonic() - started
+
+        done = await asyncio.gather(
+            submit("a", 1, 0),
+            *(submit("a", item, 0.02 * item) for item in range(2, 8)),
+            submit("b", 1, 0.05),
+        )
+        await asyncio.sleep(0.35)
+        assert len(writes) == 0, "idle keys are forgotten after their window"
+        return done
+
+    done = asyncio.run(scenario())
+    assert [(key, item) for key, item, _ in written] == [("a", 1), ("b", 1), ("a", 7)]
+    a_first, a_last = written[0][2], written[2][2]
+    assert 0.28 < a_last - a_first < 0.4
+    assert done[0] < 0.1 and all(0.28 < t < 0.45 for t in done[1:7])
+    assert done[7] < 0.15, "another key has its own window"
+
+
+def test_a_failed_write_fails_every_caller_it_carried() -> None:
+    calls: list[int] = []
+
+    async def write(_: str, item: int) -> None:
+        calls.append(item)
+        if item == 3:
+            raise RuntimeError("API down")
+
+    async def scenario() -> list:
+        writes = Coalescer(write, window=0.1)
+        await writes.submit("a", 1)
+        results = await asyncio.gather(
+            writes.submit("a", 2), writes.submit("a", 3), return_exceptions=True
+        )
+        await writes.submit("a", 4)
+        return results
+
+    results = asyncio.run(scenario())
+    assert calls == [1, 3, 4]
+    assert all(isinstance(r, RuntimeError) for r in results)

@@ -130,6 +130,7 @@ def operator_login(memo: Any, settings: kopf.OperatorSettings, **_: Any) -> kopf
 
 # Controllers: importing each module registers its handlers.
 from lparkube.controllers import (  # noqa: E402, F401
+    agent_gateway,
     conditionprofile,
     evacuation,
     partition,

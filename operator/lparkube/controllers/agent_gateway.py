@@ -1,43 +1,75 @@
 """The agent gateway: verified agent reports become Partition status.
 
 It runs in the operator process only while this replica leads (``runtime.manager`` starts it
-next to kopf): then one process writes Partition status, one nonce cache sees every report,
-and the Service reaches it because /readyz passes only on the leader.
+next to kopf): then one process writes Partition status, one directory and one nonce cache see
+every report, and the Service reaches it because /readyz passes only on the leader.
+
+The gateway knows Partitions from the operator's own watch: ``runtime.manager`` makes one
+``PartitionDirectory``, hands it to the gateway and to kopf's memo, and the handlers at the end
+keep it current. A report is written at most once a second per Partition (the ``Coalescer``),
+and its signed time becomes the heartbeat, so a replay can never move it.
 """
 
 from __future__ import annotations
 
 import logging
+import ssl
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
-from aiohttp import web
+import kopf
 from prometheus_client import Counter
 
-from lparkube import health, metrics
+from lparkube import metrics
 from lparkube.adapters.agent_gateway import (
+    Coalescer,
+    KeyLookup,
+    Listener,
     MalformedReportError,
+    ReportGateway,
     Verifiers,
-    gateway_app,
 )
 from lparkube.adapters.guest_agent import AgentKeyMissingError, load_agent_key
 from lparkube.adapters.kube import PARTITION, Kube
 from lparkube.config import Settings
-from lparkube.controllers.partition import write_status
+from lparkube.controllers.partition import RESOURCE, write_status
 from lparkube.domain import partition as domain
 from lparkube.domain import partition_status as status_rules
-from lparkube.domain.agent_report import parse_report
+from lparkube.domain.agent_report import AgentReport, parse_report
 from lparkube.domain.clock import rfc3339
 from lparkube.domain.conditions import TRUE
+from lparkube.domain.partition_directory import (
+    DirectoryEntry,
+    PartitionDirectory,
+    entry_of,
+    is_newer,
+    last_report_time,
+)
 
 logger = logging.getLogger(__name__)
 KUBE_WORKERS = 8
+REPORT_WINDOW_SECONDS = 1.0  # at most one status write per Partition per window
+PARTITION_CRD = f"{PARTITION.plural}.{PARTITION.group}"
 
 REPORTS = Counter(
     "lparkube_agent_reports",
     "Guest agent reports at the gateway, by result: accepted, or why it was refused "
-    "(unsigned, bad-signature, stale, replayed, oversized, malformed, ...).",
+    "(unsigned, bad-signature, unknown-partition, wrong-partition, stale, replayed, "
+    "oversized, malformed, unavailable, ...).",
     ["result"],
+    registry=metrics.REGISTRY,
+)
+KEY_LOOKUPS = Counter(
+    "lparkube_agent_key_lookups",
+    "Partition key lookups made by the gateway (each a read of the key Secret); a report "
+    "naming an unknown Partition never causes one.",
+    registry=metrics.REGISTRY,
+)
+REPORT_WRITES = Counter(
+    "lparkube_agent_report_writes",
+    "Partition status writes for accepted reports: at most one per Partition per second, "
+    "reports that arrive in between are coalesced into the next.",
     registry=metrics.REGISTRY,
 )
 
@@ -46,37 +78,48 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-async def partition_key(kube: Kube, partition_id: str) -> bytes | None:
-    """The key of a live Partition, from the Secret its status (or spec) names."""
-    parsed = domain.parse_partition_id(partition_id)
-    if parsed is None:
-        return None
-    namespace, name = parsed
-    partition = await kube.get(PARTITION, namespace, name)
-    if partition is None or partition["metadata"].get("deletionTimestamp"):
-        return None
-    stored = ((partition.get("status") or {}).get("agent") or {}).get("keySecretName")
-    secret = stored or domain.agent_spec(name, partition.get("spec") or {}).key_secret_name
-    try:
-        return await load_agent_key(kube, namespace, secret)
-    except AgentKeyMissingError:
-        return None
+def secret_key(kube: Kube) -> KeyLookup:
+    """The key from the Secret the Partition's status (or spec) names."""
+
+    async def lookup(entry: DirectoryEntry) -> bytes | None:
+        KEY_LOOKUPS.inc()
+        try:
+            return await load_agent_key(kube, entry.namespace, entry.key_secret_name)
+        except AgentKeyMissingError:
+            return None
+
+    return lookup
 
 
-async def record_report(kube: Kube, partition_id: str, body: bytes, identity: str) -> None:
+def status_after_report(
+    partition: dict, report: AgentReport, signed_at: int, now: datetime
+) -> dict[str, Any]:
+    """The status a report makes; unchanged unless it is signed after the stored heartbeat."""
+    status = partition.get("status") or {}
+    if not is_newer(signed_at, last_report_time(status)):
+        return {}
+    heartbeat = datetime.fromtimestamp(signed_at, UTC)
+    return status_rules.status_with_report(partition, report.status(heartbeat), now)
+
+
+async def record_report(
+    kube: Kube,
+    directory: PartitionDirectory,
+    entry: DirectoryEntry,
+    report: AgentReport,
+    *,
+    signed_at: int,
+    identity: str,
+) -> None:
     """Write a verified report into status.agent and AgentConnected; event on (re)connect."""
-    try:
-        report = parse_report(body)
-    except ValueError as exc:
-        raise MalformedReportError(str(exc)) from exc
-    namespace, name = domain.parse_partition_id(partition_id) or ("", "")
-    received = _now()
+    namespace, name = entry.namespace, entry.name
+    REPORT_WRITES.inc()
     before, after = await write_status(
-        kube,
-        namespace,
-        name,
-        lambda p: status_rules.status_with_report(p, report.status(received), received),
+        kube, namespace, name, lambda p: status_after_report(p, report, signed_at, _now())
     )
+    if before is None:  # gone, and the watch did not say so yet
+        directory.forget(entry.partition, entry.uid)
+        return
     if status_rules.transition(before, after, status_rules.AGENT_CONNECTED) == TRUE:
         message = f"Guest agent {report.version or '?'} reported (kernel {report.kernel_release})"
         await post_event(
@@ -120,37 +163,110 @@ async def post_event(
 
 @dataclass
 class Gateway:
-    """A running gateway: its listener and its own API client."""
+    """A running gateway: its listener, its pending writes and its own API client."""
 
-    runner: web.AppRunner
+    listener: Listener
+    writes: Coalescer
     kube: Kube
 
     async def stop(self) -> None:
-        await self.runner.cleanup()
+        await self.listener.close()
+        await self.writes.close()
         self.kube.close()
 
 
-def build_app(kube: Kube, identity: str) -> web.Application:
-    verifiers = Verifiers(lambda partition: partition_key(kube, partition))
+def build_gateway(
+    kube: Kube, directory: PartitionDirectory, identity: str
+) -> tuple[ReportGateway, Coalescer]:
+    verifiers = Verifiers(secret_key(kube))
 
-    async def sink(partition: str, body: bytes) -> None:
-        await record_report(kube, partition, body, identity)
+    async def write(_: str, item: tuple[DirectoryEntry, AgentReport, int]) -> None:
+        entry, report, signed_at = item
+        await record_report(kube, directory, entry, report, signed_at=signed_at, identity=identity)
+
+    writes: Coalescer[tuple[DirectoryEntry, AgentReport, int]] = Coalescer(
+        write, REPORT_WINDOW_SECONDS
+    )
+
+    def parse(body: bytes) -> AgentReport:
+        try:
+            return parse_report(body)
+        except ValueError as exc:
+            raise MalformedReportError(str(exc)) from exc
+
+    async def sink(entry: DirectoryEntry, signed_at: int, report: AgentReport) -> None:
+        await writes.submit(entry.partition, (entry, report, signed_at))
 
     def valid(partition: str) -> bool:
         return domain.parse_partition_id(partition) is not None
 
-    return gateway_app(verifiers, sink, valid, lambda result: REPORTS.labels(result).inc())
+    def record(result: str) -> None:
+        REPORTS.labels(result).inc()
+
+    return ReportGateway(directory, verifiers, parse, sink, valid, record=record), writes
 
 
-async def start(settings: Settings) -> Gateway | None:
-    """Listen on ``--agent-gateway-address``; None when it is disabled. Raises OSError."""
-    if settings.agent_gateway_address is None:
+async def start(
+    settings: Settings,
+    directory: PartitionDirectory,
+    ssl_context: ssl.SSLContext | None = None,
+) -> Gateway | None:
+    """Listen on ``--agent-gateway-address`` (TLS with ``ssl_context``); None when it is
+    disabled. Raises OSError."""
+    address = settings.agent_gateway_address
+    if address is None:
         return None
     kube = Kube.connect(settings.kubeconfig, workers=KUBE_WORKERS)
     try:
-        app = build_app(kube, settings.identity)
-        runner = await health.serve(app, settings.agent_gateway_address, "agent gateway")
+        gateway, writes = build_gateway(kube, directory, settings.identity)
+        listener = await gateway.listen(address.host, address.port, ssl_context)
     except BaseException:
         kube.close()
         raise
-    return Gateway(runner, kube)
+    logger.info("Serving agent gateway on %s", address)
+    return Gateway(listener, writes, kube)
+
+
+# --- kopf handlers: the directory follows the Partition watch --------------------------------
+
+
+def _directory(memo: Any) -> PartitionDirectory | None:
+    """The directory ``lparkube run`` shares with its gateway; None under a bare kopf run."""
+    directory = getattr(memo, "partition_directory", None)
+    return directory if isinstance(directory, PartitionDirectory) else None
+
+
+@kopf.index(*RESOURCE)
+def partition_observe(body: kopf.Body, memo: Any, **_: Any) -> None:
+    """Every Partition event updates its entry. An index handler, because kopf runs every
+    index handler on the initial listing before any other handler."""
+    directory = _directory(memo)
+    if directory is not None:
+        directory.observe(entry_of(body))
+
+
+def _is_deleted(type: str | None, **_: Any) -> bool:
+    return type == "DELETED"
+
+
+@kopf.on.event(*RESOURCE, when=_is_deleted)
+def partition_forget(body: kopf.Body, memo: Any, **_: Any) -> None:
+    directory = _directory(memo)
+    if directory is not None:
+        meta = body.metadata
+        directory.forget(f"{meta.namespace}/{meta.name}", meta.uid or "")
+
+
+def _is_partition_crd(name: str, **_: Any) -> bool:
+    return name == PARTITION_CRD
+
+
+@kopf.on.event("apiextensions.k8s.io", "v1", "customresourcedefinitions", when=_is_partition_crd)
+def partition_directory_synced(memo: Any, **_: Any) -> None:
+    """kopf holds every non-index handler until the index handlers have seen the whole initial
+    listing, so once this one runs (on the Partition CRD's own listing, whether or not any
+    Partition exists) the directory holds every Partition: unknown now means unknown."""
+    directory = _directory(memo)
+    if directory is not None and not directory.synced:
+        directory.mark_synced()
+        logger.info("The agent gateway knows %d Partitions", len(directory))

@@ -22,6 +22,7 @@ from lparkube.adapters import kubeconfig
 from lparkube.adapters.lease import LeaseNamespaceMissingError, LeaseStore
 from lparkube.config import Settings
 from lparkube.controllers import agent_gateway
+from lparkube.domain.partition_directory import PartitionDirectory
 from lparkube.runtime.election import LeaderElector, LeadershipLostError, OnChange
 from lparkube.version import version
 
@@ -85,24 +86,32 @@ async def _operate_with_gateway(
     settings: Settings, readiness: health.Readiness, stop: asyncio.Event, renewal: asyncio.Task
 ) -> int:
     """The agent gateway serves only while leading: one writer of agent status, one nonce
-    cache for every report, and the Service (which routes by /readyz) reaches only us."""
+    cache for every report, and the Service (which routes by /readyz) reaches only us. It
+    knows Partitions from the directory kopf's Partition watch keeps (through the memo)."""
+    directory = PartitionDirectory()
     try:
-        gateway = await agent_gateway.start(settings)
+        gateway = await agent_gateway.start(settings, directory)
     except OSError as exc:
         logger.error("Cannot listen for guest agent reports: %s", exc)
         return EXIT_FAILURE
     try:
-        return await _operate(settings, readiness, stop, renewal)
+        return await _operate(settings, readiness, stop, renewal, directory)
     finally:
         if gateway is not None:
             await gateway.stop()
 
 
 async def _operate(
-    settings: Settings, readiness: health.Readiness, stop: asyncio.Event, renewal: asyncio.Task
+    settings: Settings,
+    readiness: health.Readiness,
+    stop: asyncio.Event,
+    renewal: asyncio.Task,
+    directory: PartitionDirectory,
 ) -> int:
     """Run kopf until ``stop``; bound its shutdown when the Lease was lost."""
-    operator = asyncio.create_task(_kopf(settings, readiness, stop), name="lparkube kopf")
+    operator = asyncio.create_task(
+        _kopf(settings, readiness, stop, directory), name="lparkube kopf"
+    )
     await asyncio.wait({operator, renewal}, return_when=asyncio.FIRST_COMPLETED)
     if renewal.done() and not operator.done():
         # Another replica may lead once our lease expires: stop before that.
@@ -122,7 +131,12 @@ async def _operate(
     return EXIT_FAILURE
 
 
-async def _kopf(settings: Settings, readiness: health.Readiness, stop: asyncio.Event) -> None:
+async def _kopf(
+    settings: Settings,
+    readiness: health.Readiness,
+    stop: asyncio.Event,
+    directory: PartitionDirectory,
+) -> None:
     """kopf.operator, but with our signal handlers: stopping must go through the Lease logic."""
     kopf_settings = kopf.OperatorSettings()
     existing = asyncio.all_tasks()
@@ -133,7 +147,7 @@ async def _kopf(settings: Settings, readiness: health.Readiness, stop: asyncio.E
         standalone=True,  # our Lease, not kopf peering, decides who runs handlers
         stop_flag=stop,
         ready_flag=readiness.kopf_ready,
-        memo=kopf.Memo(config=settings),
+        memo=kopf.Memo(config=settings, partition_directory=directory),
     )
     _install_signal_handlers(stop)  # spawn_tasks took SIGINT/SIGTERM over
     try:
