@@ -118,7 +118,7 @@ def run(
             limits=limits,
         )
         SERVING[:] = [gateway]
-        listener = await gateway.listen("127.0.0.1", 0, ssl_context)
+        listener = gateway.listen("127.0.0.1", 0, ssl_context)
         scheme = "https" if ssl_context else "http"
         connector = aiohttp.TCPConnector(ssl=client_ssl) if client_ssl else None
         try:
@@ -462,32 +462,72 @@ def test_keep_alive_connections_must_send_their_next_request_in_time() -> None:
     assert 0.3 < idle_for < 1.5
 
 
-def test_a_full_gateway_evicts_the_oldest_unproven_connection() -> None:
-    """With the cap reached, idle connections make way for a newcomer, oldest first; one that
-    delivered a verified report stays, and reports on it still get through."""
-    limits = Limits(max_connections=4, request_seconds=30)
+async def connect(url: str, source: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    port = int(url.rsplit(":", 1)[1])
+    return await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
+
+
+async def report_from(url: str, source: str, now: float) -> int:
+    """A signed report on a fresh connection from ``source``; its status."""
+    connector = aiohttp.TCPConnector(local_addr=(source, 0))
+    async with aiohttp.ClientSession(connector=connector) as session:
+        return (await post(session, url, REPORT, signed_headers(now=now)[1]))[0]
+
+
+async def closed_soon(reader: asyncio.StreamReader) -> bool:
+    try:
+        await asyncio.wait_for(closed_after(reader), 0.5)
+    except TimeoutError:
+        return False
+    return True
+
+
+def test_one_address_holds_only_its_share() -> None:
+    """A flood from one address fills that address's share; newcomers from it are closed at
+    once, and an agent elsewhere is served as ever."""
+    limits = Limits(per_address=3, request_seconds=30)
+
+    async def scenario(_: aiohttp.ClientSession, url: str) -> tuple:
+        held = [await connect(url, "127.0.0.2") for _ in range(3)]
+        refused = await connect(url, "127.0.0.2")
+        status = await report_from(url, "127.0.0.1", time.time())
+        results = await closed_soon(refused[0]), [await closed_soon(r) for r, _ in held], status
+        for _, writer in [*held, refused]:
+            writer.close()
+        return results
+
+    (refused, held, status), recorded = run(scenario, limits=limits)
+    assert refused and held == [False] * 3
+    assert status == 204 and len(recorded) == 1
+    assert SERVING[0].connections.refused == 1
+
+
+def test_at_the_cap_the_most_crowded_address_gives_way() -> None:
+    """With every connection taken, a newcomer from an address holding fewer unproven
+    connections takes the place of the crowded address's oldest; a newcomer from the crowded
+    address is closed; a connection that delivered a verified report is never evicted."""
+    limits = Limits(max_connections=4, per_address=10, request_seconds=30)
 
     async def scenario(session: aiohttp.ClientSession, url: str) -> tuple:
-        port = int(url.rsplit(":", 1)[1])
-        _, headers = signed_headers()
-        status, *_ = await post(session, url, REPORT, headers)  # a kept-alive, proven connection
-        idle = [await asyncio.open_connection("127.0.0.1", port) for _ in range(3)]
+        status, *_ = await post(session, url, REPORT, signed_headers()[1])  # kept alive: proven
+        crowd = [await connect(url, "127.0.0.2") for _ in range(3)]  # now full
         await asyncio.sleep(0.05)
-        newcomer = await asyncio.open_connection("127.0.0.1", port)
-        oldest_closed = await asyncio.wait_for(closed_after(idle[0][0]), 2)
-        open_connections = len(SERVING[0].connections)
-        _, headers = signed_headers(now=time.time() + 1)
-        again, *_ = await post(session, url, REPORT, headers)
-        for _, writer in [*idle, newcomer]:
+        agent = await report_from(url, "127.0.0.3", time.time() + 1)
+        oldest_evicted = await closed_soon(crowd[0][0])
+        other = await connect(url, "127.0.0.4")  # full again, the agent having left
+        late = await connect(url, "127.0.0.2")
+        late_refused = await closed_soon(late[0])
+        again, *_ = await post(session, url, REPORT, signed_headers(now=time.time() + 2)[1])
+        for _, writer in [*crowd, other, late]:
             writer.close()
-        return status, oldest_closed, open_connections, again
+        return status, agent, oldest_evicted, late_refused, again
 
-    (status, oldest_closed, open_connections, again), recorded = run(scenario, limits=limits)
-    assert (status, again) == (204, 204)
-    assert len(recorded) == 2
-    assert oldest_closed < 1
-    assert open_connections == 4
-    assert SERVING[0].connections.evicted == 1
+    (status, agent, evicted, refused, again), recorded = run(scenario, limits=limits)
+    assert (status, agent, again) == (204, 204, 204)
+    assert evicted and refused
+    assert len(recorded) == 3
+    connections = SERVING[0].connections
+    assert (connections.evicted, connections.refused) == (1, 1)
 
 
 # --- TLS -------------------------------------------------------------------------------------

@@ -1,9 +1,11 @@
 """The agent gateway's HTTP side: where guest agents POST their signed reports.
 
-Connections are bounded before any request is read (``Connections``): each must deliver a
-whole request, headers and body, within ``Limits.request_seconds`` of opening or of its
-previous answer, and when ``max_connections`` are open a new one evicts the oldest that has not
-delivered a verified report. With TLS the handshake has its own deadline.
+Connections are bounded before any request is read (``Connections``, fed by the gateway's own
+accept loop): each must deliver a whole request, headers and body, within
+``Limits.request_seconds`` of its start or of its previous answer; one source address may hold
+only ``per_address`` of them, and when ``max_connections`` are open a newcomer evicts the oldest
+that has not delivered a verified report, from the address holding the most. With TLS the
+handshake has its own deadline.
 
 Then each request is refused as early and as cheaply as possible, and never with an API call
 for a name the operator does not know: size, headers, the partition in the operator's
@@ -19,12 +21,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import hashlib
+import hmac
 import json
 import logging
 import secrets
+import socket
 import ssl
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -49,7 +55,9 @@ STATUS_OF = {
     "unavailable": 503,
 }
 RETRY_AFTER_SECONDS = 1
-# Verifying against a key nobody holds is how an unknown partition gets a wrong key's answer.
+# What a wrong key and an unknown partition are both answered, word for word.
+WRONG_KEY = "signature does not match the partition key"
+# An unknown partition's signature is checked against a key nobody holds: the same work.
 _NOBODYS_KEY = secrets.token_bytes(protocol.KEY_BYTES)
 
 KeyLookup = Callable[[DirectoryEntry], Awaitable[bytes | None]]
@@ -77,62 +85,118 @@ class MalformedReportError(ValueError):
 class Limits:
     """What connections may cost the gateway."""
 
-    # To deliver a whole request (headers and body), from the connection's start or its
-    # previous answer: the header, body and keep-alive idle timeout at once.
+    # To deliver a whole request (headers and body), from the connection's start (TLS
+    # handshake included) or its previous answer: the header, body and keep-alive idle timeout
+    # at once.
     request_seconds: float = 5.0
-    max_connections: int = 1024
+    max_connections: int = 512
+    # One source address (a pod, a VM) may hold no more, so one noisy neighbour cannot crowd
+    # out the agents of others.
+    per_address: int = 64
     handshake_seconds: float = 5.0  # TLS only
-    backlog: int = 1024
+    backlog: int = 4096  # connections the kernel queues until they are accepted
+    accept_batch: int = 128  # accepted per wake-up: no burst of them starves the rest
     sweep_seconds: float = 0.25  # how often overdue connections are looked for
 
 
-class Connections:
-    """The gateway's open connections, each with the time by which its next request is due.
+@dataclass(eq=False)
+class _Connection:
+    sock: socket.socket
+    fd: int
+    address: str
+    handler: object | None = None  # aiohttp's protocol, once the transport exists
+    transport: asyncio.BaseTransport | None = None
 
-    A connection is *waiting* (for its next request, with a deadline), or *busy* (its request
-    is in and being answered). It is *proven* once it delivered a verified report; when the cap
-    is reached, a new connection evicts the oldest unproven one, or is refused when there is
-    none, so a flood can take neither the agents' reports nor the operator's memory.
+
+class Connections:
+    """The gateway's connections, from the moment they are accepted.
+
+    A connection is *waiting* for its next request, with a deadline, or *busy* (its request
+    is in and being answered). It is *proven* once it delivered a verified report. A newcomer
+    is closed at once, before anything is made for it, when its address already holds
+    ``per_address`` connections; when ``max_connections`` are open it takes the place of the
+    oldest unproven connection of the address holding the most of them, if that is more than
+    twice what its own address holds, and is closed otherwise. So a flood fills only its own share, pays
+    for it in refusals that cost the gateway a close, and an agent's single connection is
+    the last to go.
     """
 
     def __init__(self, limits: Limits, clock: Callable[[], float] = time.monotonic) -> None:
         self.limits = limits
         self._clock = clock
-        self._open: dict[object, asyncio.BaseTransport] = {}
-        self._waiting: OrderedDict[object, float] = OrderedDict()  # by deadline
-        self._unproven: OrderedDict[object, None] = OrderedDict()  # oldest first
-        self.closed_overdue = 0
-        self.evicted = 0
+        self._by_fd: dict[int, _Connection] = {}
+        self._by_handler: dict[object, _Connection] = {}
+        self._waiting: OrderedDict[_Connection, float] = OrderedDict()  # by deadline
+        self._unproven: dict[str, OrderedDict[_Connection, None]] = {}  # oldest first
+        self._count: Counter[str] = Counter()  # connections per address
+        self._total = 0
+        self.refused = self.evicted = self.closed_overdue = 0
 
     def __len__(self) -> int:
-        return len(self._open)
+        return self._total
 
-    def opened(self, connection: object, transport: asyncio.BaseTransport) -> None:
-        if len(self._open) >= self.limits.max_connections and not self._evict():
-            transport.abort()
+    def admit(self, sock: socket.socket, address: str) -> _Connection | None:
+        """Track a just-accepted socket; None when it must be closed at once."""
+        if self._count[address] >= self.limits.per_address or not self._room_for(address):
+            self.refused += 1
+            return None
+        connection = _Connection(sock, sock.fileno(), address)
+        self._by_fd[connection.fd] = connection
+        self._count[address] += 1
+        self._total += 1
+        self._unproven.setdefault(address, OrderedDict())[connection] = None
+        self._arm(connection)
+        return connection
+
+    def _room_for(self, address: str) -> bool:
+        """Below the cap; or the address holding the most unproven connections, if that is
+        more than twice what this one holds, gives up its oldest (so flooding addresses do not
+        churn among themselves, while an agent holding none always gets in)."""
+        if self._total < self.limits.max_connections:
+            return True
+        crowded = max(self._unproven, key=lambda a: len(self._unproven[a]), default=None)
+        mine = len(self._unproven.get(address, ()))
+        if crowded is None or len(self._unproven[crowded]) <= 2 * mine:
+            return False
+        self.evicted += 1
+        self._drop(next(iter(self._unproven[crowded])))
+        return True
+
+    def bound(self, handler: object, transport: asyncio.BaseTransport) -> None:
+        """aiohttp's protocol for the connection exists (after the TLS handshake)."""
+        connection = self._by_fd.get(transport.get_extra_info("socket").fileno())
+        if connection is None:  # dropped while its transport was made; once aiohttp has begun
+            asyncio.get_running_loop().call_soon(transport.abort)
             return
-        self._open[connection] = transport
-        self._unproven[connection] = None
-        self.wait(connection)
+        connection.handler, connection.transport = handler, transport
+        self._by_handler[handler] = connection
 
-    def wait(self, connection: object) -> None:
+    def wait(self, handler: object) -> None:
         """It waits for its next request, due within ``request_seconds``."""
-        if connection in self._open:
-            self._waiting[connection] = self._clock() + self.limits.request_seconds
-            self._waiting.move_to_end(connection)
+        connection = self._by_handler.get(handler)
+        if connection is not None:
+            self._arm(connection)
 
-    def busy(self, connection: object) -> None:
+    def busy(self, handler: object) -> None:
         """Its request is in: no deadline while the gateway answers."""
-        self._waiting.pop(connection, None)
+        connection = self._by_handler.get(handler)
+        if connection is not None:
+            self._waiting.pop(connection, None)
 
-    def proven(self, connection: object) -> None:
+    def proven(self, handler: object) -> None:
         """It delivered a verified report: never evicted for a newcomer."""
-        self._unproven.pop(connection, None)
+        connection = self._by_handler.get(handler)
+        if connection is not None:
+            self._unprove(connection)
 
-    def closed(self, connection: object) -> None:
-        self._open.pop(connection, None)
-        self._waiting.pop(connection, None)
-        self._unproven.pop(connection, None)
+    def closed(self, handler: object) -> None:
+        connection = self._by_handler.get(handler)
+        if connection is not None:
+            self._forget(connection)
+
+    def failed(self, connection: _Connection) -> None:
+        """Its transport could not be made (a TLS handshake that failed or timed out)."""
+        self._forget(connection)
 
     def expire(self) -> None:
         """Close every connection whose request is overdue."""
@@ -144,21 +208,41 @@ class Connections:
             self.closed_overdue += 1
             self._drop(connection)
 
-    def _evict(self) -> bool:
-        if not self._unproven:
-            return False
-        self.evicted += 1
-        self._drop(next(iter(self._unproven)))
-        return True
+    def _arm(self, connection: _Connection) -> None:
+        self._waiting[connection] = self._clock() + self.limits.request_seconds
+        self._waiting.move_to_end(connection)
 
-    def _drop(self, connection: object) -> None:
-        transport = self._open[connection]
-        self.closed(connection)
-        transport.abort()
+    def _drop(self, connection: _Connection) -> None:
+        self._forget(connection)
+        if connection.transport is not None:
+            connection.transport.abort()
+        else:  # still in its TLS handshake: make it fail
+            with contextlib.suppress(OSError):
+                connection.sock.shutdown(socket.SHUT_RDWR)
+
+    def _unprove(self, connection: _Connection) -> None:
+        unproven = self._unproven.get(connection.address)
+        if unproven is not None:
+            unproven.pop(connection, None)
+            if not unproven:
+                del self._unproven[connection.address]
+
+    def _forget(self, connection: _Connection) -> None:
+        if self._by_fd.get(connection.fd) is not connection:
+            return  # already forgotten
+        del self._by_fd[connection.fd]
+        if connection.handler is not None:
+            self._by_handler.pop(connection.handler, None)
+        self._waiting.pop(connection, None)
+        self._unprove(connection)
+        self._total -= 1
+        self._count[connection.address] -= 1
+        if not self._count[connection.address]:
+            del self._count[connection.address]
 
 
 class _TrackedServer(web.Server):
-    """aiohttp's low-level server, telling ``Connections`` of every connection."""
+    """aiohttp's low-level server, telling ``Connections`` when a connection is made or lost."""
 
     def __init__(self, handler: Any, connections: Connections, **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
@@ -166,39 +250,100 @@ class _TrackedServer(web.Server):
 
     def connection_made(self, handler: Any, transport: asyncio.Transport) -> None:
         super().connection_made(handler, transport)
-        self._tracked.opened(handler, transport)
+        self._tracked.bound(handler, transport)
 
     def connection_lost(self, handler: Any, exc: BaseException | None = None) -> None:
         self._tracked.closed(handler)
         super().connection_lost(handler, exc)
 
 
-@dataclass
-class Listener:
-    """A listening gateway; ``close()`` stops it and closes its connections."""
+def _listening_socket(host: str | None, port: int, backlog: int) -> socket.socket:
+    """Every address (IPv4 and IPv6) when ``host`` is empty, else ``host``'s."""
+    if not host:
+        if socket.has_dualstack_ipv6():
+            return socket.create_server(
+                ("", port), family=socket.AF_INET6, backlog=backlog, dualstack_ipv6=True
+            )
+        return socket.create_server(("", port), backlog=backlog)
+    family, *_, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    return socket.create_server(address[:2], family=family, backlog=backlog)
 
-    server: asyncio.Server
-    http: web.Server
-    sweeper: asyncio.Task
+
+class Listener:
+    """The gateway's own accept loop: each socket is admitted (or closed at once) by
+    ``Connections`` before anything is made for it, then handed to aiohttp's server."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        http: web.Server,
+        connections: Connections,
+        ssl_context: ssl.SSLContext | None,
+    ) -> None:
+        self._sock = sock
+        self._http = http
+        self._connections = connections
+        self._ssl = ssl_context
+        self._loop = asyncio.get_running_loop()
+        self._starting: set[asyncio.Task] = set()
+        self._sock.setblocking(False)
+        self._loop.add_reader(self._sock.fileno(), self._accept)
+        self._sweeper = asyncio.create_task(self._sweep(), name="agent gateway deadlines")
 
     @property
     def port(self) -> int:
-        return int(self.server.sockets[0].getsockname()[1])
+        return int(self._sock.getsockname()[1])
+
+    def _accept(self) -> None:
+        limits = self._connections.limits
+        for _ in range(limits.accept_batch):
+            try:
+                sock, peer = self._sock.accept()
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                return
+            except OSError as exc:  # out of file descriptors: pause, as asyncio does
+                logger.warning("Cannot accept agent gateway connections: %s", exc)
+                self._loop.remove_reader(self._sock.fileno())
+                self._loop.call_later(1.0, self._loop.add_reader, self._sock.fileno(), self._accept)
+                return
+            connection = self._connections.admit(sock, peer[0])
+            if connection is None:
+                sock.close()
+                continue
+            sock.setblocking(False)
+            task = asyncio.create_task(self._start(connection))
+            self._starting.add(task)
+            task.add_done_callback(self._starting.discard)
+
+    async def _start(self, connection: _Connection) -> None:
+        try:
+            await self._loop.connect_accepted_socket(
+                self._http,
+                connection.sock,
+                ssl=self._ssl,
+                ssl_handshake_timeout=self._connections.limits.handshake_seconds
+                if self._ssl
+                else None,
+            )
+        except (OSError, ssl.SSLError, TimeoutError) as exc:
+            logger.debug("Agent gateway connection from %s failed: %s", connection.address, exc)
+            self._connections.failed(connection)
+            connection.sock.close()
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(self._connections.limits.sweep_seconds)
+            self._connections.expire()
 
     async def close(self) -> None:
-        self.sweeper.cancel()
-        self.server.close()
-        self.http.pre_shutdown()
-        await self.http.shutdown(1.0)
-        await self.server.wait_closed()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self.sweeper
-
-
-async def _sweep(connections: Connections) -> None:
-    while True:
-        await asyncio.sleep(connections.limits.sweep_seconds)
-        connections.expire()
+        self._loop.remove_reader(self._sock.fileno())
+        self._sock.close()
+        self._sweeper.cancel()
+        for task in list(self._starting):
+            task.cancel()
+        self._http.pre_shutdown()
+        await self._http.shutdown(1.0)
+        await asyncio.gather(self._sweeper, *self._starting, return_exceptions=True)
 
 
 # --- keys ------------------------------------------------------------------------------------
@@ -379,7 +524,7 @@ def _error(
     """The documented JSON error, signed when the request was verified. The connection closes
     after it: a client that was refused gets no second request on it."""
     status = STATUS_OF.get(reason, 400)
-    body = json.dumps({"error": reason, "message": message}).encode()
+    body = _error_body(reason, message)
     headers = {"Content-Type": "application/json"}
     if status == 503:
         headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
@@ -390,10 +535,23 @@ def _error(
     return response
 
 
+@functools.lru_cache(maxsize=64)  # the refusals' messages are a few fixed texts
+def _error_body(reason: str, message: str) -> bytes:
+    return json.dumps({"error": reason, "message": message}).encode()
+
+
+def _check_as_a_wrong_key(message: protocol.Message, signed: protocol.Signed) -> None:
+    """The work of checking a signature (body digest, canonical string, HMAC), against a key
+    nobody holds: an unknown partition costs what a wrong key costs."""
+    canonical = message.canonical(signed.timestamp, signed.nonce)
+    expected = hmac.new(_NOBODYS_KEY, canonical, hashlib.sha256).hexdigest()
+    hmac.compare_digest(expected, signed.signature)
+
+
 class _RefusedError(Exception):
     """Carries the error response for a request that is refused, and what it counts as."""
 
-    def __init__(self, reason: str, message: str, *, counted_as: str | None = None) -> None:
+    def __init__(self, reason: str, message: str, *, counted_as: str = "") -> None:
         super().__init__(message)
         self.counted_as = counted_as or reason
         self.response = _error(reason, message)
@@ -423,14 +581,13 @@ def _tls_partition(request: web.BaseRequest) -> str | None:
 
 @dataclass(frozen=True)
 class _Claim:
-    entry: DirectoryEntry | None
-    key: bytes | None
-    verifier: protocol.Verifier
-    refused_as: str | None  # what a refusal counts as when there is no such Partition
+    """The Partition a request names, with its key; or, for one that is unknown, being deleted,
+    keyless or not the client certificate's, nothing, and what its refusal counts as."""
 
-    @classmethod
-    def nobody(cls, partition: str, refused_as: str) -> _Claim:
-        return cls(None, None, protocol.Verifier(_NOBODYS_KEY, partition), refused_as)
+    entry: DirectoryEntry | None
+    key: bytes | None = None
+    verifier: protocol.Verifier | None = None
+    refused_as: str = ""
 
 
 class ReportGateway:
@@ -455,7 +612,7 @@ class ReportGateway:
         self._record = record
         self.connections = Connections(limits)
 
-    async def listen(
+    def listen(
         self, host: str | None, port: int, ssl_context: ssl.SSLContext | None = None
     ) -> Listener:
         """Serve on ``host:port`` (TLS when a context is given). Raises OSError."""
@@ -470,16 +627,8 @@ class ReportGateway:
             max_field_size=4096,
             max_headers=32,
         )
-        server = await asyncio.get_running_loop().create_server(
-            http,
-            host or None,
-            port,
-            ssl=ssl_context,
-            ssl_handshake_timeout=limits.handshake_seconds if ssl_context else None,
-            backlog=limits.backlog,
-        )
-        sweeper = asyncio.create_task(_sweep(self.connections), name="agent gateway deadlines")
-        return Listener(server, http, sweeper)
+        sock = _listening_socket(host, port, limits.backlog)
+        return Listener(sock, http, self.connections, ssl_context)
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         connection = request.protocol
@@ -502,13 +651,15 @@ class ReportGateway:
         message = protocol.Message(
             protocol.TO_OPERATOR, request.method, request.path_qs, signed.partition, body
         )
+        if claim.entry is None or claim.key is None or claim.verifier is None:
+            _check_as_a_wrong_key(message, signed)
+            raise _RefusedError("bad-signature", WRONG_KEY, counted_as=claim.refused_as)
         try:
             claim.verifier.verify(message, request.headers)
         except protocol.AuthError as exc:
             logger.debug("Refused a report for %s: %s", signed.partition, exc.reason)
-            raise _RefusedError(exc.reason, str(exc), counted_as=claim.refused_as) from exc
-        if claim.entry is None or claim.key is None:  # a key nobody holds: cannot happen
-            raise _RefusedError("bad-signature", "signature does not match the partition key")
+            text = WRONG_KEY if exc.reason == "bad-signature" else str(exc)
+            raise _RefusedError(exc.reason, text) from exc
         try:
             report = self._parse(body)
         except MalformedReportError as exc:
@@ -532,15 +683,14 @@ class ReportGateway:
         return signed
 
     async def _claim(self, request: web.BaseRequest, signed: protocol.Signed) -> _Claim:
-        """What the request claims to be: a Partition with a key, or (unknown, being deleted,
-        keyless, or not the client certificate's partition) nothing, with a verifier no
-        signature passes, so that it is refused exactly as a wrong key is."""
+        """The Partition the request names, its key looked up only if the directory knows it
+        (and, over TLS, the client certificate names it)."""
         tls_partition = _tls_partition(request)
         if tls_partition not in ("", signed.partition):
-            return _Claim.nobody(signed.partition, "wrong-partition")
+            return _Claim(None, refused_as="wrong-partition")
         entry = self._directory.find(signed.partition)
         if entry is None:
-            return _Claim.nobody(signed.partition, "unknown-partition")
+            return _Claim(None, refused_as="unknown-partition")
         try:
             found = await self._verifiers.get(entry)
         except Exception as exc:
@@ -548,9 +698,9 @@ class ReportGateway:
             message = "the operator cannot read the partition key; retry"
             raise _RefusedError("unavailable", message) from exc
         if found is None:
-            return _Claim.nobody(signed.partition, "unknown-partition")
+            return _Claim(None, refused_as="unknown-partition")
         key, verifier = found
-        return _Claim(entry, key, verifier, None)
+        return _Claim(entry, key, verifier)
 
     async def _deliver(
         self, entry: DirectoryEntry, signed: protocol.Signed, key: bytes, report: Any

@@ -12,6 +12,7 @@ and its signed time becomes the heartbeat, so a replay can never move it.
 
 from __future__ import annotations
 
+import functools
 import logging
 import ssl
 from dataclasses import dataclass
@@ -200,8 +201,10 @@ def build_gateway(
     def valid(partition: str) -> bool:
         return domain.parse_partition_id(partition) is not None
 
+    counter = functools.cache(REPORTS.labels)  # the results are a few fixed words
+
     def record(result: str) -> None:
-        REPORTS.labels(result).inc()
+        counter(result).inc()
 
     return ReportGateway(directory, verifiers, parse, sink, valid, record=record), writes
 
@@ -219,7 +222,7 @@ async def start(
     kube = Kube.connect(settings.kubeconfig, workers=KUBE_WORKERS)
     try:
         gateway, writes = build_gateway(kube, directory, settings.identity)
-        listener = await gateway.listen(address.host, address.port, ssl_context)
+        listener = gateway.listen(address.host, address.port, ssl_context)
     except BaseException:
         kube.close()
         raise
