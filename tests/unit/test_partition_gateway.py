@@ -304,18 +304,21 @@ def test_the_last_accepted_time_comes_from_the_directory() -> None:
 
 def test_status_keeps_the_signed_time_as_the_heartbeat() -> None:
     report = parse_report(REPORT)
-    partition = {"metadata": {"name": "web-1", "namespace": "tenant-a", "generation": 1}}
+    meta = {"name": "web-1", "namespace": "tenant-a", "uid": "uid-1", "generation": 1}
+    partition: dict[str, Any] = {"metadata": meta}
     now = datetime(2026, 11, 21, 12, 0, 30, tzinfo=UTC)
     signed_at = int(datetime(2026, 11, 21, 12, 0, 0, tzinfo=UTC).timestamp())
-    status = status_after_report(partition, report, signed_at, now)
+    status = status_after_report(partition, ENTRY, report, signed_at, now)
     assert status["agent"]["lastHeartbeatTime"] == "2026-11-21T12:00:00Z"
     partition["status"] = status
-    assert status_after_report(partition, report, signed_at, now) == {}, "a replay writes nothing"
-    assert status_after_report(partition, report, signed_at - 1, now) == {}
-    later = status_after_report(partition, report, signed_at + 1, now)
+    assert status_after_report(partition, ENTRY, report, signed_at, now) == {}, "a replay"
+    assert status_after_report(partition, ENTRY, report, signed_at - 1, now) == {}
+    later = status_after_report(partition, ENTRY, report, signed_at + 1, now)
     assert later["agent"]["lastHeartbeatTime"] == rfc3339(
         datetime.fromtimestamp(signed_at + 1, UTC)
     )
+    successor = {**partition, "metadata": {**meta, "uid": "uid-2"}}
+    assert status_after_report(successor, ENTRY, report, signed_at + 1, now) == {}, "recreated"
 
 
 def test_keys_are_cached_and_nonces_tracked_across_refreshes() -> None:

@@ -3,9 +3,9 @@
 Connections are bounded before any request is read (``Connections``, fed by the gateway's own
 accept loop): each must deliver a whole request, headers and body, within
 ``Limits.request_seconds`` of its start or of its previous answer; one source address may hold
-only ``per_address`` of them, and when ``max_connections`` are open a newcomer evicts the oldest
-that has not delivered a verified report, from the address holding the most. With TLS the
-handshake has its own deadline.
+only ``per_address`` of them; when ``max_connections`` are open a newcomer evicts the oldest
+connection that has not delivered a verified report, from the address holding the most such
+connections, or is closed. With TLS the handshake has its own deadline too.
 
 Then each request is refused as early and as cheaply as possible, and never with an API call
 for a name the operator does not know: size, headers, the partition in the operator's
@@ -116,9 +116,9 @@ class Connections:
     is closed at once, before anything is made for it, when its address already holds
     ``per_address`` connections; when ``max_connections`` are open it takes the place of the
     oldest unproven connection of the address holding the most of them, if that is more than
-    twice what its own address holds, and is closed otherwise. So a flood fills only its own share, pays
-    for it in refusals that cost the gateway a close, and an agent's single connection is
-    the last to go.
+    twice what its own address holds, and is closed otherwise. So a flood fills only its own
+    share and pays for the rest in refusals that cost the gateway a close, and an agent's
+    single connection is the last to go.
     """
 
     def __init__(self, limits: Limits, clock: Callable[[], float] = time.monotonic) -> None:
@@ -286,6 +286,7 @@ class Listener:
         self._ssl = ssl_context
         self._loop = asyncio.get_running_loop()
         self._starting: set[asyncio.Task] = set()
+        self._paused: asyncio.TimerHandle | None = None
         self._sock.setblocking(False)
         self._loop.add_reader(self._sock.fileno(), self._accept)
         self._sweeper = asyncio.create_task(self._sweep(), name="agent gateway deadlines")
@@ -304,7 +305,7 @@ class Listener:
             except OSError as exc:  # out of file descriptors: pause, as asyncio does
                 logger.warning("Cannot accept agent gateway connections: %s", exc)
                 self._loop.remove_reader(self._sock.fileno())
-                self._loop.call_later(1.0, self._loop.add_reader, self._sock.fileno(), self._accept)
+                self._paused = self._loop.call_later(1.0, self._resume)
                 return
             connection = self._connections.admit(sock, peer[0])
             if connection is None:
@@ -315,20 +316,23 @@ class Listener:
             self._starting.add(task)
             task.add_done_callback(self._starting.discard)
 
+    def _resume(self) -> None:
+        self._paused = None
+        self._loop.add_reader(self._sock.fileno(), self._accept)
+
     async def _start(self, connection: _Connection) -> None:
+        """Make the transport (after the TLS handshake, when there is one)."""
+        handshake = self._connections.limits.handshake_seconds if self._ssl else None
         try:
             await self._loop.connect_accepted_socket(
-                self._http,
-                connection.sock,
-                ssl=self._ssl,
-                ssl_handshake_timeout=self._connections.limits.handshake_seconds
-                if self._ssl
-                else None,
+                self._http, connection.sock, ssl=self._ssl, ssl_handshake_timeout=handshake
             )
-        except (OSError, ssl.SSLError, TimeoutError) as exc:
-            logger.debug("Agent gateway connection from %s failed: %s", connection.address, exc)
+        except BaseException as exc:
             self._connections.failed(connection)
             connection.sock.close()
+            if not isinstance(exc, OSError):  # ssl.SSLError and handshake timeouts are
+                raise
+            logger.debug("Agent gateway connection from %s failed: %s", connection.address, exc)
 
     async def _sweep(self) -> None:
         while True:
@@ -336,6 +340,8 @@ class Listener:
             self._connections.expire()
 
     async def close(self) -> None:
+        if self._paused is not None:
+            self._paused.cancel()
         self._loop.remove_reader(self._sock.fileno())
         self._sock.close()
         self._sweeper.cancel()

@@ -25,7 +25,6 @@ from prometheus_client import Counter
 from lparkube import metrics
 from lparkube.adapters.agent_gateway import (
     Coalescer,
-    KeyLookup,
     Listener,
     MalformedReportError,
     ReportGateway,
@@ -63,14 +62,14 @@ REPORTS = Counter(
 )
 KEY_LOOKUPS = Counter(
     "lparkube_agent_key_lookups",
-    "Partition key lookups made by the gateway (each a read of the key Secret); a report "
-    "naming an unknown Partition never causes one.",
+    "Partition key lookups made by the gateway (today each a read of the key Secret); a "
+    "report naming an unknown Partition never causes one.",
     registry=metrics.REGISTRY,
 )
 REPORT_WRITES = Counter(
     "lparkube_agent_report_writes",
-    "Partition status writes for accepted reports: at most one per Partition per second, "
-    "reports that arrive in between are coalesced into the next.",
+    "Partition status updates for accepted reports: at most one per Partition per second, "
+    "each carrying the latest of the reports that arrived meanwhile.",
     registry=metrics.REGISTRY,
 )
 
@@ -79,24 +78,22 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def secret_key(kube: Kube) -> KeyLookup:
+async def secret_key(kube: Kube, entry: DirectoryEntry) -> bytes | None:
     """The key from the Secret the Partition's status (or spec) names."""
-
-    async def lookup(entry: DirectoryEntry) -> bytes | None:
-        KEY_LOOKUPS.inc()
-        try:
-            return await load_agent_key(kube, entry.namespace, entry.key_secret_name)
-        except AgentKeyMissingError:
-            return None
-
-    return lookup
+    try:
+        return await load_agent_key(kube, entry.namespace, entry.key_secret_name)
+    except AgentKeyMissingError:
+        return None
 
 
 def status_after_report(
-    partition: dict, report: AgentReport, signed_at: int, now: datetime
+    partition: dict, entry: DirectoryEntry, report: AgentReport, signed_at: int, now: datetime
 ) -> dict[str, Any]:
-    """The status a report makes; unchanged unless it is signed after the stored heartbeat."""
+    """The status a report makes; unchanged unless it is signed after the stored heartbeat
+    (and the Partition is still the one whose agent signed it)."""
     status = partition.get("status") or {}
+    if partition["metadata"].get("uid") != entry.uid:
+        return {}
     if not is_newer(signed_at, last_report_time(status)):
         return {}
     heartbeat = datetime.fromtimestamp(signed_at, UTC)
@@ -116,7 +113,7 @@ async def record_report(
     namespace, name = entry.namespace, entry.name
     REPORT_WRITES.inc()
     before, after = await write_status(
-        kube, namespace, name, lambda p: status_after_report(p, report, signed_at, _now())
+        kube, namespace, name, lambda p: status_after_report(p, entry, report, signed_at, _now())
     )
     if before is None:  # gone, and the watch did not say so yet
         directory.forget(entry.partition, entry.uid)
@@ -179,7 +176,12 @@ class Gateway:
 def build_gateway(
     kube: Kube, directory: PartitionDirectory, identity: str
 ) -> tuple[ReportGateway, Coalescer]:
-    verifiers = Verifiers(secret_key(kube))
+    async def key(entry: DirectoryEntry) -> bytes | None:
+        """The one place the gateway gets a Partition's key from (cached by ``Verifiers``)."""
+        KEY_LOOKUPS.inc()
+        return await secret_key(kube, entry)
+
+    verifiers = Verifiers(key)
 
     async def write(_: str, item: tuple[DirectoryEntry, AgentReport, int]) -> None:
         entry, report, signed_at = item
@@ -239,8 +241,12 @@ def _directory(memo: Any) -> PartitionDirectory | None:
     return directory if isinstance(directory, PartitionDirectory) else None
 
 
+# Coroutines, so that kopf runs them on the event loop the gateway serves from (it runs plain
+# functions in threads), and the directory needs no lock.
+
+
 @kopf.index(*RESOURCE)
-def partition_observe(body: kopf.Body, memo: Any, **_: Any) -> None:
+async def partition_observe(body: kopf.Body, memo: Any, **_: Any) -> None:
     """Every Partition event updates its entry. An index handler, because kopf runs every
     index handler on the initial listing before any other handler."""
     directory = _directory(memo)
@@ -253,7 +259,7 @@ def _is_deleted(type: str | None, **_: Any) -> bool:
 
 
 @kopf.on.event(*RESOURCE, when=_is_deleted)
-def partition_forget(body: kopf.Body, memo: Any, **_: Any) -> None:
+async def partition_forget(body: kopf.Body, memo: Any, **_: Any) -> None:
     directory = _directory(memo)
     if directory is not None:
         meta = body.metadata
@@ -265,7 +271,7 @@ def _is_partition_crd(name: str, **_: Any) -> bool:
 
 
 @kopf.on.event("apiextensions.k8s.io", "v1", "customresourcedefinitions", when=_is_partition_crd)
-def partition_directory_synced(memo: Any, **_: Any) -> None:
+async def partition_directory_synced(memo: Any, **_: Any) -> None:
     """kopf holds every non-index handler until the index handlers have seen the whole initial
     listing, so once this one runs (on the Partition CRD's own listing, whether or not any
     Partition exists) the directory holds every Partition: unknown now means unknown."""
