@@ -1,9 +1,11 @@
-"""The agent's HTTP endpoint for the operator: POST /v1/save and GET /v1/report.
+"""The agent's HTTPS endpoint for the operator: POST /v1/save and GET /v1/report.
 
-Every request is authenticated (protocol.Verifier) before its body is parsed; authenticated
-answers, errors included, are signed. The server must survive anything the network sends:
-bodies are bounded by Content-Length (no chunked bodies), slow clients hit a socket timeout,
-connections are capped, and every handler error becomes a response, never a crash.
+Only the operator gets through the TLS handshake (its client certificate, from the CA the
+guest pins, naming the operator; ``tls``). Every request is authenticated (protocol.Verifier)
+before its body is parsed; authenticated answers, errors included, are signed. The server must
+survive anything the network sends: bodies are bounded by Content-Length (no chunked bodies),
+slow clients hit a socket timeout, connections are capped, and every handler error becomes a
+response, never a crash.
 """
 
 from __future__ import annotations
@@ -12,11 +14,13 @@ import contextlib
 import json
 import logging
 import socket
+import ssl
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
-from . import protocol
+from . import protocol, tls
 from .saves import BusyError, SaveStore, parse_save_request
 from .version import VERSION
 
@@ -78,6 +82,11 @@ class Handler(BaseHTTPRequestHandler):
     server: AgentHTTPServer
 
     def setup(self) -> None:
+        # TLS first, bounded, and only with the operator: anyone else is dropped here, before
+        # a byte of HTTP is read (a failure ends the connection through handle_error).
+        self.request.settimeout(tls.HANDSHAKE_SECONDS)
+        self.request.do_handshake()
+        tls.check_operator(self.request)
         super().setup()
         # Headers and body go out in two writes; without this, Nagle + delayed ACK stall
         # every keep-alive answer by ~40 ms.
@@ -179,12 +188,27 @@ class AgentHTTPServer(ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 128
 
-    def __init__(self, address: tuple[str, int], api: AgentAPI, max_connections: int = 128):
+    def __init__(
+        self,
+        address: tuple[str, int],
+        api: AgentAPI,
+        tls_context: ssl.SSLContext,
+        max_connections: int = 128,
+    ):
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         self.api = api
+        self.tls_context = tls_context
         self._slots = threading.BoundedSemaphore(max_connections)
         super().__init__(address, Handler)
+
+    def get_request(self) -> tuple[ssl.SSLSocket, Any]:
+        """Accept, wrapped for TLS; the handshake runs in the connection's own thread."""
+        sock, address = self.socket.accept()
+        wrapped = self.tls_context.wrap_socket(
+            sock, server_side=True, do_handshake_on_connect=False
+        )
+        return wrapped, address
 
     def process_request(self, request, client_address) -> None:  # type: ignore[no-untyped-def]
         if not self._slots.acquire(blocking=False):

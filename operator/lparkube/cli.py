@@ -14,6 +14,7 @@ from lparkube import logs, runtime
 from lparkube.config import (
     AGENT_GATEWAY_PORT,
     AGENT_GATEWAY_SERVICE,
+    DEFAULT_IDENTITY_SECRET,
     DEFAULT_LEASE_NAME,
     LeaseConfig,
     Settings,
@@ -58,8 +59,13 @@ def _add_run_arguments(run: argparse.ArgumentParser) -> None:
     run.add_argument(
         "--agent-gateway-url",
         help="the gateway URL written into each partition's agent config (default: "
-        f"http://{AGENT_GATEWAY_SERVICE}.<lease namespace>.svc:{AGENT_GATEWAY_PORT})",
+        f"https://{AGENT_GATEWAY_SERVICE}.<lease namespace>.svc:{AGENT_GATEWAY_PORT})",
     )
+    run.add_argument(
+        "--identity-secret", default=DEFAULT_IDENTITY_SECRET,
+        help="Secret in the lease namespace holding the root of every agent key and TLS "
+        "identity; made on first start (default: %(default)s)",
+    )  # fmt: skip
     lease = run.add_argument_group("leader election")
     lease.add_argument(
         "--lease-namespace", default=default_lease_namespace(),
@@ -98,6 +104,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         log_format=args.log_format,
         agent_gateway_address=parse_address(args.agent_gateway_address),
         agent_gateway_url=args.agent_gateway_url or default_gateway_url(args.lease_namespace),
+        identity_secret=args.identity_secret,
     )
 
 

@@ -15,6 +15,7 @@ from typing import Literal
 
 DEFAULT_LEASE_NAMESPACE = "lparkube-system"
 DEFAULT_LEASE_NAME = "lparkube-operator"
+DEFAULT_IDENTITY_SECRET = "lparkube-identity"
 AGENT_GATEWAY_SERVICE = "lparkube-agent-gateway"
 AGENT_GATEWAY_PORT = 8081
 
@@ -75,6 +76,9 @@ class Settings:
     # The agent gateway listens only when asked (the CLI asks by default, on :8081).
     agent_gateway_address: Address | None = None
     agent_gateway_url: str = ""  # written into each agent's config; "": the in-cluster Service
+    # The Secret (in the lease namespace) holding the root every agent key and TLS identity
+    # derives from (adapters/agent_identity.py).
+    identity_secret: str = DEFAULT_IDENTITY_SECRET
 
     @property
     def clusterwide(self) -> bool:
@@ -108,7 +112,7 @@ def default_lease_namespace(environ: Mapping[str, str] = os.environ) -> str:
 def default_gateway_url(namespace: str | None) -> str:
     """The gateway's in-cluster Service URL, in the operator's (the Lease's) namespace."""
     namespace = namespace or DEFAULT_LEASE_NAMESPACE
-    return f"http://{AGENT_GATEWAY_SERVICE}.{namespace}.svc:{AGENT_GATEWAY_PORT}"
+    return f"https://{AGENT_GATEWAY_SERVICE}.{namespace}.svc:{AGENT_GATEWAY_PORT}"
 
 
 def default_identity() -> str:

@@ -8,6 +8,7 @@ Set LPARKUBE_FUZZ_SEED to replay a run; the seed is printed (pytest shows it on 
 from __future__ import annotations
 
 import http.client
+import io
 import json
 import os
 import random
@@ -20,7 +21,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lparkube_agent import protocol
-from lparkube_agent.testing import AgentProcess, cli, lines, start_app
+from lparkube_agent.testing import (
+    AgentProcess,
+    TLSMaterial,
+    cli,
+    half_closed_exchange,
+    lines,
+    start_app,
+)
 
 TOTAL = 10_000
 THREADS = 8
@@ -274,19 +282,20 @@ MUTATIONS: dict[str, tuple[Callable[[Fuzzer], Case], int]] = {
 class Connection:
     """A keep-alive connection that reconnects when the agent closes it."""
 
-    def __init__(self, port: int) -> None:
-        self.port = port
+    def __init__(self, agent: AgentProcess) -> None:
+        self.agent = agent
         self.sock: socket.socket | None = None
 
     def exchange(self, data: bytes, oneshot: bool) -> tuple[int | None, dict, bytes]:
-        if oneshot:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=20) as sock:
-                return _exchange(sock, data, half_close=True)
+        if oneshot:  # a fresh connection, closed for sending after the data (over TLS too)
+            answer = half_closed_exchange(self.agent.operator_context(), self.agent.port, data)
+            return _parse(io.BytesIO(answer))
         for attempt in (1, 2):
             if self.sock is None:
-                self.sock = socket.create_connection(("127.0.0.1", self.port), timeout=20)
+                self.sock = self.agent.connect(timeout=20)
             try:
-                status, headers, body = _exchange(self.sock, data, half_close=False)
+                self.sock.sendall(data)
+                status, headers, body = _parse(self.sock)
             except OSError:
                 self.close()
                 if attempt == 2:
@@ -304,15 +313,20 @@ class Connection:
             self.sock = None
 
 
-def _exchange(sock: socket.socket, data: bytes, half_close: bool) -> tuple[int | None, dict, bytes]:
-    try:
-        sock.sendall(data)
-        if half_close:
-            sock.shutdown(socket.SHUT_WR)
-    except OSError:
-        if not half_close:
-            raise
-    response = http.client.HTTPResponse(sock)
+class _Received:
+    """What http.client.HTTPResponse reads from: a socket, or the bytes already received."""
+
+    def __init__(self, source: socket.socket | io.BytesIO) -> None:
+        self.source = source
+
+    def makefile(self, mode: str) -> io.BufferedIOBase:
+        if isinstance(self.source, io.BytesIO):
+            return self.source
+        return self.source.makefile(mode)
+
+
+def _parse(source: socket.socket | io.BytesIO) -> tuple[int | None, dict, bytes]:
+    response = http.client.HTTPResponse(_Received(source))  # type: ignore[arg-type]
     try:
         response.begin()
         body = response.read()
@@ -324,7 +338,7 @@ def _exchange(sock: socket.socket, data: bytes, half_close: bool) -> tuple[int |
 
 def worker(agent: AgentProcess, seed: int, count: int, tally: Tally) -> None:
     fuzzer = Fuzzer(agent, random.Random(seed))
-    conn = Connection(agent.port)
+    conn = Connection(agent)
     try:
         for _ in range(count):
             case = fuzzer.case()
@@ -352,10 +366,10 @@ def worker(agent: AgentProcess, seed: int, count: int, tally: Tally) -> None:
         conn.close()
 
 
-def test_fuzz_the_agent_endpoint(tmp_path: Path) -> None:
+def test_fuzz_the_agent_endpoint(tmp_path: Path, agent_tls: TLSMaterial) -> None:
     seed = int(os.environ.get("LPARKUBE_FUZZ_SEED") or random.SystemRandom().getrandbits(32))
     print(f"fuzz seed: {seed} (LPARKUBE_FUZZ_SEED={seed} replays this run)")
-    agent = AgentProcess(tmp_path).start()
+    agent = AgentProcess(tmp_path, tls_material=agent_tls).start()
     out = tmp_path / "saves.log"
     # A socket app writes one line per save (signals could coalesce and hide a save).
     app, path = start_app("socket", "saver", out)

@@ -17,15 +17,17 @@ from pathlib import Path
 import pytest
 
 from lparkube_agent import protocol
-from lparkube_agent.testing import AgentProcess, cli, lines, start_app
+from lparkube_agent.testing import AgentProcess, TLSMaterial, cli, lines, start_app
 
 NOBODY = 65534
 
 
 @pytest.fixture(scope="module")
-def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentProcess]:
+def agent(
+    tmp_path_factory: pytest.TempPathFactory, agent_tls: TLSMaterial
+) -> Iterator[AgentProcess]:
     """One agent for the module: every refusal below must leave it unchanged anyway."""
-    process = AgentProcess(tmp_path_factory.mktemp("agent")).start()
+    process = AgentProcess(tmp_path_factory.mktemp("agent"), tls_material=agent_tls).start()
     yield process
     process.stop()
     assert "Traceback" not in process.log_path.read_text()
@@ -78,7 +80,9 @@ def signed(
 def send(
     agent: AgentProcess, body: bytes, headers: dict[str, str], path: str = "/v1/save"
 ) -> tuple[int, dict[str, str], dict]:
-    conn = http.client.HTTPConnection("127.0.0.1", agent.port, timeout=15)
+    conn = http.client.HTTPSConnection(
+        "127.0.0.1", agent.port, timeout=15, context=agent.operator_context()
+    )
     try:
         conn.request("POST", path, body, headers)
         response = conn.getresponse()
@@ -89,7 +93,7 @@ def send(
 
 
 def raw(agent: AgentProcess, data: bytes) -> tuple[int, dict]:
-    with socket.create_connection(("127.0.0.1", agent.port), timeout=15) as sock:
+    with agent.connect(timeout=15) as sock:
         sock.sendall(data)
         sock.shutdown(socket.SHUT_WR)
         response = http.client.HTTPResponse(sock)
@@ -214,7 +218,7 @@ def test_malformed_http(agent: AgentProcess, saver: Saver) -> None:
 def test_slow_clients_do_not_block_others(agent: AgentProcess, saver: Saver) -> None:
     stalled = []
     for _ in range(20):
-        sock = socket.create_connection(("127.0.0.1", agent.port))
+        sock = agent.connect()
         sock.sendall(b"POST /v1/save HTTP/1.1\r\nContent-Length: 100\r\n\r\n{")
         stalled.append(sock)
     try:

@@ -62,6 +62,11 @@ app.kubernetes.io/part-of: lparkube
 {{- if .Values.agentGateway.url -}}
 {{- .Values.agentGateway.url -}}
 {{- else -}}
-{{- printf "http://%s.%s.svc.%s:%d" (include "lparkube.agentGatewayService" .) .Release.Namespace .Values.clusterDomain (int .Values.agentGateway.service.port) -}}
+{{- printf "https://%s.%s.svc.%s:%d" (include "lparkube.agentGatewayService" .) .Release.Namespace .Values.clusterDomain (int .Values.agentGateway.service.port) -}}
 {{- end -}}
+{{- end -}}
+
+{{/* The Secret holding the root every agent key and TLS identity derives from. */}}
+{{- define "lparkube.identitySecret" -}}
+{{- printf "%s-identity" (include "lparkube.fullname" .) | trunc 63 | trimSuffix "-" -}}
 {{- end -}}

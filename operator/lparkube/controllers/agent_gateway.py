@@ -20,7 +20,7 @@ from lparkube.adapters.agent_gateway import (
     Verifiers,
     gateway_app,
 )
-from lparkube.adapters.guest_agent import AgentKeyMissingError, load_agent_key
+from lparkube.adapters.agent_identity import AgentIdentity, OperatorCredentials
 from lparkube.adapters.kube import PARTITION, Kube
 from lparkube.config import Settings
 from lparkube.controllers.partition import write_status
@@ -46,8 +46,8 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-async def partition_key(kube: Kube, partition_id: str) -> bytes | None:
-    """The key of a live Partition, from the Secret its status (or spec) names."""
+async def partition_key(kube: Kube, identity: AgentIdentity, partition_id: str) -> bytes | None:
+    """The key of a live Partition, derived from the operator's identity and its uid."""
     parsed = domain.parse_partition_id(partition_id)
     if parsed is None:
         return None
@@ -55,12 +55,7 @@ async def partition_key(kube: Kube, partition_id: str) -> bytes | None:
     partition = await kube.get(PARTITION, namespace, name)
     if partition is None or partition["metadata"].get("deletionTimestamp"):
         return None
-    stored = ((partition.get("status") or {}).get("agent") or {}).get("keySecretName")
-    secret = stored or domain.agent_spec(name, partition.get("spec") or {}).key_secret_name
-    try:
-        return await load_agent_key(kube, namespace, secret)
-    except AgentKeyMissingError:
-        return None
+    return identity.partition_key(namespace, name, partition["metadata"]["uid"])
 
 
 async def record_report(kube: Kube, partition_id: str, body: bytes, identity: str) -> None:
@@ -130,8 +125,8 @@ class Gateway:
         self.kube.close()
 
 
-def build_app(kube: Kube, identity: str) -> web.Application:
-    verifiers = Verifiers(lambda partition: partition_key(kube, partition))
+def build_app(kube: Kube, keys: AgentIdentity, identity: str) -> web.Application:
+    verifiers = Verifiers(lambda partition: partition_key(kube, keys, partition))
 
     async def sink(partition: str, body: bytes) -> None:
         await record_report(kube, partition, body, identity)
@@ -142,14 +137,19 @@ def build_app(kube: Kube, identity: str) -> web.Application:
     return gateway_app(verifiers, sink, valid, lambda result: REPORTS.labels(result).inc())
 
 
-async def start(settings: Settings) -> Gateway | None:
+async def start(settings: Settings, credentials: OperatorCredentials) -> Gateway | None:
     """Listen on ``--agent-gateway-address``; None when it is disabled. Raises OSError."""
     if settings.agent_gateway_address is None:
         return None
     kube = Kube.connect(settings.kubeconfig, workers=KUBE_WORKERS)
     try:
-        app = build_app(kube, settings.identity)
-        runner = await health.serve(app, settings.agent_gateway_address, "agent gateway")
+        app = build_app(kube, credentials.identity, settings.identity)
+        runner = await health.serve(
+            app,
+            settings.agent_gateway_address,
+            "agent gateway",
+            ssl_context=credentials.server_context(),
+        )
     except BaseException:
         kube.close()
         raise

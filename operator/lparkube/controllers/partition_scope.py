@@ -4,9 +4,12 @@ phases work on it, write status once at the end from what it holds."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lparkube.domain import partition as domain
+
+if TYPE_CHECKING:
+    from lparkube.controllers.partition_objects import KeySecrets
 from lparkube.domain.conditions import Condition
 
 
@@ -16,7 +19,7 @@ class PartitionScope:
     the patched VM here, and the first problem a phase meets stops the phases after it."""
 
     partition: dict[str, Any]
-    url: str
+    secrets: KeySecrets | None = None  # None: the Partition is going away, nothing is written
     agent: domain.AgentSpec = field(init=False)
     vm: dict[str, Any] | None = None
     vmi: dict[str, Any] | None = None

@@ -15,11 +15,15 @@ from collections.abc import Iterator
 
 import kopf
 from aiohttp import web
+from kubernetes.client.exceptions import ApiException
 
 import lparkube.controllers  # noqa: F401  (importing registers the kopf handlers)
 from lparkube import health, metrics
 from lparkube.adapters import kubeconfig
+from lparkube.adapters.agent_identity import OperatorCredentials
+from lparkube.adapters.kube import Kube
 from lparkube.adapters.lease import LeaseNamespaceMissingError, LeaseStore
+from lparkube.adapters.root_secret import RootSecretError, operator_credentials
 from lparkube.config import Settings
 from lparkube.controllers import agent_gateway
 from lparkube.runtime.election import LeaderElector, LeadershipLostError, OnChange
@@ -87,22 +91,44 @@ async def _operate_with_gateway(
     """The agent gateway serves only while leading: one writer of agent status, one nonce
     cache for every report, and the Service (which routes by /readyz) reaches only us."""
     try:
-        gateway = await agent_gateway.start(settings)
+        credentials = await _credentials(settings)
+    except (ApiException, RootSecretError) as exc:
+        where = f"{settings.lease.namespace}/{settings.identity_secret}"
+        logger.error("Cannot load the operator's root secret %s: %s", where, exc)
+        return EXIT_FAILURE
+    try:
+        gateway = await agent_gateway.start(settings, credentials)
     except OSError as exc:
         logger.error("Cannot listen for guest agent reports: %s", exc)
         return EXIT_FAILURE
     try:
-        return await _operate(settings, readiness, stop, renewal)
+        return await _operate(settings, credentials, readiness, stop, renewal)
     finally:
         if gateway is not None:
             await gateway.stop()
 
 
+async def _credentials(settings: Settings) -> OperatorCredentials:
+    """The operator's identity (its root secret, made on first start) and a fresh certificate,
+    shared by the agent gateway and kopf's handlers."""
+    kube = Kube.connect(settings.kubeconfig, workers=1)
+    try:
+        return await operator_credentials(kube, settings.lease.namespace, settings.identity_secret)
+    finally:
+        kube.close()
+
+
 async def _operate(
-    settings: Settings, readiness: health.Readiness, stop: asyncio.Event, renewal: asyncio.Task
+    settings: Settings,
+    credentials: OperatorCredentials,
+    readiness: health.Readiness,
+    stop: asyncio.Event,
+    renewal: asyncio.Task,
 ) -> int:
     """Run kopf until ``stop``; bound its shutdown when the Lease was lost."""
-    operator = asyncio.create_task(_kopf(settings, readiness, stop), name="lparkube kopf")
+    operator = asyncio.create_task(
+        _kopf(settings, credentials, readiness, stop), name="lparkube kopf"
+    )
     await asyncio.wait({operator, renewal}, return_when=asyncio.FIRST_COMPLETED)
     if renewal.done() and not operator.done():
         # Another replica may lead once our lease expires: stop before that.
@@ -122,7 +148,12 @@ async def _operate(
     return EXIT_FAILURE
 
 
-async def _kopf(settings: Settings, readiness: health.Readiness, stop: asyncio.Event) -> None:
+async def _kopf(
+    settings: Settings,
+    credentials: OperatorCredentials,
+    readiness: health.Readiness,
+    stop: asyncio.Event,
+) -> None:
     """kopf.operator, but with our signal handlers: stopping must go through the Lease logic."""
     kopf_settings = kopf.OperatorSettings()
     existing = asyncio.all_tasks()
@@ -133,7 +164,7 @@ async def _kopf(settings: Settings, readiness: health.Readiness, stop: asyncio.E
         standalone=True,  # our Lease, not kopf peering, decides who runs handlers
         stop_flag=stop,
         ready_flag=readiness.kopf_ready,
-        memo=kopf.Memo(config=settings),
+        memo=kopf.Memo(config=settings, credentials=credentials),
     )
     _install_signal_handlers(stop)  # spawn_tasks took SIGINT/SIGTERM over
     try:
