@@ -43,9 +43,10 @@ def parse_listen(text: object) -> tuple[str, int]:
         raise ValueError("listen must be HOST:PORT, e.g. 0.0.0.0:8443")
     host, _, port = text.rpartition(":")
     host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    if not port.isdigit() or not 0 <= int(port) <= 65535:
+    number = protocol.ascii_decimal(port, 5)
+    if number is None or number > 65535:
         raise ValueError(f"listen: bad port {port!r}")
-    return host or "0.0.0.0", int(port)
+    return host or "0.0.0.0", number
 
 
 def read_key(path: Path) -> bytes:

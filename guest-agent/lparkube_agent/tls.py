@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 OPERATOR_URI = "lparkube:operator"
-HANDSHAKE_SECONDS = 5.0
 
 
 class NotOperatorError(ssl.SSLError):

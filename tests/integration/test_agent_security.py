@@ -215,6 +215,28 @@ def test_malformed_http(agent: AgentProcess, saver: Saver) -> None:
     assert_ran_nothing(saver)
 
 
+@pytest.mark.parametrize("length", [b"\xb2", b"1\xb9", "٢".encode(), b"+2", b"0x2"])
+def test_a_content_length_in_other_digits_is_malformed_not_a_crash(
+    agent: AgentProcess, saver: Saver, length: bytes
+) -> None:
+    _, headers = signed(agent, b"{}")
+    head = "".join(f"{k}: {v}\r\n" for k, v in headers.items()).encode()
+    request = b"POST /v1/save HTTP/1.1\r\n" + head + b"Content-Length: " + length + b"\r\n\r\n{}"
+    refused(*raw(agent, request), 400, "malformed")
+    assert_ran_nothing(saver)
+
+
+@pytest.mark.parametrize("rewrite", ["0{}", "\xa0{}", "{}\xb2", "\xb2"])
+def test_a_rewritten_timestamp_is_malformed_and_runs_nothing(
+    agent: AgentProcess, saver: Saver, rewrite: str
+) -> None:
+    body = save_body("rewritten")
+    _, headers = signed(agent, body)
+    headers[protocol.HEADER_TIMESTAMP] = rewrite.format(headers[protocol.HEADER_TIMESTAMP])
+    refused(*send(agent, body, headers)[::2], 400, "malformed")
+    assert_ran_nothing(saver)
+
+
 def test_slow_clients_do_not_block_others(agent: AgentProcess, saver: Saver) -> None:
     stalled = []
     for _ in range(20):

@@ -268,3 +268,59 @@ def test_random_garbage_is_never_accepted(count: int) -> None:
     statuses, recorded = run(scenario)
     assert 204 not in statuses
     assert recorded == []
+
+
+# --- numbers from the wire: ASCII digits only (issue 10, finding 5) ---------------------------
+
+
+def raw_report(headers: dict[str, str], length: bytes) -> tuple[int, bytes, list]:
+    """A report sent as raw bytes (header values UTF-8, as aiohttp reads them): the status,
+    the body of the answer and what reached the sink."""
+
+    async def scenario(_: aiohttp.ClientSession, url: str) -> bytes:
+        host, port = url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        head = "".join(f"{name}: {value}\r\n" for name, value in headers.items()).encode()
+        writer.write(b"POST " + PATH.encode() + b" HTTP/1.1\r\nHost: gateway\r\n" + head)
+        writer.write(b"Connection: close\r\nContent-Length: " + length + b"\r\n\r\n" + REPORT)
+        answer = await reader.read()
+        writer.close()
+        return answer
+
+    answer, recorded = run(scenario)
+    status_line, _, rest = answer.partition(b"\r\n")
+    return int(status_line.split()[1]), rest.partition(b"\r\n\r\n")[2], recorded
+
+
+@pytest.mark.parametrize("length", ["²".encode(), b"\xb2", "٢٠".encode(), b"+2", b"0x2"])
+def test_a_content_length_in_other_digits_is_refused_by_aiohttp(length: bytes) -> None:
+    _, headers = signed_headers()
+    status, _, recorded = raw_report(headers, length)
+    assert status == 400  # aiohttp's own answer, before the gateway sees the request
+    assert recorded == [] and RESULTS == []
+
+
+def arabic_indic(text: str) -> str:
+    return "".join(chr(0x660 + int(c)) for c in text)
+
+
+TIMESTAMP_REWRITES = {  # the signed timestamp written another way, or not a number at all
+    "leading zero": lambda t: "0" + t,
+    "Arabic-Indic digits": arabic_indic,
+    "fullwidth digits": lambda t: "".join(chr(0xFF10 + int(c)) for c in t),
+    "no-break space": lambda t: "\xa0" + t,
+    "superscript": lambda t: t + "²",
+}
+
+
+@pytest.mark.parametrize("rewrite", TIMESTAMP_REWRITES)
+def test_a_rewritten_timestamp_is_malformed_not_accepted_nor_a_crash(
+    rewrite: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    _, headers = signed_headers()
+    text = headers[protocol.HEADER_TIMESTAMP]
+    headers[protocol.HEADER_TIMESTAMP] = TIMESTAMP_REWRITES[rewrite](text)
+    status, body, recorded = raw_report(headers, str(len(REPORT)).encode())
+    assert (status, json.loads(body)["error"]) == (400, "malformed")
+    assert recorded == [] and RESULTS == ["malformed"]
+    assert not [r for r in caplog.records if r.exc_info], "no traceback from any input"
