@@ -95,6 +95,8 @@ class AgentProcess:
         tls_material.write_agent_files(root)
         self.tls_material = tls_material
         self._operator_tls: ssl.SSLContext | None = None
+        if tls_material.operator_cert_pem:  # made now: threads of a test share it
+            self._operator_tls = tls_material.operator_context(root)
         settings = {"partition": partition, "listen": "127.0.0.1:0", "reportIntervalSeconds": 30}
         settings.update(config or {})
         self.config_path.write_text(json.dumps(settings))
@@ -184,7 +186,7 @@ class AgentProcess:
     def operator_context(self) -> ssl.SSLContext:
         """The TLS client side the operator would use with this agent."""
         if self._operator_tls is None:
-            self._operator_tls = self.tls_material.operator_context(self.root)
+            raise RuntimeError("this agent's TLS material has no operator certificate")
         return self._operator_tls
 
     def connect(self, timeout: float = 15.0) -> ssl.SSLSocket:

@@ -4,6 +4,7 @@ and the registration socket's rule that a user registers only their own processe
 from __future__ import annotations
 
 import http.client
+import io
 import json
 import os
 import socket
@@ -17,7 +18,14 @@ from pathlib import Path
 import pytest
 
 from lparkube_agent import protocol
-from lparkube_agent.testing import AgentProcess, TLSMaterial, cli, lines, start_app
+from lparkube_agent.testing import (
+    AgentProcess,
+    TLSMaterial,
+    cli,
+    half_closed_exchange,
+    lines,
+    start_app,
+)
 
 NOBODY = 65534
 
@@ -93,12 +101,21 @@ def send(
 
 
 def raw(agent: AgentProcess, data: bytes) -> tuple[int, dict]:
-    with agent.connect(timeout=15) as sock:
-        sock.sendall(data)
-        sock.shutdown(socket.SHUT_WR)
-        response = http.client.HTTPResponse(sock)
-        response.begin()
-        return response.status, json.loads(response.read())
+    """Bytes as they are, over the operator's TLS, closed for sending after them."""
+    answer = half_closed_exchange(agent.operator_context(), agent.port, data, timeout=15)
+    response = http.client.HTTPResponse(_Received(answer))  # type: ignore[arg-type]
+    response.begin()
+    return response.status, json.loads(response.read())
+
+
+class _Received:
+    """Received bytes, as http.client.HTTPResponse reads a socket."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def makefile(self, mode: str) -> io.BytesIO:
+        return io.BytesIO(self.data)
 
 
 def assert_ran_nothing(saver: Saver) -> None:
