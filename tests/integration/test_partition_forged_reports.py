@@ -4,16 +4,18 @@ fresh changes a Partition; a valid report does."""
 from __future__ import annotations
 
 import json
+import ssl
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 from kubernetes import client
 from partition_helpers import Partitions, partition_manifest, wait_for
 
-from lparkube_agent import protocol
+from lparkube_agent import protocol, tls
 from lparkube_devenv.controlplane import free_port
 from lparkube_devenv.kubevirt import StandIn
 
@@ -31,10 +33,11 @@ def parts(api_client: client.ApiClient, kubevirt: StandIn, namespace: str) -> Pa
 class Gateway:
     """Sends reports to the operator's gateway the way an agent does, or not."""
 
-    def __init__(self, url: str, partition: str, key: bytes) -> None:
+    def __init__(self, url: str, partition: str, key: bytes, context: ssl.SSLContext) -> None:
         self.url = f"{url}/v1/reports"
         self.partition = partition
         self.key = key
+        self.context = context  # TLS as the partition's agent (its delivered certificate)
 
     def headers(self, body: bytes, **overrides: object) -> tuple[protocol.Signed, dict]:
         key = overrides.pop("key", self.key)
@@ -46,7 +49,7 @@ class Gateway:
     def post(self, body: bytes, headers: dict) -> tuple[int, bytes, dict]:
         request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
         try:
-            with urllib.request.urlopen(request, timeout=10) as response:
+            with urllib.request.urlopen(request, timeout=10, context=self.context) as response:
                 return response.status, response.read(), dict(response.headers)
         except urllib.error.HTTPError as error:
             return error.code, error.read(), dict(error.headers)
@@ -61,11 +64,24 @@ def heartbeat_fields(parts: Partitions, name: str) -> dict:
     return {k: v for k, v in agent.items() if k not in ("endpoint", "keySecretName")}
 
 
-def test_forged_reports_change_nothing(parts: Partitions, operator: OperatorProcess) -> None:
+def agent_context(parts: Partitions, directory: Path) -> ssl.SSLContext:
+    """The TLS client side of the Partition's agent, from the files its Secret delivers."""
+    for name in ("ca.crt", "tls.crt", "tls.key"):
+        (directory / name).write_bytes(parts.secret_file("target-agent-key", name))
+    return tls.client_context(
+        tls.TLSFiles(directory / "ca.crt", directory / "tls.crt", directory / "tls.key")
+    )
+
+
+def test_forged_reports_change_nothing(
+    parts: Partitions, operator: OperatorProcess, tmp_path: Path
+) -> None:
     parts.create(partition_manifest("target", "127.0.0.41", free_port()))
     parts.wait_condition("target", "VMReady", "True")
     key = parts.secret_file("target-agent-key", "key")
-    gateway = Gateway(operator.gateway_url, f"{parts.namespace}/target", key)
+    gateway = Gateway(
+        operator.gateway_url, f"{parts.namespace}/target", key, agent_context(parts, tmp_path)
+    )
     body = json.dumps(REPORT).encode()
 
     _, good = gateway.headers(body)
