@@ -272,3 +272,27 @@ def test_an_edited_vm_template_reaches_the_vm_but_not_its_run_strategy(
     volumes = {v["name"] for v in vm["spec"]["template"]["spec"]["volumes"]}
     assert volumes == {"root", "lparkube-agent"}, "the key disk stays"
     wait_for(lambda: "VMUpdated" in parts.reasons("grow"), "a VMUpdated event")
+
+
+def test_a_secret_the_partition_does_not_own_is_never_written(
+    parts: Partitions, api_client: client.ApiClient
+) -> None:
+    """keySecretName naming a tenant's own Secret (a database password, say): the operator
+    may patch Secrets anywhere, but its patch tests the owner reference first, so the Secret
+    keeps every byte and the Partition says KeySecretConflict."""
+    core = client.CoreV1Api(api_client)
+    precious = {"metadata": {"name": "db-password"}, "stringData": {"password": "s3cret"}}
+    before = core.create_namespaced_secret(parts.namespace, precious)
+    manifest = partition_manifest("web-9", "127.0.0.29", free_port(), keySecretName="db-password")
+    parts.create(manifest)
+    status = parts.wait_condition("web-9", "VMReady", "False")
+    condition = next(c for c in status["conditions"] if c["type"] == "VMReady")
+    assert condition["reason"] == "KeySecretConflict"
+    assert "db-password exists and is not this Partition's" in condition["message"]
+    after = core.read_namespaced_secret("db-password", parts.namespace)
+    assert after.data == before.data and after.metadata.resource_version == (
+        before.metadata.resource_version
+    )
+    assert not after.metadata.owner_references
+    assert parts.vm("web-9") is None  # nothing made for a Partition whose Secret conflicts
+    wait_for(lambda: "KeySecretConflict" in parts.reasons("web-9"), "the Warning")
