@@ -13,6 +13,7 @@ import atexit
 import contextlib
 import fcntl
 import http.client
+import io
 import json
 import os
 import shutil
@@ -230,6 +231,16 @@ def signed_request(
     if protocol.HEADER_SIGNATURE.lower() in {k.lower() for k in headers}:
         protocol.verify_response(key, signed, response.status, headers, data)
     return response.status, json.loads(data or b"{}")
+
+
+class ReceivedBytes:
+    """Bytes already received, as http.client.HTTPResponse reads a socket."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def makefile(self, mode: str) -> io.BytesIO:
+        return io.BytesIO(self.data)
 
 
 def half_closed_exchange(

@@ -76,8 +76,9 @@ def test_args_are_accepted_by_the_operator_cli(default: list[dict]) -> None:
     assert settings.identity == "pod-x"
     assert settings.clusterwide
     assert settings.agent_gateway_url == (
-        "http://lparkube-agent-gateway.lparkube-system.svc.cluster.local:8081"
+        "https://lparkube-agent-gateway.lparkube-system.svc.cluster.local:8081"
     )
+    assert settings.identity_secret == "lparkube-identity"
 
 
 def test_identity_and_namespace_come_from_the_downward_api(default: list[dict]) -> None:
@@ -152,7 +153,9 @@ def test_network_policy_peers_from_values(render: Render) -> None:
     assert "from" not in gateway  # guests in any namespace
 
 
-def test_lease_role_is_namespaced_and_names_the_lease(default: list[dict]) -> None:
+def test_release_role_is_namespaced_and_names_the_lease_and_root_secret(
+    default: list[dict],
+) -> None:
     role = one(default, "Role")
     assert role["metadata"]["namespace"] == "lparkube-system"
     named = [r for r in role["rules"] if r.get("resourceNames")]
@@ -162,7 +165,13 @@ def test_lease_role_is_namespaced_and_names_the_lease(default: list[dict]) -> No
             "resources": ["leases"],
             "resourceNames": ["lparkube-operator"],
             "verbs": ["get", "update"],
-        }
+        },
+        {
+            "apiGroups": [""],
+            "resources": ["secrets"],
+            "resourceNames": ["lparkube-identity"],
+            "verbs": ["get"],
+        },
     ]
     binding = one(default, "RoleBinding")
     assert binding["subjects"][0]["namespace"] == "lparkube-system"

@@ -8,7 +8,6 @@ Set LPARKUBE_FUZZ_SEED to replay a run; the seed is printed (pytest shows it on 
 from __future__ import annotations
 
 import http.client
-import io
 import json
 import os
 import random
@@ -23,6 +22,7 @@ from pathlib import Path
 from lparkube_agent import protocol
 from lparkube_agent.testing import (
     AgentProcess,
+    ReceivedBytes,
     TLSMaterial,
     cli,
     half_closed_exchange,
@@ -289,7 +289,7 @@ class Connection:
     def exchange(self, data: bytes, oneshot: bool) -> tuple[int | None, dict, bytes]:
         if oneshot:  # a fresh connection, closed for sending after the data (over TLS too)
             answer = half_closed_exchange(self.agent.operator_context(), self.agent.port, data)
-            return _parse(io.BytesIO(answer))
+            return _parse(ReceivedBytes(answer))
         for attempt in (1, 2):
             if self.sock is None:
                 self.sock = self.agent.connect(timeout=20)
@@ -313,20 +313,8 @@ class Connection:
             self.sock = None
 
 
-class _Received:
-    """What http.client.HTTPResponse reads from: a socket, or the bytes already received."""
-
-    def __init__(self, source: socket.socket | io.BytesIO) -> None:
-        self.source = source
-
-    def makefile(self, mode: str) -> io.BufferedIOBase:
-        if isinstance(self.source, io.BytesIO):
-            return self.source
-        return self.source.makefile(mode)
-
-
-def _parse(source: socket.socket | io.BytesIO) -> tuple[int | None, dict, bytes]:
-    response = http.client.HTTPResponse(_Received(source))  # type: ignore[arg-type]
+def _parse(source: socket.socket | ReceivedBytes) -> tuple[int | None, dict, bytes]:
+    response = http.client.HTTPResponse(source)  # type: ignore[arg-type]
     try:
         response.begin()
         body = response.read()

@@ -40,7 +40,7 @@ from lparkube_agent.regserver import (
     RegistrationServer,
 )
 from lparkube_agent.terminals import Terminals
-from lparkube_agent.testing import AgentProcess, cli, lines, start_app
+from lparkube_agent.testing import AgentProcess, TLSMaterial, cli, lines, start_app
 
 ROOT = os.geteuid() == 0
 NOBODY = 65534
@@ -188,10 +188,10 @@ def kept(app: dict, uid: int) -> dict:
     return {**app, "uid": uid, "started": procinfo.start_time(app["pid"])}
 
 
-def agent_with_table(root: Path, entries: list[dict]) -> AgentProcess:
+def agent_with_table(root: Path, entries: list[dict], tls: TLSMaterial) -> AgentProcess:
     """An agent (not started) whose registration table already holds `entries`, as root or an
     earlier agent version left them."""
-    agent = AgentProcess(root)
+    agent = AgentProcess(root, tls_material=tls)
     agent.state_dir.mkdir(parents=True)
     table = {"version": 1, "applications": entries}
     (agent.state_dir / "registrations.json").write_text(json.dumps(table))
@@ -220,13 +220,15 @@ def shared_dir() -> Iterator[Path]:
 # --- list: a user sees only their own entries --------------------------------------------------
 
 
-def test_a_user_lists_only_their_own_registrations(tmp_path: Path, processes: Processes) -> None:
+def test_a_user_lists_only_their_own_registrations(
+    tmp_path: Path, processes: Processes, agent_tls: TLSMaterial
+) -> None:
     roots, mine = sleeper(0 if ROOT else USER), sleeper(USER)
     processes += [roots, mine]
     root_app = {"name": "root-db", "pid": roots.pid, "priority": 1, "method": "Command",
                 "command": ["pg_dump", SECRET]}  # fmt: skip
     # Unprivileged, root's entry is put in the table the agent starts with.
-    agent = agent_with_table(tmp_path, [] if ROOT else [kept(root_app, uid=0)]).start()
+    agent = agent_with_table(tmp_path, [] if ROOT else [kept(root_app, uid=0)], agent_tls).start()
     try:
         if ROOT:
             assert request_as(0, agent.socket, {"op": "register", "app": root_app})["ok"]
@@ -379,13 +381,13 @@ def test_signals_that_kill_or_stop_are_refused_at_registration(
 
 
 def test_a_kept_entry_with_a_refused_signal_is_not_sent(
-    tmp_path: Path, processes: Processes
+    tmp_path: Path, processes: Processes, agent_tls: TLSMaterial
 ) -> None:
     """An entry an older agent accepted (and kept across the upgrade) is refused at save time."""
     app, _ = start_app("idle", "app", tmp_path / "out")
     processes.append(app)
     entry = {"name": "app", "pid": app.pid, "priority": 1, "method": "Signal", "signal": "SIGTSTP"}
-    agent = agent_with_table(tmp_path, [kept(entry, uid=os.geteuid())]).start()
+    agent = agent_with_table(tmp_path, [kept(entry, uid=os.geteuid())], agent_tls).start()
     try:
         (result,) = agent.save("kept")["applications"]
     finally:

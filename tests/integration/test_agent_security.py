@@ -4,7 +4,6 @@ and the registration socket's rule that a user registers only their own processe
 from __future__ import annotations
 
 import http.client
-import io
 import json
 import os
 import socket
@@ -20,6 +19,7 @@ import pytest
 from lparkube_agent import protocol
 from lparkube_agent.testing import (
     AgentProcess,
+    ReceivedBytes,
     TLSMaterial,
     cli,
     half_closed_exchange,
@@ -103,19 +103,9 @@ def send(
 def raw(agent: AgentProcess, data: bytes) -> tuple[int, dict]:
     """Bytes as they are, over the operator's TLS, closed for sending after them."""
     answer = half_closed_exchange(agent.operator_context(), agent.port, data, timeout=15)
-    response = http.client.HTTPResponse(_Received(answer))  # type: ignore[arg-type]
+    response = http.client.HTTPResponse(ReceivedBytes(answer))  # type: ignore[arg-type]
     response.begin()
     return response.status, json.loads(response.read())
-
-
-class _Received:
-    """Received bytes, as http.client.HTTPResponse reads a socket."""
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-
-    def makefile(self, mode: str) -> io.BytesIO:
-        return io.BytesIO(self.data)
 
 
 def assert_ran_nothing(saver: Saver) -> None:
