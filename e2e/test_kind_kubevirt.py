@@ -35,6 +35,9 @@ ADOPT_EXAMPLE = REPO_ROOT / "examples" / "partition-adopt-vm.yaml"
 AGENT_CONNECT_TIMEOUT = 25 * 60  # pulling Fedora and booting it under emulation takes minutes
 SAVE_TIMEOUT = 5 * 60
 CLEANUP_TIMEOUT = 5 * 60
+CLUSTER_SCOPED = (
+    "clusterrole,clusterrolebinding,validatingadmissionpolicy,validatingadmissionpolicybinding"
+)
 # Setup (cluster, KubeVirt, image build, helm install) and the guest's boot outlast the
 # suite-wide 600 s timeout.
 pytestmark = pytest.mark.timeout(60 * 60)
@@ -214,6 +217,34 @@ def test_applying_the_adoption_example_again_changes_nothing(kubectl: Kubectl, t
         assert get_json(kubectl, "-n", tenant, "vm", name)["metadata"]["generation"] == 1
 
 
+def test_a_user_who_may_only_create_partitions_gets_no_vm(kubectl: Kubectl, tenant: str) -> None:
+    """The chart's admission policy on a real cluster: the right to create Partitions alone is
+    not the operator's right to create VMs (docs/rbac.md, "Admission")."""
+    user = "e2e-partition-editor"
+    role = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": {"name": user},
+        "rules": [
+            {"apiGroups": ["lparkube.io"], "resources": ["partitions"], "verbs": ["create", "get"]}
+        ],
+    }
+    binding = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": {"name": user},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": user},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}],
+    }
+    kubectl("-n", tenant, "apply", "-f", "-", input=yaml.safe_dump_all([role, binding]))
+    manifest = json.dumps(partition_manifest("not-mine", LABELS))
+    with pytest.raises(AssertionError) as refused:
+        kubectl("-n", tenant, f"--as={user}", "create", "-f", "-", input=manifest)
+    assert "spec.vmTemplate: the operator creates a VirtualMachine from it" in str(refused.value)
+    assert f"you ({user}) may not create virtualmachines.kubevirt.io" in str(refused.value)
+    assert not kubectl("-n", tenant, "get", "partition,vm", "not-mine", "--ignore-not-found")
+
+
 def test_helm_uninstall_cleans_up(kubectl: Kubectl, tenant: str, helm_release: Release) -> None:
     # Partitions go first, while the operator still runs to release their finalizers.
     kubectl("-n", tenant, "delete", "saveevents,partitions", "--all", "--wait", "--timeout=5m")
@@ -225,6 +256,7 @@ def test_helm_uninstall_cleans_up(kubectl: Kubectl, tenant: str, helm_release: R
     )
     selector = f"app.kubernetes.io/instance={helm_release.name}"
     assert get_json(kubectl, "clusterrole", "-l", selector)["items"], "the selector finds the chart"
+    assert get_json(kubectl, "validatingadmissionpolicy", "-l", selector)["items"]
 
     helm_release.helm("uninstall", helm_release.name, "-n", helm_release.namespace, "--wait")
 
@@ -233,7 +265,7 @@ def test_helm_uninstall_cleans_up(kubectl: Kubectl, tenant: str, helm_release: R
         "the release's objects to be gone",
         lambda: (
             not get_json(kubectl, "-n", helm_release.namespace, namespaced, "-l", selector)["items"]
-            and not get_json(kubectl, "clusterrole,clusterrolebinding", "-l", selector)["items"]
+            and not get_json(kubectl, CLUSTER_SCOPED, "-l", selector)["items"]
         ),
         timeout=CLEANUP_TIMEOUT,
     )

@@ -45,6 +45,8 @@ def test_defaults_render_the_expected_objects(default: list[dict]) -> None:
         "Deployment": 1,
         "ConfigMap": 1,
         "NetworkPolicy": 1,
+        "ValidatingAdmissionPolicy": 1,
+        "ValidatingAdmissionPolicyBinding": 1,
     }
     assert all(o["metadata"].get("namespace") in (None, "lparkube-system") for o in default)
 
