@@ -7,6 +7,7 @@ identity, namespaces and lease parameters the runtime uses.
 from __future__ import annotations
 
 import os
+import re
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -20,6 +21,11 @@ AGENT_GATEWAY_SERVICE = "lparkube-agent-gateway"
 AGENT_GATEWAY_PORT = 8081
 
 LogFormat = Literal["json", "text"]
+Labels = tuple[tuple[str, str], ...]
+
+_LABEL_NAME = r"([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)"
+_LABEL_KEY = re.compile(rf"([a-z0-9]([-a-z0-9.]{{0,251}}[a-z0-9])?/)?{_LABEL_NAME}")
+_LABEL_VALUE = re.compile(rf"{_LABEL_NAME}?")
 
 
 @dataclass(frozen=True)
@@ -79,6 +85,10 @@ class Settings:
     # The Secret (in the lease namespace) holding the root every agent key and TLS identity
     # derives from (adapters/agent_identity.py).
     identity_secret: str = DEFAULT_IDENTITY_SECRET
+    # A NetworkPolicy per Partition admits only the operator's pods (these labels, in the lease
+    # namespace) to the agent's port (docs/agent-network.md).
+    agent_network_policy: bool = False
+    operator_pod_labels: Labels = ()
 
     @property
     def clusterwide(self) -> bool:
@@ -102,6 +112,17 @@ def parse_address(text: str) -> Address | None:
     if not 0 <= number <= 65535:
         raise ValueError(f"port out of range in {text!r}")
     return Address(host.removeprefix("[").removesuffix("]"), number)
+
+
+def parse_labels(text: str) -> Labels:
+    """``key=value[,key=value...]`` as Kubernetes label pairs; ValueError names a bad one."""
+    pairs = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not _LABEL_KEY.fullmatch(key) or not _LABEL_VALUE.fullmatch(value):
+            raise ValueError(f"expected KEY=VALUE labels, got {item!r}")
+        pairs.append((key, value))
+    return tuple(dict(pairs).items())
 
 
 def default_lease_namespace(environ: Mapping[str, str] = os.environ) -> str:

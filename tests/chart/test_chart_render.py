@@ -81,6 +81,22 @@ def test_args_are_accepted_by_the_operator_cli(default: list[dict]) -> None:
         "https://lparkube-agent-gateway.lparkube-system.svc.cluster.local:8081"
     )
     assert settings.identity_secret == "lparkube-identity"
+    assert settings.agent_network_policy
+
+
+def test_agent_policies_admit_exactly_the_operators_pods(render: Render) -> None:
+    """On by default, naming the labels every operator pod has (the Deployment's selector);
+    off, the operator gets no flag, and keeps the rule that lets it delete what it made."""
+    default = render()
+    main = container(default)
+    parsed = cli.settings_from(cli.build_parser().parse_args(main["args"]))
+    selector = one(default, "Deployment")["spec"]["selector"]["matchLabels"]
+    assert dict(parsed.operator_pod_labels) == selector
+    off = render("--set", "agentNetworkPolicy.enabled=false")
+    assert not [a for a in container(off)["args"] if "network-policy" in a or "pod-labels" in a]
+    rules = [r for o in by_kind(off)["ClusterRole"] for r in o["rules"]]
+    assert {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"],
+            "verbs": ["list", "watch", "create", "patch", "delete"]} in rules  # fmt: skip
 
 
 def test_identity_and_namespace_come_from_the_downward_api(default: list[dict]) -> None:

@@ -58,6 +58,8 @@ def healthy_nodes(kubevirt: StandIn) -> Iterator[tuple[str, ...]]:
 
 OPERATOR_IDENTITY = "lparkube-integration"  # fixed: a restarted process renews its own Lease
 OPERATOR_START_TIMEOUT = 60.0
+# Agent NetworkPolicies are on, as the chart's default is; they admit pods with these labels.
+OPERATOR_POD_LABELS = "app.kubernetes.io/name=lparkube,app.kubernetes.io/component=operator"
 
 
 class OperatorProcess:
@@ -69,8 +71,15 @@ class OperatorProcess:
     """
 
     def __init__(
-        self, kubeconfig: Path, lease_namespace: str, identity_secret: str, workdir: Path
+        self,
+        kubeconfig: Path,
+        lease_namespace: str,
+        identity_secret: str,
+        workdir: Path,
+        *,
+        agent_network_policy: bool = True,
     ) -> None:
+        self.kubeconfig = kubeconfig
         self.lease_namespace = lease_namespace
         self.identity_secret = identity_secret
         self.health_url = f"http://127.0.0.1:{free_port()}"
@@ -89,6 +98,8 @@ class OperatorProcess:
             "--identity", OPERATOR_IDENTITY,
             "--log-format", "text",
         ]  # fmt: skip
+        if agent_network_policy:
+            self.argv += ["--agent-network-policy", f"--operator-pod-labels={OPERATOR_POD_LABELS}"]
         self.process: subprocess.Popen | None = None
 
     def start(self) -> OperatorProcess:

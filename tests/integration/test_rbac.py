@@ -237,7 +237,8 @@ def test_every_granted_rule_is_effective(
 def test_secrets_partitions_and_vms_in_a_tenant_namespace(
     as_operator: client.ApiClient, namespace: str
 ) -> None:
-    """What a Partition in any namespace needs, asked for a namespace made after the chart."""
+    """What a Partition in any namespace needs, asked for a namespace made after the chart
+    (its agent NetworkPolicy included)."""
     needed = [
         {"verb": "create", "resource": "secrets"},
         {"verb": "patch", "resource": "secrets"},
@@ -246,6 +247,10 @@ def test_secrets_partitions_and_vms_in_a_tenant_namespace(
         {"verb": "patch", "group": "lparkube.io", "resource": "partitions",
          "subresource": "status"},
         {"verb": "create", "resource": "events"},
+        {"verb": "list", "group": "networking.k8s.io", "resource": "networkpolicies"},
+        {"verb": "create", "group": "networking.k8s.io", "resource": "networkpolicies"},
+        {"verb": "patch", "group": "networking.k8s.io", "resource": "networkpolicies"},
+        {"verb": "delete", "group": "networking.k8s.io", "resource": "networkpolicies"},
     ]  # fmt: skip
     refused = [a for a in needed if not allowed(as_operator, a | {"namespace": namespace})[0]]
     assert refused == []

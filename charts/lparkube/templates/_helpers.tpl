@@ -24,6 +24,15 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/component: operator
 {{- end -}}
 
+{{/* The selector labels as KEY=VALUE,... for --operator-pod-labels. */}}
+{{- define "lparkube.selectorLabelsArg" -}}
+{{- $pairs := list -}}
+{{- range $key, $value := include "lparkube.selectorLabels" . | fromYaml -}}
+{{- $pairs = append $pairs (printf "%s=%s" $key $value) -}}
+{{- end -}}
+{{- join "," $pairs -}}
+{{- end -}}
+
 {{- define "lparkube.labels" -}}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
 {{ include "lparkube.selectorLabels" . }}

@@ -155,6 +155,7 @@ def operator_login(memo: Any, settings: kopf.OperatorSettings, **_: Any) -> kopf
 from lparkube.controllers import (  # noqa: E402, F401
     conditionprofile,
     evacuation,
+    networkpolicy,
     partition,
     saveevent,
 )

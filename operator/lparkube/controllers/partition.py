@@ -1,11 +1,11 @@
 """Partition controller: the key Secret, the VM (created or adopted), and status from KubeVirt.
 
 Every path converges on one idempotent ``reconcile``: create, resume after a restart, spec
-updates, any change of the Partition's VM or VMI, and KubeVirt's CRD appearing. It reads the
-VM and VMI once into a scope, runs ordered phases over it (claim, Secret, VM) and writes status
-once. It never makes a second VM or Secret and never replaces a key; status is recomputed from
-what it reads, so a restart or a missed event costs nothing but a few reads. Heartbeat expiry
-runs in a per-Partition daemon.
+updates, any change of the Partition's VM or VMI or of its namespace's NetworkPolicies, and
+KubeVirt's CRD appearing. It reads the VM and VMI once into a scope, runs ordered phases over it
+(claim, agent NetworkPolicy, Secret, VM) and writes status once. It never makes a second VM or
+Secret and never replaces a key; status is recomputed from what it reads, so a restart or a
+missed event costs nothing but a few reads. Heartbeat expiry runs in a per-Partition daemon.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from lparkube.adapters.kube import (
     Kube,
     not_found,
 )
+from lparkube.controllers.partition_network import operator_pods, reconcile_agent_policy
 from lparkube.controllers.partition_objects import (
     KeySecrets,
     ProblemError,
@@ -43,6 +44,7 @@ from lparkube.controllers.partition_objects import (
 from lparkube.controllers.partition_scope import PartitionScope
 from lparkube.domain import partition as domain
 from lparkube.domain import partition_status as status_rules
+from lparkube.domain.agent_network import OperatorPods
 from lparkube.domain.conditions import FALSE, TRUE, is_true
 from lparkube.domain.key_delivery import DeliveryError
 
@@ -143,12 +145,15 @@ async def reconcile_vm(kube: Kube, scope: PartitionScope) -> None:
         await ensure_created_vm(kube, scope)
 
 
-PHASES = (claim_vm, reconcile_secret, reconcile_vm)
+PHASES = (claim_vm, reconcile_agent_policy, reconcile_secret, reconcile_vm)
 
 
-async def reconcile(kube: Kube, partition: dict, secrets: KeySecrets) -> None:
+async def reconcile(
+    kube: Kube, partition: dict, secrets: KeySecrets, operator: OperatorPods | None
+) -> None:
     """Load, run the phases in order until one meets a problem, write status once."""
     scope = await load_scope(kube, partition, secrets)
+    scope.operator_pods = operator
     for phase in PHASES:
         if scope.problem is not None:
             break
@@ -201,7 +206,7 @@ async def reconcile_read(memo: Any, partition: dict) -> None:
     if meta.get("deletionTimestamp"):
         return
     try:
-        await reconcile(memo.kube, partition, memo.key_secrets)
+        await reconcile(memo.kube, partition, memo.key_secrets, operator_pods(memo))
     except kopf.TemporaryError:
         pass  # a lost race, won by another writer; the next change or resume looks again
     except ApiException as error:
@@ -224,13 +229,13 @@ def partition_by_vm(namespace: str, name: str, spec: kopf.Spec, **_: Any) -> dic
 @metrics.instrumented("partitions")
 async def partition_create(body: kopf.Body, memo: Any, **_: Any) -> None:
     """Also on resume: after a restart every Partition is checked, nothing is duplicated."""
-    await reconcile(memo.kube, _plain(body), memo.key_secrets)
+    await reconcile(memo.kube, _plain(body), memo.key_secrets, operator_pods(memo))
 
 
 @kopf.on.update(*RESOURCE)
 @metrics.instrumented("partitions")
 async def partition_update(body: kopf.Body, memo: Any, **_: Any) -> None:
-    await reconcile(memo.kube, _plain(body), memo.key_secrets)
+    await reconcile(memo.kube, _plain(body), memo.key_secrets, operator_pods(memo))
 
 
 @kopf.on.delete(*RESOURCE)

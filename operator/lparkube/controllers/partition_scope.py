@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from lparkube.domain import partition as domain
+from lparkube.domain.agent_network import OperatorPods
 
 if TYPE_CHECKING:
     from lparkube.controllers.partition_objects import KeySecrets
@@ -25,6 +26,7 @@ class PartitionScope:
     vmi: dict[str, Any] | None = None
     problem: Condition | None = None
     refused: bool = False  # the VM is another Partition's: status shows none of it
+    operator_pods: OperatorPods | None = None  # who reaches the agent; None: no agent policy
 
     def __post_init__(self) -> None:
         self.agent = domain.agent_spec(self.name, self.spec)
