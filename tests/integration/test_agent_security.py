@@ -171,7 +171,11 @@ def test_expired_or_future(agent: AgentProcess, saver: Saver, skew: int) -> None
 def test_oversized_body(agent: AgentProcess, saver: Saver) -> None:
     body = b'{"id": "big", "pad": "' + b"x" * (protocol.MAX_BODY_BYTES + 10) + b'"}'
     _, headers = signed(agent, body)
-    refused(*send(agent, body, headers)[::2], 413, "oversized")
+    # Refused on its Content-Length, before a byte of the body is read: only the head is sent
+    # (the agent closes at once, which could break sending the rest over TLS).
+    fields = "".join(f"{k}: {v}\r\n" for k, v in headers.items() if k.lower() != "content-length")
+    head = f"POST /v1/save HTTP/1.1\r\n{fields}Content-Length: {len(body)}\r\n\r\n"
+    refused(*raw(agent, head.encode()), 413, "oversized")
     # A huge declared length is refused at once, without waiting for the body.
     start = time.monotonic()
     status, answer = raw(agent, b"POST /v1/save HTTP/1.1\r\nContent-Length: 999999999\r\n\r\n")

@@ -118,10 +118,13 @@ async def load_scope(kube: Kube, partition: dict, secrets: KeySecrets) -> Partit
 
 
 def kubevirt_missing(error: KindNotServedError) -> str:
+    # The same words whichever of KubeVirt's two kinds was found missing first, so a
+    # reconcile that meets the other one does not post a second Warning.
     ref = error.ref
     return (
         f"KubeVirt is not installed: this cluster does not serve {ref.group}/{ref.version} "
-        f"{ref.plural}. Install KubeVirt; the Partition is reconciled as soon as it is"
+        "VirtualMachines and VirtualMachineInstances. Install KubeVirt; the Partition is "
+        "reconciled as soon as it is"
     )
 
 
