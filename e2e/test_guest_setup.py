@@ -1,10 +1,11 @@
 """The e2e guest's setup works before any cluster is involved (no Docker needed).
 
 The kind test can only run where Docker is; this one runs everywhere and proves the part that
-is ours: the operator's CloudInit key delivery accepts the e2e cloud-config and adds the key
-and config.json to it, and the files it delivers work together. The delivered agent zipapp
-serves with the delivered key and config, the delivered notes app registers its delivered save
-command, and a signed save writes the file the kind test later reads from the guest.
+is ours: the operator's CloudInit key delivery accepts the e2e cloud-config and adds the key,
+the TLS files and config.json to it, and the files it delivers work together. The delivered
+agent zipapp serves with the delivered key, TLS identity and config, the delivered notes app
+registers its delivered save command, and a signed save writes the file the kind test later
+reads from the guest.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,20 +25,25 @@ import pytest
 import yaml
 from e2e_guest import APP_NAME, SAVED_DIR, SAVED_FILE, partition_manifest
 
+from lparkube.adapters.agent_identity import OperatorCredentials
 from lparkube.domain import key_delivery
 from lparkube.domain.partition import agent_spec, secret_data, vm_from_template
-from lparkube_agent.testing import AgentProcess, cli
+from lparkube_agent.testing import AgentProcess, TLSMaterial, cli
 
 NAMESPACE, NAME = "tenant-a", "notes-1"
-GATEWAY = "http://gateway.invalid:8081"
-KEY = bytes(range(32))
+UID = "0f1e2d3c-0000-4000-8000-000000000001"
+GATEWAY = "https://gateway.invalid:8081"
+CREDENTIALS = OperatorCredentials.issue(bytes(range(32)), datetime.now(UTC))
+AGENT = CREDENTIALS.identity.agent_credentials(NAMESPACE, NAME, UID)
+KEY = AGENT.key
 GUEST_BIN = "/usr/local/bin/"
+TLS_FILES = {"ca.crt": AGENT.ca_pem, "tls.crt": AGENT.cert_pem, "tls.key": AGENT.key_pem}
 
 
 @pytest.fixture(scope="module")
 def partition() -> dict[str, Any]:
     manifest = partition_manifest(NAME, {"tier": "frontend"})
-    manifest["metadata"].update(namespace=NAMESPACE, uid="0f1e2d3c-0000-4000-8000-000000000001")
+    manifest["metadata"].update(namespace=NAMESPACE, uid=UID)
     return manifest
 
 
@@ -44,7 +51,7 @@ def partition() -> dict[str, Any]:
 def delivered(partition: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """What cloud-init writes in the guest, by path, as the operator's Secret holds it."""
     agent = agent_spec(NAME, partition["spec"])
-    data = secret_data(partition, agent, KEY, GATEWAY)
+    data = secret_data(partition, agent, AGENT, GATEWAY)
     user_data = base64.b64decode(data["userdata"]).decode()
     assert user_data.startswith("#cloud-config\n")
     return {f["path"]: f for f in yaml.safe_load(user_data)["write_files"]}
@@ -60,6 +67,9 @@ def test_the_operator_adds_key_and_config_and_keeps_the_guest_files(
     partition: dict[str, Any], delivered: dict[str, dict[str, Any]]
 ) -> None:
     assert _content(delivered[key_delivery.KEY_PATH]) == KEY
+    for name, pem in TLS_FILES.items():
+        entry = delivered[f"{key_delivery.AGENT_DIRECTORY}/{name}"]
+        assert (_content(entry), entry["permissions"]) == (pem, "0600")
     config = json.loads(_content(delivered[key_delivery.CONFIG_PATH]))
     assert config["partition"] == f"{NAMESPACE}/{NAME}"
     assert (config["listen"], config["operatorURL"]) == ("0.0.0.0:8443", GATEWAY)
@@ -98,6 +108,11 @@ def guest(
         key=_content(delivered[key_delivery.KEY_PATH]),
         config=config,
         command=[str(bin_dir / "lparkube-agent")],
+        tls_material=TLSMaterial(
+            *(_content(delivered[f"{key_delivery.AGENT_DIRECTORY}/{n}"]) for n in TLS_FILES),
+            CREDENTIALS.certificate.cert_pem,
+            CREDENTIALS.certificate.key_pem,
+        ),
     )
     agent.start()
     app = subprocess.Popen([str(bin_dir / "e2e-notes")], env=agent.env(), start_new_session=True)

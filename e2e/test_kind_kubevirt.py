@@ -23,7 +23,7 @@ from e2e_cluster import (
     get_json,
     wait_for,
 )
-from e2e_guest import APP_NAME, HTTP_PORT, SAVED_FILE, partition_manifest
+from e2e_guest import AGENT_PORT, APP_NAME, HTTP_PORT, SAVED_FILE, partition_manifest
 from pytest_kind import KindCluster
 
 from lparkube_devenv.controlplane import REPO_ROOT
@@ -32,9 +32,13 @@ PARTITION = "notes-1"
 LABELS = {"tier": "frontend"}  # what examples/saveevent-manual.yaml selects
 MANUAL_SAVE = REPO_ROOT / "examples" / "saveevent-manual.yaml"
 ADOPT_EXAMPLE = REPO_ROOT / "examples" / "partition-adopt-vm.yaml"
+AGENT_POLICY = f"{PARTITION}-agent-ingress"
 AGENT_CONNECT_TIMEOUT = 25 * 60  # pulling Fedora and booting it under emulation takes minutes
 SAVE_TIMEOUT = 5 * 60
 CLEANUP_TIMEOUT = 5 * 60
+CLUSTER_SCOPED = (
+    "clusterrole,clusterrolebinding,validatingadmissionpolicy,validatingadmissionpolicybinding"
+)
 # Setup (cluster, KubeVirt, image build, helm install) and the guest's boot outlast the
 # suite-wide 600 s timeout.
 pytestmark = pytest.mark.timeout(60 * 60)
@@ -133,34 +137,124 @@ def test_manual_saveevent_saves_the_app(saveevent: dict[str, Any]) -> None:
     assert f"notes saved for {saveevent['metadata']['uid']}" in app["message"]
 
 
-def test_the_saved_file_is_in_the_guest(
-    kubectl: Kubectl, tenant: str, saveevent: dict[str, Any]
-) -> None:
-    """Read the file through the guest's own HTTP server, from a pod on the pod network."""
-    vmi = get_json(kubectl, "-n", tenant, "vmi", PARTITION)
-    ip = vmi["status"]["interfaces"][0]["ipAddress"]
+def _vm_ip(kubectl: Kubectl, namespace: str) -> str:
+    vmi = get_json(kubectl, "-n", namespace, "vmi", PARTITION)
+    return vmi["status"]["interfaces"][0]["ipAddress"]
+
+
+def _run_in_pod(kubectl: Kubectl, namespace: str, code: str) -> str:
+    """Run Python ``code`` in a new pod on the pod network (the operator's image, none of an
+    operator pod's labels); its output, once it succeeded."""
     probe = f"probe-{uuid.uuid4().hex[:6]}"
-    code = (
-        "import urllib.request;"
-        f"print(urllib.request.urlopen('http://{ip}:{HTTP_PORT}/{SAVED_FILE}', timeout=20)"
-        ".read().decode(), end='')"
-    )
     kubectl(
-        "-n", tenant, "run", probe, f"--image={IMAGE}", "--image-pull-policy=Never",
+        "-n", namespace, "run", probe, f"--image={IMAGE}", "--image-pull-policy=Never",
         "--restart=Never", "--command", "--", "python", "-c", code,
     )  # fmt: skip
     phase = wait_for(
         f"pod {probe} to finish",
         lambda: (
             {"Succeeded", "Failed"}
-            & {get_json(kubectl, "-n", tenant, "pod", probe)["status"]["phase"]}
+            & {get_json(kubectl, "-n", namespace, "pod", probe)["status"]["phase"]}
         ),
         timeout=180,
         interval=2,
     )
-    saved = kubectl("-n", tenant, "logs", probe)
-    assert phase == {"Succeeded"}, saved
+    output = kubectl("-n", namespace, "logs", probe)
+    assert phase == {"Succeeded"}, output
+    return output
+
+
+def _reachable(kubectl: Kubectl, namespace: str, ip: str) -> dict[int, bool]:
+    """Whether a pod that is not the operator's can connect to the VM's web and agent ports."""
+    code = (
+        "import socket\n"
+        f"for port in ({HTTP_PORT}, {AGENT_PORT}):\n"
+        "    try:\n"
+        f"        socket.create_connection(({ip!r}, port), timeout=10).close()\n"
+        "        print(port, 'open')\n"
+        "    except OSError:\n"
+        "        print(port, 'closed')\n"
+    )
+    lines = _run_in_pod(kubectl, namespace, code).splitlines()
+    return {int(port): state == "open" for port, state in (ln.split() for ln in lines if ln)}
+
+
+def _agent_policy_rules(kubectl: Kubectl, namespace: str) -> int:
+    return len(get_json(kubectl, "-n", namespace, "networkpolicy", AGENT_POLICY)["spec"]["ingress"])
+
+
+def test_the_saved_file_is_in_the_guest(
+    kubectl: Kubectl, tenant: str, saveevent: dict[str, Any]
+) -> None:
+    """Read the file through the guest's own HTTP server, from a pod on the pod network."""
+    url = f"http://{_vm_ip(kubectl, tenant)}:{HTTP_PORT}/{SAVED_FILE}"
+    code = (
+        f"import urllib.request;print(urllib.request.urlopen({url!r}, timeout=20)"
+        ".read().decode(), end='')"
+    )
+    saved = _run_in_pod(kubectl, tenant, code)
     assert saved.splitlines() == [f"{saveevent['metadata']['uid']} Manual"]
+
+
+def test_only_the_operator_reaches_the_agent_port(
+    kubectl: Kubectl, tenant: str, saveevent: dict[str, Any]
+) -> None:
+    """The attack: any pod connects to the agent. The agent policy selects the VM's
+    virt-launcher pod by the labels KubeVirt gives it and refuses every pod but the operator's
+    on the agent port, while the VM's web server stays open (no policy of the tenant's
+    restricts the VM), and the save just made went through it."""
+    policy = get_json(kubectl, "-n", tenant, "networkpolicy", AGENT_POLICY)
+    selector = policy["spec"]["podSelector"]["matchLabels"]
+    assert selector == {"kubevirt.io": "virt-launcher", "vm.kubevirt.io/name": PARTITION}
+    labels = ",".join(f"{k}={v}" for k, v in selector.items())
+    (pod,) = get_json(kubectl, "-n", tenant, "pod", "-l", labels)["items"]
+    assert pod["metadata"]["ownerReferences"][0]["kind"] == "VirtualMachineInstance"
+    assert _agent_policy_rules(kubectl, tenant) == 2, "open: the agent port and all the others"
+    reachable = _reachable(kubectl, tenant, _vm_ip(kubectl, tenant))
+    assert reachable == {HTTP_PORT: True, AGENT_PORT: False}
+
+
+def test_a_tenants_default_deny_still_admits_the_operator(
+    kubectl: Kubectl, tenant: str, saveevent: dict[str, Any]
+) -> None:
+    """The tenant isolates every pod of the namespace: the agent policy no longer admits the
+    VM's other ports (it would widen the tenant's rule), still admits the operator, so a save
+    succeeds; the tenant lifting it opens them again."""
+    deny = {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": "default-deny"},
+        "spec": {"podSelector": {}, "policyTypes": ["Ingress"]},
+    }
+    kubectl("-n", tenant, "apply", "-f", "-", input=json.dumps(deny))
+    wait_for(
+        "the agent policy to keep only the operator's port",
+        lambda: _agent_policy_rules(kubectl, tenant) == 1,
+        timeout=60,
+        interval=1,
+    )
+    reachable = _reachable(kubectl, tenant, _vm_ip(kubectl, tenant))
+    assert reachable == {HTTP_PORT: False, AGENT_PORT: False}
+
+    save = yaml.safe_load(MANUAL_SAVE.read_text())
+    save["metadata"]["name"] = "save-behind-default-deny"
+    kubectl("-n", tenant, "apply", "-f", "-", input=json.dumps(save))
+    done = wait_for(
+        "the SaveEvent behind the default deny Complete",
+        lambda: _when(
+            get_json(kubectl, "-n", tenant, "saveevent", save["metadata"]["name"]), "Complete"
+        ),
+        timeout=SAVE_TIMEOUT,
+    )
+    assert condition(done, "Complete")["reason"] == "Succeeded", done["status"]
+
+    kubectl("-n", tenant, "delete", "networkpolicy", "default-deny")
+    wait_for(
+        "the agent policy to admit the other ports again",
+        lambda: _agent_policy_rules(kubectl, tenant) == 2,
+        timeout=60,
+        interval=1,
+    )
 
 
 def test_a_second_partition_for_the_vm_is_refused_and_touches_nothing(
@@ -214,17 +308,46 @@ def test_applying_the_adoption_example_again_changes_nothing(kubectl: Kubectl, t
         assert get_json(kubectl, "-n", tenant, "vm", name)["metadata"]["generation"] == 1
 
 
+def test_a_user_who_may_only_create_partitions_gets_no_vm(kubectl: Kubectl, tenant: str) -> None:
+    """The chart's admission policy on a real cluster: the right to create Partitions alone is
+    not the operator's right to create VMs (docs/rbac.md, "Admission")."""
+    user = "e2e-partition-editor"
+    role = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": {"name": user},
+        "rules": [
+            {"apiGroups": ["lparkube.io"], "resources": ["partitions"], "verbs": ["create", "get"]}
+        ],
+    }
+    binding = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": {"name": user},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": user},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}],
+    }
+    kubectl("-n", tenant, "apply", "-f", "-", input=yaml.safe_dump_all([role, binding]))
+    manifest = json.dumps(partition_manifest("not-mine", LABELS))
+    with pytest.raises(AssertionError) as refused:
+        kubectl("-n", tenant, f"--as={user}", "create", "-f", "-", input=manifest)
+    assert "spec.vmTemplate: the operator creates a VirtualMachine from it" in str(refused.value)
+    assert f"you ({user}) may not create virtualmachines.kubevirt.io" in str(refused.value)
+    assert not kubectl("-n", tenant, "get", "partition,vm", "not-mine", "--ignore-not-found")
+
+
 def test_helm_uninstall_cleans_up(kubectl: Kubectl, tenant: str, helm_release: Release) -> None:
     # Partitions go first, while the operator still runs to release their finalizers.
     kubectl("-n", tenant, "delete", "saveevents,partitions", "--all", "--wait", "--timeout=5m")
     owned = f"lparkube.io/partition={PARTITION}"
     wait_for(
-        "the Partition's VM, VMI and key Secret to be deleted",
-        lambda: not get_json(kubectl, "-n", tenant, "vm,vmi,secret", "-l", owned)["items"],
+        "the Partition's VM, VMI, key Secret and agent NetworkPolicy to be deleted",
+        lambda: not get_json(kubectl, "-n", tenant, "vm,vmi,secret,netpol", "-l", owned)["items"],
         timeout=CLEANUP_TIMEOUT,
     )
     selector = f"app.kubernetes.io/instance={helm_release.name}"
     assert get_json(kubectl, "clusterrole", "-l", selector)["items"], "the selector finds the chart"
+    assert get_json(kubectl, "validatingadmissionpolicy", "-l", selector)["items"]
 
     helm_release.helm("uninstall", helm_release.name, "-n", helm_release.namespace, "--wait")
 
@@ -233,7 +356,7 @@ def test_helm_uninstall_cleans_up(kubectl: Kubectl, tenant: str, helm_release: R
         "the release's objects to be gone",
         lambda: (
             not get_json(kubectl, "-n", helm_release.namespace, namespaced, "-l", selector)["items"]
-            and not get_json(kubectl, "clusterrole,clusterrolebinding", "-l", selector)["items"]
+            and not get_json(kubectl, CLUSTER_SCOPED, "-l", selector)["items"]
         ),
         timeout=CLEANUP_TIMEOUT,
     )

@@ -3,19 +3,22 @@
 
     make bench-gateway [BENCH_ARGS="--flood 20000 --in-flight 6000 --idle 3000 --flood-sources 1"]
 
-Runs the real operator (``lparkube run``, admin credentials, its gateway on loopback) on a
+Runs the real operator (``lparkube run``, admin credentials, its TLS gateway on loopback) on a
 local control plane started here, with the KubeVirt stand-in, so the operator makes each
-Partition's key Secret itself and keeps its Partition directory from its own watch. Then:
+Partition's key Secret (key and TLS files) itself and keeps its Partition directory from its
+own watch. Then:
 
 * **agents** (one child process): ``--agents`` Partitions, each reporting every
-  ``--spacing`` seconds with the guest agent's own ``report.push`` (signs, POSTs on a fresh
-  connection, verifies the signed answer; gives up after 10 s). The latency of every report is
-  measured, first while all is quiet, then during the flood.
+  ``--spacing`` seconds with the guest agent's own ``report.push`` (TLS with the files its
+  Secret delivers, signs, POSTs on a fresh connection, verifies the signed answer; gives up
+  after 10 s). The latency of every report is measured, first while all is quiet, then during
+  the flood.
 * **flood** (another child process), from ``--flood-sources`` loopback addresses (127.0.0.2
   on; the agents connect from 127.0.0.1), as from that many attacking pods: ``--idle``
   connections that never send a byte, then ``--flood`` reports for partitions that do not
-  exist (a fresh name each, well-formed headers, a random signature), each on its own
-  connection, ``--in-flight`` at a time.
+  exist (a fresh name each, well-formed headers, a random signature), each on its own TLS
+  connection with the certificate of a compromised guest (one more Partition's),
+  ``--in-flight`` at a time.
 
 Printed: the legitimate report latency (p50/p99/max) quiet and under flood, how the flood was
 answered and how long idle connections stayed open, and the API lookups the flood cost: the
@@ -31,6 +34,7 @@ import base64
 import multiprocessing
 import os
 import secrets
+import ssl
 import statistics
 import subprocess
 import sys
@@ -39,6 +43,7 @@ import threading
 import time
 import urllib.request
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -59,29 +64,48 @@ def free_port() -> int:
 # --- the legitimate agents (child process) ---------------------------------------------------
 
 
-def agents_main(conn: Any, url: str, partitions: list[tuple[str, bytes]], spacing: float) -> None:
-    """Child: report for every partition every ``spacing`` seconds until told to stop; send
-    back (start time, seconds, error or "") for each report."""
+@dataclass(frozen=True)
+class Agent:
+    """A Partition's agent as its key Secret equips it: the key and ca.crt, tls.crt, tls.key."""
+
+    partition: str
+    key: bytes
+    files: dict[str, bytes]
+
+    def tls_context(self) -> ssl.SSLContext:
+        """The agent's TLS client side (the guest agent's own ``tls.client_context``)."""
+        from lparkube_agent import tls  # noqa: PLC0415
+
+        directory = Path(tempfile.mkdtemp(prefix="bench-agent-"))
+        paths = tls.TLSFiles(directory / "ca.crt", directory / "tls.crt", directory / "tls.key")
+        for path in (paths.ca, paths.cert, paths.key):
+            path.write_bytes(self.files[path.name])
+        return tls.client_context(paths)
+
+
+def agents_main(conn: Any, url: str, agents: list[Agent], spacing: float) -> None:
+    """Child: report for every agent every ``spacing`` seconds until told to stop; send back
+    (start time, seconds, error or "") for each report."""
     from lparkube_agent import report  # noqa: PLC0415
 
     body = {"agentVersion": "bench", "kernelRelease": "bench", "applications": []}
     stop = threading.Event()
     samples: list[tuple[float, float, str]] = []
 
-    def agent(index: int, partition: str, key: bytes) -> None:
-        stop.wait(spacing * index / len(partitions))  # spread the agents over the spacing
+    def run(index: int, agent: Agent) -> None:
+        context = agent.tls_context()
+        stop.wait(spacing * index / len(agents))  # spread the agents over the spacing
         while not stop.is_set():
             began, error = time.time(), ""
             try:
-                report.push(url, key, partition, body, timeout=PUSH_TIMEOUT)
+                report.push(url, agent.key, agent.partition, body, context, timeout=PUSH_TIMEOUT)
             except Exception as exc:  # every failure is a figure
                 error = f"{type(exc).__name__}: {exc}"[:120]
             samples.append((began, time.time() - began, error))
             stop.wait(max(0.0, began + spacing - time.time()))
 
     threads = [
-        threading.Thread(target=agent, args=(i, partition, key), daemon=True)
-        for i, (partition, key) in enumerate(partitions)
+        threading.Thread(target=run, args=(i, agent), daemon=True) for i, agent in enumerate(agents)
     ]
     for thread in threads:
         thread.start()
@@ -111,7 +135,10 @@ def flood_request(index: int, body: bytes) -> bytes:
     return f"POST {REPORTS_PATH} HTTP/1.1\r\n{head}\r\n".encode() + body
 
 
-async def flood(port: int, count: int, in_flight: int, idle: int, sources: list[str]) -> dict:
+async def flood(  # noqa: PLR0917
+    port: int, count: int, in_flight: int, idle: int, sources: list[str], stolen: Agent
+) -> dict:
+    """Idle TCP connections, then reports over TLS with a compromised guest's certificate."""
     body = b'{"agentVersion": "flood", "kernelRelease": "flood", "applications": []}'
     connecting = asyncio.Semaphore(500)
 
@@ -138,15 +165,16 @@ async def flood(port: int, count: int, in_flight: int, idle: int, sources: list[
 
     gate = asyncio.Semaphore(in_flight)
     statuses: Counter = Counter()
+    context = stolen.tls_context()
 
     async def one(index: int) -> None:
         async with gate:
             try:
                 reader, writer = await asyncio.open_connection(
-                    "127.0.0.1", port, local_addr=local(index)
+                    "127.0.0.1", port, local_addr=local(index), ssl=context
                 )
             except OSError as exc:
-                statuses[f"connect failed ({exc.errno})"] += 1
+                statuses[f"no connection ({type(exc).__name__})"] += 1
                 return
             try:
                 writer.write(flood_request(index, body))
@@ -174,9 +202,11 @@ async def flood(port: int, count: int, in_flight: int, idle: int, sources: list[
     }
 
 
-def flood_main(conn: Any, port: int, sizes: tuple[int, int, int], sources: list[str]) -> None:
+def flood_main(
+    conn: Any, port: int, sizes: tuple[int, int, int], sources: list[str], stolen: Agent
+) -> None:
     """Child: the flood; sends back what it saw."""
-    conn.send(asyncio.run(flood(port, *sizes, sources)))
+    conn.send(asyncio.run(flood(port, *sizes, sources, stolen)))
 
 
 # --- the cluster -----------------------------------------------------------------------------
@@ -203,29 +233,30 @@ def partition_manifest(name: str, index: int) -> dict:
     }
 
 
-def partition_keys(api: Any, count: int) -> list[tuple[str, bytes]]:
-    """Create the Partitions; their keys from the Secrets the operator made."""
+def partition_agents(api: Any, names: list[str]) -> list[Agent]:
+    """Create the Partitions; their agents from the Secrets the operator made."""
     from kubernetes import client  # noqa: PLC0415
 
     custom, core = client.CustomObjectsApi(api), client.CoreV1Api(api)
-    names = [f"agent-{i}" for i in range(count)]
     for i, name in enumerate(names):
         custom.create_namespaced_custom_object(
             GROUP, VERSION, NAMESPACE, "partitions", partition_manifest(name, i)
         )
-    keys = []
+    agents = []
     for name in names:
         deadline = time.monotonic() + 60
         while True:
             try:
                 secret = core.read_namespaced_secret(f"{name}-agent-key", NAMESPACE)
-                keys.append((f"{NAMESPACE}/{name}", base64.b64decode(secret.data["key"])))
+                data = {k: base64.b64decode(v) for k, v in (secret.data or {}).items()}
+                files = {k: data[k] for k in ("ca.crt", "tls.crt", "tls.key")}
+                agents.append(Agent(f"{NAMESPACE}/{name}", data["key"], files))
                 break
-            except client.ApiException:
+            except (client.ApiException, KeyError):
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.2)
-    return keys
+    return agents
 
 
 def api_server_reads(api: Any) -> float:
@@ -264,7 +295,7 @@ def start_operator(kubeconfig: Path, workdir: Path) -> tuple[subprocess.Popen, s
         str(Path(sys.executable).with_name("lparkube")), "run",
         "--kubeconfig", str(kubeconfig),
         "--health-address", health, "--metrics-address", metrics,
-        "--agent-gateway-address", gateway, "--agent-gateway-url", f"http://{gateway}",
+        "--agent-gateway-address", gateway, "--agent-gateway-url", f"https://{gateway}",
         "--lease-namespace", LEASE_NAMESPACE, "--identity", "bench-gateway",
         "--namespace", NAMESPACE, "--log-format", "text", "--log-level", "warning",
     ]  # fmt: skip
@@ -281,7 +312,7 @@ def start_operator(kubeconfig: Path, workdir: Path) -> tuple[subprocess.Popen, s
                 log = workdir / "operator.log"
                 raise RuntimeError(f"the operator did not start; see {log}") from exc
             time.sleep(0.2)
-    return process, f"http://{gateway}", f"http://{metrics}/metrics"
+    return process, f"https://{gateway}", f"http://{metrics}/metrics"
 
 
 # --- the run ---------------------------------------------------------------------------------
@@ -325,8 +356,9 @@ class Counts:
 
     def __init__(self, api: Any, metrics_url: str) -> None:
         self.key_lookups = operator_counter(metrics_url, "lparkube_agent_key_lookups_total")
-        self.unknown = operator_counter(
-            metrics_url, "lparkube_agent_reports_total", result="unknown-partition"
+        self.refused = sum(
+            operator_counter(metrics_url, "lparkube_agent_reports_total", result=result)
+            for result in ("unknown-partition", "wrong-partition")
         )
         self.reads = api_server_reads(api)
 
@@ -335,8 +367,10 @@ class Counts:
 
 
 def measure(args: argparse.Namespace, api: Any, gateway_url: str, metrics_url: str) -> dict:
-    keys = partition_keys(api, args.agents)
-    agents = Child(agents_main, gateway_url, keys, args.spacing)
+    *legitimate, stolen = partition_agents(
+        api, [*(f"agent-{i}" for i in range(args.agents)), "compromised"]
+    )
+    agents = Child(agents_main, gateway_url, legitimate, args.spacing)
     agents.conn.recv()
     print(f"{args.agents} agents reporting; quiet for {args.quiet:g}s ...", flush=True)
     time.sleep(args.quiet)
@@ -344,12 +378,14 @@ def measure(args: argparse.Namespace, api: Any, gateway_url: str, metrics_url: s
     sources = [f"127.0.{2 + i // 250}.{2 + i % 250}" for i in range(args.flood_sources)]
     print(
         f"Flooding from {len(sources)} address(es): {args.idle} idle connections, then "
-        f"{args.flood} reports for unknown partitions, {args.in_flight} in flight ...",
+        f"{args.flood} reports for unknown partitions over TLS with a compromised guest's "
+        f"certificate, {args.in_flight} in flight ...",
         flush=True,
     )
     began = time.time()
     port = int(gateway_url.rsplit(":", 1)[1])
-    flooded = Child(flood_main, port, (args.flood, args.in_flight, args.idle), sources).result()
+    sizes = (args.flood, args.in_flight, args.idle)
+    flooded = Child(flood_main, port, sizes, sources, stolen).result()
     ended = time.time()
     counts = Counts(api, metrics_url).since(before)
     time.sleep(2)
@@ -365,7 +401,7 @@ def print_figures(args: argparse.Namespace, figures: dict) -> None:
     during = [s for s in figures["samples"] if began <= s[0] <= ended]
     print(
         f"\nGateway under flood from {args.flood_sources} address(es): {args.idle} idle "
-        f"connections + {args.flood} unsigned reports with fresh partition names "
+        f"connections + {args.flood} unsigned reports with fresh partition names over TLS "
         f"({args.in_flight} in flight); {args.agents} agents reporting every {args.spacing:g}s"
     )
     print("legitimate report latency (connect to verified answer):")
@@ -385,7 +421,7 @@ def print_figures(args: argparse.Namespace, figures: dict) -> None:
     )
     print(
         f"API lookups during the flood: {counts['key_lookups']:.0f} key lookups by the gateway "
-        f"({counts['unknown']:.0f} reports refused as unknown-partition); the API server served "
+        f"({counts['refused']:.0f} reports refused before any); the API server served "
         f"{counts['reads']:.0f} GETs of Partitions and Secrets (the agents' status writes read "
         "their Partition)"
     )

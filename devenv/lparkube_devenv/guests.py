@@ -24,11 +24,13 @@ from pathlib import Path
 
 from kubernetes import client
 
-from lparkube_agent.testing import AgentProcess, cli, start_app
+from lparkube_agent.testing import AgentProcess, TLSMaterial, cli, start_app
 
 log = logging.getLogger(__name__)
 GROUP, VERSION = "lparkube.io", "v1alpha1"
 APP = "editor"
+# What the key Secret holds for the guest (the secret disk's files).
+GUEST_FILES = ("key", "config.json", "ca.crt", "tls.crt", "tls.key")
 
 
 class DemoGuests:
@@ -89,30 +91,35 @@ class DemoGuests:
             if secret is None:
                 continue
             self.running[meta["uid"]] = self._boot(
-                meta["namespace"], meta["name"], endpoint, *secret
+                meta["namespace"], meta["name"], endpoint, secret
             )
             booted.append(f"{meta['namespace']}/{meta['name']}")
         return booted
 
-    def _secret(self, namespace: str, name: str | None) -> tuple[bytes, dict] | None:
+    def _secret(self, namespace: str, name: str | None) -> tuple[bytes, dict, TLSMaterial] | None:
         if not name:
             return None
         try:
             data = self.core.read_namespaced_secret(name, namespace).data or {}
         except client.ApiException:
             return None
-        if "key" not in data or "config.json" not in data:
+        files = {k: base64.b64decode(v) for k, v in data.items()}
+        if any(name not in files for name in GUEST_FILES):
             return None
-        return base64.b64decode(data["key"]), json.loads(base64.b64decode(data["config.json"]))
+        tls = TLSMaterial(files["ca.crt"], files["tls.crt"], files["tls.key"])
+        return files["key"], json.loads(files["config.json"]), tls
 
     def _boot(
-        self, namespace: str, name: str, endpoint: str, key: bytes, config: dict
+        self, namespace: str, name: str, endpoint: str, secret: tuple[bytes, dict, TLSMaterial]
     ) -> tuple[AgentProcess, subprocess.Popen]:
+        key, config, tls = secret
         home = self.root / namespace / name
         home.mkdir(parents=True, exist_ok=True)
         settings = {**config, "listen": endpoint}
         with contextlib.ExitStack() as undo:  # a guest that fails to boot leaves nothing behind
-            agent = AgentProcess(home, config["partition"], key, settings, own_session=True)
+            agent = AgentProcess(
+                home, config["partition"], key, settings, tls_material=tls, own_session=True
+            )
             undo.callback(agent.close)
             agent.start()
             app, pid = start_app("signal", APP, home / "saves", own_session=True)

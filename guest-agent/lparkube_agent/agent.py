@@ -10,6 +10,7 @@ import logging
 import threading
 
 from . import report as reports
+from . import tls
 from .config import Config
 from .httpapi import AgentAPI, AgentHTTPServer
 from .inputtable import InputTable
@@ -39,11 +40,12 @@ class Agent:
         self.methods = Methods(input_table or InputTable.load(config.input_table), self.terminals)
         self.saves = SaveStore(self._registrations, self.methods.save, journal=journal)
         self.api = AgentAPI(config.key, config.partition, self.saves, self.report)
-        self.http = AgentHTTPServer(config.listen, self.api)
+        self.http = AgentHTTPServer(config.listen, self.api, tls.server_context(config.tls))
         self.registration: RegistrationServer | None = None
         if config.socket is not None:
             self.registration = RegistrationServer(config.socket, self.table, self.terminals)
         self.reporter: reports.Reporter | None = None
+        self._report_tls = tls.client_context(config.tls)
         if config.operator_url:
             self.reporter = reports.Reporter(self._push, config.report_interval)
             self.table.listeners.append(lambda _removed: self.reporter and self.reporter.poke())
@@ -86,7 +88,11 @@ class Agent:
     def _push(self) -> None:
         assert self.config.operator_url
         reports.push(
-            self.config.operator_url, self.config.key, self.config.partition, self.report()
+            self.config.operator_url,
+            self.config.key,
+            self.config.partition,
+            self.report(),
+            self._report_tls,
         )
 
     def _forget_terminals(self, removed: list[Registration]) -> None:

@@ -70,7 +70,11 @@ def _parser() -> argparse.ArgumentParser:
     reg.add_argument(
         "--method", required=True, help="Signal, Command, HTTP or UnixSocket (run: SimulatedInput)"
     )
-    reg.add_argument("--signal", help="Signal: the signal to send (SIGUSR1)")
+    reg.add_argument(
+        "--signal",
+        help="Signal: SIGUSR1 (default), SIGUSR2, SIGHUP, SIGWINCH, SIGURG, SIGCHLD or SIGCONT; "
+        "sent only if your process catches it",
+    )
     reg.add_argument("--command", help="Command: the command line, run as you, with a timeout")
     reg.add_argument("--url", help="HTTP: a loopback URL the agent POSTs to")
     reg.add_argument("--unix-socket", help="UnixSocket: your socket; the agent sends SAVE lines")
@@ -80,7 +84,9 @@ def _parser() -> argparse.ArgumentParser:
     unreg.add_argument("--pid", type=int, default=os.getppid())
     unreg.add_argument("--name")
 
-    listing = sub.add_parser("list", help="show the registration table", parents=client)
+    listing = sub.add_parser(
+        "list", help="show your registrations (root: every user's)", parents=client
+    )
     listing.add_argument("--json", action="store_true")
 
     run = sub.add_parser(

@@ -31,13 +31,18 @@ class Client:
     def request(self, payload: dict, fds: list[int] | None = None) -> dict:
         data = json.dumps(payload).encode() + b"\n"
         try:
-            if fds:
-                socket.send_fds(self.sock, [data], fds)
-            else:
-                self.sock.sendall(data)
+            try:
+                if fds:
+                    socket.send_fds(self.sock, [data], fds)
+                else:
+                    self.sock.sendall(data)
+            except BrokenPipeError:
+                pass  # turned away before the agent read a byte: its answer says why
             answer = json.loads(self._line())
         except (OSError, ValueError) as error:
             raise AgentError(f"the agent connection failed: {error}") from error
+        if answer.get("busy"):  # no connection free for us now: worth trying again
+            raise AgentError(answer.get("error") or "the agent is busy")
         if not answer.get("ok"):
             raise AgentRefusedError(answer.get("error") or "refused")
         return answer

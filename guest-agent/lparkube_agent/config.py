@@ -1,7 +1,8 @@
 """The agent's configuration: the operator-provided JSON plus local paths.
 
-The operator writes `config.json` (partition, listen, operatorURL, reportIntervalSeconds) and
-the raw key next to it (Secret disk or cloud-init). Every local path is configurable, in the
+The operator writes `config.json` (partition, listen, operatorURL, reportIntervalSeconds) and,
+next to it (Secret disk or cloud-init), the raw key, the CA the agent pins and the agent's own
+TLS certificate and key (`ca.crt`, `tls.crt`, `tls.key`). Every local path is configurable, in the
 file or on the command line, so tests run unprivileged in temporary directories.
 """
 
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import protocol
+from .tls import TLSFiles
 
 DEFAULT_LISTEN = "0.0.0.0:8443"
 DEFAULT_SOCKET = "/run/lparkube/agent.sock"
@@ -25,6 +27,7 @@ DEFAULT_VMCOREINFO = "/sys/kernel/vmcoreinfo"
 class Config:
     partition: str
     key: bytes
+    tls: TLSFiles
     listen: tuple[str, int] = ("0.0.0.0", 8443)
     operator_url: str | None = None
     report_interval: float = 30.0
@@ -40,9 +43,10 @@ def parse_listen(text: object) -> tuple[str, int]:
         raise ValueError("listen must be HOST:PORT, e.g. 0.0.0.0:8443")
     host, _, port = text.rpartition(":")
     host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    if not port.isdigit() or not 0 <= int(port) <= 65535:
+    number = protocol.ascii_decimal(port, 5)
+    if number is None or number > 65535:
         raise ValueError(f"listen: bad port {port!r}")
-    return host or "0.0.0.0", int(port)
+    return host or "0.0.0.0", number
 
 
 def read_key(path: Path) -> bytes:
@@ -54,6 +58,23 @@ def read_key(path: Path) -> bytes:
     if len(raw) < protocol.MIN_KEY_BYTES:
         raise ValueError(f"key file {path} holds fewer than {protocol.MIN_KEY_BYTES} bytes")
     return raw
+
+
+TLS_FILES = {"caFile": "ca.crt", "tlsCertFile": "tls.crt", "tlsKeyFile": "tls.key"}
+
+
+def tls_files(data: dict, base: Path) -> TLSFiles:
+    """The CA, certificate and key files, each required: the agent speaks only TLS."""
+    paths = {}
+    for field, default in TLS_FILES.items():
+        path = _path(data, field, default, base)
+        if path is None or not path.is_file():
+            raise ValueError(
+                f"{field}: no file {path} (the operator's key Secret holds {default}; "
+                "the agent speaks only TLS)"
+            )
+        paths[field] = path
+    return TLSFiles(paths["caFile"], paths["tlsCertFile"], paths["tlsKeyFile"])
 
 
 def _path(data: dict, name: str, default: str | None, base: Path) -> Path | None:
@@ -78,8 +99,8 @@ def load(path: Path, overrides: dict | None = None) -> Config:
     if isinstance(interval, bool) or not isinstance(interval, (int, float)) or interval <= 0:
         raise ValueError("reportIntervalSeconds must be a positive number")
     url = data.get("operatorURL") or None
-    if url is not None and not isinstance(url, str):
-        raise ValueError("operatorURL must be a URL")
+    if url is not None and (not isinstance(url, str) or not url.startswith("https://")):
+        raise ValueError("operatorURL must be an https:// URL (reports go only over TLS)")
     base = path.parent
     key_path = _path(data, "keyFile", "key", base)
     if key_path is None:
@@ -87,6 +108,7 @@ def load(path: Path, overrides: dict | None = None) -> Config:
     return Config(
         partition=partition,
         key=read_key(key_path),
+        tls=tls_files(data, base),
         listen=parse_listen(data.get("listen", DEFAULT_LISTEN)),
         operator_url=url,
         report_interval=float(interval),

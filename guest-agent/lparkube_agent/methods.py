@@ -2,7 +2,17 @@
 
 Every method returns an Outcome instead of raising: one app's failure is data for the report,
 never a reason to stop saving the others. Before acting on a pid the process's start time is
-checked again, so a recycled pid is never signalled or typed into.
+checked again, so a recycled pid is never signalled or typed into; a signal goes through the
+same pinned /proc directory as that check (procinfo.Process), so not even a pid reused between
+the check and the signal receives it.
+
+A Signal save sends the registered signal (one of registry.SAVE_SIGNALS) only to a process that
+catches it: one without a handler would die of SIGUSR1, SIGUSR2 or SIGHUP, and would save
+nothing on the harmless ones; both are `Failed`, and the signal is not sent.
+
+A UnixSocket save checks whom it reached, not the path: the process listening on the connected
+socket (SO_PEERCRED) must run as the registering user, else nothing is sent. A path swapped
+after any check of it therefore gains nothing.
 
 How a SimulatedInput save is known to be complete: keystrokes have no reply, so the agent
 watches a file. If the registration names one (`run --watch FILE`, or by default the last file
@@ -20,7 +30,6 @@ import os
 import pwd
 import signal
 import socket
-import stat
 import subprocess
 import tempfile
 import time
@@ -30,20 +39,21 @@ from urllib.parse import urlsplit
 
 from . import procinfo
 from .inputtable import InputEntry, InputTable
-from .registry import COMMAND, HTTP, SIGNAL, SIMULATED_INPUT, UNIX_SOCKET, Registration
+from .registry import (
+    COMMAND,
+    HTTP,
+    SIGNAL,
+    SIMULATED_INPUT,
+    UNIX_SOCKET,
+    Registration,
+    normalize_signal,
+)
 from .terminals import Terminals
 
 SAVED, FAILED, TIMED_OUT, SKIPPED = "Saved", "Failed", "TimedOut", "Skipped"
 MAX_MESSAGE = 300
 POLL_SECONDS = 0.05
 REATTACH_SECONDS = 3.0
-# Signals whose default action ends the process: sending one to an app without a handler
-# would destroy exactly the data we want saved.
-_FATAL_BY_DEFAULT = {
-    signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGUSR1,
-    signal.SIGUSR2, signal.SIGALRM, signal.SIGPIPE, signal.SIGABRT, signal.SIGVTALRM,
-    signal.SIGPROF, signal.SIGIO, signal.SIGXCPU, signal.SIGXFSZ,
-}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -94,10 +104,19 @@ class Methods:
             return Outcome(FAILED, _short(f"{type(error).__name__}: {error}"))
 
     def _signal(self, reg: Registration, ctx: SaveContext) -> Outcome:
-        signum = signal.Signals[reg.signal or "SIGUSR1"]
-        if signum in _FATAL_BY_DEFAULT and not _handles(reg.pid, signum):
-            return Outcome(FAILED, f"the process does not handle {signum.name}; not sent")
-        os.kill(reg.pid, signum)
+        try:  # an entry kept from an older agent may name a signal no longer allowed
+            signum = signal.Signals[normalize_signal(reg.signal or "SIGUSR1")]
+        except ValueError as error:
+            return Outcome(FAILED, _short(f"{error}; not sent"))
+        try:
+            with procinfo.Process(reg.pid) as process:
+                if not process.alive(reg.started):
+                    return Outcome(SKIPPED, "the process has exited")
+                if not process.catches(signum):
+                    return Outcome(FAILED, f"the process does not handle {signum.name}; not sent")
+                process.send_signal(signum)
+        except ProcessLookupError:
+            return Outcome(SKIPPED, "the process has exited")
         if reg.settle_millis:
             time.sleep(max(0.0, min(reg.settle_millis / 1000, ctx.remaining())))
         return Outcome(SAVED, f"{signum.name} delivered")
@@ -154,14 +173,16 @@ class Methods:
 
     def _unix_socket(self, reg: Registration, ctx: SaveContext) -> Outcome:
         path = reg.socket or ""
-        info = os.stat(path)
-        if not stat.S_ISSOCK(info.st_mode):
-            return Outcome(FAILED, f"{path} is not a socket")
-        if reg.uid not in (0, info.st_uid):
-            return Outcome(FAILED, f"{path} is not owned by the registering user")
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(max(0.001, ctx.remaining()))
             sock.connect(path)
+            listener = procinfo.peer_of(sock).uid
+            if reg.uid not in (0, listener):
+                return Outcome(
+                    FAILED,
+                    f"{path} is served by uid {listener}, not by the registering user "
+                    f"(uid {reg.uid}); nothing sent",
+                )
             sock.sendall(f"SAVE {ctx.save_id} {ctx.reason}\n".encode())
             reply = _read_line(sock, ctx)
         if reply.split(" ", 1)[0].upper() == "OK":
@@ -198,19 +219,6 @@ class Methods:
             return InputEntry(reg.program or reg.name, tuple(reg.keys))
         names = [reg.program] if reg.program else []
         return self.table.lookup(*names, *procinfo.program_names(reg.pid))
-
-
-def _handles(pid: int, signum: int) -> bool:
-    """True if the process catches or ignores the signal (SigCgt/SigIgn in /proc status)."""
-    try:
-        text = (procinfo.PROC / str(pid) / "status").read_text()
-    except OSError:
-        return False
-    mask = 0
-    for line in text.splitlines():
-        if line.startswith(("SigCgt:", "SigIgn:")):
-            mask |= int(line.split()[1], 16)
-    return bool(mask & (1 << (signum - 1)))
 
 
 def _run_as(uid: int) -> dict:

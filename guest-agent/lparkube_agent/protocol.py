@@ -32,6 +32,7 @@ HEADER_SIGNATURE = "X-Lparkube-Signature"
 
 MAX_BODY_BYTES = 64 * 1024
 MAX_SKEW_SECONDS = 60
+MAX_TIMESTAMP_DIGITS = 12
 NONCE_BYTES = 16
 KEY_BYTES = 32
 MIN_KEY_BYTES = 16
@@ -113,25 +114,39 @@ def sign_response(
     return sign(key, message, now=now, nonce=request.nonce)
 
 
+def ascii_decimal(text: str, max_digits: int) -> int | None:
+    """The value of 1 to `max_digits` ASCII digits, else None. Not str.isdigit() or int()
+    alone: they also take superscripts, other scripts' digits, signs, "_" and spaces."""
+    if 0 < len(text) <= max_digits and all("0" <= c <= "9" for c in text):
+        return int(text)
+    return None
+
+
 def read_headers(headers: Mapping[str, str]) -> Signed:
-    """The signature headers, or AuthError naming what is missing or malformed."""
+    """The signature headers, or AuthError naming what is missing or malformed.
+
+    The timestamp must be written exactly as `sign` writes it (ASCII digits, no leading zero),
+    so the canonical string holds the header's own text: a rewritten timestamp is refused,
+    it cannot keep a valid signature.
+    """
     lowered = {k.lower(): v for k, v in headers.items()}
     values = {}
     for name in (HEADER_PARTITION, HEADER_TIMESTAMP, HEADER_NONCE, HEADER_SIGNATURE):
         value = lowered.get(name.lower())
         if not value:
             raise AuthError("unsigned", f"missing header {name}")
-        values[name] = value.strip()
-    timestamp = values[HEADER_TIMESTAMP]
-    if not timestamp.isdigit() or len(timestamp) > 12:
-        raise AuthError("malformed", f"{HEADER_TIMESTAMP} must be Unix seconds")
+        values[name] = value.strip(" \t")  # HTTP's whitespace only, not str.strip()'s
+    text = values[HEADER_TIMESTAMP]
+    timestamp = ascii_decimal(text, MAX_TIMESTAMP_DIGITS)
+    if timestamp is None or str(timestamp) != text:
+        raise AuthError("malformed", f"{HEADER_TIMESTAMP} must be Unix seconds in decimal")
     nonce = values[HEADER_NONCE]
     if len(nonce) != 2 * NONCE_BYTES or not _is_hex(nonce):
         raise AuthError("malformed", f"{HEADER_NONCE} must be {2 * NONCE_BYTES} hex digits")
     signature = values[HEADER_SIGNATURE]
     if len(signature) != 64 or not _is_hex(signature):
         raise AuthError("malformed", f"{HEADER_SIGNATURE} must be 64 hex digits")
-    return Signed(values[HEADER_PARTITION], int(timestamp), nonce, signature)
+    return Signed(values[HEADER_PARTITION], timestamp, nonce, signature)
 
 
 def _is_hex(text: str) -> bool:

@@ -94,25 +94,45 @@ def normalize_method(value: object) -> str:
     return _ALIASES[value.lower()]
 
 
+# The signals a Signal registration may name. An application that does not handle a signal
+# gets its default action, and for most signals that is to die (SIGTERM, SIGPIPE, SIGRTMIN...),
+# dump core (SIGSEGV, SIGABRT...) or stop (SIGTSTP...) with its unsaved data. Allowed are the
+# signals applications conventionally take as a request (SIGUSR1, SIGUSR2, SIGHUP: fatal by
+# default, which is why a save sends one only to a process that catches it, see methods.py)
+# and those whose default action leaves a running process as it is (SIGWINCH, SIGURG and
+# SIGCHLD are ignored, SIGCONT continues). No other signal is a save request in any convention.
+SAVE_SIGNALS = ("SIGUSR1", "SIGUSR2", "SIGHUP", "SIGWINCH", "SIGURG", "SIGCHLD", "SIGCONT")
+_DEFAULT_ACTIONS = {  # of the refused signals; on any other the process dies
+    **dict.fromkeys(("SIGQUIT", "SIGILL", "SIGTRAP", "SIGABRT", "SIGBUS", "SIGFPE", "SIGSEGV",
+                     "SIGSYS", "SIGXCPU", "SIGXFSZ"), "dumps core and dies"),
+    **dict.fromkeys(("SIGSTOP", "SIGTSTP", "SIGTTIN", "SIGTTOU"), "stops"),
+}  # fmt: skip
+
+
 def normalize_signal(value: object) -> str:
-    """A signal name such as SIGUSR1 from 'USR1', 'sigusr1' or 10."""
+    """A save signal's name, such as SIGUSR1 from 'USR1', 'sigusr1' or 10; ValueError for a
+    signal that is not one of SAVE_SIGNALS, saying why."""
+    name = None
     try:
         if isinstance(value, int) and not isinstance(value, bool):
-            return _catchable(signal.Signals(value).name)
-        if isinstance(value, str):
+            name = signal.Signals(value).name
+        elif isinstance(value, str):
             text = value.strip().upper()
-            if text.isdigit():
-                return _catchable(signal.Signals(int(text)).name)
-            name = text if text.startswith("SIG") else f"SIG{text}"
-            return _catchable(signal.Signals[name].name)
+            if text.isascii() and text.isdigit():
+                name = signal.Signals(int(text)).name
+            else:
+                name = signal.Signals[text if text.startswith("SIG") else f"SIG{text}"].name
     except (KeyError, ValueError):
         pass
-    raise ValueError(f"unknown or uncatchable signal {value!r}")
-
-
-def _catchable(name: str) -> str:
-    if name in ("SIGKILL", "SIGSTOP"):
-        raise ValueError(name)
+    allowed = f"a save signal is one of {', '.join(SAVE_SIGNALS)}"
+    if name is None:
+        raise ValueError(f"unknown signal {value!r}: {allowed}")
+    if name not in SAVE_SIGNALS:
+        action = _DEFAULT_ACTIONS.get(name, "dies")
+        raise ValueError(
+            f"{name} is refused as a save signal: an application that does not handle it "
+            f"{action}; {allowed}"
+        )
     return name
 
 

@@ -1,9 +1,11 @@
 """The local registration socket: apps (or their wrappers) register how they save.
 
-Callers are identified by the kernel (SO_PEERCRED), not by what they claim: a user may register
-and unregister only their own processes; root may do anything. Requests and answers are JSON
-lines. A SimulatedInput registration carries its pty master as SCM_RIGHTS ancillary data, and
-the daemon checks that this terminal really is the process's controlling terminal.
+Callers are identified by the kernel (SO_PEERCRED), not by what they claim: a user may register,
+unregister and list only their own processes' entries; root may do anything. Every connection
+costs a thread, so each user may hold only a share of them (ConnectionSlots). Requests and
+answers are JSON lines. A SimulatedInput registration carries its pty master as SCM_RIGHTS
+ancillary data, and the daemon checks that this terminal really is the process's controlling
+terminal.
 """
 
 from __future__ import annotations
@@ -14,12 +16,11 @@ import logging
 import os
 import socket
 import stat
-import struct
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 
 from . import procinfo
+from .procinfo import Peer, peer_of
 from .registry import SIMULATED_INPUT, Registration, Table, parse_registration
 from .terminals import Terminals, pts_device, pty_number
 
@@ -28,23 +29,55 @@ log = logging.getLogger(__name__)
 MAX_LINE = 64 * 1024
 IDLE_TIMEOUT = 30.0
 MAX_CONNECTIONS = 256
+MAX_CONNECTIONS_PER_USER = 32
+ROOT_RESERVE = 32
 MAX_FDS = 4
-
-
-@dataclass(frozen=True)
-class Peer:
-    pid: int
-    uid: int
-    gid: int
-
-
-def peer_of(sock: socket.socket) -> Peer:
-    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    return Peer(*struct.unpack("3i", raw))
 
 
 class RefusedError(Exception):
     """A request the caller may not make, or cannot be done; the message is for the caller."""
+
+
+class ConnectionSlots:
+    """Who may hold one of the socket's `total` connections (each costs the agent a thread).
+
+    Root takes any free slot. Any other uid holds at most `per_user`, and never one of the last
+    `reserve` slots: whatever one user does, every other user still finds total - reserve -
+    per_user slots and root at least `reserve`. Thread-safe.
+    """
+
+    def __init__(
+        self,
+        total: int = MAX_CONNECTIONS,
+        per_user: int = MAX_CONNECTIONS_PER_USER,
+        reserve: int = ROOT_RESERVE,
+    ) -> None:
+        self.total, self.per_user, self.reserve = total, per_user, reserve
+        self._lock = threading.Lock()
+        self._held: dict[int, int] = {}  # uid -> connections
+
+    def acquire(self, uid: int) -> None:
+        """Take a slot for `uid`; RefusedError says why there is none."""
+        with self._lock:
+            used = sum(self._held.values())
+            mine = self._held.get(uid, 0)
+            if uid != 0 and mine >= self.per_user:
+                raise RefusedError(
+                    f"uid {uid} already holds {mine} connections to the agent, "
+                    f"the most one user may; close some (each `lparkube-agent run` holds one)"
+                )
+            free = self.total - used - (0 if uid == 0 else self.reserve)
+            if free <= 0:
+                raise RefusedError(f"the agent is serving {used} connections; try again later")
+            self._held[uid] = mine + 1
+
+    def release(self, uid: int) -> None:
+        with self._lock:
+            left = self._held[uid] - 1
+            if left:
+                self._held[uid] = left
+            else:
+                del self._held[uid]
 
 
 class LineReader:
@@ -75,11 +108,17 @@ class LineReader:
 class RegistrationServer:
     """Accepts connections on the Unix socket; one short-lived thread per connection."""
 
-    def __init__(self, path: Path, table: Table, terminals: Terminals) -> None:
+    def __init__(
+        self,
+        path: Path,
+        table: Table,
+        terminals: Terminals,
+        connections: ConnectionSlots | None = None,
+    ) -> None:
         self.path = path
         self.table = table
         self.terminals = terminals
-        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self.connections = connections or ConnectionSlots()
         self._sock = _listen(path)
         self._thread = threading.Thread(target=self._accept_loop, name="regserver", daemon=True)
 
@@ -99,16 +138,18 @@ class RegistrationServer:
                 conn, _ = self._sock.accept()
             except OSError:
                 return  # stopped
-            if not self._slots.acquire(blocking=False):
-                conn.close()
+            try:
+                peer = peer_of(conn)
+                self.connections.acquire(peer.uid)
+            except (OSError, RefusedError) as error:
+                _turn_away(conn, str(error))
                 continue
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+            threading.Thread(target=self._serve, args=(conn, peer), daemon=True).start()
 
-    def _serve(self, conn: socket.socket) -> None:
+    def _serve(self, conn: socket.socket, peer: Peer) -> None:
         held: dict[tuple[int, str], int | None] = {}
         try:
             conn.settimeout(IDLE_TIMEOUT)
-            peer = peer_of(conn)
             reader = LineReader(conn)
             while True:
                 line = reader.next_line()
@@ -123,7 +164,7 @@ class RegistrationServer:
         finally:
             conn.close()
             self._release(held)
-            self._slots.release()
+            self.connections.release(peer.uid)
 
     def _release(self, held: dict[tuple[int, str], int | None]) -> None:
         """The wrapper is gone: drop its app's entry and the daemon's copy of the terminal."""
@@ -145,7 +186,8 @@ class RegistrationServer:
             if op == "unregister":
                 return self._unregister(request, peer)
             if op == "list":
-                return {"ok": True, "applications": [self._listed(r) for r in self.table.entries()]}
+                mine = [r for r in self.table.entries() if peer.uid in (0, r.uid)]
+                return {"ok": True, "applications": [self._listed(r) for r in mine]}
             if op == "ping":
                 return {"ok": True}
             raise RefusedError("op must be register, unregister, list or ping")
@@ -163,19 +205,23 @@ class RegistrationServer:
         held: dict[tuple[int, str], int | None],
     ) -> dict:
         reg = parse_registration(request.get("app"))
-        authorize(peer, reg.pid)
-        reg.uid = peer.uid
-        reg.started = procinfo.start_time(reg.pid)
-        if reg.started is None:
-            raise RefusedError(f"no process {reg.pid}")
-        fd = None
-        if reg.method == SIMULATED_INPUT:
-            if len(fds) != 1:
-                raise RefusedError(
-                    "SimulatedInput needs the app's terminal: use `lparkube-agent run`"
-                )
-            check_terminal(fds[0], reg.pid)
-            fd = os.dup(fds[0])
+        try:
+            process = procinfo.Process(reg.pid)
+        except OSError as error:
+            raise RefusedError(f"no process {reg.pid}") from error
+        with process:  # every check reads the same process, even if its pid is reused meanwhile
+            authorize(peer, process)
+            reg.uid = peer.uid
+            reg.started = process.start_time()
+            if reg.started is None:
+                raise RefusedError(f"no process {reg.pid}")
+            if reg.method == SIMULATED_INPUT:
+                if len(fds) != 1:
+                    raise RefusedError(
+                        "SimulatedInput needs the app's terminal: use `lparkube-agent run`"
+                    )
+                check_terminal(fds[0], process)
+        fd = os.dup(fds[0]) if reg.method == SIMULATED_INPUT else None
         if request.get("hold"):
             reg.owner_pid = peer.pid
             reg.owner_started = procinfo.start_time(peer.pid)
@@ -217,23 +263,35 @@ class RegistrationServer:
         return {"ok": True, "removed": [r.to_json() for r in gone]}
 
 
-def authorize(peer: Peer, pid: int) -> None:
+def authorize(peer: Peer, process: procinfo.Process) -> None:
     """A non-root caller may register only a process whose real and effective uid are its own."""
-    owner = procinfo.uids(pid)
+    owner = process.uids()
     if owner is None:
-        raise RefusedError(f"no process {pid}")
+        raise RefusedError(f"no process {process.pid}")
     if peer.uid != 0 and owner != (peer.uid, peer.uid):
-        raise RefusedError(f"process {pid} belongs to another user")
+        raise RefusedError(f"process {process.pid} belongs to another user")
 
 
-def check_terminal(fd: int, pid: int) -> None:
+def check_terminal(fd: int, process: procinfo.Process) -> None:
     """The fd must be the pty master whose slave is the process's controlling terminal."""
     try:
         number = pty_number(fd)
     except OSError as error:
         raise RefusedError("the file descriptor sent is not a pseudo-terminal master") from error
-    if procinfo.tty_nr(pid) != pts_device(number):
-        raise RefusedError(f"/dev/pts/{number} is not the controlling terminal of process {pid}")
+    if process.tty_nr() != pts_device(number):
+        raise RefusedError(
+            f"/dev/pts/{number} is not the controlling terminal of process {process.pid}"
+        )
+
+
+def _turn_away(conn: socket.socket, reason: str) -> None:
+    """Tell a connection without a slot why (`busy`: a client may try again later), without
+    waiting for it, and close it."""
+    conn.setblocking(False)
+    with contextlib.suppress(OSError):
+        conn.send(json.dumps({"ok": False, "busy": True, "error": reason}).encode() + b"\n")
+    conn.close()
+    log.debug("registration connection turned away: %s", reason)
 
 
 def _listen(path: Path) -> socket.socket:

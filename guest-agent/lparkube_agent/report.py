@@ -11,13 +11,14 @@ import http.client
 import json
 import logging
 import os
+import ssl
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from . import procinfo, protocol
+from . import procinfo, protocol, tls
 from .saves import iso
 from .version import VERSION
 
@@ -60,21 +61,29 @@ def build_report(vmcoreinfo_path: Path, applications: list[dict]) -> dict:
     }
 
 
-def push(url: str, key: bytes, partition: str, report: dict, timeout: float = 10.0) -> None:
-    """POST the signed report and verify the operator's signed answer; raises on any failure."""
+def push(
+    url: str,
+    key: bytes,
+    partition: str,
+    report: dict,
+    context: ssl.SSLContext,
+    *,
+    timeout: float = 10.0,
+) -> None:
+    """POST the signed report over TLS to the operator (checked before anything is sent) and
+    verify its signed answer; raises on any failure."""
     parts = urlsplit(url.rstrip("/"))
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"operatorURL {url!r} is not an http(s) URL")
+    if parts.scheme != "https" or not parts.hostname:
+        raise ValueError(f"operatorURL {url!r} is not an https URL")
     path = parts.path + REPORTS_PATH
     body = json.dumps(report).encode()
     message = protocol.Message(protocol.TO_OPERATOR, "POST", path, partition, body)
     signed = protocol.sign(key, message)
     headers = {"Content-Type": "application/json", **signed.headers()}
-    conn_class = (
-        http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-    )
-    conn = conn_class(parts.hostname, parts.port, timeout=timeout)
+    conn = http.client.HTTPSConnection(parts.hostname, parts.port, timeout=timeout, context=context)
     try:
+        conn.connect()
+        tls.check_operator(conn.sock)
         conn.request("POST", path, body, headers)
         response = conn.getresponse()
         answer = response.read(protocol.MAX_BODY_BYTES + 1)

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import contextlib
 import fcntl
 import http.client
+import io
 import json
 import os
 import shutil
 import signal
 import socket
+import ssl
 import struct
 import subprocess
 import sys
@@ -24,12 +27,45 @@ import tempfile
 import termios
 import threading
 import time
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
-from . import protocol
+from . import protocol, tls
 
 DEFAULT_PARTITION = "tenant-a/web-1"
+
+
+@dataclass(frozen=True)
+class TLSMaterial:
+    """PEM for a test agent (the CA it pins, its certificate and key) and, when the test
+    calls the agent, for its operator side (a CA-issued certificate naming the operator), e.g.
+    from the operator's ``AgentIdentity``."""
+
+    ca_pem: bytes
+    agent_cert_pem: bytes
+    agent_key_pem: bytes
+    operator_cert_pem: bytes = b""
+    operator_key_pem: bytes = b""
+
+    def write_agent_files(self, directory: Path) -> tls.TLSFiles:
+        """ca.crt, tls.crt and tls.key, as the key Secret hands them to a guest."""
+        files = tls.TLSFiles(directory / "ca.crt", directory / "tls.crt", directory / "tls.key")
+        files.ca.write_bytes(self.ca_pem)
+        files.cert.write_bytes(self.agent_cert_pem)
+        files.key.touch(mode=0o600)
+        files.key.write_bytes(self.agent_key_pem)
+        return files
+
+    def operator_context(self, directory: Path) -> ssl.SSLContext:
+        """A client context as the operator's: the CA, the operator's certificate; the agent's
+        name is not checked (a test agent's certificate may name another partition)."""
+        files = tls.TLSFiles(directory / "op-ca.crt", directory / "op.crt", directory / "op.key")
+        files.ca.write_bytes(self.ca_pem)
+        files.cert.write_bytes(self.operator_cert_pem)
+        files.key.touch(mode=0o600)
+        files.key.write_bytes(self.operator_key_pem)
+        return tls.client_context(files)
 
 
 class AgentProcess:
@@ -43,6 +79,7 @@ class AgentProcess:
         config: dict | None = None,
         command: list[str] | None = None,
         *,
+        tls_material: TLSMaterial,
         own_session: bool = False,
     ) -> None:
         self.root = root
@@ -56,6 +93,11 @@ class AgentProcess:
         self.socket.parent.chmod(0o755)  # like /run/lparkube: every local user may connect
         self.config_path = root / "config.json"
         (root / "key").write_bytes(self.key)
+        tls_material.write_agent_files(root)
+        self.tls_material = tls_material
+        self._operator_tls: ssl.SSLContext | None = None
+        if tls_material.operator_cert_pem:  # made now: threads of a test share it
+            self._operator_tls = tls_material.operator_context(root)
         settings = {"partition": partition, "listen": "127.0.0.1:0", "reportIntervalSeconds": 30}
         settings.update(config or {})
         self.config_path.write_text(json.dumps(settings))
@@ -139,7 +181,19 @@ class AgentProcess:
             path=path,
             body=body,
             timeout=timeout,
+            context=self.operator_context(),
         )
+
+    def operator_context(self) -> ssl.SSLContext:
+        """The TLS client side the operator would use with this agent."""
+        if self._operator_tls is None:
+            raise RuntimeError("this agent's TLS material has no operator certificate")
+        return self._operator_tls
+
+    def connect(self, timeout: float = 15.0) -> ssl.SSLSocket:
+        """A TLS connection to the agent as the operator, for raw HTTP bytes."""
+        sock = socket.create_connection(("127.0.0.1", self.port), timeout=timeout)
+        return self.operator_context().wrap_socket(sock)
 
     def save(self, ident: str, timeout: float = 5.0, wait: float = 30.0, **extra) -> dict:
         body = {"id": ident, "reason": "Manual", "applicationTimeoutSeconds": timeout}
@@ -160,11 +214,13 @@ def signed_request(
     path: str,
     body: bytes = b"",
     timeout: float = 60.0,
+    context: ssl.SSLContext,
 ) -> tuple[int, dict]:
-    """Send one operator->agent request; verify a signed answer (raises AuthError if forged)."""
+    """Send one operator->agent request over TLS (``context``: the operator's side); verify a
+    signed answer (raises AuthError if forged)."""
     message = protocol.Message(protocol.TO_AGENT, method, path, partition, body)
     signed = protocol.sign(key, message)
-    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    conn = http.client.HTTPSConnection(host, port, timeout=timeout, context=context)
     try:
         conn.request(method, path, body, signed.headers())
         response = conn.getresponse()
@@ -175,6 +231,66 @@ def signed_request(
     if protocol.HEADER_SIGNATURE.lower() in {k.lower() for k in headers}:
         protocol.verify_response(key, signed, response.status, headers, data)
     return response.status, json.loads(data or b"{}")
+
+
+class ReceivedBytes:
+    """Bytes already received, as http.client.HTTPResponse reads a socket."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def makefile(self, mode: str) -> io.BytesIO:
+        return io.BytesIO(self.data)
+
+
+def half_closed_exchange(
+    context: ssl.SSLContext, port: int, data: bytes, timeout: float = 20.0
+) -> bytes:
+    """Send ``data`` over TLS, close the sending side (close_notify, which TLS 1.3 allows
+    while the other side still answers), and return every byte the agent sends back until it
+    closes: how a test sends a truncated request and still sees the answer at once."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        tls_object = context.wrap_bio(incoming, outgoing)
+
+        def flush() -> None:
+            pending = outgoing.read()
+            if pending:
+                sock.sendall(pending)
+
+        def pull() -> bool:
+            chunk = sock.recv(65536)
+            if chunk:
+                incoming.write(chunk)
+            else:
+                incoming.write_eof()
+            return bool(chunk)
+
+        while True:
+            try:
+                tls_object.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                flush()
+                if not pull():
+                    return b""
+        tls_object.write(data)
+        with contextlib.suppress(ssl.SSLWantReadError):
+            tls_object.unwrap()
+        flush()
+        answer = b""
+        while True:
+            try:
+                chunk = tls_object.read(65536)
+            except ssl.SSLWantReadError:
+                if not pull():
+                    return answer
+                continue
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                return answer
+            if not chunk:
+                return answer
+            answer += chunk
 
 
 def cli(agent: AgentProcess, *args: str, check: bool = True) -> subprocess.CompletedProcess:

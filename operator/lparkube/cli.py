@@ -14,6 +14,7 @@ from lparkube import logs, runtime
 from lparkube.config import (
     AGENT_GATEWAY_PORT,
     AGENT_GATEWAY_SERVICE,
+    DEFAULT_IDENTITY_SECRET,
     DEFAULT_LEASE_NAME,
     LeaseConfig,
     Settings,
@@ -21,6 +22,7 @@ from lparkube.config import (
     default_identity,
     default_lease_namespace,
     parse_address,
+    parse_labels,
 )
 from lparkube.version import version
 
@@ -58,8 +60,24 @@ def _add_run_arguments(run: argparse.ArgumentParser) -> None:
     run.add_argument(
         "--agent-gateway-url",
         help="the gateway URL written into each partition's agent config (default: "
-        f"http://{AGENT_GATEWAY_SERVICE}.<lease namespace>.svc:{AGENT_GATEWAY_PORT})",
+        f"https://{AGENT_GATEWAY_SERVICE}.<lease namespace>.svc:{AGENT_GATEWAY_PORT})",
     )
+    run.add_argument(
+        "--identity-secret", default=DEFAULT_IDENTITY_SECRET,
+        help="Secret in the lease namespace holding the root of every agent key and TLS "
+        "identity; made on first start (default: %(default)s)",
+    )  # fmt: skip
+    network = run.add_argument_group("agent network policy")
+    network.add_argument(
+        "--agent-network-policy", action="store_true",
+        help="keep a NetworkPolicy per Partition: only the operator's pods reach the guest "
+        "agent's port (needs --operator-pod-labels)",
+    )  # fmt: skip
+    network.add_argument(
+        "--operator-pod-labels", default="", metavar="KEY=VALUE,...",
+        help="the labels of the operator's pods (in the lease namespace), which those "
+        "policies admit",
+    )  # fmt: skip
     lease = run.add_argument_group("leader election")
     lease.add_argument(
         "--lease-namespace", default=default_lease_namespace(),
@@ -79,6 +97,9 @@ def settings_from(args: argparse.Namespace) -> Settings:
     """Turn parsed ``run`` arguments into Settings; raises ValueError on bad values."""
     if args.kubeconfig is not None and not args.kubeconfig.is_file():
         raise ValueError(f"--kubeconfig {args.kubeconfig}: no such file")
+    operator_pod_labels = parse_labels(args.operator_pod_labels)
+    if args.agent_network_policy and not operator_pod_labels:
+        raise ValueError("--agent-network-policy needs --operator-pod-labels")
     lease = LeaseConfig(
         namespace=args.lease_namespace,
         name=args.lease_name,
@@ -98,6 +119,9 @@ def settings_from(args: argparse.Namespace) -> Settings:
         log_format=args.log_format,
         agent_gateway_address=parse_address(args.agent_gateway_address),
         agent_gateway_url=args.agent_gateway_url or default_gateway_url(args.lease_namespace),
+        identity_secret=args.identity_secret,
+        agent_network_policy=args.agent_network_policy,
+        operator_pod_labels=operator_pod_labels,
     )
 
 

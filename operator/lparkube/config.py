@@ -7,6 +7,7 @@ identity, namespaces and lease parameters the runtime uses.
 from __future__ import annotations
 
 import os
+import re
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -15,10 +16,16 @@ from typing import Literal
 
 DEFAULT_LEASE_NAMESPACE = "lparkube-system"
 DEFAULT_LEASE_NAME = "lparkube-operator"
+DEFAULT_IDENTITY_SECRET = "lparkube-identity"
 AGENT_GATEWAY_SERVICE = "lparkube-agent-gateway"
 AGENT_GATEWAY_PORT = 8081
 
 LogFormat = Literal["json", "text"]
+Labels = tuple[tuple[str, str], ...]
+
+_LABEL_NAME = r"([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)"
+_LABEL_KEY = re.compile(rf"([a-z0-9]([-a-z0-9.]{{0,251}}[a-z0-9])?/)?{_LABEL_NAME}")
+_LABEL_VALUE = re.compile(rf"{_LABEL_NAME}?")
 
 
 @dataclass(frozen=True)
@@ -75,6 +82,13 @@ class Settings:
     # The agent gateway listens only when asked (the CLI asks by default, on :8081).
     agent_gateway_address: Address | None = None
     agent_gateway_url: str = ""  # written into each agent's config; "": the in-cluster Service
+    # The Secret (in the lease namespace) holding the root every agent key and TLS identity
+    # derives from (adapters/agent_identity.py).
+    identity_secret: str = DEFAULT_IDENTITY_SECRET
+    # A NetworkPolicy per Partition admits only the operator's pods (these labels, in the lease
+    # namespace) to the agent's port (docs/agent-network.md).
+    agent_network_policy: bool = False
+    operator_pod_labels: Labels = ()
 
     @property
     def clusterwide(self) -> bool:
@@ -100,6 +114,17 @@ def parse_address(text: str) -> Address | None:
     return Address(host.removeprefix("[").removesuffix("]"), number)
 
 
+def parse_labels(text: str) -> Labels:
+    """``key=value[,key=value...]`` as Kubernetes label pairs; ValueError names a bad one."""
+    pairs = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not _LABEL_KEY.fullmatch(key) or not _LABEL_VALUE.fullmatch(value):
+            raise ValueError(f"expected KEY=VALUE labels, got {item!r}")
+        pairs.append((key, value))
+    return tuple(dict(pairs).items())
+
+
 def default_lease_namespace(environ: Mapping[str, str] = os.environ) -> str:
     """Use the pod's own namespace (downward API) so the Lease sits beside the Deployment."""
     return environ.get("POD_NAMESPACE") or DEFAULT_LEASE_NAMESPACE
@@ -108,7 +133,7 @@ def default_lease_namespace(environ: Mapping[str, str] = os.environ) -> str:
 def default_gateway_url(namespace: str | None) -> str:
     """The gateway's in-cluster Service URL, in the operator's (the Lease's) namespace."""
     namespace = namespace or DEFAULT_LEASE_NAMESPACE
-    return f"http://{AGENT_GATEWAY_SERVICE}.{namespace}.svc:{AGENT_GATEWAY_PORT}"
+    return f"https://{AGENT_GATEWAY_SERVICE}.{namespace}.svc:{AGENT_GATEWAY_PORT}"
 
 
 def default_identity() -> str:

@@ -23,7 +23,12 @@ from lparkube_devenv.controlplane import LocalControlPlane
 PSS_LABELS = {
     f"pod-security.kubernetes.io/{mode}": "restricted" for mode in ("enforce", "warn", "audit")
 }
-CLUSTER_KINDS = ("ClusterRole", "ClusterRoleBinding")
+CLUSTER_KINDS = (
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "ValidatingAdmissionPolicy",
+    "ValidatingAdmissionPolicyBinding",
+)
 
 
 @pytest.fixture

@@ -45,6 +45,8 @@ def test_defaults_render_the_expected_objects(default: list[dict]) -> None:
         "Deployment": 1,
         "ConfigMap": 1,
         "NetworkPolicy": 1,
+        "ValidatingAdmissionPolicy": 1,
+        "ValidatingAdmissionPolicyBinding": 1,
     }
     assert all(o["metadata"].get("namespace") in (None, "lparkube-system") for o in default)
 
@@ -76,8 +78,25 @@ def test_args_are_accepted_by_the_operator_cli(default: list[dict]) -> None:
     assert settings.identity == "pod-x"
     assert settings.clusterwide
     assert settings.agent_gateway_url == (
-        "http://lparkube-agent-gateway.lparkube-system.svc.cluster.local:8081"
+        "https://lparkube-agent-gateway.lparkube-system.svc.cluster.local:8081"
     )
+    assert settings.identity_secret == "lparkube-identity"
+    assert settings.agent_network_policy
+
+
+def test_agent_policies_admit_exactly_the_operators_pods(render: Render) -> None:
+    """On by default, naming the labels every operator pod has (the Deployment's selector);
+    off, the operator gets no flag, and keeps the rule that lets it delete what it made."""
+    default = render()
+    main = container(default)
+    parsed = cli.settings_from(cli.build_parser().parse_args(main["args"]))
+    selector = one(default, "Deployment")["spec"]["selector"]["matchLabels"]
+    assert dict(parsed.operator_pod_labels) == selector
+    off = render("--set", "agentNetworkPolicy.enabled=false")
+    assert not [a for a in container(off)["args"] if "network-policy" in a or "pod-labels" in a]
+    rules = [r for o in by_kind(off)["ClusterRole"] for r in o["rules"]]
+    assert {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"],
+            "verbs": ["list", "watch", "create", "patch", "delete"]} in rules  # fmt: skip
 
 
 def test_identity_and_namespace_come_from_the_downward_api(default: list[dict]) -> None:
@@ -152,7 +171,9 @@ def test_network_policy_peers_from_values(render: Render) -> None:
     assert "from" not in gateway  # guests in any namespace
 
 
-def test_lease_role_is_namespaced_and_names_the_lease(default: list[dict]) -> None:
+def test_release_role_is_namespaced_and_names_the_lease_and_root_secret(
+    default: list[dict],
+) -> None:
     role = one(default, "Role")
     assert role["metadata"]["namespace"] == "lparkube-system"
     named = [r for r in role["rules"] if r.get("resourceNames")]
@@ -162,7 +183,13 @@ def test_lease_role_is_namespaced_and_names_the_lease(default: list[dict]) -> No
             "resources": ["leases"],
             "resourceNames": ["lparkube-operator"],
             "verbs": ["get", "update"],
-        }
+        },
+        {
+            "apiGroups": [""],
+            "resources": ["secrets"],
+            "resourceNames": ["lparkube-identity"],
+            "verbs": ["get"],
+        },
     ]
     binding = one(default, "RoleBinding")
     assert binding["subjects"][0]["namespace"] == "lparkube-system"

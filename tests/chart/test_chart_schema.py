@@ -24,6 +24,14 @@ REJECTED = {
         ["--set", "leaderElection.renewDeadline=20"],
         "need renewInterval < renewDeadline < leaseDuration",
     ),
+    "admission policy switch as text": (
+        ["--set", "admissionPolicy.enabled=maybe"],
+        "/admissionPolicy/enabled",
+    ),
+    "admission policy typo": (
+        ["--set", "admissionPolicy.enable=false"],
+        "additional properties 'enable' not allowed",
+    ),
     "ServiceMonitor without the metrics Service": (
         ["--set", "serviceMonitor.enabled=true,metrics.service.enabled=false"],
         "serviceMonitor.enabled needs metrics.service.enabled",

@@ -1,8 +1,10 @@
 """The Helm chart's ServiceAccount as a real identity on the local control plane.
 
 The integration suite runs the operator as this identity, not as the admin, so a permission
-the chart forgot fails a flow instead of hiding behind system:masters. The objects come from
-``helm template`` of the real chart (the real helm), so what is proven is what ships.
+the chart forgot fails a flow instead of hiding behind system:masters. The chart's admission
+policy is applied with it, so every flow also runs under the policy (tests create Partitions as
+the admin, who passes its checks). The objects come from ``helm template`` of the real chart
+(the real helm), so what is proven is what ships.
 """
 
 from __future__ import annotations
@@ -18,12 +20,15 @@ from lparkube_devenv.controlplane import REPO_ROOT
 
 CHART_DIR = REPO_ROOT / "charts" / "lparkube"
 RBAC_KINDS = ("ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding")
+ADMISSION_KINDS = ("ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding")
+APPLIED_KINDS = RBAC_KINDS + ADMISSION_KINDS
 TOKEN_SECONDS = 6 * 3600  # outlives the longest test session
 
 
 @dataclass(frozen=True)
 class ChartIdentity:
-    """A chart release's ServiceAccount with its RBAC applied, and a kubeconfig that uses it."""
+    """A chart release's ServiceAccount with its RBAC (and admission policy) applied, and a
+    kubeconfig that uses it."""
 
     release: str
     namespace: str
@@ -53,9 +58,12 @@ def helm_template(
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
 
-def apply_rbac(api_client: client.ApiClient, objects: list[dict]) -> tuple[dict, ...]:
-    """Create the ServiceAccount and RBAC objects among ``objects``, as the admin."""
-    chosen = tuple(o for o in objects if o["kind"] in RBAC_KINDS)
+def apply_identity_and_policy(
+    api_client: client.ApiClient, objects: list[dict]
+) -> tuple[dict, ...]:
+    """Create the ServiceAccount, RBAC and admission policy objects among ``objects``, as the
+    admin."""
+    chosen = tuple(o for o in objects if o["kind"] in APPLIED_KINDS)
     for obj in chosen:
         utils.create_from_dict(api_client, obj)
     return chosen
@@ -109,9 +117,10 @@ def install_identity(
     admin_kubeconfig: Path,
     workdir: Path,
 ) -> ChartIdentity:
-    """Render the chart with default values, apply its identity, and log in as it."""
+    """Render the chart with default values, apply its identity and admission policy, and log
+    in as the identity."""
     objects = helm_template(helm, release, namespace, server_version(api_client))
-    applied = apply_rbac(api_client, objects)
+    applied = apply_identity_and_policy(api_client, objects)
     account = next(o for o in applied if o["kind"] == "ServiceAccount")["metadata"]["name"]
     token = request_token(api_client, namespace, account)
     path = write_token_kubeconfig(admin_kubeconfig, workdir / "kubeconfig", token, namespace)
@@ -121,9 +130,12 @@ def install_identity(
 def remove_cluster_objects(api_client: client.ApiClient, identity: ChartIdentity) -> None:
     """Delete the release's cluster-scoped objects (its namespace takes the rest)."""
     rbac = client.RbacAuthorizationV1Api(api_client)
+    admission = client.AdmissionregistrationV1Api(api_client)
     delete = {
         "ClusterRole": rbac.delete_cluster_role,
         "ClusterRoleBinding": rbac.delete_cluster_role_binding,
+        "ValidatingAdmissionPolicy": admission.delete_validating_admission_policy,
+        "ValidatingAdmissionPolicyBinding": admission.delete_validating_admission_policy_binding,
     }
     for obj in identity.objects:
         if obj["kind"] in delete:

@@ -15,10 +15,12 @@ from pathlib import Path
 
 import chart_identity
 import pytest
+from agent_tls import cluster_credentials, standalone_credentials, tls_material
 from kubernetes import client
 from saving_helpers import Fleet
 
-from lparkube_agent.testing import AgentProcess
+from lparkube.adapters.agent_identity import OperatorCredentials
+from lparkube_agent.testing import AgentProcess, TLSMaterial
 from lparkube_devenv.controlplane import LocalControlPlane, find_tool, free_port, wait_until
 from lparkube_devenv.kubevirt import StandIn
 from lparkube_devenv.kubevirt.logic import DRAIN_TAINT
@@ -56,6 +58,8 @@ def healthy_nodes(kubevirt: StandIn) -> Iterator[tuple[str, ...]]:
 
 OPERATOR_IDENTITY = "lparkube-integration"  # fixed: a restarted process renews its own Lease
 OPERATOR_START_TIMEOUT = 60.0
+# Agent NetworkPolicies are on, as the chart's default is; they admit pods with these labels.
+OPERATOR_POD_LABELS = "app.kubernetes.io/name=lparkube,app.kubernetes.io/component=operator"
 
 
 class OperatorProcess:
@@ -66,23 +70,36 @@ class OperatorProcess:
     to the same gateway URL.
     """
 
-    def __init__(self, kubeconfig: Path, lease_namespace: str, workdir: Path) -> None:
+    def __init__(
+        self,
+        kubeconfig: Path,
+        lease_namespace: str,
+        identity_secret: str,
+        workdir: Path,
+        *,
+        agent_network_policy: bool = True,
+    ) -> None:
+        self.kubeconfig = kubeconfig
         self.lease_namespace = lease_namespace
+        self.identity_secret = identity_secret
         self.health_url = f"http://127.0.0.1:{free_port()}"
         self.metrics_url = f"http://127.0.0.1:{free_port()}/metrics"
-        self.gateway_url = f"http://127.0.0.1:{free_port()}"
+        self.gateway_url = f"https://127.0.0.1:{free_port()}"
         self.log_path = workdir / "operator.log"
         self.argv = [
             str(Path(sys.executable).with_name("lparkube")), "run",
             "--kubeconfig", str(kubeconfig),
             "--health-address", self.health_url.removeprefix("http://"),
             "--metrics-address", self.metrics_url.removeprefix("http://").removesuffix("/metrics"),
-            "--agent-gateway-address", self.gateway_url.removeprefix("http://"),
+            "--agent-gateway-address", self.gateway_url.removeprefix("https://"),
             "--agent-gateway-url", self.gateway_url,
             "--lease-namespace", lease_namespace,
+            "--identity-secret", identity_secret,
             "--identity", OPERATOR_IDENTITY,
             "--log-format", "text",
         ]  # fmt: skip
+        if agent_network_policy:
+            self.argv += ["--agent-network-policy", f"--operator-pod-labels={OPERATOR_POD_LABELS}"]
         self.process: subprocess.Popen | None = None
 
     def start(self) -> OperatorProcess:
@@ -167,7 +184,9 @@ def operator(
         admin_kubeconfig=kubeconfig,
         workdir=workdir,
     )
-    process = OperatorProcess(identity.kubeconfig, lease_namespace, workdir)
+    # The chart's name for the root secret (its Role grants get on exactly this one).
+    identity_secret = f"{identity.release}-identity"
+    process = OperatorProcess(identity.kubeconfig, lease_namespace, identity_secret, workdir)
     process.start()
     yield process
     process.stop()
@@ -217,10 +236,22 @@ class GuestAgent:
 GuestAgentFactory = Callable[..., GuestAgent]
 
 
+@pytest.fixture(scope="session")
+def operator_credentials(
+    operator: OperatorProcess, api_client: client.ApiClient
+) -> OperatorCredentials:
+    """The running operator's identity (from its root secret) with a certificate of the
+    test's own: to call agents, or check what they were given, as the operator would."""
+    return cluster_credentials(api_client, operator.lease_namespace, operator.identity_secret)
+
+
+AGENT_FILES = ("ca.crt", "tls.crt", "tls.key")
+
+
 def read_agent_secret(
     api_client: client.ApiClient, namespace: str, name: str
-) -> tuple[bytes, dict]:
-    """The key and config.json the operator wrote for Partition namespace/name."""
+) -> tuple[bytes, dict, dict[str, bytes]]:
+    """The key, config.json and TLS files the operator wrote for Partition namespace/name."""
     custom = client.CustomObjectsApi(api_client)
     partition = custom.get_namespaced_custom_object(
         "lparkube.io", "v1alpha1", namespace, "partitions", name
@@ -228,12 +259,15 @@ def read_agent_secret(
     spec_name = ((partition.get("spec") or {}).get("agent") or {}).get("keySecretName")
     secret_name = spec_name or f"{name}-agent-key"
     secret = client.CoreV1Api(api_client).read_namespaced_secret(secret_name, namespace)
-    data = secret.data or {}
-    return base64.b64decode(data["key"]), json.loads(base64.b64decode(data["config.json"]))
+    data = {k: base64.b64decode(v) for k, v in (secret.data or {}).items()}
+    files = {name: data[name] for name in AGENT_FILES}
+    return data["key"], json.loads(data["config.json"]), files
 
 
 @pytest.fixture
-def guest_agent(api_client: client.ApiClient, tmp_path: Path) -> Iterator[GuestAgentFactory]:
+def guest_agent(
+    api_client: client.ApiClient, operator_credentials: OperatorCredentials, tmp_path: Path
+) -> Iterator[GuestAgentFactory]:
     """``guest_agent(namespace, name, ip="127.0.0.1", port=None, vmcoreinfo="1f5c8b000 1000")``
 
     Starts a real agent for a Partition the operator has set up: the key and config.json come
@@ -252,20 +286,21 @@ def guest_agent(api_client: client.ApiClient, tmp_path: Path) -> Iterator[GuestA
         vmcoreinfo: str | None = "1f5c8b000 1000\n",
         config: dict | None = None,
     ) -> GuestAgent:
-        def secret() -> tuple[bytes, dict] | None:
+        def secret() -> tuple[bytes, dict, dict[str, bytes]] | None:
             try:
                 return read_agent_secret(api_client, namespace, name)
             except (client.ApiException, KeyError):
                 return None
 
-        key, settings = wait_until(secret, 30, f"the agent key Secret of {namespace}/{name}")
+        key, settings, files = wait_until(secret, 30, f"the agent key Secret of {namespace}/{name}")
         listen_port = port if port is not None else int(settings["listen"].rpartition(":")[2])
         settings = {**settings, "listen": f"{ip}:{listen_port}", **(config or {})}
         root = tmp_path / f"agent-{namespace}-{name}-{len(started)}"
         root.mkdir()
         if vmcoreinfo is not None:
             (root / "vmcoreinfo").write_text(vmcoreinfo)
-        process = AgentProcess(root, settings["partition"], key, settings)
+        material = tls_material(operator_credentials, files)
+        process = AgentProcess(root, settings["partition"], key, settings, tls_material=material)
         agent = GuestAgent(process, ip)
         started.append(agent)
         process.start()
@@ -291,11 +326,24 @@ def fleet(
 
 
 @pytest.fixture
-def agent(tmp_path: Path) -> Iterator[AgentProcess]:
+def agent(tmp_path: Path, agent_tls: TLSMaterial) -> Iterator[AgentProcess]:
     """A real agent process in a temporary directory (no Kubernetes involved)."""
-    process = AgentProcess(tmp_path).start()
+    process = AgentProcess(tmp_path, tls_material=agent_tls).start()
     yield process
     process.close()
+
+
+@pytest.fixture(scope="session")
+def standalone_identity() -> OperatorCredentials:
+    """An identity for agents that run without an operator (the test plays the operator)."""
+    return standalone_credentials()
+
+
+@pytest.fixture(scope="session")
+def agent_tls(standalone_identity: OperatorCredentials) -> TLSMaterial:
+    """TLS for agents that run without an operator: the identity's CA, an agent certificate
+    and an operator certificate."""
+    return tls_material(standalone_identity)
 
 
 @pytest.fixture

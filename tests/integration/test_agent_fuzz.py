@@ -20,7 +20,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lparkube_agent import protocol
-from lparkube_agent.testing import AgentProcess, cli, lines, start_app
+from lparkube_agent.testing import (
+    AgentProcess,
+    ReceivedBytes,
+    TLSMaterial,
+    cli,
+    half_closed_exchange,
+    lines,
+    start_app,
+)
 
 TOTAL = 10_000
 THREADS = 8
@@ -274,19 +282,20 @@ MUTATIONS: dict[str, tuple[Callable[[Fuzzer], Case], int]] = {
 class Connection:
     """A keep-alive connection that reconnects when the agent closes it."""
 
-    def __init__(self, port: int) -> None:
-        self.port = port
+    def __init__(self, agent: AgentProcess) -> None:
+        self.agent = agent
         self.sock: socket.socket | None = None
 
     def exchange(self, data: bytes, oneshot: bool) -> tuple[int | None, dict, bytes]:
-        if oneshot:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=20) as sock:
-                return _exchange(sock, data, half_close=True)
+        if oneshot:  # a fresh connection, closed for sending after the data (over TLS too)
+            answer = half_closed_exchange(self.agent.operator_context(), self.agent.port, data)
+            return _parse(ReceivedBytes(answer))
         for attempt in (1, 2):
             if self.sock is None:
-                self.sock = socket.create_connection(("127.0.0.1", self.port), timeout=20)
+                self.sock = self.agent.connect(timeout=20)
             try:
-                status, headers, body = _exchange(self.sock, data, half_close=False)
+                self.sock.sendall(data)
+                status, headers, body = _parse(self.sock)
             except OSError:
                 self.close()
                 if attempt == 2:
@@ -304,15 +313,8 @@ class Connection:
             self.sock = None
 
 
-def _exchange(sock: socket.socket, data: bytes, half_close: bool) -> tuple[int | None, dict, bytes]:
-    try:
-        sock.sendall(data)
-        if half_close:
-            sock.shutdown(socket.SHUT_WR)
-    except OSError:
-        if not half_close:
-            raise
-    response = http.client.HTTPResponse(sock)
+def _parse(source: socket.socket | ReceivedBytes) -> tuple[int | None, dict, bytes]:
+    response = http.client.HTTPResponse(source)  # type: ignore[arg-type]
     try:
         response.begin()
         body = response.read()
@@ -324,7 +326,7 @@ def _exchange(sock: socket.socket, data: bytes, half_close: bool) -> tuple[int |
 
 def worker(agent: AgentProcess, seed: int, count: int, tally: Tally) -> None:
     fuzzer = Fuzzer(agent, random.Random(seed))
-    conn = Connection(agent.port)
+    conn = Connection(agent)
     try:
         for _ in range(count):
             case = fuzzer.case()
@@ -352,10 +354,10 @@ def worker(agent: AgentProcess, seed: int, count: int, tally: Tally) -> None:
         conn.close()
 
 
-def test_fuzz_the_agent_endpoint(tmp_path: Path) -> None:
+def test_fuzz_the_agent_endpoint(tmp_path: Path, agent_tls: TLSMaterial) -> None:
     seed = int(os.environ.get("LPARKUBE_FUZZ_SEED") or random.SystemRandom().getrandbits(32))
     print(f"fuzz seed: {seed} (LPARKUBE_FUZZ_SEED={seed} replays this run)")
-    agent = AgentProcess(tmp_path).start()
+    agent = AgentProcess(tmp_path, tls_material=agent_tls).start()
     out = tmp_path / "saves.log"
     # A socket app writes one line per save (signals could coalesce and hide a save).
     app, path = start_app("socket", "saver", out)

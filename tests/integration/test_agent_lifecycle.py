@@ -19,10 +19,19 @@ from pathlib import Path
 
 import pytest
 
+from lparkube.adapters.agent_identity import OperatorCredentials
 from lparkube_agent import config as configs
 from lparkube_agent import protocol
 from lparkube_agent.agent import Agent
-from lparkube_agent.testing import AgentProcess, Terminal, cli, lines, signed_request, start_app
+from lparkube_agent.testing import (
+    AgentProcess,
+    Terminal,
+    TLSMaterial,
+    cli,
+    lines,
+    signed_request,
+    start_app,
+)
 from lparkube_agent.version import VERSION
 
 PARTITION = "tenant-a/web-1"
@@ -42,7 +51,7 @@ class FakeOperator:
     """The operator's agent gateway: verifies each signed report and answers 204 signed
     (or, while `forge` > 0, with an unsigned answer the agent must not trust)."""
 
-    def __init__(self, key: bytes, port: int = 0) -> None:
+    def __init__(self, key: bytes, credentials: OperatorCredentials, port: int = 0) -> None:
         self.key, self.forge = key, 0
         self.reports: list[tuple[float, dict]] = []
         self.verifier = protocol.Verifier(key, PARTITION)
@@ -67,11 +76,14 @@ class FakeOperator:
                 pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", port), Gateway)
+        self.server.socket = credentials.server_context().wrap_socket(
+            self.server.socket, server_side=True
+        )
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
+        return f"https://127.0.0.1:{self.server.server_address[1]}"
 
     def close(self) -> None:
         self.server.shutdown()
@@ -93,14 +105,17 @@ def registered(agent: AgentProcess) -> list[str]:
 
 
 def test_signed_reports_at_boot_on_change_and_never_trusting_forged_answers(
-    tmp_path: Path, apps: list
+    tmp_path: Path, apps: list, standalone_identity: OperatorCredentials, agent_tls: TLSMaterial
 ) -> None:
     key = protocol.new_key()
-    operator = FakeOperator(key)
+    operator = FakeOperator(key, standalone_identity)
     operator.forge = 1
     (tmp_path / "vmcoreinfo").write_text("1f5c8b000 1000\n")
     agent = AgentProcess(
-        tmp_path, key=key, config={"operatorURL": operator.url, "reportIntervalSeconds": 30}
+        tmp_path,
+        key=key,
+        config={"operatorURL": operator.url, "reportIntervalSeconds": 30},
+        tls_material=agent_tls,
     ).start()
     try:
         wait_until(lambda: len(operator.reports) >= 2, timeout=5)
@@ -123,17 +138,21 @@ def test_signed_reports_at_boot_on_change_and_never_trusting_forged_answers(
     assert "Traceback" not in agent.log_path.read_text()
 
 
-def test_reports_retry_until_the_operator_is_reachable(tmp_path: Path) -> None:
+def test_reports_retry_until_the_operator_is_reachable(
+    tmp_path: Path, standalone_identity: OperatorCredentials, agent_tls: TLSMaterial
+) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     key = protocol.new_key()
-    url = f"http://127.0.0.1:{port}"
-    agent = AgentProcess(tmp_path, key=key, config={"operatorURL": url}).start()
+    url = f"https://127.0.0.1:{port}"
+    agent = AgentProcess(
+        tmp_path, key=key, config={"operatorURL": url}, tls_material=agent_tls
+    ).start()
     try:
         time.sleep(1.5)  # a few failed attempts
         assert agent.alive()
-        operator = FakeOperator(key, port)
+        operator = FakeOperator(key, standalone_identity, port)
         try:
             wait_until(lambda: operator.reports, timeout=8)
         finally:
@@ -231,7 +250,9 @@ def test_run_wrapper_registers_again_after_the_agent_restarts(
 # --- the zipapp -------------------------------------------------------------------------------
 
 
-def test_zipapp_is_self_contained_and_serves(tmp_path: Path, apps: list) -> None:
+def test_zipapp_is_self_contained_and_serves(
+    tmp_path: Path, apps: list, agent_tls: TLSMaterial
+) -> None:
     pyz = tmp_path / "lparkube-agent.pyz"
     subprocess.run([sys.executable, "-m", "lparkube_agent.build", str(pyz)], check=True)
     names = zipfile.ZipFile(pyz).namelist()
@@ -250,7 +271,7 @@ def test_zipapp_is_self_contained_and_serves(tmp_path: Path, apps: list) -> None
 
     root = tmp_path / "zipapp-agent"
     root.mkdir()
-    agent = AgentProcess(root, command=[python, "-I", str(pyz)]).start()
+    agent = AgentProcess(root, command=[python, "-I", str(pyz)], tls_material=agent_tls).start()
     try:
         assert agent.request("GET", "/v1/report")[0] == 200
         signal_app(apps, agent, "zipped", tmp_path / "out")
@@ -276,11 +297,16 @@ def test_systemd_unit_is_valid(tmp_path: Path) -> None:
     assert "lparkube-agent.service" not in check.stderr, check.stderr
 
 
-def test_in_process_agent_answers_signed_requests(tmp_path: Path) -> None:
-    """The operator's benchmarks run many agents in one process: no files, no socket."""
+def test_in_process_agent_answers_signed_requests(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, agent_tls: TLSMaterial
+) -> None:
+    """The operator's benchmarks run many agents in one process: no state files, no socket
+    (the TLS files, shared, live elsewhere)."""
+    tls_dir = tmp_path_factory.mktemp("tls")
     config = configs.Config(
         partition="tenant-a/web-1",
         key=b"k" * 32,
+        tls=agent_tls.write_agent_files(tls_dir),
         listen=("127.0.0.1", 0),
         state_dir=None,
         socket=None,
@@ -298,6 +324,7 @@ def test_in_process_agent_answers_signed_requests(tmp_path: Path) -> None:
             method="POST",
             path="/v1/save",
             body=b'{"id": "e1", "waitSeconds": 5}',
+            context=agent_tls.operator_context(tls_dir),
         )
         assert (status, answer["state"], answer["applications"]) == (200, "Completed", [])
     finally:

@@ -17,15 +17,25 @@ from pathlib import Path
 import pytest
 
 from lparkube_agent import protocol
-from lparkube_agent.testing import AgentProcess, cli, lines, start_app
+from lparkube_agent.testing import (
+    AgentProcess,
+    ReceivedBytes,
+    TLSMaterial,
+    cli,
+    half_closed_exchange,
+    lines,
+    start_app,
+)
 
 NOBODY = 65534
 
 
 @pytest.fixture(scope="module")
-def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentProcess]:
+def agent(
+    tmp_path_factory: pytest.TempPathFactory, agent_tls: TLSMaterial
+) -> Iterator[AgentProcess]:
     """One agent for the module: every refusal below must leave it unchanged anyway."""
-    process = AgentProcess(tmp_path_factory.mktemp("agent")).start()
+    process = AgentProcess(tmp_path_factory.mktemp("agent"), tls_material=agent_tls).start()
     yield process
     process.stop()
     assert "Traceback" not in process.log_path.read_text()
@@ -78,7 +88,9 @@ def signed(
 def send(
     agent: AgentProcess, body: bytes, headers: dict[str, str], path: str = "/v1/save"
 ) -> tuple[int, dict[str, str], dict]:
-    conn = http.client.HTTPConnection("127.0.0.1", agent.port, timeout=15)
+    conn = http.client.HTTPSConnection(
+        "127.0.0.1", agent.port, timeout=15, context=agent.operator_context()
+    )
     try:
         conn.request("POST", path, body, headers)
         response = conn.getresponse()
@@ -89,12 +101,11 @@ def send(
 
 
 def raw(agent: AgentProcess, data: bytes) -> tuple[int, dict]:
-    with socket.create_connection(("127.0.0.1", agent.port), timeout=15) as sock:
-        sock.sendall(data)
-        sock.shutdown(socket.SHUT_WR)
-        response = http.client.HTTPResponse(sock)
-        response.begin()
-        return response.status, json.loads(response.read())
+    """Bytes as they are, over the operator's TLS, closed for sending after them."""
+    answer = half_closed_exchange(agent.operator_context(), agent.port, data, timeout=15)
+    response = http.client.HTTPResponse(ReceivedBytes(answer))  # type: ignore[arg-type]
+    response.begin()
+    return response.status, json.loads(response.read())
 
 
 def assert_ran_nothing(saver: Saver) -> None:
@@ -160,7 +171,11 @@ def test_expired_or_future(agent: AgentProcess, saver: Saver, skew: int) -> None
 def test_oversized_body(agent: AgentProcess, saver: Saver) -> None:
     body = b'{"id": "big", "pad": "' + b"x" * (protocol.MAX_BODY_BYTES + 10) + b'"}'
     _, headers = signed(agent, body)
-    refused(*send(agent, body, headers)[::2], 413, "oversized")
+    # Refused on its Content-Length, before a byte of the body is read: only the head is sent
+    # (the agent closes at once, which could break sending the rest over TLS).
+    fields = "".join(f"{k}: {v}\r\n" for k, v in headers.items() if k.lower() != "content-length")
+    head = f"POST /v1/save HTTP/1.1\r\n{fields}Content-Length: {len(body)}\r\n\r\n"
+    refused(*raw(agent, head.encode()), 413, "oversized")
     # A huge declared length is refused at once, without waiting for the body.
     start = time.monotonic()
     status, answer = raw(agent, b"POST /v1/save HTTP/1.1\r\nContent-Length: 999999999\r\n\r\n")
@@ -211,10 +226,32 @@ def test_malformed_http(agent: AgentProcess, saver: Saver) -> None:
     assert_ran_nothing(saver)
 
 
+@pytest.mark.parametrize("length", [b"\xb2", b"1\xb9", "٢".encode(), b"+2", b"0x2"])
+def test_a_content_length_in_other_digits_is_malformed_not_a_crash(
+    agent: AgentProcess, saver: Saver, length: bytes
+) -> None:
+    _, headers = signed(agent, b"{}")
+    head = "".join(f"{k}: {v}\r\n" for k, v in headers.items()).encode()
+    request = b"POST /v1/save HTTP/1.1\r\n" + head + b"Content-Length: " + length + b"\r\n\r\n{}"
+    refused(*raw(agent, request), 400, "malformed")
+    assert_ran_nothing(saver)
+
+
+@pytest.mark.parametrize("rewrite", ["0{}", "\xa0{}", "{}\xb2", "\xb2"])
+def test_a_rewritten_timestamp_is_malformed_and_runs_nothing(
+    agent: AgentProcess, saver: Saver, rewrite: str
+) -> None:
+    body = save_body("rewritten")
+    _, headers = signed(agent, body)
+    headers[protocol.HEADER_TIMESTAMP] = rewrite.format(headers[protocol.HEADER_TIMESTAMP])
+    refused(*send(agent, body, headers)[::2], 400, "malformed")
+    assert_ran_nothing(saver)
+
+
 def test_slow_clients_do_not_block_others(agent: AgentProcess, saver: Saver) -> None:
     stalled = []
     for _ in range(20):
-        sock = socket.create_connection(("127.0.0.1", agent.port))
+        sock = agent.connect()
         sock.sendall(b"POST /v1/save HTTP/1.1\r\nContent-Length: 100\r\n\r\n{")
         stalled.append(sock)
     try:

@@ -23,7 +23,7 @@ import pytest
 from kubernetes import client
 
 from lparkube import runtime
-from lparkube.config import Address, LeaseConfig, Settings
+from lparkube.config import DEFAULT_IDENTITY_SECRET, Address, LeaseConfig, Settings
 from lparkube.version import version
 from lparkube_devenv.controlplane import LocalControlPlane, find_tool, free_port, wait_until
 
@@ -41,7 +41,14 @@ def lparkube_executable() -> str:
 class Replica:
     """One ``lparkube run`` process in its own session, with its ports and log files."""
 
-    def __init__(self, kubeconfig: Path, lease_namespace: str, identity: str, workdir: Path):
+    def __init__(
+        self,
+        kubeconfig: Path,
+        lease_namespace: str,
+        identity: str,
+        workdir: Path,
+        identity_secret: str = DEFAULT_IDENTITY_SECRET,
+    ):
         self.identity = identity
         self.health = f"http://127.0.0.1:{free_port()}"
         self.metrics = f"http://127.0.0.1:{free_port()}"
@@ -56,6 +63,7 @@ class Replica:
             "--agent-gateway-address", f"127.0.0.1:{free_port()}",
             "--lease-namespace", lease_namespace,
             "--identity", identity,
+            "--identity-secret", identity_secret,
         ]  # fmt: skip
         self.process: subprocess.Popen | None = None
 
@@ -156,7 +164,9 @@ def replicas(
     started: list[Replica] = []
 
     def make(name: str) -> Replica:
-        replica = Replica(identity.kubeconfig, namespace, name, tmp_path)
+        # the chart's name for the root secret: its Role grants get on that one only
+        secret = f"{identity.release}-identity"
+        replica = Replica(identity.kubeconfig, namespace, name, tmp_path, secret)
         started.append(replica)
         return replica
 

@@ -1,7 +1,9 @@
-"""The operator's agent gateway, attacked over HTTP: nothing that is not validly signed, fresh
-and newer than the last accepted report changes a Partition; a valid report does. Floods,
-idle and slow connections, replays across a restart and report storms cost the operator
-neither API calls nor its agents' heartbeats."""
+"""The operator's agent gateway, attacked over its TLS port: nothing that is not validly
+signed, fresh and newer than the last accepted report changes a Partition; a valid report does.
+Floods, idle and slow connections, replays across a restart and report storms cost the operator
+neither API calls nor its agents' heartbeats. Clients speak TLS with certificates the
+operator's identity issues (as a Partition's Secret delivers them, or as the agent of a
+Partition that is gone still holds)."""
 
 from __future__ import annotations
 
@@ -11,12 +13,14 @@ import json
 import os
 import secrets
 import socket
+import ssl
 import threading
 import time
 import urllib.error
 import urllib.request
 from collections import Counter
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -24,7 +28,8 @@ from kubernetes import client, watch
 from partition_helpers import GROUP, PLURAL, VERSION, Partitions, partition_manifest, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
-from lparkube_agent import protocol
+from lparkube.adapters.agent_identity import OperatorCredentials
+from lparkube_agent import protocol, tls
 from lparkube_agent.client import Client
 from lparkube_devenv.controlplane import free_port
 from lparkube_devenv.kubevirt import StandIn
@@ -41,13 +46,31 @@ def parts(api_client: client.ApiClient, kubevirt: StandIn, namespace: str) -> Pa
     return Partitions(api_client, kubevirt, namespace)
 
 
+def agent_context(
+    credentials: OperatorCredentials, partition: str, uid: str, directory: Path
+) -> ssl.SSLContext:
+    """The TLS client side of the agent of ``partition`` (with that uid): the files its key
+    Secret delivers, as the operator's identity makes them."""
+    namespace, name = partition.split("/")
+    made = credentials.identity.agent_credentials(namespace, name, uid)
+    stem = directory / f"{namespace}-{name}"
+    files = tls.TLSFiles(
+        stem.with_suffix(".ca"), stem.with_suffix(".crt"), stem.with_suffix(".key")
+    )
+    files.ca.write_bytes(made.ca_pem)
+    files.cert.write_bytes(made.cert_pem)
+    files.key.write_bytes(made.key_pem)
+    return tls.client_context(files)
+
+
 class Gateway:
     """Sends reports to the operator's gateway the way an agent does, or not."""
 
-    def __init__(self, url: str, partition: str, key: bytes) -> None:
+    def __init__(self, url: str, partition: str, key: bytes, context: ssl.SSLContext) -> None:
         self.url = f"{url}/v1/reports"
         self.partition = partition
         self.key = key
+        self.context = context  # TLS as the partition's agent (its delivered certificate)
 
     def headers(self, body: bytes, **overrides: object) -> tuple[protocol.Signed, dict]:
         key = overrides.pop("key", self.key)
@@ -59,7 +82,7 @@ class Gateway:
     def post(self, body: bytes, headers: dict) -> tuple[int, bytes, dict]:
         request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
         try:
-            with urllib.request.urlopen(request, timeout=10) as response:
+            with urllib.request.urlopen(request, timeout=10, context=self.context) as response:
                 return response.status, response.read(), dict(response.headers)
         except urllib.error.HTTPError as error:
             return error.code, error.read(), dict(error.headers)
@@ -120,15 +143,39 @@ def counter(samples: dict, name: str) -> float:
     return samples.get((f"{name}_total", ()), 0.0)
 
 
-def ready_partition(parts: Partitions, operator: OperatorProcess, name: str, ip: str) -> Gateway:
-    parts.create(partition_manifest(name, ip, free_port()))
-    parts.wait_condition(name, "VMReady", "True")
-    key = parts.secret_file(f"{name}-agent-key", "key")
-    return Gateway(operator.gateway_url, f"{parts.namespace}/{name}", key)
+class Agents:
+    """Gateways as the agents of this test's Partitions (or of ones that do not exist)."""
+
+    def __init__(
+        self, parts: Partitions, operator: OperatorProcess, credentials: OperatorCredentials
+    ) -> None:
+        self.parts, self.operator, self.credentials = parts, operator, credentials
+
+    def ready(self, name: str, ip: str, directory: Path) -> Gateway:
+        """A new Partition whose VM runs, and its agent's gateway client."""
+        created = self.parts.create(partition_manifest(name, ip, free_port()))
+        self.parts.wait_condition(name, "VMReady", "True")
+        key = self.parts.secret_file(f"{name}-agent-key", "key")
+        return self.gateway(
+            f"{self.parts.namespace}/{name}", created["metadata"]["uid"], key, directory
+        )
+
+    def gateway(self, partition: str, uid: str, key: bytes, directory: Path) -> Gateway:
+        context = agent_context(self.credentials, partition, uid, directory)
+        return Gateway(self.operator.gateway_url, partition, key, context)
 
 
-def test_forged_reports_change_nothing(parts: Partitions, operator: OperatorProcess) -> None:
-    gateway = ready_partition(parts, operator, "target", "127.0.0.41")
+@pytest.fixture
+def agents(
+    parts: Partitions, operator: OperatorProcess, operator_credentials: OperatorCredentials
+) -> Agents:
+    return Agents(parts, operator, operator_credentials)
+
+
+def test_forged_reports_change_nothing(
+    parts: Partitions, operator: OperatorProcess, agents: Agents, tmp_path: Path
+) -> None:
+    gateway = agents.ready("target", "127.0.0.41", tmp_path)
     key = gateway.key
     body = json.dumps(REPORT).encode()
 
@@ -175,7 +222,7 @@ def test_forged_reports_change_nothing(parts: Partitions, operator: OperatorProc
     assert heartbeat_fields(parts, "target") == before
 
     samples = scrape(operator)
-    for result in ("accepted", "unsigned", "bad-signature", "unknown-partition", "stale"):
+    for result in ("accepted", "unsigned", "bad-signature", "wrong-partition", "stale"):
         assert reports(samples, result) > 0, result
     for result in ("replayed", "oversized"):
         assert reports(samples, result) > 0, result
@@ -190,17 +237,27 @@ def stamp(seconds: int) -> str:
 
 
 def test_unknown_partitions_and_bad_signatures_get_one_answer(
-    parts: Partitions, operator: OperatorProcess
+    parts: Partitions, agents: Agents, tmp_path: Path
 ) -> None:
-    """No existence oracle: in this namespace or any other, a name with no Partition behind
-    it gets byte for byte the answer a real Partition's wrong signature gets."""
-    gateway = ready_partition(parts, operator, "real", "127.0.0.42")
+    """No existence oracle: a real Partition's wrong signature, a name with no Partition
+    behind it (here or in another namespace; asked with a certificate for that name, as a
+    deleted Partition's agent still holds one) and a name other than the certificate's all
+    get byte for byte the same answer."""
+    real = agents.ready("real", "127.0.0.42", tmp_path)
     body = json.dumps(REPORT).encode()
     stranger = secrets.token_bytes(32)
-    names = [gateway.partition, f"{parts.namespace}/ghost", "kube-system/real", "no-such-ns/x"]
+    ghosts = [
+        agents.gateway(name, "gone-uid", stranger, tmp_path)
+        for name in (f"{parts.namespace}/ghost", "kube-system/real")
+    ]
+    asks = [
+        (real, real.partition),
+        *((ghost, ghost.partition) for ghost in ghosts),
+        (real, f"{parts.namespace}/ghost"),
+    ]
     answers = [
-        gateway.answer(body, gateway.headers(body, key=stranger, partition=name)[1])
-        for name in names
+        sender.answer(body, sender.headers(body, key=stranger, partition=name)[1])
+        for sender, name in asks
     ]
     assert answers[0][0] == 401
     assert json.loads(answers[0][1]) == {
@@ -213,13 +270,20 @@ def test_unknown_partitions_and_bad_signatures_get_one_answer(
 # --- floods and slow clients -----------------------------------------------------------------
 
 
-async def flood(port: int, names: int, idle: int, concurrency: int) -> Counter:
+async def flood(
+    port: int, context: ssl.SSLContext, names: int, idle: int, concurrency: int
+) -> Counter:
     """``idle`` connections that never send a byte, from 20 addresses (pods), and meanwhile
     ``names`` reports for partitions that do not exist, signed with random keys, each on its
-    own connection, from 8 other addresses; the statuses they were answered with."""
+    own TLS connection with ``context``'s certificate, from 8 other addresses; the statuses
+    they were answered with."""
 
-    async def connect(source: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        return await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
+    async def connect(
+        source: str, tls_context: ssl.SSLContext | None = None
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        return await asyncio.open_connection(
+            "127.0.0.1", port, local_addr=(source, 0), ssl=tls_context
+        )
 
     body = json.dumps(REPORT).encode()
     statuses: Counter = Counter()
@@ -238,12 +302,13 @@ async def flood(port: int, names: int, idle: int, concurrency: int) -> Counter:
         lines = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
         head = f"POST /v1/reports HTTP/1.1\r\nHost: gateway\r\nContent-Length: {len(body)}\r\n"
         async with gate:
-            reader, writer = await connect(f"127.0.2.{i % 8 + 1}")
-            writer.write(f"{head}{lines}\r\n".encode() + body)
             try:
+                reader, writer = await connect(f"127.0.2.{i % 8 + 1}", context)
+                writer.write(f"{head}{lines}\r\n".encode() + body)
                 status = (await reader.readline()).split(b" ")[1].decode()
-            except (IndexError, ConnectionError):
-                status = "closed"
+            except (IndexError, OSError):
+                statuses["closed"] += 1
+                return
             statuses[status] += 1
             writer.close()
 
@@ -258,15 +323,14 @@ def report_failures(log_text: str) -> int:
 
 
 def test_a_flood_of_fresh_names_costs_no_lookup_and_no_heartbeat(
-    parts: Partitions,
-    operator: OperatorProcess,
-    guest_agent: GuestAgentFactory,
-    api_client: client.ApiClient,
+    agents: Agents, guest_agent: GuestAgentFactory, api_client: client.ApiClient, tmp_path: Path
 ) -> None:
-    """Thousands of reports for partitions that do not exist, plus more idle connections than
-    the gateway holds, from 28 other addresses: not one key lookup (the API server serves only
-    what the real agent's reports cost), and a real agent reporting every second through it
-    never misses its 3s heartbeat."""
+    """Thousands of reports for partitions that do not exist (over TLS with the certificate of
+    a Partition that is gone), plus more idle connections than the gateway holds, from 28
+    other addresses: not one key lookup (the API server serves only what the real agent's
+    reports cost), and a real agent reporting every second through it never misses its 3s
+    heartbeat."""
+    parts, operator = agents.parts, agents.operator
     parts.create(partition_manifest("steady", "127.0.0.43", free_port()))
     parts.wait_condition("steady", "VMReady", "True")
     agent = guest_agent(parts.namespace, "steady", ip="127.0.0.43")
@@ -276,15 +340,16 @@ def test_a_flood_of_fresh_names_costs_no_lookup_and_no_heartbeat(
     before, reads_before = scrape(operator), api_reads(api_client)
 
     port = int(operator.gateway_url.rsplit(":", 1)[1])
+    stolen = agent_context(agents.credentials, "flood/gone", "gone-uid", tmp_path)
     started = time.monotonic()
-    statuses = asyncio.run(flood(port, names=3000, idle=1100, concurrency=256))
+    statuses = asyncio.run(flood(port, stolen, names=2000, idle=1100, concurrency=128))
     flooded_for = time.monotonic() - started
 
     after, reads = scrape(operator), api_reads(api_client) - reads_before
-    assert set(statuses) <= {"401", "closed"} and statuses["401"] > 1000, statuses
+    assert set(statuses) <= {"401", "closed"} and statuses["401"] > 400, statuses
     assert reads < 10 * flooded_for + 20, f"{reads} GETs of Partitions and Secrets"
-    unknown = reports(after, "unknown-partition") - reports(before, "unknown-partition")
-    assert unknown == statuses["401"]
+    refused = reports(after, "wrong-partition") - reports(before, "wrong-partition")
+    assert refused == statuses["401"], "another name than the certificate's, answered as unknown"
     assert counter(after, "lparkube_agent_key_lookups") == counter(
         before, "lparkube_agent_key_lookups"
     ), "an unknown name must cost no API call"
@@ -312,11 +377,17 @@ def closed_within(sock: socket.socket, timeout: float) -> float | None:
 
 
 def test_idle_slow_header_and_slow_body_connections_are_closed(
-    operator: OperatorProcess,
+    operator: OperatorProcess, operator_credentials: OperatorCredentials, tmp_path: Path
 ) -> None:
-    host, port = operator.gateway_url.removeprefix("http://").rsplit(":", 1)
+    """A connection that never says hello, and TLS connections that dribble their headers or
+    their body, are all closed by the gateway's deadline for a whole request."""
+    host, port = operator.gateway_url.removeprefix("https://").rsplit(":", 1)
+    context = agent_context(operator_credentials, "slow/client", "uid", tmp_path)
     head = b"POST /v1/reports HTTP/1.1\r\nHost: gateway\r\nContent-Length: 1000\r\n"
-    idle, slow_head, slow_body = (socket.create_connection((host, int(port))) for _ in range(3))
+    idle = socket.create_connection((host, int(port)))
+    slow_head, slow_body = (
+        context.wrap_socket(socket.create_connection((host, int(port)))) for _ in range(2)
+    )
     slow_body.sendall(head + b"\r\n")
     stop = threading.Event()
 
@@ -348,11 +419,11 @@ def test_idle_slow_header_and_slow_body_connections_are_closed(
 
 
 def test_a_replay_after_a_restart_never_moves_the_heartbeat(
-    parts: Partitions, operator: OperatorProcess
+    parts: Partitions, operator: OperatorProcess, agents: Agents, tmp_path: Path
 ) -> None:
     """The last accepted signed time lives in status, not only in memory: a report captured
     before an operator restart is refused after it, and the heartbeat stays where it was."""
-    gateway = ready_partition(parts, operator, "replayed", "127.0.0.44")
+    gateway = agents.ready("replayed", "127.0.0.44", tmp_path)
     body = json.dumps(REPORT).encode()
     earlier = gateway.headers(body, now=time.time() - 5)[1]  # captured, never delivered
     signed, captured = gateway.headers(body)
@@ -444,12 +515,12 @@ def test_a_registration_storm_makes_few_status_writes(
 
 
 def test_a_burst_of_signed_reports_is_written_once_a_second(
-    parts: Partitions, operator: OperatorProcess
+    parts: Partitions, operator: OperatorProcess, agents: Agents, tmp_path: Path
 ) -> None:
     """A key holder bypassing the agent's pacing: 20 reports signed in 20 successive seconds,
     sent within half a second. Every one is answered 204 once it (or a later one) is written,
     and the Partition is written at most once a second."""
-    gateway = ready_partition(parts, operator, "burst", "127.0.0.46")
+    gateway = agents.ready("burst", "127.0.0.46", tmp_path)
     before = scrape(operator)
     writes = StatusWrites(parts, "burst")
     now = int(time.time())

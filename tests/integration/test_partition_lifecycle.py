@@ -23,6 +23,8 @@ from lparkube_devenv.kubevirt import VM, StandIn
 if TYPE_CHECKING:
     from conftest import OperatorProcess
 
+    from lparkube.adapters.agent_identity import OperatorCredentials
+
 pytestmark = pytest.mark.usefixtures("operator")
 
 
@@ -40,11 +42,15 @@ def agent_cli(agent, *args: str) -> str:
 
 
 def test_template_partition_end_to_end(
-    parts: Partitions, operator: OperatorProcess, guest_agent, kubectl
+    parts: Partitions,
+    operator: OperatorProcess,
+    operator_credentials: OperatorCredentials,
+    guest_agent,
+    kubectl,
 ) -> None:
     ip, port = "127.0.0.21", free_port()
     created = parts.create(partition_manifest("web-1", ip, port))
-    key = check_vm_and_secret(parts, operator, created, port)
+    check_vm_and_secret(parts, operator, operator_credentials, created, port)
 
     # Status mirrors the running VMI; no agent yet.
     status = parts.wait_condition("web-1", "VMReady", "True")
@@ -68,7 +74,7 @@ def test_template_partition_end_to_end(
     assert reported["version"] and reported["lastHeartbeatTime"] and reported["bootTime"]
     assert parts.condition("web-1", "Ready")["status"] == "True"
 
-    check_registered_app(parts, agent, key, kubectl)
+    check_registered_app(parts, agent, operator_credentials, kubectl)
 
     # The agent stops: AgentConnected turns False after heartbeatTimeout (3s).
     agent.stop()
@@ -87,10 +93,15 @@ def test_template_partition_end_to_end(
 
 
 def check_vm_and_secret(
-    parts: Partitions, operator: OperatorProcess, created: dict, port: int
-) -> bytes:
-    """The VM is controlled by the Partition and gets the key as a disk; the Secret holds a
-    fresh key and the agent config; no cluster credential reaches the VM."""
+    parts: Partitions,
+    operator: OperatorProcess,
+    credentials: OperatorCredentials,
+    created: dict,
+    port: int,
+) -> None:
+    """The VM is controlled by the Partition and gets the key as a disk; the Secret holds the
+    Partition's key, its TLS files and the agent config; no cluster credential reaches the
+    VM."""
     uid = created["metadata"]["uid"]
     vm = wait_for(lambda: parts.vm("web-1"), "the VM")
     (ref,) = vm["metadata"]["ownerReferences"]
@@ -105,8 +116,16 @@ def check_vm_and_secret(
 
     wait_for(lambda: parts.secret("web-1-agent-key"), "the key Secret")
     key = parts.secret_file("web-1-agent-key", "key")
-    assert len(key) == 32
+    # derived from the operator's root secret and this Partition's uid, never stored elsewhere
+    assert key == credentials.identity.partition_key(parts.namespace, "web-1", uid)
     assert base64.b64encode(key).decode() not in json.dumps(vm)
+    made = credentials.identity.agent_credentials(parts.namespace, "web-1", uid)
+    for name, pem in (
+        ("ca.crt", made.ca_pem),
+        ("tls.crt", made.cert_pem),
+        ("tls.key", made.key_pem),
+    ):
+        assert parts.secret_file("web-1-agent-key", name) == pem
     assert parts.agent_config("web-1-agent-key") == {
         "partition": f"{parts.namespace}/web-1",
         "listen": f"0.0.0.0:{port}",
@@ -115,10 +134,11 @@ def check_vm_and_secret(
     }
     secret_owner = parts.secret("web-1-agent-key").metadata.owner_references[0]
     assert (secret_owner.uid, secret_owner.controller) == (uid, True)
-    return key
 
 
-def check_registered_app(parts: Partitions, agent, key: bytes, kubectl) -> None:
+def check_registered_app(
+    parts: Partitions, agent, credentials: OperatorCredentials, kubectl
+) -> None:
     """A registered app shows in status and columns; the operator's client reaches the agent."""
     sleeper = subprocess.Popen(["sleep", "120"])
     try:
@@ -126,8 +146,9 @@ def check_registered_app(parts: Partitions, agent, key: bytes, kubectl) -> None:
         wait_for(lambda: parts.status("web-1")["agent"].get("applications") == 1, "apps = 1")
 
         status = parts.status("web-1")
-        target = AgentTarget(f"{parts.namespace}/web-1", status["agent"]["endpoint"], key)
-        report = asyncio.run(_report(target))
+        uid = parts.get("web-1")["metadata"]["uid"]
+        target = AgentTarget(parts.namespace, "web-1", uid, status["agent"]["endpoint"])
+        report = asyncio.run(_report(credentials, target))
         assert [app["name"] for app in report["applications"]] == ["db"]
 
         table = kubectl("get", "partitions", "-n", parts.namespace).stdout.splitlines()
@@ -140,8 +161,8 @@ def check_registered_app(parts: Partitions, agent, key: bytes, kubectl) -> None:
         sleeper.wait()
 
 
-async def _report(target: AgentTarget) -> dict:
-    agents = AgentClient()
+async def _report(credentials: OperatorCredentials, target: AgentTarget) -> dict:
+    agents = AgentClient(credentials)
     try:
         return await agents.report(target)
     finally:
@@ -251,3 +272,27 @@ def test_an_edited_vm_template_reaches_the_vm_but_not_its_run_strategy(
     volumes = {v["name"] for v in vm["spec"]["template"]["spec"]["volumes"]}
     assert volumes == {"root", "lparkube-agent"}, "the key disk stays"
     wait_for(lambda: "VMUpdated" in parts.reasons("grow"), "a VMUpdated event")
+
+
+def test_a_secret_the_partition_does_not_own_is_never_written(
+    parts: Partitions, api_client: client.ApiClient
+) -> None:
+    """keySecretName naming a tenant's own Secret (a database password, say): the operator
+    may patch Secrets anywhere, but its patch tests the owner reference first, so the Secret
+    keeps every byte and the Partition says KeySecretConflict."""
+    core = client.CoreV1Api(api_client)
+    precious = {"metadata": {"name": "db-password"}, "stringData": {"password": "s3cret"}}
+    before = core.create_namespaced_secret(parts.namespace, precious)
+    manifest = partition_manifest("web-9", "127.0.0.29", free_port(), keySecretName="db-password")
+    parts.create(manifest)
+    status = parts.wait_condition("web-9", "VMReady", "False")
+    condition = next(c for c in status["conditions"] if c["type"] == "VMReady")
+    assert condition["reason"] == "KeySecretConflict"
+    assert "db-password exists and is not this Partition's" in condition["message"]
+    after = core.read_namespaced_secret("db-password", parts.namespace)
+    assert after.data == before.data and after.metadata.resource_version == (
+        before.metadata.resource_version
+    )
+    assert not after.metadata.owner_references
+    assert parts.vm("web-9") is None  # nothing made for a Partition whose Secret conflicts
+    wait_for(lambda: "KeySecretConflict" in parts.reasons("web-9"), "the Warning")

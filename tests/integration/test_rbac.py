@@ -78,6 +78,13 @@ FORBIDDEN: dict[str, Attributes] = {
     "delete pods": {"verb": "delete", "resource": "pods", "namespace": "default"},
     "read configmaps": {"verb": "list", "resource": "configmaps"},
     "watch secrets": {"verb": "watch", "resource": "secrets"},
+    "get secrets anywhere": {"verb": "get", "resource": "secrets"},
+    "list secrets anywhere": {"verb": "list", "resource": "secrets"},
+    "get a tenant's secret": {
+        "verb": "get", "resource": "secrets", "namespace": "default", "name": "db-password",
+    },
+    "list a tenant's secrets": {"verb": "list", "resource": "secrets", "namespace": "default"},
+    "delete secrets": {"verb": "delete", "resource": "secrets", "namespace": "default"},
     "mint ServiceAccount tokens": {
         "verb": "create", "resource": "serviceaccounts", "subresource": "token",
         "namespace": "kube-system",
@@ -127,6 +134,16 @@ def test_refused(as_operator: client.ApiClient, attributes: Attributes) -> None:
     assert not permitted, f"the chart's identity may {attributes}: {reason}"
 
 
+def test_only_its_root_secret_is_readable_in_its_namespace(
+    as_operator: client.ApiClient, identity: chart_identity.ChartIdentity
+) -> None:
+    """The Role names the root secret: no other Secret of the release namespace is readable."""
+    own = {"verb": "get", "resource": "secrets", "namespace": identity.namespace}
+    assert allowed(as_operator, own | {"name": f"{identity.release}-identity"})[0]
+    assert not allowed(as_operator, own | {"name": "someone-elses-secret"})[0]
+    assert not allowed(as_operator, own | {"verb": "list"})[0]
+
+
 def test_other_leases_in_its_namespace_are_refused(
     as_operator: client.ApiClient, identity: chart_identity.ChartIdentity
 ) -> None:
@@ -169,6 +186,9 @@ def test_real_calls_are_refused(as_operator: client.ApiClient) -> None:
         "list configmaps": core.list_config_map_for_all_namespaces,
         "create clusterrolebinding": lambda: rbac.create_cluster_role_binding(binding),
         "delete namespace": lambda: core.delete_namespace("default"),
+        "list secrets": core.list_secret_for_all_namespaces,
+        "list a tenant's secrets": lambda: core.list_namespaced_secret("default"),
+        "read a tenant's secret": lambda: core.read_namespaced_secret("any", "default"),
     }
     answers = {name: _status(call) for name, call in calls.items()}
     assert answers == dict.fromkeys(calls, 403)
@@ -217,15 +237,20 @@ def test_every_granted_rule_is_effective(
 def test_secrets_partitions_and_vms_in_a_tenant_namespace(
     as_operator: client.ApiClient, namespace: str
 ) -> None:
-    """What a Partition in any namespace needs, asked for a namespace made after the chart."""
+    """What a Partition in any namespace needs, asked for a namespace made after the chart
+    (its agent NetworkPolicy included)."""
     needed = [
         {"verb": "create", "resource": "secrets"},
-        {"verb": "delete", "resource": "secrets"},
+        {"verb": "patch", "resource": "secrets"},
         {"verb": "create", "group": "kubevirt.io", "resource": "virtualmachines"},
         {"verb": "create", "group": "snapshot.kubevirt.io", "resource": "virtualmachinesnapshots"},
         {"verb": "patch", "group": "lparkube.io", "resource": "partitions",
          "subresource": "status"},
         {"verb": "create", "resource": "events"},
+        {"verb": "list", "group": "networking.k8s.io", "resource": "networkpolicies"},
+        {"verb": "create", "group": "networking.k8s.io", "resource": "networkpolicies"},
+        {"verb": "patch", "group": "networking.k8s.io", "resource": "networkpolicies"},
+        {"verb": "delete", "group": "networking.k8s.io", "resource": "networkpolicies"},
     ]  # fmt: skip
     refused = [a for a in needed if not allowed(as_operator, a | {"namespace": namespace})[0]]
     assert refused == []
@@ -244,7 +269,7 @@ def test_real_calls_are_allowed(
         for o in identity.objects
         if o["kind"] == "Role"
         for r in o["rules"]
-        if r.get("resourceNames")
+        if r.get("resourceNames") and r["resources"] == ["leases"]
     )
     body = {"metadata": {"name": name}, "spec": {"holderIdentity": "rbac-test"}}
     leases.create_namespaced_lease(identity.namespace, body)

@@ -12,6 +12,7 @@ from conftest import OperatorProcess
 from kubernetes import client, config
 from partition_helpers import Partitions, partition_manifest, wait_for
 
+from lparkube.config import DEFAULT_IDENTITY_SECRET
 from lparkube_devenv.controlplane import REPO_ROOT, LocalControlPlane, free_port, install_crds
 from lparkube_devenv.kubevirt import StandIn
 
@@ -33,7 +34,9 @@ def test_partitions_say_kubevirt_is_missing_until_it_is_installed(
         for name in (namespace, lease_namespace):
             core.create_namespace({"metadata": {"name": name}})
         workdir = tmp_path_factory.mktemp("operator-without-kubevirt")
-        operator = OperatorProcess(bare_cluster.kubeconfig, lease_namespace, workdir).start()
+        operator = OperatorProcess(
+            bare_cluster.kubeconfig, lease_namespace, DEFAULT_IDENTITY_SECRET, workdir
+        ).start()
         try:
             parts = Partitions(api, None, namespace)  # type: ignore[arg-type]
             log_start = operator.log_size()

@@ -63,6 +63,8 @@ def test_serve_takes_the_socket_before_or_after_the_command(
     config = tmp_path / "config.json"
     config.write_text(json.dumps({"partition": "tenant-a/web-1"}))
     (tmp_path / "key").write_bytes(protocol.new_key())
+    for name in ("ca.crt", "tls.crt", "tls.key"):
+        (tmp_path / name).write_text("PEM")
     sockets: list[Path | None] = []
 
     def no_daemon(loaded: object) -> None:

@@ -249,24 +249,41 @@ def test_unreadable_table_is_kept_aside(tmp_path: Path) -> None:
 # --- config -----------------------------------------------------------------------------------
 
 
+def write_tls_files(directory: Path) -> None:
+    for name in configs.TLS_FILES.values():
+        (directory / name).write_text("PEM")
+
+
 def test_config_file_and_overrides(tmp_path: Path) -> None:
     (tmp_path / "key").write_bytes(b"k" * 32)
-    (tmp_path / "config.json").write_text(
-        json.dumps(
-            {
-                "partition": "tenant-a/web-1",
-                "listen": "[::]:8443",
-                "operatorURL": "http://gw:8081",
-                "reportIntervalSeconds": 5,
-            }
-        )
-    )
+    write_tls_files(tmp_path)
+    settings = {
+        "partition": "tenant-a/web-1",
+        "listen": "[::]:8443",
+        "operatorURL": "https://gw:8081",
+        "reportIntervalSeconds": 5,
+    }
+    (tmp_path / "config.json").write_text(json.dumps(settings))
     config = configs.load(tmp_path / "config.json", {"stateDir": "/tmp/s", "socket": None})
+    assert config.tls.ca == tmp_path / "ca.crt" and config.tls.key == tmp_path / "tls.key"
     assert config.key == b"k" * 32 and config.listen == ("::", 8443)
     assert config.state_dir == Path("/tmp/s") and config.report_interval == 5.0
     assert config.socket == Path(configs.DEFAULT_SOCKET)
     (tmp_path / "key").write_text("ab" * 32 + "\n")
     assert configs.load(tmp_path / "config.json").key == b"\xab" * 32
+
+
+def test_the_agent_speaks_only_tls(tmp_path: Path) -> None:
+    (tmp_path / "key").write_bytes(b"k" * 32)
+    write_tls_files(tmp_path)
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"partition": "a/b", "operatorURL": "http://gw:8081"}))
+    with pytest.raises(ValueError, match="https://"):
+        configs.load(config)
+    config.write_text(json.dumps({"partition": "a/b"}))
+    (tmp_path / "tls.key").unlink()
+    with pytest.raises(ValueError, match="tlsKeyFile: no file"):
+        configs.load(config)
 
 
 def test_config_errors(tmp_path: Path) -> None:

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 
 import pytest
 
-from lparkube_agent import protocol
-from lparkube_agent.protocol import TO_AGENT, TO_OPERATOR, AuthError, Message, Verifier
+from lparkube_agent import config, protocol
+from lparkube_agent.protocol import (
+    HEADER_NONCE,
+    HEADER_PARTITION,
+    HEADER_SIGNATURE,
+    HEADER_TIMESTAMP,
+    TO_AGENT,
+    TO_OPERATOR,
+    AuthError,
+    Message,
+    Verifier,
+)
 
 KEY = b"k" * 32
 PARTITION = "tenant-a/web-1"
@@ -106,3 +117,82 @@ def test_responses_are_bound_to_the_request_and_the_key() -> None:
 def test_short_keys_are_refused() -> None:
     with pytest.raises(ValueError, match="at least 16 bytes"):
         Verifier(b"short", PARTITION)
+
+
+# --- numbers from the wire: ASCII digits only (issue 10, finding 5) ---------------------------
+
+
+def in_digits(zero: int) -> Callable[[str], str]:
+    """Writes a decimal's digits in the script whose zero is the code point `zero`."""
+    return lambda text: "".join(chr(zero + int(c)) for c in text)
+
+
+# The signed timestamp written another way that int() still reads as the same number.
+REWRITES = {
+    "leading zero": lambda t: "0" + t,
+    "Arabic-Indic digits": in_digits(0x660),
+    "Devanagari digits": in_digits(0x966),
+    "fullwidth digits": in_digits(0xFF10),
+    "no-break space": lambda t: "\xa0" + t,
+    "sign": lambda t: "+" + t,
+    "underscore": lambda t: t[:4] + "_" + t[4:],
+}
+
+
+@pytest.mark.parametrize("rewrite", REWRITES)
+def test_a_rewritten_timestamp_is_refused_though_it_reads_as_the_signed_number(
+    rewrite: str,
+) -> None:
+    headers = signed_headers()
+    text = headers[protocol.HEADER_TIMESTAMP]
+    rewritten = REWRITES[rewrite](text)
+    assert int(rewritten) == int(text) and rewritten != text
+    headers[protocol.HEADER_TIMESTAMP] = rewritten
+    assert reason(lambda: verify(headers)) == "malformed"
+    request = protocol.sign(KEY, message(), now=NOW)
+    answer = protocol.sign_response(KEY, request, 200, b"{}", now=NOW).headers()
+    answer[protocol.HEADER_TIMESTAMP] = REWRITES[rewrite](answer[protocol.HEADER_TIMESTAMP])
+    call = lambda: protocol.verify_response(KEY, request, 200, answer, b"{}", now=NOW)  # noqa: E731
+    assert reason(call) == "malformed"
+
+
+@pytest.mark.parametrize(
+    "value", ["²", "1800000000²", "¹⁸⁰⁰", "①", "\U0001d7cf\U0001d7d6", "0x6b49d200", ""]
+)
+def test_digits_int_cannot_read_make_a_malformed_timestamp_not_a_crash(value: str) -> None:
+    headers = {**signed_headers(), protocol.HEADER_TIMESTAMP: value}
+    assert reason(lambda: verify(headers)) in ("malformed", "unsigned")
+
+
+def test_no_header_value_raises_anything_but_an_auth_error() -> None:
+    rng = random.Random(10)
+    digits = "0123456789²¹①٣۳३\uff13\U0001d7d7"  # what str.isdigit() takes
+    anything = digits + "abcdef /\t\xa0\x85-+_\udcff\udc80é\x00"
+    names = (HEADER_PARTITION, HEADER_TIMESTAMP, HEADER_NONCE, HEADER_SIGNATURE)
+    request = protocol.sign(KEY, message(), now=NOW)
+    for _ in range(3000):
+        headers = signed_headers()
+        for name in rng.sample(names, rng.randint(1, 4)):
+            alphabet = rng.choice((digits, anything))
+            headers[name] = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 70)))
+        with pytest.raises(AuthError):
+            verify(headers)
+        with pytest.raises(AuthError):
+            protocol.verify_response(KEY, request, 200, headers, b"", now=NOW)
+
+
+FULLWIDTH_8443 = "\uff18\uff14\uff14\uff13"
+
+
+def test_ascii_decimal_reads_ascii_digits_only() -> None:
+    assert protocol.ascii_decimal("8443", 5) == 8443
+    assert protocol.ascii_decimal("0", 1) == 0
+    for text in ["", "²", "٨٤٤٣", FULLWIDTH_8443, "+1", "-1", " 1", "1 ", "1_0", "123456"]:
+        assert protocol.ascii_decimal(text, 5) is None, text
+
+
+@pytest.mark.parametrize("port", ["٨٤٤٣", FULLWIDTH_8443, "²", "+80", "65536", ""])
+def test_a_listen_port_is_ascii_digits(port: str) -> None:
+    assert config.parse_listen("[::1]:8443") == ("::1", 8443)
+    with pytest.raises(ValueError, match="bad port"):
+        config.parse_listen(f"0.0.0.0:{port}")

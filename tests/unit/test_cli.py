@@ -57,6 +57,19 @@ def test_run_with_every_option(tmp_path: Path) -> None:
     assert (s.log_level, s.log_format) == ("debug", "text")
 
 
+def test_agent_network_policy_is_off_unless_asked() -> None:
+    assert not settings().agent_network_policy
+    s = settings(
+        "--agent-network-policy",
+        "--operator-pod-labels=app.kubernetes.io/name=lparkube, component=operator,",
+    )
+    assert s.agent_network_policy
+    assert s.operator_pod_labels == (
+        ("app.kubernetes.io/name", "lparkube"),
+        ("component", "operator"),
+    )
+
+
 def test_namespace_and_all_namespaces_exclude_each_other(capsys) -> None:
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["run", "--namespace", "a", "--all-namespaces"])
@@ -74,6 +87,10 @@ def test_namespace_and_all_namespaces_exclude_each_other(capsys) -> None:
         (["--identity", ""], "identity must not be empty"),
         (["--kubeconfig", "/no/such/file"], "no such file"),
         (["--log-format", "xml"], "invalid choice"),
+        (["--agent-network-policy"], "--agent-network-policy needs --operator-pod-labels"),
+        (["--operator-pod-labels", "app"], "expected KEY=VALUE labels, got 'app'"),
+        (["--operator-pod-labels", "a=b,bad key=x"], "got 'bad key=x'"),
+        (["--operator-pod-labels", "a=" + "v" * 64], "expected KEY=VALUE labels"),
     ],
 )
 def test_bad_values_are_usage_errors(argv: list[str], message: str, capsys) -> None:

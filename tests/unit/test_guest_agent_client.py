@@ -1,29 +1,29 @@
-"""AgentClient against a local aiohttp agent that speaks the signed protocol."""
+"""AgentClient against a local aiohttp agent that speaks the signed protocol over TLS."""
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import socket
+import ssl
+import tempfile
 from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import web
-from kubernetes.client.exceptions import ApiException
 
-from lparkube.adapters.guest_agent import (
-    AgentClient,
-    AgentError,
-    AgentKeyMissingError,
-    AgentTarget,
-    load_agent_key,
-)
+from lparkube.adapters.agent_identity import OperatorCredentials
+from lparkube.adapters.guest_agent import AgentClient, AgentError, AgentTarget
 from lparkube_agent import protocol
 
-KEY = bytes(range(32))
+CREDENTIALS = OperatorCredentials.issue(bytes(range(32)), datetime.now(UTC))
+UID = "uid-1"
+KEY = CREDENTIALS.identity.partition_key("tenant-a", "web-1", UID)
 PARTITION = "tenant-a/web-1"
 RESULT = {"id": "se-1", "state": "Completed", "applications": []}
 
@@ -88,25 +88,45 @@ class FakeAgent:
         return self._answer(signed, 200, {"agentVersion": "0.1.0", "applications": []})
 
 
+def agent_tls(tmp: Path, name: str = "web-1", *, tls: bool = True) -> ssl.SSLContext | None:
+    """The server side of an agent of ``tenant-a/<name>``: its delivered certificate."""
+    if not tls:
+        return None
+    made = CREDENTIALS.identity.agent_credentials("tenant-a", name, UID)
+    (tmp / "tls.crt").write_bytes(made.cert_pem)
+    (tmp / "tls.key").write_bytes(made.key_pem)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tmp / "tls.crt", tmp / "tls.key")
+    context.verify_mode = ssl.CERT_REQUIRED
+    context.load_verify_locations(cadata=made.ca_pem.decode())
+    return context
+
+
 @asynccontextmanager
-async def serving(agent: FakeAgent):
+async def serving(agent: FakeAgent, server_tls: ssl.SSLContext | None):
     runner = web.AppRunner(agent.app(), shutdown_timeout=0.2)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_tls)
     await site.start()
     port = runner.addresses[0][1]
-    client = AgentClient(connect_timeout=1.0)
+    client = AgentClient(CREDENTIALS, connect_timeout=1.0)
     try:
-        yield client, AgentTarget(PARTITION, f"127.0.0.1:{port}", KEY)
+        yield client, AgentTarget("tenant-a", "web-1", UID, f"127.0.0.1:{port}")
     finally:
         await client.close()
         await runner.cleanup()
 
 
-def run(agent: FakeAgent, scenario: Callable[[AgentClient, AgentTarget], Awaitable[Any]]) -> Any:
+def run(
+    agent: FakeAgent,
+    scenario: Callable[[AgentClient, AgentTarget], Awaitable[Any]],
+    server_tls: ssl.SSLContext | None = None,
+) -> Any:
     async def main() -> Any:
-        async with serving(agent) as (client, target):
-            return await scenario(client, target)
+        with tempfile.TemporaryDirectory() as tmp:
+            tls = server_tls or agent_tls(Path(tmp))
+            async with serving(agent, tls) as (client, target):
+                return await scenario(client, target)
 
     return asyncio.run(main())
 
@@ -153,10 +173,10 @@ def test_report() -> None:
 @pytest.mark.parametrize(
     ("mode", "reason"),
     [
-        ("unsigned", "bad-response"),
-        ("replayed-nonce", "bad-response"),
+        ("unsigned", "unreachable"),
+        ("replayed-nonce", "unreachable"),
         ("not-json", "bad-response"),
-        ("huge", "bad-response"),
+        ("huge", "unreachable"),
         ("error", "bad-response"),
         ("hang", "timeout"),
     ],
@@ -172,21 +192,47 @@ def test_an_answer_signed_with_another_key_is_not_trusted() -> None:
     agent = FakeAgent(key=b"k" * 32)
     with pytest.raises(AgentError) as caught:
         run(agent, lambda c, t: c.save(t, {"id": "x"}, timeout=2))
-    assert caught.value.reason == "bad-response"
-    assert "bad-signature" in str(caught.value)
+    assert caught.value.reason == "unreachable"
+    assert "failed verification (bad-signature)" in str(caught.value)
 
 
-def test_an_agent_with_another_key_rejects_us() -> None:
+def test_an_unsigned_refusal_is_no_answer_and_its_text_is_dropped() -> None:
+    """Anyone on the path could send a 401 with words of their choosing: it counts as
+    unreachable (retried until the deadline) and what it says reaches no status."""
+
     async def scenario(client: AgentClient, target: AgentTarget) -> Any:
-        wrong = AgentTarget(target.partition, target.endpoint, b"w" * 32)
+        wrong = replace(target, uid="another-uid")  # another key: the agent refuses, unsigned
         return await client.save(wrong, {"id": "x"}, timeout=2)
 
     agent = FakeAgent()
     with pytest.raises(AgentError) as caught:
         run(agent, scenario)
-    assert (caught.value.reason, caught.value.status) == ("rejected", 401)
-    assert "bad-signature" in str(caught.value)
+    assert caught.value.reason == "unreachable"
+    assert str(caught.value).endswith("failed verification (unsigned)")
+    assert "signature does not match" not in str(caught.value)  # the refusal's own words
     assert agent.saves == 0
+
+
+def test_an_agent_of_another_partition_never_sees_the_instruction(tmp_path: Path) -> None:
+    """Its certificate is from the same CA but names tenant-a/db: the handshake fails on
+    the name, before a byte of the request is sent."""
+    agent = FakeAgent()
+    impostor = agent_tls(tmp_path, "db")
+    with pytest.raises(AgentError) as caught:
+        run(agent, lambda c, t: c.save(t, {"id": "x"}, timeout=2), server_tls=impostor)
+    assert caught.value.reason == "unreachable"
+    assert "is not this partition's agent" in str(caught.value)
+    assert agent.requests == []
+
+
+def test_an_agent_speaking_plain_http_is_unreachable() -> None:
+    async def scenario() -> None:
+        async with serving(FakeAgent(), None) as (client, target):
+            await client.save(target, {"id": "x"}, timeout=2)
+
+    with pytest.raises(AgentError) as caught:
+        asyncio.run(scenario())
+    assert caught.value.reason == "unreachable"
 
 
 def free_port() -> int:
@@ -199,9 +245,10 @@ def test_nobody_listening_is_unreachable() -> None:
     endpoint = f"127.0.0.1:{free_port()}"
 
     async def scenario() -> None:
-        client = AgentClient(connect_timeout=1.0)
+        client = AgentClient(CREDENTIALS, connect_timeout=1.0)
         try:
-            await client.save(AgentTarget(PARTITION, endpoint, KEY), {"id": "x"}, timeout=2)
+            target = AgentTarget("tenant-a", "web-1", UID, endpoint)
+            await client.save(target, {"id": "x"}, timeout=2)
         finally:
             await client.close()
 
@@ -209,32 +256,3 @@ def test_nobody_listening_is_unreachable() -> None:
         asyncio.run(scenario())
     assert caught.value.reason == "unreachable"
     assert str(caught.value) == f"{PARTITION}: cannot reach {endpoint}: connection refused"
-
-
-class FakeSecrets:
-    """Just enough of Kube for load_agent_key."""
-
-    def __init__(self, data: dict | None) -> None:
-        self.data = data
-        self.core = self
-
-    def read_namespaced_secret(self, name: str, namespace: str) -> Any:
-        if self.data is None:
-            raise ApiException(status=404, reason="Not Found")
-        return type("Secret", (), {"data": self.data})()
-
-    async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return fn(*args)
-
-
-def test_load_agent_key() -> None:
-    secret = FakeSecrets({"key": base64.b64encode(KEY).decode()})
-    assert asyncio.run(load_agent_key(secret, "ns", "s")) == KEY  # type: ignore[arg-type]
-
-
-@pytest.mark.parametrize(
-    "data", [None, {}, {"key": "!!"}, {"key": base64.b64encode(b"short").decode()}]
-)
-def test_missing_or_unusable_keys(data: dict | None) -> None:
-    with pytest.raises(AgentKeyMissingError):
-        asyncio.run(load_agent_key(FakeSecrets(data), "ns", "s"))  # type: ignore[arg-type]

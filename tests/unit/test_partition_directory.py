@@ -27,7 +27,7 @@ def partition(
 
 
 def entry(uid: str = "uid-1", last: int | None = None, *, deleting: bool = False) -> DirectoryEntry:
-    return DirectoryEntry("tenant-a", "web-1", uid, deleting, "web-1-agent-key", last)
+    return DirectoryEntry("tenant-a", "web-1", uid, deleting, last)
 
 
 def test_an_entry_from_a_partition() -> None:
@@ -35,14 +35,10 @@ def test_an_entry_from_a_partition() -> None:
     assert found == entry()
     assert found.partition == "tenant-a/web-1"
     reported = partition(
-        status={"agent": {"keySecretName": "chosen", "lastHeartbeatTime": "2026-11-18T11:06:40Z"}},
+        status={"agent": {"lastHeartbeatTime": "2026-11-18T11:06:40Z"}},
         deletionTimestamp="2026-11-18T11:10:00Z",
     )
-    found = entry_of(reported)
-    assert (found.key_secret_name, found.last_report, found.deleting) == ("chosen", T0, True)
-    named = partition()
-    named["spec"]["agent"] = {"keySecretName": "from-spec"}
-    assert entry_of(named).key_secret_name == "from-spec"
+    assert entry_of(reported) == entry(last=T0, deleting=True)
 
 
 def test_the_last_report_time_is_the_stored_heartbeat() -> None:

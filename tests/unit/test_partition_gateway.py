@@ -21,6 +21,7 @@ import pytest
 from lparkube.adapters import agent_identity
 from lparkube.adapters.agent_gateway import (
     Coalescer,
+    Connections,
     Limits,
     MalformedReportError,
     ReportGateway,
@@ -35,7 +36,7 @@ from lparkube_agent import protocol
 
 KEY = bytes(range(32))
 PARTITION = "tenant-a/web-1"
-ENTRY = DirectoryEntry("tenant-a", "web-1", "uid-1", False, "web-1-agent-key", None)
+ENTRY = DirectoryEntry("tenant-a", "web-1", "uid-1", False, None)
 PATH = "/v1/reports"
 REPORT = json.dumps({"agentVersion": "0.1.0", "kernelRelease": "6.1", "applications": []}).encode()
 DEFAULTS = Limits()
@@ -43,15 +44,15 @@ FAST = Limits(request_seconds=0.5, sweep_seconds=0.05)
 
 
 class Keys:
-    """A key lookup that counts its calls."""
+    """A key lookup that counts its calls (every Partition in the directory has a key)."""
 
     def __init__(self, keys: dict[str, bytes]) -> None:
         self.keys = keys
         self.calls = 0
 
-    async def __call__(self, entry: DirectoryEntry) -> bytes | None:
+    async def __call__(self, entry: DirectoryEntry) -> bytes:
         self.calls += 1
-        return self.keys.get(entry.partition)
+        return self.keys[entry.partition]
 
 
 def directory_of(*entries: DirectoryEntry, synced: bool = True) -> PartitionDirectory:
@@ -191,23 +192,24 @@ def answers(requests: list[tuple[bytes, dict]], **kw: Any) -> list[tuple[int, by
 
 
 def test_unknown_deleting_and_wrongly_signed_partitions_get_one_answer() -> None:
-    """No existence oracle: a name the operator does not know, one being deleted, one without
-    a key yet and a real one with a wrong signature are answered byte for byte alike."""
-    gone = DirectoryEntry("tenant-a", "old", "uid-2", True, "old-agent-key", None)
-    keyless = DirectoryEntry("tenant-a", "new", "uid-3", False, "new-agent-key", None)
+    """No existence oracle: a name the operator does not know, one being deleted (signed with
+    its real key) and a real one with a wrong signature are answered byte for byte alike."""
+    gone = DirectoryEntry("tenant-a", "old", "uid-2", True, None)
     keys = Keys({PARTITION: KEY, "tenant-a/old": KEY})
     requests = [
         (REPORT, signed_headers(partition="tenant-b/ghost")[1]),
         (REPORT, signed_headers(partition="tenant-a/old")[1]),
-        (REPORT, signed_headers(partition="tenant-a/new")[1]),
         (REPORT, signed_headers(key=b"x" * 32)[1]),
     ]
-    found = answers(requests, keys=keys, directory=directory_of(ENTRY, gone, keyless))
+    found = answers(requests, keys=keys, directory=directory_of(ENTRY, gone))
     assert found[0][0] == 401
-    assert json.loads(found[0][1])["error"] == "bad-signature"
+    assert json.loads(found[0][1]) == {
+        "error": "bad-signature",
+        "message": "signature does not match the partition key",
+    }
     assert all(answer == found[0] for answer in found), found
-    assert RESULTS == ["unknown-partition"] * 3 + ["bad-signature"]
-    assert keys.calls == 2, "only Partitions in the directory are looked up"
+    assert RESULTS == ["unknown-partition"] * 2 + ["bad-signature"]
+    assert keys.calls == 1, "only live Partitions in the directory are looked up"
 
 
 def test_fresh_names_cost_no_key_lookup() -> None:
@@ -297,7 +299,7 @@ def test_the_last_accepted_time_comes_from_the_directory() -> None:
     """After a restart the directory holds the last accepted time from status: a report
     captured before it is refused."""
     now = time.time()
-    seen = DirectoryEntry("tenant-a", "web-1", "uid-1", False, "web-1-agent-key", int(now))
+    seen = DirectoryEntry("tenant-a", "web-1", "uid-1", False, int(now))
     _, headers = signed_headers(now=now)
     assert refused(headers, directory=directory_of(seen))[:2] == (401, "replayed")
 
@@ -321,59 +323,33 @@ def test_status_keeps_the_signed_time_as_the_heartbeat() -> None:
     assert status_after_report(successor, ENTRY, report, signed_at + 1, now) == {}, "recreated"
 
 
-def test_keys_are_cached_and_nonces_tracked_across_refreshes() -> None:
+def test_a_key_is_looked_up_once_per_partition_and_uid() -> None:
+    """The Verifier, and the nonces it saw, last while the Partition does; one recreated
+    under the same name (a new uid) gets its own."""
     keys = Keys({PARTITION: KEY})
-    clock = [0.0]
-    verifiers = Verifiers(keys, ttl=10, negative_ttl=2, clock=lambda: clock[0])
-    ghost = DirectoryEntry("tenant-a", "ghost", "uid-9", False, "ghost-agent-key", None)
+    verifiers = Verifiers(keys, capacity=2)
+    other = DirectoryEntry("tenant-a", "db", "uid-5", False, None)
+    third = DirectoryEntry("tenant-a", "cache", "uid-6", False, None)
+    keys.keys.update({other.partition: b"o" * 32, third.partition: b"t" * 32})
 
     async def scenario() -> None:
         first = await verifiers.get(ENTRY)
-        assert first is not None and (await verifiers.get(ENTRY)) == first
+        assert await verifiers.get(ENTRY) == first
         assert keys.calls == 1
-        clock[0] = 11  # refreshed, same key: the same verifier keeps its nonces
-        assert (await verifiers.get(ENTRY)) == first
-        assert keys.calls == 2
-        keys.keys[PARTITION] = b"r" * 32  # rotated: a new verifier
-        clock[0] = 22
-        rotated = await verifiers.get(ENTRY)
-        assert rotated is not None and rotated[0] == b"r" * 32 and rotated[1] is not first[1]
         recreated = await verifiers.get(DirectoryEntry(**{**ENTRY.__dict__, "uid": "uid-new"}))
-        assert keys.calls == 4, "a Partition recreated under the same name is looked up anew"
-        assert recreated is not None and recreated[1] is not rotated[1]
-
-        assert await verifiers.get(ghost) is None
-        assert await verifiers.get(ghost) is None
-        assert keys.calls == 5, "a Partition without a key is remembered briefly"
-        clock[0] = 25
-        assert await verifiers.get(ghost) is None
-        assert keys.calls == 6
+        assert keys.calls == 2 and recreated[1] is not first[1]
+        await verifiers.get(other)
+        await verifiers.get(third)  # over capacity: the least recently used goes
+        assert keys.calls == 4
+        await verifiers.get(third)
+        await verifiers.get(other)
+        assert keys.calls == 4
 
     asyncio.run(scenario())
 
 
-def test_concurrent_requests_share_one_lookup() -> None:
-    keys = Keys({PARTITION: KEY})
-    gate = asyncio.Event()
-
-    async def slow(entry: DirectoryEntry) -> bytes | None:
-        await gate.wait()
-        return await keys(entry)
-
-    async def scenario() -> None:
-        verifiers = Verifiers(slow)
-        waiting = [asyncio.create_task(verifiers.get(ENTRY)) for _ in range(5)]
-        await asyncio.sleep(0.01)
-        gate.set()
-        results = await asyncio.gather(*waiting)
-        assert len({id(r[1]) for r in results if r}) == 1
-        assert keys.calls == 1
-
-    asyncio.run(scenario())
-
-
-def test_a_failing_lookup_is_503_and_not_cached() -> None:
-    async def broken(entry: DirectoryEntry) -> bytes | None:
+def test_a_failing_lookup_is_503() -> None:
+    async def broken(entry: DirectoryEntry) -> bytes:
         raise RuntimeError("API server down")
 
     _, headers = signed_headers()
@@ -403,6 +379,62 @@ def test_random_garbage_is_never_accepted(count: int) -> None:
     statuses, recorded = run(scenario)
     assert 204 not in statuses
     assert recorded == []
+
+
+# --- numbers from the wire: ASCII digits only (issue 10, finding 5) ---------------------------
+
+
+def raw_report(headers: dict[str, str], length: bytes) -> tuple[int, bytes, list]:
+    """A report sent as raw bytes (header values UTF-8, as aiohttp reads them): the status,
+    the body of the answer and what reached the sink."""
+
+    async def scenario(_: aiohttp.ClientSession, url: str) -> bytes:
+        host, port = url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        head = "".join(f"{name}: {value}\r\n" for name, value in headers.items()).encode()
+        writer.write(b"POST " + PATH.encode() + b" HTTP/1.1\r\nHost: gateway\r\n" + head)
+        writer.write(b"Connection: close\r\nContent-Length: " + length + b"\r\n\r\n" + REPORT)
+        answer = await reader.read()
+        writer.close()
+        return answer
+
+    answer, recorded = run(scenario)
+    status_line, _, rest = answer.partition(b"\r\n")
+    return int(status_line.split()[1]), rest.partition(b"\r\n\r\n")[2], recorded
+
+
+@pytest.mark.parametrize("length", ["²".encode(), b"\xb2", "٢٠".encode(), b"+2", b"0x2"])
+def test_a_content_length_in_other_digits_is_refused_by_aiohttp(length: bytes) -> None:
+    _, headers = signed_headers()
+    status, _, recorded = raw_report(headers, length)
+    assert status == 400  # aiohttp's own answer, before the gateway sees the request
+    assert recorded == [] and RESULTS == []
+
+
+def arabic_indic(text: str) -> str:
+    return "".join(chr(0x660 + int(c)) for c in text)
+
+
+TIMESTAMP_REWRITES = {  # the signed timestamp written another way, or not a number at all
+    "leading zero": lambda t: "0" + t,
+    "Arabic-Indic digits": arabic_indic,
+    "fullwidth digits": lambda t: "".join(chr(0xFF10 + int(c)) for c in t),
+    "no-break space": lambda t: "\xa0" + t,
+    "superscript": lambda t: t + "²",
+}
+
+
+@pytest.mark.parametrize("rewrite", TIMESTAMP_REWRITES)
+def test_a_rewritten_timestamp_is_malformed_not_accepted_nor_a_crash(
+    rewrite: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    _, headers = signed_headers()
+    text = headers[protocol.HEADER_TIMESTAMP]
+    headers[protocol.HEADER_TIMESTAMP] = TIMESTAMP_REWRITES[rewrite](text)
+    status, body, recorded = raw_report(headers, str(len(REPORT)).encode())
+    assert (status, json.loads(body)["error"]) == (400, "malformed")
+    assert recorded == [] and RESULTS == ["malformed"]
+    assert not [r for r in caplog.records if r.exc_info], "no traceback from any input"
 
 
 # --- connections -----------------------------------------------------------------------------
@@ -533,6 +565,35 @@ def test_at_the_cap_the_most_crowded_address_gives_way() -> None:
     assert (connections.evicted, connections.refused) == (1, 1)
 
 
+class FakeSocket:
+    """A socket as ``Connections`` sees one: its descriptor number, and a shutdown."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd, self.shut = fd, False
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def shutdown(self, _: int) -> None:
+        self.shut = True
+
+
+def test_a_reused_descriptor_leaves_no_ghost_connection() -> None:
+    """A TLS handshake fails and its socket is closed; before the failure is told, a newcomer
+    is accepted on the same descriptor. Both are accounted for, and the deadline sweep ends."""
+    clock = [0.0]
+    connections = Connections(Limits(request_seconds=5), clock=lambda: clock[0])
+    failed = connections.admit(FakeSocket(7), "10.0.0.1")  # type: ignore[arg-type]
+    newcomer = connections.admit(FakeSocket(7), "10.0.0.2")  # type: ignore[arg-type]
+    assert failed is not None and newcomer is not None
+    connections.failed(failed)
+    assert len(connections) == 1
+    clock[0] = 10
+    connections.expire()
+    assert len(connections) == 0 and connections.closed_overdue == 1
+    assert newcomer.sock.shut  # type: ignore[attr-defined]
+
+
 # --- TLS -------------------------------------------------------------------------------------
 
 ROOT = bytes(range(32, 64))
@@ -563,7 +624,7 @@ def test_over_tls_the_client_certificate_must_name_the_partition(tmp_path: Path)
     key = identity.partition_key("tenant-a", "web-1", "uid-1")
     lookups: list[str] = []
 
-    async def derived(entry: DirectoryEntry) -> bytes | None:  # the key the lead derives
+    async def derived(entry: DirectoryEntry) -> bytes:  # as the operator derives keys
         lookups.append(entry.partition)
         return identity.partition_key(entry.namespace, entry.name, entry.uid)
 

@@ -16,9 +16,9 @@ def test_gateway_defaults_follow_the_lease_namespace(monkeypatch: pytest.MonkeyP
     monkeypatch.delenv("POD_NAMESPACE", raising=False)
     default = settings()
     assert default.agent_gateway_address == Address("", 8081)
-    assert default.agent_gateway_url == "http://lparkube-agent-gateway.lparkube-system.svc:8081"
+    assert default.agent_gateway_url == "https://lparkube-agent-gateway.lparkube-system.svc:8081"
     moved = settings("--lease-namespace", "ops")
-    assert moved.agent_gateway_url == "http://lparkube-agent-gateway.ops.svc:8081"
+    assert moved.agent_gateway_url == "https://lparkube-agent-gateway.ops.svc:8081"
 
 
 def test_gateway_can_be_placed_or_disabled() -> None:

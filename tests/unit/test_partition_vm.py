@@ -12,7 +12,12 @@ from lparkube.domain import key_delivery as kd
 from lparkube.domain import partition as part
 
 KEY = bytes(range(32))
-URL = "http://lparkube-agent-gateway.lparkube-system.svc:8081"
+CREDENTIALS = part.AgentCredentials(KEY, b"CA PEM", b"CERT PEM", b"KEY PEM")
+URL = "https://lparkube-agent-gateway.lparkube-system.svc:8081"
+
+
+TLS_FILES = {"ca.crt": b"CA PEM", "tls.crt": b"CERT PEM", "tls.key": b"KEY PEM"}
+TLS_PATHS = [f"{kd.AGENT_DIRECTORY}/{name}" for name in TLS_FILES]
 
 
 def partition(spec: dict, name: str = "web-1") -> dict:
@@ -122,14 +127,19 @@ def test_cloud_init_without_a_template_volume_adds_one_pointing_at_the_secret() 
         "devices"
     ]["disks"]
 
-    data = part.secret_data(p, agent, KEY, URL)
+    data = part.secret_data(p, agent, CREDENTIALS, URL)
     user_data = decode(data, part.SECRET_USERDATA).decode()
     assert user_data.startswith("#cloud-config\n")
     files = {f["path"]: f for f in yaml.safe_load(user_data)["write_files"]}
     assert base64.b64decode(files[kd.KEY_PATH]["content"]) == KEY
     assert files[kd.KEY_PATH]["encoding"] == "b64"
     assert files[kd.KEY_PATH]["permissions"] == "0600"
-    assert json.loads(files[kd.CONFIG_PATH]["content"])["partition"] == "tenant-a/web-1"
+    config = json.loads(base64.b64decode(files[kd.CONFIG_PATH]["content"]))
+    assert config["partition"] == "tenant-a/web-1"
+    tls_files = {f"{kd.AGENT_DIRECTORY}/{name}": pem for name, pem in TLS_FILES.items()}
+    for path, pem in tls_files.items():
+        assert base64.b64decode(files[path]["content"]) == pem
+        assert files[path]["permissions"] == "0600"
 
 
 def test_cloud_init_extends_the_templates_own_cloud_config() -> None:
@@ -148,9 +158,10 @@ def test_cloud_init_extends_the_templates_own_cloud_config() -> None:
     }
     assert all(v["name"] != kd.CLOUD_INIT_VOLUME for v in pod_spec(vm)["volumes"])
 
-    doc = yaml.safe_load(decode(part.secret_data(p, agent, KEY, URL), "userdata"))
+    doc = yaml.safe_load(decode(part.secret_data(p, agent, CREDENTIALS, URL), "userdata"))
     assert doc["packages"] == ["python3"]
-    assert [f["path"] for f in doc["write_files"]] == ["/etc/motd", kd.KEY_PATH, kd.CONFIG_PATH]
+    paths = [f["path"] for f in doc["write_files"]]
+    assert paths == ["/etc/motd", kd.KEY_PATH, *TLS_PATHS, kd.CONFIG_PATH]
 
 
 def test_cloud_init_base64_user_data_is_read_too() -> None:
@@ -181,15 +192,16 @@ def test_cloud_init_user_data_that_cannot_be_extended(source: dict, message: str
         }
     )
     with pytest.raises(kd.DeliveryError, match=message):
-        part.secret_data(p, part.agent_spec("web-1", p["spec"]), KEY, URL)
+        part.secret_data(p, part.agent_spec("web-1", p["spec"]), CREDENTIALS, URL)
 
 
-def test_secret_holds_key_and_config_and_is_owned() -> None:
+def test_secret_holds_key_tls_files_and_config_and_is_owned() -> None:
     p = partition({"vmTemplate": template(), "agent": {"port": 9000, "heartbeatTimeout": "3s"}})
     agent = part.agent_spec("web-1", p["spec"])
-    data = part.secret_data(p, agent, KEY, URL)
-    assert set(data) == {"key", "config.json"}
+    data = part.secret_data(p, agent, CREDENTIALS, URL)
+    assert set(data) == {"key", "config.json", *TLS_FILES}
     assert decode(data, "key") == KEY
+    assert {name: decode(data, name) for name in TLS_FILES} == TLS_FILES
     assert json.loads(decode(data, "config.json")) == {
         "partition": "tenant-a/web-1",
         "listen": "0.0.0.0:9000",
@@ -199,16 +211,17 @@ def test_secret_holds_key_and_config_and_is_owned() -> None:
     secret = part.key_secret(p, agent, data)
     assert secret["metadata"]["name"] == "web-1-agent-key"
     assert secret["metadata"]["ownerReferences"][0]["controller"] is True
-    assert part.secret_key(secret) == KEY
 
 
-def test_an_existing_secret_only_gains_missing_entries_never_a_new_key() -> None:
-    wanted = {"key": "bmV3", "config.json": "Y2Zn"}
-    assert part.missing_secret_data({"key": "b2xk"}, wanted) == {"config.json": "Y2Zn"}
-    assert part.missing_secret_data(None, wanted) == {"config.json": "Y2Zn"}
-    assert part.missing_secret_data(wanted, wanted) == {}
-    assert part.secret_key({"data": {"key": "not base64!"}}) is None
-    assert part.secret_key({"data": {}}) is None
+def test_an_existing_secret_is_rewritten_only_if_the_partition_controls_it() -> None:
+    patch = part.owned_secret_patch("uid-1", {"key": "a2V5"})
+    assert patch[:2] == [
+        {"op": "test", "path": "/metadata/ownerReferences/0/uid", "value": "uid-1"},
+        {"op": "test", "path": "/metadata/ownerReferences/0/controller", "value": True},
+    ]
+    assert patch[2] == {"op": "replace", "path": "/data", "value": {"key": "a2V5"}}
+    assert part.data_digest({"a": "1", "b": "2"}) == part.data_digest({"b": "2", "a": "1"})
+    assert part.data_digest({"a": "1"}) != part.data_digest({"a": "2"})
 
 
 # --- vmTemplate edits ---------------------------------------------------------------------------

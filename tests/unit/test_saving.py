@@ -31,7 +31,12 @@ def partition(
         ],
     }
     return {
-        "metadata": {"name": name, "namespace": namespace, "labels": labels or {}},
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "uid": f"uid-{name}",
+            "labels": labels or {},
+        },
         "spec": {},
         "status": status,
     }
@@ -63,16 +68,16 @@ def test_target_reads_partition_status() -> None:
         node_name="node-a",
         vm_name="web-1-vm",
         endpoint="10.0.0.1:8443",
-        key_secret="web-1-key",
+        uid="uid-web-1",
         connected=True,
         connected_message="X",
     )
 
 
-def test_key_secret_defaults_to_partition_name() -> None:
+def test_a_bare_partition_targets_its_own_vm() -> None:
     bare = {"metadata": {"name": "p", "namespace": "n"}}
-    assert saving.target_of(bare).key_secret == "p-agent-key"
     assert saving.target_of(bare).vm_name == "p"
+    assert saving.target_of(bare).uid == ""
 
 
 @pytest.mark.parametrize(
@@ -442,6 +447,11 @@ def test_the_cached_fields_of_a_partition_target_it_as_the_whole_object_does() -
     whole["status"]["addresses"] = [{"ip": "10.0.0.5"}]
     cached = saving.target_fields(whole)
     assert saving.target_of(cached) == saving.target_of(whole)
-    assert cached["metadata"] == {"namespace": "tenant-a", "name": "db-1", "labels": {"tier": "db"}}
+    assert cached["metadata"] == {
+        "namespace": "tenant-a",
+        "name": "db-1",
+        "uid": "u",
+        "labels": {"tier": "db"},
+    }
     assert [c["type"] for c in cached["status"]["conditions"]] == ["AgentConnected"]
     assert "addresses" not in cached["status"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import copy
 import json
 import logging
@@ -66,7 +65,7 @@ class FakeKube:
     def __init__(self) -> None:
         self.objects: dict[tuple[str, str, str], dict] = {}
         self.status_patches: list[str] = []
-        self.secret_lists = 0
+        self.secret_reads = 0
         self.custom = self
         self.core = self
         self.api_client = SimpleNamespace(sanitize_for_serialization=lambda x: x)
@@ -110,21 +109,12 @@ class FakeKube:
             self.status_patches.append("merge")
 
     def read_namespaced_secret(self, name: str, namespace: str) -> Any:
-        return SimpleNamespace(data={"key": base64.b64encode(b"k" * 32).decode()})
+        self.secret_reads += 1  # saving must never read a Secret: keys are derived
+        raise AssertionError("a Secret was read")
 
     def list_namespaced_secret(self, namespace: str, **kwargs: Any) -> Any:
-        """Every Partition's key Secret, labelled as the Partition controller labels them."""
-        assert kwargs == {"label_selector": "lparkube.io/partition", "_preload_content": False}
-        self.secret_lists += 1
-        items = [
-            {
-                "metadata": {"namespace": ns, "name": f"{name}-key"},
-                "data": {"key": base64.b64encode(b"k" * 32).decode()},
-            }
-            for (plural, ns, name) in self.objects
-            if plural == "partitions" and ns == namespace
-        ]
-        return SimpleNamespace(data=json.dumps({"items": items}).encode())
+        self.secret_reads += 1
+        raise AssertionError("Secrets were listed")
 
     def list_pod_for_all_namespaces(self, **kwargs: Any) -> Any:
         assert kwargs["_preload_content"] is False
@@ -458,7 +448,7 @@ def test_many_partitions_coalesce_status_writes(events: list) -> None:
     status = run(kube, FakeAgents(kube))
     assert status["summary"]["succeeded"] == 300
     assert len(kube.status_patches) <= 3  # the first (Instructed), maybe one more, the last
-    assert kube.secret_lists == 1  # keys by one list, not 300 reads
+    assert kube.secret_reads == 0  # keys derived from the operator's identity, none read
     assert events[0][0] == "Instructed" and len(events) == 2  # summaries only
 
 
@@ -493,4 +483,4 @@ def test_results_and_status_wait_until_every_instruction_is_out(events: list) ->
     # the fast result keeps the second it arrived in (timestamps have whole seconds), not
     # the one it was recorded in, 1.5 s later
     assert saving.parse_time(fast["completionTime"]) < began + timedelta(seconds=0.5)
-    assert kube.secret_lists == 1
+    assert kube.secret_reads == 0

@@ -24,6 +24,15 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/component: operator
 {{- end -}}
 
+{{/* The selector labels as KEY=VALUE,... for --operator-pod-labels. */}}
+{{- define "lparkube.selectorLabelsArg" -}}
+{{- $pairs := list -}}
+{{- range $key, $value := include "lparkube.selectorLabels" . | fromYaml -}}
+{{- $pairs = append $pairs (printf "%s=%s" $key $value) -}}
+{{- end -}}
+{{- join "," $pairs -}}
+{{- end -}}
+
 {{- define "lparkube.labels" -}}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
 {{ include "lparkube.selectorLabels" . }}
@@ -62,6 +71,11 @@ app.kubernetes.io/part-of: lparkube
 {{- if .Values.agentGateway.url -}}
 {{- .Values.agentGateway.url -}}
 {{- else -}}
-{{- printf "http://%s.%s.svc.%s:%d" (include "lparkube.agentGatewayService" .) .Release.Namespace .Values.clusterDomain (int .Values.agentGateway.service.port) -}}
+{{- printf "https://%s.%s.svc.%s:%d" (include "lparkube.agentGatewayService" .) .Release.Namespace .Values.clusterDomain (int .Values.agentGateway.service.port) -}}
 {{- end -}}
+{{- end -}}
+
+{{/* The Secret holding the root every agent key and TLS identity derives from. */}}
+{{- define "lparkube.identitySecret" -}}
+{{- printf "%s-identity" (include "lparkube.fullname" .) | trunc 63 | trimSuffix "-" -}}
 {{- end -}}

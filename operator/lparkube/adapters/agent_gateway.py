@@ -9,8 +9,8 @@ connections, or is closed. With TLS the handshake has its own deadline too.
 
 Then each request is refused as early and as cheaply as possible, and never with an API call
 for a name the operator does not know: size, headers, the partition in the operator's
-directory (and, over TLS, in the client certificate), its key (one lookup per partition,
-cached), signature, freshness, nonce, a well-formed body, and a signed time strictly later
+directory (and, over TLS, in the client certificate), its key (looked up once per partition),
+signature, freshness, nonce, a well-formed body, and a signed time strictly later
 than the last accepted one. An unknown partition is answered exactly as a wrong signature,
 after the same work, so the answers tell nobody which partitions exist. Only a verified,
 well-formed report reaches the sink, which writes at most once a second per partition
@@ -60,8 +60,8 @@ WRONG_KEY = "signature does not match the partition key"
 # An unknown partition's signature is checked against a key nobody holds: the same work.
 _NOBODYS_KEY = secrets.token_bytes(protocol.KEY_BYTES)
 
-KeyLookup = Callable[[DirectoryEntry], Awaitable[bytes | None]]
-"""The key of a Partition in the directory; None when it has none (yet)."""
+KeyLookup = Callable[[DirectoryEntry], Awaitable[bytes]]
+"""The key of a Partition in the directory."""
 Recorder = Callable[[str], None]
 """Counts outcomes: ``accepted`` or the refusal reason (``unknown-partition`` and
 ``wrong-partition`` count what is answered as ``bad-signature``)."""
@@ -106,6 +106,7 @@ class _Connection:
     address: str
     handler: object | None = None  # aiohttp's protocol, once the transport exists
     transport: asyncio.BaseTransport | None = None
+    forgotten: bool = False
 
 
 class Connections:
@@ -141,6 +142,9 @@ class Connections:
             self.refused += 1
             return None
         connection = _Connection(sock, sock.fileno(), address)
+        stale = self._by_fd.get(connection.fd)
+        if stale is not None:  # its socket was closed before it could say so (a failed
+            self._forget(stale)  # handshake): the descriptor is this one's now
         self._by_fd[connection.fd] = connection
         self._count[address] += 1
         self._total += 1
@@ -228,9 +232,11 @@ class Connections:
                 del self._unproven[connection.address]
 
     def _forget(self, connection: _Connection) -> None:
-        if self._by_fd.get(connection.fd) is not connection:
-            return  # already forgotten
-        del self._by_fd[connection.fd]
+        if connection.forgotten:
+            return
+        connection.forgotten = True
+        if self._by_fd.get(connection.fd) is connection:
+            del self._by_fd[connection.fd]
         if connection.handler is not None:
             self._by_handler.pop(connection.handler, None)
         self._waiting.pop(connection, None)
@@ -358,75 +364,32 @@ class Listener:
 @dataclass
 class _Key:
     uid: str
-    key: bytes | None
-    verifier: protocol.Verifier | None
-    expires: float
+    key: bytes
+    verifier: protocol.Verifier
 
 
 class Verifiers:
-    """One Verifier per Partition key, looked up at most once per ``ttl`` per Partition.
+    """One Verifier per Partition, its key looked up once per uid: it keeps the nonces it saw.
 
-    A refreshed entry keeps its Verifier (and so its seen nonces) while the key is unchanged; a
-    rotated key or a new uid gets a new one. A Partition without a key is remembered for
-    ``negative_ttl``. Only Partitions in the directory are looked up, so the cache is bounded by
-    their number.
+    Only Partitions in the directory are looked up, and at most ``capacity`` are remembered
+    (the least recently used forgotten first).
     """
 
-    def __init__(
-        self,
-        lookup: KeyLookup,
-        *,
-        ttl: float = 10.0,
-        negative_ttl: float = 2.0,
-        capacity: int = 20_000,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
+    def __init__(self, lookup: KeyLookup, *, capacity: int = 20_000) -> None:
         self._lookup = lookup
-        self._ttl, self._negative_ttl = ttl, negative_ttl
         self._capacity = capacity
-        self._clock = clock
         self._keys: OrderedDict[str, _Key] = OrderedDict()
-        self._pending: dict[str, asyncio.Future[_Key]] = {}
 
-    async def get(self, entry: DirectoryEntry) -> tuple[bytes, protocol.Verifier] | None:
+    async def get(self, entry: DirectoryEntry) -> tuple[bytes, protocol.Verifier]:
         cached = self._keys.get(entry.partition)
-        if cached is None or cached.uid != entry.uid or cached.expires <= self._clock():
-            cached = await self._refresh(entry, cached)
-        if cached.key is None or cached.verifier is None:
-            return None
-        return cached.key, cached.verifier
-
-    async def _refresh(self, entry: DirectoryEntry, old: _Key | None) -> _Key:
-        pending = self._pending.get(entry.partition)
-        if pending is not None:  # one lookup at a time per partition
-            return await asyncio.shield(pending)
-        future: asyncio.Future[_Key] = asyncio.get_running_loop().create_future()
-        self._pending[entry.partition] = future
-        try:
-            cached = self._store(entry, await self._lookup(entry), old)
-            future.set_result(cached)
-            return cached
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # retrieved: waiters re-raise it, nobody else must
-            raise
-        finally:
-            del self._pending[entry.partition]
-
-    def _store(self, entry: DirectoryEntry, key: bytes | None, old: _Key | None) -> _Key:
-        now = self._clock()
-        if key is None:
-            cached = _Key(entry.uid, None, None, now + self._negative_ttl)
-        elif old is not None and (old.uid, old.key) == (entry.uid, key) and old.verifier:
-            cached = _Key(entry.uid, key, old.verifier, now + self._ttl)
-        else:
-            verifier = protocol.Verifier(key, entry.partition)
-            cached = _Key(entry.uid, key, verifier, now + self._ttl)
-        self._keys[entry.partition] = cached
+        if cached is None or cached.uid != entry.uid:
+            key = await self._lookup(entry)
+            cached = _Key(entry.uid, key, protocol.Verifier(key, entry.partition))
+            self._keys[entry.partition] = cached
+            while len(self._keys) > self._capacity:
+                self._keys.popitem(last=False)
         self._keys.move_to_end(entry.partition)
-        while len(self._keys) > self._capacity:
-            self._keys.popitem(last=False)
-        return cached
+        return cached.key, cached.verifier
 
 
 # --- coalescing ------------------------------------------------------------------------------
@@ -587,8 +550,8 @@ def _tls_partition(request: web.BaseRequest) -> str | None:
 
 @dataclass(frozen=True)
 class _Claim:
-    """The Partition a request names, with its key; or, for one that is unknown, being deleted,
-    keyless or not the client certificate's, nothing, and what its refusal counts as."""
+    """The Partition a request names, with its key; or, for one that is unknown, being deleted
+    or not the client certificate's, nothing, and what its refusal counts as."""
 
     entry: DirectoryEntry | None
     key: bytes | None = None
@@ -698,14 +661,11 @@ class ReportGateway:
         if entry is None:
             return _Claim(None, refused_as="unknown-partition")
         try:
-            found = await self._verifiers.get(entry)
+            key, verifier = await self._verifiers.get(entry)
         except Exception as exc:
             logger.exception("Cannot look up the key of %s", signed.partition)
-            message = "the operator cannot read the partition key; retry"
+            message = "the operator cannot find the partition key; retry"
             raise _RefusedError("unavailable", message) from exc
-        if found is None:
-            return _Claim(None, refused_as="unknown-partition")
-        key, verifier = found
         return _Claim(entry, key, verifier)
 
     async def _deliver(

@@ -32,8 +32,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from lparkube.domain.partition import AgentCredentials
+from lparkube_agent.tls import OPERATOR_URI
+
 ROOT_BYTES = 32  # as long as a partition key
-OPERATOR_URI = "lparkube:operator"
+
 PARTITION_URI_PREFIX = "lparkube:partition:"
 AGENT_DNS_SUFFIX = ".partition.lparkube"
 # Fixed validity of derived certificates, so they are the same bytes whenever they are made;
@@ -80,17 +83,6 @@ def _name(common_name: str) -> x509.Name:
 
 def _serial(seed: bytes) -> int:
     return int.from_bytes(seed[:19], "big") | 1  # positive, at most 20 octets
-
-
-@dataclass(frozen=True)
-class AgentCredentials:
-    """What the guest of one partition receives (besides its config): key, CA and its own TLS
-    certificate and private key, PEM encoded."""
-
-    key: bytes
-    ca_pem: bytes
-    cert_pem: bytes
-    key_pem: bytes
 
 
 @dataclass(frozen=True)
@@ -199,6 +191,26 @@ class AgentIdentity:
             .add_extension(x509.SubjectAlternativeName(sans), critical=False)
             .sign(self._ca_key, None)
         )
+
+
+@dataclass(frozen=True)
+class OperatorCredentials:
+    """The running operator's side of the channel: the derived identity and this process's
+    own certificate, as the TLS contexts its client and its gateway use."""
+
+    identity: AgentIdentity
+    certificate: OperatorCertificate
+
+    @classmethod
+    def issue(cls, root: bytes, now: datetime.datetime) -> OperatorCredentials:
+        identity = AgentIdentity(root)
+        return cls(identity, identity.issue_operator_certificate(now))
+
+    def client_context(self) -> ssl.SSLContext:
+        return client_context(self.identity, self.certificate)
+
+    def server_context(self) -> ssl.SSLContext:
+        return server_context(self.identity, self.certificate)
 
 
 def _load_chain(context: ssl.SSLContext, cert: OperatorCertificate) -> None:

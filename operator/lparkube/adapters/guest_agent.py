@@ -1,24 +1,26 @@
-"""The operator's client of guest agents: signed requests, verified responses.
+"""The operator's client of guest agents: TLS to a verified agent, signed requests, verified
+responses.
 
-Every request is signed with the partition key (docs/agent-protocol.md) and every answer must
-carry a valid signature bound to the request's nonce; an answer that does not is never
-trusted, whatever it says. One aiohttp session serves all agents, so connections are reused.
+Every connection is TLS with the operator's certificate, to an agent whose certificate names
+its partition (checked before a byte of the request is sent). Every request is signed with
+the partition key (docs/agent-protocol.md), derived from the operator's identity, and every
+answer must carry a valid signature bound to the request's nonce: an answer that does not is
+treated like no answer at all (retried until the caller's deadline), and what it says never
+reaches status or events. One aiohttp session serves all agents, so connections are reused.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
-from kubernetes.client.exceptions import ApiException
 
 from lparkube.adapters import net_errors
-from lparkube.adapters.kube import Kube, not_found
+from lparkube.adapters.agent_identity import OperatorCredentials, agent_server_name
 from lparkube_agent import protocol
 
 SAVE_PATH = "/v1/save"
@@ -30,11 +32,16 @@ POLL_PAUSE = 0.2  # between 202 answers, should an agent return before its waitS
 
 @dataclass(frozen=True)
 class AgentTarget:
-    """One agent to call: its partition (``namespace/name``), ``host:port`` and key."""
+    """One agent to call: its Partition (namespace, name and uid) and ``host:port``."""
 
-    partition: str
+    namespace: str
+    name: str
+    uid: str
     endpoint: str
-    key: bytes
+
+    @property
+    def partition(self) -> str:
+        return f"{self.namespace}/{self.name}"
 
 
 class AgentError(Exception):
@@ -47,14 +54,12 @@ class AgentError(Exception):
         self.status = status
 
 
-class AgentKeyMissingError(LookupError):
-    """The key Secret does not exist or holds no usable data.key."""
-
-
 class AgentClient:
     """Calls guest agents; create once, share, close at shutdown."""
 
-    def __init__(self, *, connect_timeout: float = 5.0) -> None:
+    def __init__(self, credentials: OperatorCredentials, *, connect_timeout: float = 5.0) -> None:
+        self._identity = credentials.identity
+        self._tls = credentials.client_context()
         self._connect_timeout = connect_timeout
         self._session: aiohttp.ClientSession | None = None
 
@@ -122,19 +127,33 @@ class AgentClient:
         self, target: AgentTarget, method: str, path: str, body: bytes, timeout: float
     ) -> tuple[int, dict]:
         """One signed request; a verified 200 or 202 answer, else AgentError."""
+        key = self._identity.partition_key(target.namespace, target.name, target.uid)
         message = protocol.Message(protocol.TO_AGENT, method, path, target.partition, body)
-        signed = protocol.sign(target.key, message)
+        signed = protocol.sign(key, message)
         headers = {**signed.headers(), "Content-Type": "application/json"}
-        url = f"http://{target.endpoint}{path}"
+        url = f"https://{target.endpoint}{path}"
         try:
             async with asyncio.timeout(timeout):
                 async with self._client().request(
-                    method, url, data=body or None, headers=headers
+                    method,
+                    url,
+                    data=body or None,
+                    headers=headers,
+                    ssl=self._tls,
+                    server_hostname=agent_server_name(target.partition),
                 ) as response:
                     data = await response.content.read(protocol.MAX_BODY_BYTES + 1)
-                    return _verified(target, signed, response.status, response.headers, data)
+                    return _verified(
+                        target, signed, response.status, response.headers, data, key=key
+                    )
         except TimeoutError as exc:
             raise AgentError("timeout", f"{target.partition}: no answer in {timeout:g}s") from exc
+        except aiohttp.ClientConnectorCertificateError as exc:
+            raise AgentError(
+                "unreachable",
+                f"{target.partition}: {target.endpoint} is not this partition's agent (its TLS "
+                "certificate does not name it)",
+            ) from exc
         except (aiohttp.ClientError, OSError) as exc:
             raise AgentError(
                 "unreachable",
@@ -143,22 +162,31 @@ class AgentClient:
 
 
 def _verified(
-    target: AgentTarget, request: protocol.Signed, status: int, headers: Any, body: bytes
+    target: AgentTarget,
+    request: protocol.Signed,
+    status: int,
+    headers: Any,
+    body: bytes,
+    *,
+    key: bytes,
 ) -> tuple[int, dict]:
-    """Check size, signature and JSON of an answer; errors the agent sent become 'rejected'."""
+    """Check size, signature and JSON of an answer. Only a verified answer counts: anything
+    else is as good as no answer (``unreachable``, retried), and its text is dropped; a
+    verified refusal from the agent is ``rejected`` with the agent's own words."""
     where = target.partition
-    if len(body) > protocol.MAX_BODY_BYTES:
-        raise AgentError("bad-response", f"{where}: answer over {protocol.MAX_BODY_BYTES} bytes")
     try:
-        protocol.verify_response(target.key, request, status, headers, body)
-        trusted = True
+        if len(body) > protocol.MAX_BODY_BYTES:
+            raise protocol.AuthError("oversized", "answer too large")
+        protocol.verify_response(key, request, status, headers, body)
     except protocol.AuthError as exc:
-        trusted, why = False, f"{exc.reason}: {exc}"
-    if 400 <= status < 500:  # the agent refused; unsigned when it does not share our key
+        raise AgentError(
+            "unreachable",
+            f"{where}: the answer from {target.endpoint} failed verification ({exc.reason})",
+            status=status,
+        ) from exc
+    if 400 <= status < 500:
         detail = _error_text(body)
         raise AgentError("rejected", f"{where}: agent answered {status} {detail}", status=status)
-    if not trusted:
-        raise AgentError("bad-response", f"{where}: untrusted answer ({why})", status=status)
     if status not in (200, 202):
         raise AgentError("bad-response", f"{where}: unexpected status {status}", status=status)
     try:
@@ -176,26 +204,3 @@ def _error_text(body: bytes) -> str:
         return f"{error.get('error', '')}: {error.get('message', '')}".strip(": ")
     except (ValueError, AttributeError):
         return body[:200].decode(errors="replace")
-
-
-async def load_agent_key(kube: Kube, namespace: str, secret_name: str) -> bytes:
-    """The raw partition key from Secret ``data.key``; AgentKeyMissingError if unusable."""
-    try:
-        secret = await kube.call(kube.core.read_namespaced_secret, secret_name, namespace)
-    except ApiException as error:
-        if not_found(error):
-            raise AgentKeyMissingError(f"Secret {namespace}/{secret_name} not found") from error
-        raise
-    encoded = (secret.data or {}).get("key")
-    try:
-        key = base64.b64decode(encoded or "", validate=True)
-    except ValueError as exc:
-        raise AgentKeyMissingError(
-            f"Secret {namespace}/{secret_name}: data.key is not base64"
-        ) from exc
-    if len(key) < protocol.MIN_KEY_BYTES:
-        minimum = protocol.MIN_KEY_BYTES
-        raise AgentKeyMissingError(
-            f"Secret {namespace}/{secret_name}: data.key needs at least {minimum} bytes"
-        )
-    return key

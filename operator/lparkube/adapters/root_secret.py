@@ -12,10 +12,11 @@ from __future__ import annotations
 import base64
 import binascii
 import secrets
+from datetime import UTC, datetime
 
 from kubernetes.client.exceptions import ApiException
 
-from lparkube.adapters.agent_identity import ROOT_BYTES
+from lparkube.adapters.agent_identity import ROOT_BYTES, OperatorCredentials
 from lparkube.adapters.kube import Kube, not_found
 
 ROOT_FIELD = "root"
@@ -71,3 +72,9 @@ async def load_or_create_root(kube: Kube, namespace: str, name: str) -> bytes:
             raise
     secret = await kube.call(kube.core.read_namespaced_secret, name, namespace)
     return _root_of(secret.data, where)
+
+
+async def operator_credentials(kube: Kube, namespace: str, name: str) -> OperatorCredentials:
+    """The identity from the root secret, and a certificate for this process."""
+    root = await load_or_create_root(kube, namespace, name)
+    return OperatorCredentials.issue(root, datetime.now(UTC))

@@ -17,8 +17,15 @@ import kopf
 from lparkube.adapters import kubeconfig
 from lparkube.adapters.guest_agent import AgentClient
 from lparkube.adapters.kube import Kube
+from lparkube.adapters.root_secret import operator_credentials
 from lparkube.api.resource import GROUP
-from lparkube.config import Settings
+from lparkube.config import (
+    DEFAULT_IDENTITY_SECRET,
+    DEFAULT_LEASE_NAMESPACE,
+    Settings,
+    default_gateway_url,
+)
+from lparkube.controllers.partition_objects import KeySecrets
 
 FINALIZER = f"{GROUP}/finalizer"
 
@@ -80,11 +87,27 @@ def operator_startup(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> No
 
 @kopf.on.startup()
 async def operator_clients(memo: Any, **_: Any) -> None:
-    """One Kubernetes client (``memo.kube``) and one guest-agent client (``memo.agents``)
-    shared by every handler, so connections and thread pools are not made per call."""
+    """One Kubernetes client (``memo.kube``), one guest-agent client (``memo.agents``) and
+    one writer of key Secrets (``memo.key_secrets``) shared by every handler, so connections,
+    thread pools and TLS contexts are not made per call. The operator's credentials come
+    from ``lparkube run`` (``memo.credentials``), or are loaded here under a bare kopf run."""
     config = run_config(memo)
     memo.kube = Kube.connect(config.kubeconfig if config else None)
-    memo.agents = AgentClient()
+    credentials = getattr(memo, "credentials", None)
+    if credentials is None:  # a bare `kopf run`; `lparkube run` brings them
+        namespace = config.lease.namespace if config else DEFAULT_LEASE_NAMESPACE
+        secret = config.identity_secret if config else DEFAULT_IDENTITY_SECRET
+        credentials = await operator_credentials(memo.kube, namespace, secret)
+        memo.credentials = credentials
+    memo.agents = AgentClient(credentials)
+    memo.key_secrets = KeySecrets(credentials.identity, gateway_url(config))
+
+
+def gateway_url(config: Settings | None) -> str:
+    """The agent gateway's URL written into every agent's config."""
+    if config is None:
+        return default_gateway_url(None)
+    return config.agent_gateway_url or default_gateway_url(config.lease.namespace)
 
 
 @kopf.on.startup()
@@ -133,6 +156,7 @@ from lparkube.controllers import (  # noqa: E402, F401
     agent_gateway,
     conditionprofile,
     evacuation,
+    networkpolicy,
     partition,
     saveevent,
 )

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import ssl
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -30,7 +29,7 @@ from lparkube.adapters.agent_gateway import (
     ReportGateway,
     Verifiers,
 )
-from lparkube.adapters.guest_agent import AgentKeyMissingError, load_agent_key
+from lparkube.adapters.agent_identity import AgentIdentity, OperatorCredentials
 from lparkube.adapters.kube import PARTITION, Kube
 from lparkube.config import Settings
 from lparkube.controllers.partition import RESOURCE, write_status
@@ -62,8 +61,8 @@ REPORTS = Counter(
 )
 KEY_LOOKUPS = Counter(
     "lparkube_agent_key_lookups",
-    "Partition key lookups made by the gateway (today each a read of the key Secret); a "
-    "report naming an unknown Partition never causes one.",
+    "Partition keys the gateway looked up (derived from the operator's root secret and the "
+    "Partition's uid; cached); a report naming an unknown Partition never causes one.",
     registry=metrics.REGISTRY,
 )
 REPORT_WRITES = Counter(
@@ -76,14 +75,6 @@ REPORT_WRITES = Counter(
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-async def secret_key(kube: Kube, entry: DirectoryEntry) -> bytes | None:
-    """The key from the Secret the Partition's status (or spec) names."""
-    try:
-        return await load_agent_key(kube, entry.namespace, entry.key_secret_name)
-    except AgentKeyMissingError:
-        return None
 
 
 def status_after_report(
@@ -174,12 +165,12 @@ class Gateway:
 
 
 def build_gateway(
-    kube: Kube, directory: PartitionDirectory, identity: str
+    kube: Kube, keys: AgentIdentity, directory: PartitionDirectory, identity: str
 ) -> tuple[ReportGateway, Coalescer]:
-    async def key(entry: DirectoryEntry) -> bytes | None:
+    async def key(entry: DirectoryEntry) -> bytes:
         """The one place the gateway gets a Partition's key from (cached by ``Verifiers``)."""
         KEY_LOOKUPS.inc()
-        return await secret_key(kube, entry)
+        return keys.partition_key(entry.namespace, entry.name, entry.uid)
 
     verifiers = Verifiers(key)
 
@@ -212,19 +203,18 @@ def build_gateway(
 
 
 async def start(
-    settings: Settings,
-    directory: PartitionDirectory,
-    ssl_context: ssl.SSLContext | None = None,
+    settings: Settings, credentials: OperatorCredentials, directory: PartitionDirectory
 ) -> Gateway | None:
-    """Listen on ``--agent-gateway-address`` (TLS with ``ssl_context``); None when it is
-    disabled. Raises OSError."""
+    """Listen on ``--agent-gateway-address`` over TLS (the operator's certificate; a client
+    certificate issued to the partition required); None when it is disabled. Raises
+    OSError."""
     address = settings.agent_gateway_address
     if address is None:
         return None
     kube = Kube.connect(settings.kubeconfig, workers=KUBE_WORKERS)
     try:
-        gateway, writes = build_gateway(kube, directory, settings.identity)
-        listener = gateway.listen(address.host, address.port, ssl_context)
+        gateway, writes = build_gateway(kube, credentials.identity, directory, settings.identity)
+        listener = gateway.listen(address.host, address.port, credentials.server_context())
     except BaseException:
         kube.close()
         raise

@@ -1,11 +1,11 @@
 """Partition controller: the key Secret, the VM (created or adopted), and status from KubeVirt.
 
 Every path converges on one idempotent ``reconcile``: create, resume after a restart, spec
-updates, any change of the Partition's VM or VMI, and KubeVirt's CRD appearing. It reads the
-VM and VMI once into a scope, runs ordered phases over it (claim, Secret, VM) and writes status
-once. It never makes a second VM or Secret and never replaces a key; status is recomputed from
-what it reads, so a restart or a missed event costs nothing but a few reads. Heartbeat expiry
-runs in a per-Partition daemon.
+updates, any change of the Partition's VM or VMI or of its namespace's NetworkPolicies, and
+KubeVirt's CRD appearing. It reads the VM and VMI once into a scope, runs ordered phases over it
+(claim, agent NetworkPolicy, Secret, VM) and writes status once. It never makes a second VM or
+Secret and never replaces a key; status is recomputed from what it reads, so a restart or a
+missed event costs nothing but a few reads. Heartbeat expiry runs in a per-Partition daemon.
 """
 
 from __future__ import annotations
@@ -29,16 +29,14 @@ from lparkube.adapters.kube import (
     Kube,
     not_found,
 )
-from lparkube.config import default_gateway_url
-from lparkube.controllers import run_config
+from lparkube.controllers.partition_network import operator_pods, reconcile_agent_policy
 from lparkube.controllers.partition_objects import (
+    KeySecrets,
     ProblemError,
     check_claim,
-    delete_owned_secret,
     delete_owned_vm,
     ensure_adopted_vm,
     ensure_created_vm,
-    ensure_secret,
     normal,
     release_adopted_vm,
     vm_problem,
@@ -46,6 +44,7 @@ from lparkube.controllers.partition_objects import (
 from lparkube.controllers.partition_scope import PartitionScope
 from lparkube.domain import partition as domain
 from lparkube.domain import partition_status as status_rules
+from lparkube.domain.agent_network import OperatorPods
 from lparkube.domain.conditions import FALSE, TRUE, is_true
 from lparkube.domain.key_delivery import DeliveryError
 
@@ -102,19 +101,12 @@ async def write_status(
     raise kopf.TemporaryError(f"status of {namespace}/{name} kept changing", delay=1)
 
 
-def gateway_url(memo: Any) -> str:
-    config = run_config(memo)
-    if config is None:
-        return default_gateway_url(None)
-    return config.agent_gateway_url or default_gateway_url(config.lease.namespace)
-
-
 # --- reconcile -------------------------------------------------------------------------------
 
 
-async def load_scope(kube: Kube, partition: dict, url: str) -> PartitionScope:
+async def load_scope(kube: Kube, partition: dict, secrets: KeySecrets) -> PartitionScope:
     """The Partition's VM and VMI, read once (at the same time)."""
-    scope = PartitionScope(partition, url)
+    scope = PartitionScope(partition, secrets)
     try:
         scope.vm, scope.vmi = await asyncio.gather(
             kube.get(VIRTUAL_MACHINE, scope.namespace, scope.vm_name),
@@ -126,10 +118,13 @@ async def load_scope(kube: Kube, partition: dict, url: str) -> PartitionScope:
 
 
 def kubevirt_missing(error: KindNotServedError) -> str:
+    # The same words whichever of KubeVirt's two kinds was found missing first, so a
+    # reconcile that meets the other one does not post a second Warning.
     ref = error.ref
     return (
         f"KubeVirt is not installed: this cluster does not serve {ref.group}/{ref.version} "
-        f"{ref.plural}. Install KubeVirt; the Partition is reconciled as soon as it is"
+        "VirtualMachines and VirtualMachineInstances. Install KubeVirt; the Partition is "
+        "reconciled as soon as it is"
     )
 
 
@@ -140,7 +135,8 @@ async def claim_vm(kube: Kube, scope: PartitionScope) -> None:
 
 
 async def reconcile_secret(kube: Kube, scope: PartitionScope) -> None:
-    if await ensure_secret(kube, scope.partition, scope.agent, scope.url):
+    assert scope.secrets is not None  # reconcile always brings them
+    if await scope.secrets.ensure(kube, scope.partition, scope.agent):
         message = f"Generated the agent key in Secret {scope.agent.key_secret_name}"
         normal(scope.partition, reason="KeyCreated", message=message)
 
@@ -152,12 +148,15 @@ async def reconcile_vm(kube: Kube, scope: PartitionScope) -> None:
         await ensure_created_vm(kube, scope)
 
 
-PHASES = (claim_vm, reconcile_secret, reconcile_vm)
+PHASES = (claim_vm, reconcile_agent_policy, reconcile_secret, reconcile_vm)
 
 
-async def reconcile(kube: Kube, partition: dict, url: str) -> None:
+async def reconcile(
+    kube: Kube, partition: dict, secrets: KeySecrets, operator: OperatorPods | None
+) -> None:
     """Load, run the phases in order until one meets a problem, write status once."""
-    scope = await load_scope(kube, partition, url)
+    scope = await load_scope(kube, partition, secrets)
+    scope.operator_pods = operator
     for phase in PHASES:
         if scope.problem is not None:
             break
@@ -210,7 +209,7 @@ async def reconcile_read(memo: Any, partition: dict) -> None:
     if meta.get("deletionTimestamp"):
         return
     try:
-        await reconcile(memo.kube, partition, gateway_url(memo))
+        await reconcile(memo.kube, partition, memo.key_secrets, operator_pods(memo))
     except kopf.TemporaryError:
         pass  # a lost race, won by another writer; the next change or resume looks again
     except ApiException as error:
@@ -233,13 +232,13 @@ def partition_by_vm(namespace: str, name: str, spec: kopf.Spec, **_: Any) -> dic
 @metrics.instrumented("partitions")
 async def partition_create(body: kopf.Body, memo: Any, **_: Any) -> None:
     """Also on resume: after a restart every Partition is checked, nothing is duplicated."""
-    await reconcile(memo.kube, _plain(body), gateway_url(memo))
+    await reconcile(memo.kube, _plain(body), memo.key_secrets, operator_pods(memo))
 
 
 @kopf.on.update(*RESOURCE)
 @metrics.instrumented("partitions")
 async def partition_update(body: kopf.Body, memo: Any, **_: Any) -> None:
-    await reconcile(memo.kube, _plain(body), gateway_url(memo))
+    await reconcile(memo.kube, _plain(body), memo.key_secrets, operator_pods(memo))
 
 
 @kopf.on.delete(*RESOURCE)
@@ -252,7 +251,7 @@ async def partition_delete(body: kopf.Body, memo: Any, **_: Any) -> None:
         await release_adopted_vm(memo.kube, partition)
     else:
         await delete_owned_vm(memo.kube, partition)
-    await delete_owned_secret(memo.kube, partition)
+    memo.key_secrets.forget(partition)  # the garbage collector deletes the Secret
 
 
 @kopf.daemon(*RESOURCE, cancellation_timeout=1.0)

@@ -14,13 +14,13 @@ from typing import Any
 import kopf
 from kubernetes.client.exceptions import ApiException
 
+from lparkube.adapters.agent_identity import AgentIdentity
 from lparkube.adapters.kube import PARTITION, VIRTUAL_MACHINE, Kube, not_found
 from lparkube.controllers.partition_scope import PartitionScope
 from lparkube.domain import key_delivery, vm_ownership
 from lparkube.domain import partition as domain
 from lparkube.domain import partition_status as status_rules
 from lparkube.domain.conditions import FALSE, Condition
-from lparkube_agent import protocol
 
 VM_PATCH_ATTEMPTS = 5
 
@@ -46,15 +46,43 @@ class ProblemError(Exception):
 # --- the key Secret --------------------------------------------------------------------------
 
 
-async def ensure_secret(kube: Kube, partition: dict, agent: domain.AgentSpec, url: str) -> bool:
-    """Create the key Secret, or complete an existing one; never replace its key.
+class KeySecrets:
+    """Writes each Partition's key Secret from the operator's identity, without reading one.
 
-    Returns True when this call created it.
+    A Secret is created, or rewritten by a JSON patch that applies only to a Secret this
+    Partition controls; what was last written is remembered (by Partition uid and Secret
+    name), so a reconcile that changes nothing makes no write. The operator never reads a
+    tenant's Secret: the key is derived again whenever it is needed.
     """
-    namespace = partition["metadata"]["namespace"]
-    secret = await _read_secret(kube, namespace, agent.key_secret_name)
-    if secret is None:
-        data = domain.secret_data(partition, agent, protocol.new_key(), url)
+
+    def __init__(self, identity: AgentIdentity, url: str) -> None:
+        self.identity = identity
+        self.url = url
+        self._written: dict[tuple[str, str], str] = {}
+
+    async def ensure(self, kube: Kube, partition: dict, agent: domain.AgentSpec) -> bool:
+        """Create or rewrite the key Secret; True when this call created it."""
+        meta = partition["metadata"]
+        namespace, name, uid = meta["namespace"], meta["name"], meta["uid"]
+        credentials = self.identity.agent_credentials(namespace, name, uid)
+        data = domain.secret_data(partition, agent, credentials, self.url)
+        written, digest = (uid, agent.key_secret_name), domain.data_digest(data)
+        if self._written.get(written) == digest:
+            return False
+        created = await self._create_or_rewrite(kube, partition, agent, data)
+        self._written[written] = digest
+        return created
+
+    def forget(self, partition: dict) -> None:
+        """The Partition is gone: nothing of it stays remembered."""
+        uid = partition["metadata"]["uid"]
+        for written in [w for w in self._written if w[0] == uid]:
+            del self._written[written]
+
+    async def _create_or_rewrite(
+        self, kube: Kube, partition: dict, agent: domain.AgentSpec, data: dict[str, str]
+    ) -> bool:
+        namespace = partition["metadata"]["namespace"]
         body = domain.key_secret(partition, agent, data)
         try:
             await kube.call(kube.core.create_namespaced_secret, namespace, body)
@@ -62,37 +90,24 @@ async def ensure_secret(kube: Kube, partition: dict, agent: domain.AgentSpec, ur
         except ApiException as error:
             if error.status != 409:
                 raise
-        secret = await _read_secret(kube, namespace, agent.key_secret_name)
-        if secret is None:
-            raise kopf.TemporaryError("the key Secret vanished while being created", delay=1)
-    key = domain.secret_key(secret)
-    if key is None or len(key) < protocol.MIN_KEY_BYTES:
-        raise ProblemError(
-            status_rules.KEY_INVALID,
-            f"Secret {agent.key_secret_name} has no usable data.key (base64 of at least "
-            f"{protocol.MIN_KEY_BYTES} random bytes); fix or delete it",
-        )
-    missing = domain.missing_secret_data(
-        secret.get("data"), domain.secret_data(partition, agent, key, url)
-    )
-    if missing:
-        await kube.call(
-            kube.core.patch_namespaced_secret,
-            agent.key_secret_name,
-            namespace,
-            {"data": missing},
-        )
-    return False
-
-
-async def _read_secret(kube: Kube, namespace: str, name: str) -> dict | None:
-    try:
-        secret = await kube.call(kube.core.read_namespaced_secret, name, namespace)
-    except ApiException as error:
-        if not_found(error):
-            return None
-        raise
-    return kube.api_client.sanitize_for_serialization(secret)
+        patch = domain.owned_secret_patch(partition["metadata"]["uid"], data)
+        try:
+            await kube.call(
+                kube.core.patch_namespaced_secret, agent.key_secret_name, namespace, patch
+            )
+        except ApiException as error:
+            if not_found(error):
+                raise kopf.TemporaryError("the key Secret vanished", delay=1) from error
+            if error.status != 422:
+                raise
+            raise ProblemError(
+                status_rules.KEY_SECRET_CONFLICT,
+                f"Secret {agent.key_secret_name} exists and is not this Partition's: lparkube "
+                "makes the key Secret itself and writes only one its Partition controls. "
+                "Delete that Secret, or create the Partition again naming another "
+                "spec.agent.keySecretName",
+            ) from error
+        return False
 
 
 # --- the VirtualMachine ----------------------------------------------------------------------
@@ -186,7 +201,7 @@ def _restored(scope: PartitionScope) -> str:
 async def release_adopted_vm(kube: Kube, partition: dict) -> None:
     """Hand an adopted VM back: our claim and key disk removed, the VM kept. A VM that is
     not this Partition's (it was refused) is not touched."""
-    scope = PartitionScope(partition, url="")
+    scope = PartitionScope(partition)
     scope.vm = await kube.get(VIRTUAL_MACHINE, scope.namespace, scope.vm_name)
 
     async def plan(vm: dict) -> dict | None:
@@ -230,16 +245,6 @@ async def delete_owned_vm(kube: Kube, partition: dict) -> None:
         ref, delete = VIRTUAL_MACHINE, kube.custom.delete_namespaced_custom_object
         args = (ref.group, ref.version, meta["namespace"], ref.plural, meta["name"])
         await _delete(kube, delete, *args, uid=vm["metadata"]["uid"])
-
-
-async def delete_owned_secret(kube: Kube, partition: dict) -> None:
-    """Delete the key Secret if this Partition made it (a user's own Secret stays)."""
-    meta = partition["metadata"]
-    name = domain.agent_spec(meta["name"], partition.get("spec") or {}).key_secret_name
-    secret = await _read_secret(kube, meta["namespace"], name)
-    if secret is not None and domain.controlled_by(secret, meta["uid"]):
-        delete, uid = kube.core.delete_namespaced_secret, secret["metadata"]["uid"]
-        await _delete(kube, delete, name, meta["namespace"], uid=uid)
 
 
 async def _delete(kube: Kube, fn: Callable[..., Any], *args: Any, uid: str) -> None:

@@ -4,9 +4,13 @@ phases work on it, write status once at the end from what it holds."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lparkube.domain import partition as domain
+from lparkube.domain.agent_network import OperatorPods
+
+if TYPE_CHECKING:
+    from lparkube.controllers.partition_objects import KeySecrets
 from lparkube.domain.conditions import Condition
 
 
@@ -16,12 +20,13 @@ class PartitionScope:
     the patched VM here, and the first problem a phase meets stops the phases after it."""
 
     partition: dict[str, Any]
-    url: str
+    secrets: KeySecrets | None = None  # None: the Partition is going away, nothing is written
     agent: domain.AgentSpec = field(init=False)
     vm: dict[str, Any] | None = None
     vmi: dict[str, Any] | None = None
     problem: Condition | None = None
     refused: bool = False  # the VM is another Partition's: status shows none of it
+    operator_pods: OperatorPods | None = None  # who reaches the agent; None: no agent policy
 
     def __post_init__(self) -> None:
         self.agent = domain.agent_spec(self.name, self.spec)

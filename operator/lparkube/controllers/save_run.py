@@ -27,14 +27,8 @@ from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
 from lparkube import metrics
-from lparkube.adapters import agent_keys, net_errors
-from lparkube.adapters.guest_agent import (
-    AgentClient,
-    AgentError,
-    AgentKeyMissingError,
-    AgentTarget,
-    load_agent_key,
-)
+from lparkube.adapters import net_errors
+from lparkube.adapters.guest_agent import AgentClient, AgentError, AgentTarget
 from lparkube.adapters.kube import PARTITION, SAVE_EVENT, Kube
 from lparkube.adapters.status_writer import StatusWriter
 from lparkube.controllers.instructions_first import InstructionsFirst
@@ -82,7 +76,6 @@ class SaveRun:
             on_write=metrics.SAVE_STATUS_WRITES.inc,
         )
         self.index: dict[tuple[str, str], int] = {}
-        self.keys: dict[tuple[str, str], bytes] = {}
         # why a partition's last attempt failed while it is retried, for its deadline message
         self.last_error: dict[tuple[str, str], str] = {}
         self.few = True
@@ -218,11 +211,6 @@ class SaveRun:
     # --- fan-out ------------------------------------------------------------------------------
 
     async def _save_all(self, targets: dict[tuple[str, str], saving.Target]) -> None:
-        wanted = [(t.namespace, t.key_secret) for t in targets.values()]
-        try:
-            self.keys = await agent_keys.load_keys(self.kube, wanted)
-        except ApiException as error:  # each partition then reads its own key
-            self.logger.warning("Listing agent key Secrets failed: %s", error.reason)
         instructing = self.instructing.launch(
             targets, lambda key: self._save_partition(targets[key])
         )
@@ -290,14 +278,7 @@ class SaveRun:
             reason = saving.unreachable_reason(target) or "no agent endpoint"
             self._finish(key, saving.UNREACHABLE, reason, utcnow())
             return
-        try:
-            secret = self.keys.get((target.namespace, target.key_secret)) or await load_agent_key(
-                self.kube, target.namespace, target.key_secret
-            )
-        except AgentKeyMissingError as error:
-            self._finish(key, saving.FAILED, f"cannot read the agent key: {error}", utcnow())
-            return
-        agent = AgentTarget(target.ref, target.endpoint, secret)
+        agent = AgentTarget(target.namespace, target.name, target.uid, target.endpoint)
         sent = time.monotonic()
         self.fanout_latency.observe(max(0.0, (utcnow() - self.created).total_seconds()))
         result = await self._call_until_answered(target, agent)
@@ -345,7 +326,7 @@ class SaveRun:
                     self._finish(target.key, saving.UNREACHABLE, f"{reason} ({error})", utcnow())
                     return None
                 if current is not None and current.endpoint != agent.endpoint:
-                    agent = AgentTarget(agent.partition, current.endpoint, agent.key)
+                    agent = replace(agent, endpoint=current.endpoint)
                 self.last_error[target.key] = str(error)
                 await asyncio.sleep(RETRY_PAUSES[min(attempt, len(RETRY_PAUSES) - 1)])
                 attempt += 1

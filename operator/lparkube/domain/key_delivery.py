@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import copy
-import json
 from typing import Any
 
 import yaml
@@ -21,8 +20,9 @@ KEY_VOLUME = "lparkube-agent"
 KEY_SERIAL = "lparkube"
 CLOUD_INIT_VOLUME = "lparkube-cloudinit"
 OPERATOR_VOLUMES = (KEY_VOLUME, CLOUD_INIT_VOLUME)
-KEY_PATH = "/etc/lparkube/key"
-CONFIG_PATH = "/etc/lparkube/config.json"
+AGENT_DIRECTORY = "/etc/lparkube"
+KEY_PATH = f"{AGENT_DIRECTORY}/key"
+CONFIG_PATH = f"{AGENT_DIRECTORY}/config.json"
 CLOUD_INIT_SOURCES = ("cloudInitNoCloud", "cloudInitConfigDrive")
 CLOUD_CONFIG_HEADER = "#cloud-config"
 
@@ -71,27 +71,23 @@ def template_user_data(vm_spec: dict[str, Any]) -> str | None:
     return source.get("userData")
 
 
-def user_data_with_key(user_data: str | None, key: bytes, config: dict[str, Any]) -> str:
-    """The cloud-config that writes the key and the agent config, keeping the user's own."""
+def user_data_with_files(user_data: str | None, files: dict[str, bytes]) -> str:
+    """The cloud-config that writes the agent's files under /etc/lparkube, keeping the user's
+    own; every file is root's, mode 0600 (the private keys among them)."""
     document = _cloud_config(user_data)
-    ours = {KEY_PATH, CONFIG_PATH}
-    files = [f for f in document.get("write_files") or [] if f.get("path") not in ours]
-    files += [
+    ours = {f"{AGENT_DIRECTORY}/{name}" for name in files}
+    kept = [f for f in document.get("write_files") or [] if f.get("path") not in ours]
+    written = [
         {
-            "path": KEY_PATH,
+            "path": f"{AGENT_DIRECTORY}/{name}",
             "encoding": "b64",
-            "content": base64.b64encode(key).decode(),
+            "content": base64.b64encode(content).decode(),
             "owner": "root:root",
             "permissions": "0600",
-        },
-        {
-            "path": CONFIG_PATH,
-            "content": json.dumps(config, indent=2) + "\n",
-            "owner": "root:root",
-            "permissions": "0600",
-        },
+        }
+        for name, content in files.items()
     ]
-    document["write_files"] = files
+    document["write_files"] = kept + written
     return f"{CLOUD_CONFIG_HEADER}\n{yaml.safe_dump(document, sort_keys=False)}"
 
 
@@ -166,8 +162,8 @@ def adoptable_delivery(vm_spec: dict[str, Any], delivery: str) -> None:
         volume = cloud_init_volume(vm_spec) or {}
         raise DeliveryError(
             f"the adopted VM already has cloud-init volume {volume.get('name')!r}, which lparkube "
-            "does not rewrite; use keyDelivery SecretVolume, or write "
-            f"{KEY_PATH} and {CONFIG_PATH} from the Secret yourself"
+            "does not rewrite; use keyDelivery SecretVolume, or write the key Secret's files "
+            f"into {AGENT_DIRECTORY} yourself"
         )
 
 

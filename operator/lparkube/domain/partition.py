@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -24,6 +25,9 @@ DEFAULT_PORT = 8443
 DEFAULT_HEARTBEAT_TIMEOUT = "90s"
 MAX_REPORT_INTERVAL = 30
 SECRET_KEY = "key"
+SECRET_CA = "ca.crt"
+SECRET_CERT = "tls.crt"
+SECRET_TLS_KEY = "tls.key"
 SECRET_CONFIG = "config.json"
 SECRET_USERDATA = "userdata"
 LAST_APPLIED = "lparkube.io/last-applied-template"
@@ -111,23 +115,50 @@ def agent_config(partition: str, agent: AgentSpec, operator_url: str) -> dict[st
     }
 
 
-def secret_data(
-    partition: dict[str, Any], agent: AgentSpec, key: bytes, operator_url: str
-) -> dict[str, str]:
-    """The key Secret's data (base64 values): key, config.json and, for CloudInit, userdata."""
+@dataclass(frozen=True)
+class AgentCredentials:
+    """What one partition's guest receives besides its config (docs/agent-protocol.md): the
+    HMAC key, the CA it pins, and its own TLS certificate and private key (PEM)."""
+
+    key: bytes
+    ca_pem: bytes
+    cert_pem: bytes
+    key_pem: bytes
+
+
+def secret_files(
+    partition: dict[str, Any], agent: AgentSpec, credentials: AgentCredentials, operator_url: str
+) -> dict[str, bytes]:
+    """The files the guest receives, by name (the Secret's keys, the names on the secret disk
+    and under /etc/lparkube): key, ca.crt, tls.crt, tls.key and config.json."""
     meta = partition["metadata"]
     config = agent_config(partition_id(meta["namespace"], meta["name"]), agent, operator_url)
-    files = {SECRET_KEY: key, SECRET_CONFIG: (json.dumps(config, indent=2) + "\n").encode()}
+    return {
+        SECRET_KEY: credentials.key,
+        SECRET_CA: credentials.ca_pem,
+        SECRET_CERT: credentials.cert_pem,
+        SECRET_TLS_KEY: credentials.key_pem,
+        SECRET_CONFIG: (json.dumps(config, indent=2) + "\n").encode(),
+    }
+
+
+def secret_data(
+    partition: dict[str, Any], agent: AgentSpec, credentials: AgentCredentials, operator_url: str
+) -> dict[str, str]:
+    """The key Secret's data (base64 values): the guest's files and, for CloudInit, the user
+    data that writes them."""
+    files = secret_files(partition, agent, credentials, operator_url)
     if agent.key_delivery == key_delivery.CLOUD_INIT:
         spec = partition.get("spec") or {}
         template = (spec.get("vmTemplate") or {}).get("spec") or {}
         user_data = key_delivery.template_user_data(template)
-        files[SECRET_USERDATA] = key_delivery.user_data_with_key(user_data, key, config).encode()
+        files[SECRET_USERDATA] = key_delivery.user_data_with_files(user_data, files).encode()
     return {k: base64.b64encode(v).decode() for k, v in files.items()}
 
 
 def key_secret(partition: dict[str, Any], agent: AgentSpec, data: dict[str, str]) -> dict[str, Any]:
-    """A new key Secret, owned by the Partition so it goes when the Partition goes."""
+    """A new key Secret, controlled by the Partition: the garbage collector deletes it with the
+    Partition, and the operator rewrites only a Secret that names it so."""
     meta = partition["metadata"]
     return {
         "apiVersion": "v1",
@@ -143,21 +174,20 @@ def key_secret(partition: dict[str, Any], agent: AgentSpec, data: dict[str, str]
     }
 
 
-def secret_key(secret: dict[str, Any]) -> bytes | None:
-    """The raw key in a Secret's data.key, or None when absent or not base64."""
-    encoded = (secret.get("data") or {}).get(SECRET_KEY)
-    if not encoded:
-        return None
-    try:
-        return base64.b64decode(encoded, validate=True)
-    except ValueError:
-        return None
+def owned_secret_patch(partition_uid: str, data: dict[str, str]) -> list[dict[str, Any]]:
+    """A JSON patch that rewrites the data of a key Secret only if the Partition controls it:
+    the API server applies the ``test`` and the ``replace`` atomically, so a user's own Secret
+    of that name is never written (the patch fails instead)."""
+    return [
+        {"op": "test", "path": "/metadata/ownerReferences/0/uid", "value": partition_uid},
+        {"op": "test", "path": "/metadata/ownerReferences/0/controller", "value": True},
+        {"op": "replace", "path": "/data", "value": data},
+    ]
 
 
-def missing_secret_data(existing: dict[str, str] | None, wanted: dict[str, str]) -> dict[str, str]:
-    """What an existing Secret lacks; never the key or anything it already holds."""
-    existing = existing or {}
-    return {k: v for k, v in wanted.items() if k != SECRET_KEY and k not in existing}
+def data_digest(data: dict[str, str]) -> str:
+    """A short fingerprint of Secret data, to skip rewriting what was already written."""
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
 # --- the VirtualMachine --------------------------------------------------------------------

@@ -15,7 +15,6 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from lparkube.domain.clock import parse_time
-from lparkube.domain.partition import agent_spec
 
 
 @dataclass(frozen=True)
@@ -26,7 +25,6 @@ class DirectoryEntry:
     name: str
     uid: str
     deleting: bool
-    key_secret_name: str  # the Secret the key is read from today
     last_report: int | None  # signed Unix seconds of the last accepted report
 
     @property
@@ -48,16 +46,13 @@ def last_report_time(status: dict[str, Any] | None) -> int | None:
 
 def entry_of(partition: dict[str, Any]) -> DirectoryEntry:
     """The directory entry of a Partition object (as the watch delivers it)."""
-    meta, status = partition["metadata"], partition.get("status") or {}
-    stored = (status.get("agent") or {}).get("keySecretName")
-    spec_secret = agent_spec(meta["name"], partition.get("spec") or {}).key_secret_name
+    meta = partition["metadata"]
     return DirectoryEntry(
         namespace=meta["namespace"],
         name=meta["name"],
         uid=meta["uid"],
         deleting=bool(meta.get("deletionTimestamp")),
-        key_secret_name=stored or spec_secret,
-        last_report=last_report_time(status),
+        last_report=last_report_time(partition.get("status")),
     )
 
 

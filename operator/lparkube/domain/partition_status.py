@@ -18,7 +18,7 @@ READY = "Ready"
 # VMReady=False reasons for problems the user must fix (docs/api.md lists them all)
 VM_NAME_CONFLICT = "VMNameConflict"
 INVALID_TEMPLATE = "InvalidTemplate"
-KEY_INVALID = "KeyInvalid"
+KEY_SECRET_CONFLICT = "KeySecretConflict"
 KEY_DELIVERY_FAILED = "KeyDeliveryFailed"
 KUBEVIRT_MISSING = "KubeVirtMissing"
 

@@ -117,7 +117,7 @@ class Target:
     node_name: str = ""
     vm_name: str = ""
     endpoint: str = ""
-    key_secret: str = ""
+    uid: str = ""
     connected: bool = False
     connected_message: str = ""
 
@@ -136,7 +136,7 @@ def target_fields(partition: Mapping[str, Any]) -> dict[str, Any]:
     spec = partition.get("spec") or {}
     status = partition.get("status") or {}
     return {
-        "metadata": {k: meta[k] for k in ("namespace", "name", "labels") if k in meta},
+        "metadata": {k: meta[k] for k in ("namespace", "name", "uid", "labels") if k in meta},
         "spec": {k: spec[k] for k in ("vmName", "agent") if k in spec},
         "status": {
             **{k: status[k] for k in ("nodeName", "vmName", "agent") if k in status},
@@ -163,9 +163,7 @@ def target_of(partition: Mapping[str, Any]) -> Target:
         node_name=status.get("nodeName") or "",
         vm_name=status.get("vmName") or spec.get("vmName") or name,
         endpoint=agent.get("endpoint") or "",
-        key_secret=agent.get("keySecretName")
-        or (spec.get("agent") or {}).get("keySecretName")
-        or f"{name}-agent-key",
+        uid=meta.get("uid", ""),
         connected=connected.get("status") == TRUE,
         connected_message=connected.get("message") or connected.get("reason") or "",
     )

@@ -15,11 +15,15 @@ from collections.abc import Iterator
 
 import kopf
 from aiohttp import web
+from kubernetes.client.exceptions import ApiException
 
 import lparkube.controllers  # noqa: F401  (importing registers the kopf handlers)
 from lparkube import health, metrics
 from lparkube.adapters import kubeconfig
+from lparkube.adapters.agent_identity import OperatorCredentials
+from lparkube.adapters.kube import Kube
 from lparkube.adapters.lease import LeaseNamespaceMissingError, LeaseStore
+from lparkube.adapters.root_secret import RootSecretError, operator_credentials
 from lparkube.config import Settings
 from lparkube.controllers import agent_gateway
 from lparkube.domain.partition_directory import PartitionDirectory
@@ -90,27 +94,45 @@ async def _operate_with_gateway(
     knows Partitions from the directory kopf's Partition watch keeps (through the memo)."""
     directory = PartitionDirectory()
     try:
-        gateway = await agent_gateway.start(settings, directory)
+        credentials = await _credentials(settings)
+    except (ApiException, RootSecretError) as exc:
+        where = f"{settings.lease.namespace}/{settings.identity_secret}"
+        logger.error("Cannot load the operator's root secret %s: %s", where, exc)
+        return EXIT_FAILURE
+    try:
+        gateway = await agent_gateway.start(settings, credentials, directory)
     except OSError as exc:
         logger.error("Cannot listen for guest agent reports: %s", exc)
         return EXIT_FAILURE
     try:
-        return await _operate(settings, readiness, stop, renewal, directory)
+        return await _operate(settings, credentials, readiness, stop, renewal, directory=directory)
     finally:
         if gateway is not None:
             await gateway.stop()
 
 
+async def _credentials(settings: Settings) -> OperatorCredentials:
+    """The operator's identity (its root secret, made on first start) and a fresh certificate,
+    shared by the agent gateway and kopf's handlers."""
+    kube = Kube.connect(settings.kubeconfig, workers=1)
+    try:
+        return await operator_credentials(kube, settings.lease.namespace, settings.identity_secret)
+    finally:
+        kube.close()
+
+
 async def _operate(
     settings: Settings,
+    credentials: OperatorCredentials,
     readiness: health.Readiness,
     stop: asyncio.Event,
     renewal: asyncio.Task,
+    *,
     directory: PartitionDirectory,
 ) -> int:
     """Run kopf until ``stop``; bound its shutdown when the Lease was lost."""
     operator = asyncio.create_task(
-        _kopf(settings, readiness, stop, directory), name="lparkube kopf"
+        _kopf(settings, credentials, directory, readiness, stop), name="lparkube kopf"
     )
     await asyncio.wait({operator, renewal}, return_when=asyncio.FIRST_COMPLETED)
     if renewal.done() and not operator.done():
@@ -133,9 +155,10 @@ async def _operate(
 
 async def _kopf(
     settings: Settings,
+    credentials: OperatorCredentials,
+    directory: PartitionDirectory,
     readiness: health.Readiness,
     stop: asyncio.Event,
-    directory: PartitionDirectory,
 ) -> None:
     """kopf.operator, but with our signal handlers: stopping must go through the Lease logic."""
     kopf_settings = kopf.OperatorSettings()
@@ -147,7 +170,7 @@ async def _kopf(
         standalone=True,  # our Lease, not kopf peering, decides who runs handlers
         stop_flag=stop,
         ready_flag=readiness.kopf_ready,
-        memo=kopf.Memo(config=settings, partition_directory=directory),
+        memo=kopf.Memo(config=settings, credentials=credentials, partition_directory=directory),
     )
     _install_signal_handlers(stop)  # spawn_tasks took SIGINT/SIGTERM over
     try:
