@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import ssl
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -57,17 +56,14 @@ def health_app(readiness: Readiness) -> web.Application:
     return app
 
 
-async def serve(
-    app: web.Application, address: Address, name: str, ssl_context: ssl.SSLContext | None = None
-) -> web.AppRunner:
-    """Start ``app`` on ``address`` in the running loop (over TLS with ``ssl_context``); the
-    caller owns ``cleanup()``."""
+async def serve(app: web.Application, address: Address, name: str) -> web.AppRunner:
+    """Start ``app`` on ``address`` in the running loop; the caller owns ``cleanup()``."""
     # Short keep-alive: idle probe connections must not delay shutdown.
     runner = web.AppRunner(
         app, handle_signals=False, shutdown_timeout=1.0, access_log=None, keepalive_timeout=1.0
     )
     await runner.setup()
-    site = web.TCPSite(runner, address.host or None, address.port, ssl_context=ssl_context)
+    site = web.TCPSite(runner, address.host or None, address.port)
     await site.start()
     logger.info("Serving %s on %s", name, address)
     return runner
