@@ -5,9 +5,11 @@
 
 On a local control plane (started here, or ``--kubeconfig``), for each size N:
 
-* N Partitions whose status this script writes directly (endpoint, AgentConnected), each with
-  a key Secret, and N in-process agents: aiohttp servers on loopback ports in one child
-  process, speaking the signed protocol (``lparkube_agent.protocol``), idempotent by id, each
+* N Partitions whose status this script writes directly (endpoint, AgentConnected), and N
+  in-process agents: aiohttp servers on loopback ports in one child process, each serving TLS
+  with its partition's certificate and speaking the signed protocol
+  (``lparkube_agent.protocol``) with its partition's key, both derived from the operator's
+  root secret (written here first, as the operator would make it), idempotent by id, each
   with ``--apps`` applications that save in ``--app-ms``.
 * **operator**: the real SaveEvent controller (its kopf daemon, in an operator subprocess
   that runs only the SaveEvent handlers and their Partition index, so the Partition controller
@@ -15,7 +17,7 @@ On a local control plane (started here, or ``--kubeconfig``), for each size N:
   watch seeing ``Complete=True``.
 * **floor**: a bare async client (aiohttp only) does the same work on its own SaveEvent in
   the same run: with the Partitions known beforehand (the operator has them in its watch
-  cache), list the key Secrets, make the N signed agent calls with the same concurrency, then
+  cache), derive the keys, make the N signed TLS agent calls with the same concurrency, then
   write the results (as the operator does, writing nothing until the instructions are out).
 
 Per-partition instruction latency is measured by the agents: first receipt of the save
@@ -48,13 +50,26 @@ import aiohttp
 import yaml
 from aiohttp import web
 
+from lparkube.adapters.agent_identity import OperatorCredentials, agent_server_name
+from lparkube.adapters.root_secret import ROOT_FIELD
+from lparkube.config import DEFAULT_IDENTITY_SECRET
 from lparkube_agent import protocol
 
 REPO = Path(__file__).resolve().parents[1]
 GROUP, VERSION = "lparkube.io", "v1alpha1"
 CONCURRENCY = 128  # the controller's MAX_CONCURRENT_INSTRUCTIONS
 SETUP_CONCURRENCY = 64
-PARTITION_LABEL = "lparkube.io/partition"
+
+
+@dataclass(frozen=True)
+class BenchAgent:
+    """What one in-process agent holds: its partition, key and TLS identity (PEM)."""
+
+    ref: str
+    key: bytes
+    ca_pem: bytes
+    cert_pem: bytes
+    key_pem: bytes
 
 
 def stamp(moment: float | None = None) -> str:
@@ -68,7 +83,7 @@ def stamp(moment: float | None = None) -> str:
 class AgentHost:
     """N agents on N loopback ports of one aiohttp app; the port tells which partition."""
 
-    def __init__(self, partitions: list[tuple[str, bytes]], apps: int, app_ms: int) -> None:
+    def __init__(self, partitions: list[BenchAgent], apps: int, app_ms: int) -> None:
         self.partitions = partitions
         self.apps, self.app_ms = apps, app_ms
         self.by_port: dict[int, tuple[str, bytes, protocol.Verifier]] = {}
@@ -82,12 +97,14 @@ class AgentHost:
         self.runner = web.AppRunner(app, access_log=None)
         await self.runner.setup()
         ports = []
-        for ref, key in self.partitions:
-            site = web.TCPSite(self.runner, "127.0.0.1", 0, backlog=1024)
-            await site.start()
-            port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-            self.by_port[port] = (ref, key, protocol.Verifier(key, ref))
-            ports.append(port)
+        with tempfile.TemporaryDirectory(prefix="bench-agents-") as files:
+            for agent in self.partitions:
+                context = server_context(agent, Path(files))
+                site = web.TCPSite(self.runner, "127.0.0.1", 0, backlog=1024, ssl_context=context)
+                await site.start()
+                port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+                self.by_port[port] = (agent.ref, agent.key, protocol.Verifier(agent.key, agent.ref))
+                ports.append(port)
         return ports
 
     async def save(self, request: web.Request) -> web.Response:
@@ -130,7 +147,19 @@ class AgentHost:
                 "applications": apps}  # fmt: skip
 
 
-def agent_host_main(conn: Any, partitions: list[tuple[str, bytes]], apps: int, app_ms: int) -> None:
+def server_context(agent: BenchAgent, directory: Path) -> ssl.SSLContext:
+    """The agent's side of TLS, as the guest agent sets it up (operator certificate required)."""
+    cert, key = directory / "tls.crt", directory / "tls.key"
+    cert.write_bytes(agent.cert_pem)
+    key.write_bytes(agent.key_pem)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    context.verify_mode = ssl.CERT_REQUIRED
+    context.load_verify_locations(cadata=agent.ca_pem.decode())
+    return context
+
+
+def agent_host_main(conn: Any, partitions: list[BenchAgent], apps: int, app_ms: int) -> None:
     """Child process: serve the agents; answer 'receipts <id>' and 'stop' on the pipe."""
 
     async def main() -> None:
@@ -151,7 +180,7 @@ def agent_host_main(conn: Any, partitions: list[tuple[str, bytes]], apps: int, a
 class Agents:
     """The parent's handle on the agent host process."""
 
-    def __init__(self, partitions: list[tuple[str, bytes]], apps: int, app_ms: int) -> None:
+    def __init__(self, partitions: list[BenchAgent], apps: int, app_ms: int) -> None:
         context = multiprocessing.get_context("spawn")
         self.conn, child = context.Pipe()
         self.process = context.Process(
@@ -176,7 +205,8 @@ class Agents:
 class Api:
     """aiohttp straight at the API server with the kubeconfig's client certificate."""
 
-    def __init__(self, kubeconfig: Path) -> None:
+    def __init__(self, kubeconfig: Path, credentials: OperatorCredentials) -> None:
+        self.credentials = credentials  # the floor calls agents as the operator does
         config = yaml.safe_load(kubeconfig.read_text())
         cluster = config["clusters"][0]["cluster"]
         user = config["users"][0]["user"]
@@ -196,6 +226,7 @@ class Api:
         connector = aiohttp.TCPConnector(ssl=self.ssl, limit=100)
         self.session = aiohttp.ClientSession(connector=connector)
         self.agents = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+        self.agents_tls = self.credentials.client_context()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -289,21 +320,9 @@ def names(size: int) -> list[str]:
     return [f"p{i:04d}" for i in range(size)]
 
 
-async def populate(api: Api, namespace: str, keys: dict[str, bytes], ports: dict[str, int]) -> None:
-    """Namespace, key Secrets, Partitions and their status (agent connected at its port)."""
+async def create_partitions(api: Api, namespace: str, names: list[str]) -> dict[str, str]:
+    """Namespace and Partitions (no status yet); their uids by name."""
     await api.request("POST", "/api/v1/namespaces", {"metadata": {"name": namespace}})
-    secrets = [
-        api.request(
-            "POST",
-            f"/api/v1/namespaces/{namespace}/secrets",
-            {
-                "metadata": {"name": f"{name}-agent-key", "labels": {PARTITION_LABEL: name}},
-                "data": {"key": base64.b64encode(keys[name]).decode()},
-            },
-        )
-        for name in keys
-    ]
-    await bounded(SETUP_CONCURRENCY, secrets)
     parts = [
         api.request(
             "POST",
@@ -315,15 +334,29 @@ async def populate(api: Api, namespace: str, keys: dict[str, bytes], ports: dict
                 "spec": {"vmName": f"vm-{name}"},
             },
         )
-        for name in keys
+        for name in names
     ]
-    await bounded(SETUP_CONCURRENCY, parts)
+    created = await bounded(SETUP_CONCURRENCY, parts)
+    return {p["metadata"]["name"]: p["metadata"]["uid"] for p in created}
+
+
+async def write_statuses(api: Api, namespace: str, ports: dict[str, int]) -> None:
+    """Each Partition's status as the Partition controller would report it."""
     now = stamp()
     statuses = [
         api.merge(partitions_path(namespace, name) + "/status", status_of(name, i, ports, now))
-        for i, name in enumerate(keys)
+        for i, name in enumerate(ports)
     ]
     await bounded(SETUP_CONCURRENCY, statuses)
+
+
+async def write_root_secret(api: Api, namespace: str, root: bytes) -> None:
+    """The operator's root secret, as it makes it on first start, so this script knows it."""
+    body = {
+        "metadata": {"name": DEFAULT_IDENTITY_SECRET},
+        "data": {ROOT_FIELD: base64.b64encode(root).decode()},
+    }
+    await api.request("POST", f"/api/v1/namespaces/{namespace}/secrets", body)
 
 
 def status_of(name: str, index: int, ports: dict[str, int], now: str) -> dict:
@@ -428,19 +461,18 @@ async def floor_run(
     """The same HTTP calls and status writes, made by a bare client with no framework.
 
     Like the operator, it knows the Partitions before the SaveEvent exists (the operator from
-    its watch cache), lists the key Secrets, sends the instructions, and writes the status
-    once they are out (here, with every result in).
+    its watch cache), derives their keys, sends the instructions over TLS, and writes the
+    status once they are out (here, with every result in).
     """
     items = (await api.request("GET", partitions_path(namespace)))["items"]  # the cache
     created, began = await create_save_event(api, floor_ns, name)
     uid = created["metadata"]["uid"]
     status_path = save_events_path(floor_ns, name) + "/status"
-    secrets = await api.request(
-        "GET", f"/api/v1/namespaces/{namespace}/secrets?labelSelector={PARTITION_LABEL}"
-    )
-    by_name = {s["metadata"]["name"]: s for s in secrets["items"]}
-    secrets = [by_name[p["status"]["agent"]["keySecretName"]] for p in items]
-    keys = [base64.b64decode(s["data"]["key"]) for s in secrets]
+    identity = api.credentials.identity
+    keys = [
+        identity.partition_key(namespace, p["metadata"]["name"], p["metadata"]["uid"])
+        for p in items
+    ]
     now = stamp()
     entries = [
         {"namespace": namespace, "name": p["metadata"]["name"], "nodeName": p["status"]["nodeName"],
@@ -451,7 +483,7 @@ async def floor_run(
                    "deadline": stamp(time.time() + 300), "waitSeconds": 0.25}  # fmt: skip
     answers = await bounded(
         CONCURRENCY,
-        [signed_save(api.agents, p, key, instruction) for p, key in zip(items, keys, strict=True)],
+        [signed_save(api, p, key, instruction) for p, key in zip(items, keys, strict=True)],
     )
     done = stamp()
     for entry, answer in zip(entries, answers, strict=True):
@@ -467,15 +499,19 @@ async def floor_run(
     return Result(ended - began, [t - began for t in receipts.values()], size, 1)
 
 
-async def signed_save(
-    session: aiohttp.ClientSession, partition: dict, key: bytes, instruction: dict
-) -> dict:
+async def signed_save(api: Api, partition: dict, key: bytes, instruction: dict) -> dict:
     ref = f"{partition['metadata']['namespace']}/{partition['metadata']['name']}"
     body = json.dumps(instruction).encode()
     signed = protocol.sign(key, protocol.Message(protocol.TO_AGENT, "POST", "/v1/save", ref, body))
-    url = f"http://{partition['status']['agent']['endpoint']}/v1/save"
+    url = f"https://{partition['status']['agent']['endpoint']}/v1/save"
     headers = {**signed.headers(), "Content-Type": "application/json"}
-    async with session.post(url, data=body, headers=headers) as reply:
+    async with api.agents.post(
+        url,
+        data=body,
+        headers=headers,
+        ssl=api.agents_tls,
+        server_hostname=agent_server_name(ref),
+    ) as reply:
         data = await reply.read()
         protocol.verify_response(key, signed, reply.status, reply.headers, data)
         return json.loads(data)
@@ -517,21 +553,30 @@ async def bench(args: argparse.Namespace, kubeconfig: Path, workdir: Path) -> li
     warm_ns = "bench-save-warmup"
     all_names = [(ns, name) for size in sizes for ns in [namespaces[size]] for name in names(size)]
     all_names += [(warm_ns, name) for name in names(10)]
-    keys = {(ns, name): protocol.new_key() for ns, name in all_names}
-    agents = Agents(
-        [(f"{ns}/{name}", keys[(ns, name)]) for ns, name in all_names], args.apps, args.app_ms
-    )
-    ports = dict(zip(all_names, agents.ports, strict=True))
+    root = os.urandom(32)
+    credentials = OperatorCredentials.issue(root, datetime.now(UTC))
+    agents: Agents | None = None
     operator: subprocess.Popen | None = None
     try:
-        async with Api(kubeconfig) as api:
+        async with Api(kubeconfig, credentials) as api:
             print(f"Creating {len(all_names)} partitions ...", flush=True)
             await api.request("POST", "/api/v1/namespaces", {"metadata": {"name": floor_ns}})
+            uids: dict[tuple[str, str], str] = {}
             for ns in [warm_ns, *namespaces.values()]:
                 mine = [n for s, n in all_names if s == ns]
-                await populate(
-                    api, ns, {n: keys[(ns, n)] for n in mine}, {n: ports[(ns, n)] for n in mine}
-                )
+                made = await create_partitions(api, ns, mine)
+                uids.update({(ns, n): uid for n, uid in made.items()})
+            # the operator's lease namespace is the first one it watches: its root secret there
+            await write_root_secret(api, warm_ns, root)
+            agents = Agents(
+                [bench_agent(credentials, ns, n, uids[(ns, n)]) for ns, n in all_names],
+                args.apps,
+                args.app_ms,
+            )
+            ports = dict(zip(all_names, agents.ports, strict=True))
+            for ns in [warm_ns, *namespaces.values()]:
+                mine = {n: ports[(s, n)] for s, n in all_names if s == ns}
+                await write_statuses(api, ns, mine)
             log = workdir / "operator.log"
             operator = start_operator(kubeconfig, [warm_ns, *namespaces.values()], log)
             print(f"Operator (SaveEvent controller only) started; log: {log}", flush=True)
@@ -561,7 +606,15 @@ async def bench(args: argparse.Namespace, kubeconfig: Path, workdir: Path) -> li
         if operator is not None:
             operator.terminate()
             operator.wait(30)
-        agents.stop()
+        if agents is not None:
+            agents.stop()
+
+
+def bench_agent(
+    credentials: OperatorCredentials, namespace: str, name: str, uid: str
+) -> BenchAgent:
+    made = credentials.identity.agent_credentials(namespace, name, uid)
+    return BenchAgent(f"{namespace}/{name}", made.key, made.ca_pem, made.cert_pem, made.key_pem)
 
 
 def print_table(figures: list[dict], args: argparse.Namespace) -> None:

@@ -247,6 +247,21 @@ class Connections:
             del self._count[connection.address]
 
 
+class PeerErrors(logging.LoggerAdapter):
+    """aiohttp's reports of a request it could not parse go to DEBUG: what a peer sent wrong is
+    no error of the operator's, and anyone who reaches the gateway could otherwise fill its log
+    with tracebacks. The gateway's own failures are logged by its handlers, not here."""
+
+    def exception(self, msg: object, *args: Any, **kwargs: Any) -> None:
+        self.debug(msg, *args, **kwargs)
+
+    def error(self, msg: object, *args: Any, **kwargs: Any) -> None:
+        self.debug(msg, *args, **kwargs)
+
+
+PEER_ERRORS = PeerErrors(logging.getLogger(f"{__name__}.peers"), {})
+
+
 class _TrackedServer(web.Server):
     """aiohttp's low-level server, telling ``Connections`` when a connection is made or lost."""
 
@@ -591,6 +606,7 @@ class ReportGateway:
             self.connections,
             keepalive_timeout=limits.request_seconds,
             access_log=None,
+            logger=PEER_ERRORS,
             lingering_time=1.0,
             max_line_size=4096,
             max_field_size=4096,

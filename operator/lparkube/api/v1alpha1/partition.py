@@ -112,7 +112,10 @@ AGENT_STATUS = obj(
         "keySecretName": string("The Secret holding the partition key."),
         "endpoint": string("host:port the operator uses to reach the agent."),
         "version": string("The guest agent's version."),
-        "lastHeartbeatTime": timestamp("When the agent last reported."),
+        "lastHeartbeatTime": timestamp(
+            "The signed time of the last report accepted (the guest's clock, within 60s of the "
+            "operator's); only a report signed later is accepted, so a replay never moves it."
+        ),
         "bootTime": timestamp("When the guest last booted, as the agent reported."),
         "kernelRelease": string("The guest kernel release (uname -r)."),
         "vmcoreinfo": obj(
