@@ -20,7 +20,14 @@ own watch. Then:
   connection with the certificate of a compromised guest (one more Partition's),
   ``--in-flight`` at a time.
 
-Printed: the legitimate report latency (p50/p99/max) quiet and under flood, how the flood was
+* **a save under siege**: one more Partition has a real guest agent process (``lparkube-agent
+  serve`` with the files its Secret delivers, an application registered), held under a
+  slowloris of 128 connections (a byte every 5 s each, reopened as soon as they are cut) from
+  before the flood to its end; ``--save-after`` seconds into the flood a SaveEvent with a
+  ``--save-deadline`` deadline targets it.
+
+Printed: the legitimate report latency (p50/p99/max) quiet and under flood, the SaveEvent's
+outcome and how long it took against its deadline, how the flood was
 answered and how long idle connections stayed open, and the API lookups the flood cost: the
 gateway's key lookups (``lparkube_agent_key_lookups_total``) and the API server's own count of
 GETs of Partitions and Secrets during the flood (which includes the agents' status writes).
@@ -31,6 +38,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import json
 import multiprocessing
 import os
 import secrets
@@ -71,6 +79,7 @@ class Agent:
     partition: str
     key: bytes
     files: dict[str, bytes]
+    config: dict
 
     def tls_context(self) -> ssl.SSLContext:
         """The agent's TLS client side (the guest agent's own ``tls.client_context``)."""
@@ -250,7 +259,8 @@ def partition_agents(api: Any, names: list[str]) -> list[Agent]:
                 secret = core.read_namespaced_secret(f"{name}-agent-key", NAMESPACE)
                 data = {k: base64.b64decode(v) for k, v in (secret.data or {}).items()}
                 files = {k: data[k] for k in ("ca.crt", "tls.crt", "tls.key")}
-                agents.append(Agent(f"{NAMESPACE}/{name}", data["key"], files))
+                config = json.loads(data["config.json"])
+                agents.append(Agent(f"{NAMESPACE}/{name}", data["key"], files, config))
                 break
             except (client.ApiException, KeyError):
                 if time.monotonic() > deadline:
@@ -366,10 +376,103 @@ class Counts:
         return {k: v - getattr(before, k) for k, v in vars(self).items()}
 
 
-def measure(args: argparse.Namespace, api: Any, gateway_url: str, metrics_url: str) -> dict:
-    *legitimate, stolen = partition_agents(
-        api, [*(f"agent-{i}" for i in range(args.agents)), "compromised"]
+def besieged_agent(agent: Agent, index: int, workdir: Path) -> tuple[Any, Any, tuple[str, int]]:
+    """The besieged Partition's real agent on its VMI's address, an application registered."""
+    from lparkube_agent.testing import AgentProcess, TLSMaterial, cli, start_app  # noqa: PLC0415
+
+    root = workdir / "besieged"
+    root.mkdir()
+    address = (f"127.0.1.{index + 1}", 9000 + index)  # as partition_manifest places it
+    settings = {**agent.config, "listen": f"{address[0]}:{address[1]}"}
+    files = agent.files
+    tls = TLSMaterial(files["ca.crt"], files["tls.crt"], files["tls.key"])
+    process = AgentProcess(root, agent.partition, agent.key, settings, tls_material=tls).start()
+    app, _ = start_app("signal", "ledger", root / "saves")
+    cli(process, "register", "--name=ledger", f"--pid={app.pid}", "--method=Signal")
+    return process, app, address
+
+
+def wait_condition(api: Any, name: str, kind: str, condition: str, timeout: float) -> dict:
+    """The object once its condition is True (polled)."""
+    from kubernetes import client  # noqa: PLC0415
+
+    custom = client.CustomObjectsApi(api)
+    deadline = time.monotonic() + timeout
+    while True:
+        obj = custom.get_namespaced_custom_object(GROUP, VERSION, NAMESPACE, kind, name)
+        conditions = (obj.get("status") or {}).get("conditions") or []
+        if any(c["type"] == condition and c["status"] == "True" for c in conditions):
+            return obj
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{kind}/{name}: {condition} not True in {timeout:g}s")
+        time.sleep(0.2)
+
+
+def save_under_siege(api: Any, args: argparse.Namespace, results: dict) -> None:
+    """Thread: ``--save-after`` seconds in, a SaveEvent for the besieged Partition; records
+    how it ended and how long it took."""
+    from kubernetes import client  # noqa: PLC0415
+
+    time.sleep(args.save_after)
+    body = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "SaveEvent",
+        "metadata": {"name": "under-siege"},
+        "spec": {
+            "reason": "Manual",
+            "targets": {"partitions": ["besieged"]},
+            "deadline": f"{args.save_deadline}s",
+            "applicationTimeout": "5s",
+        },
+    }
+    began = time.monotonic()
+    client.CustomObjectsApi(api).create_namespaced_custom_object(
+        GROUP, VERSION, NAMESPACE, "saveevents", body
     )
+    try:
+        done = wait_condition(api, "under-siege", "saveevents", "Complete", args.save_deadline + 30)
+    except TimeoutError as exc:
+        results.update(error=str(exc))
+        return
+    status = done["status"]
+    entry = next(e for e in status["partitions"] if e["name"] == "besieged")
+    results.update(
+        seconds=time.monotonic() - began,
+        outcome=entry["outcome"],
+        message=entry.get("message", ""),
+        in_time=status["completionTime"] <= status["deadlineTime"],
+    )
+
+
+def measure(
+    args: argparse.Namespace, api: Any, gateway_url: str, metrics_url: str, workdir: Path
+) -> dict:
+    from lparkube_agent.testing import Slowloris  # noqa: PLC0415
+
+    names = [*(f"agent-{i}" for i in range(args.agents)), "compromised", "besieged"]
+    *legitimate, stolen, siege = partition_agents(api, names)
+    agent, app, address = besieged_agent(siege, len(names) - 1, workdir)
+    try:
+        wait_condition(api, "besieged", "partitions", "AgentConnected", 30)
+        with Slowloris(address) as attack:
+            time.sleep(6)  # every slow connection has sent its second byte
+            figures = flood_and_save(args, api, gateway_url, metrics_url, legitimate, stolen)
+            figures["siege"] = {"open": attack.open_since(time.monotonic())}
+    finally:
+        app.kill()
+        app.wait()
+        agent.close()
+    return figures
+
+
+def flood_and_save(  # noqa: PLR0917
+    args: argparse.Namespace,
+    api: Any,
+    gateway_url: str,
+    metrics_url: str,
+    legitimate: list[Agent],
+    stolen: Agent,
+) -> dict:
     agents = Child(agents_main, gateway_url, legitimate, args.spacing)
     agents.conn.recv()
     print(f"{args.agents} agents reporting; quiet for {args.quiet:g}s ...", flush=True)
@@ -385,13 +488,24 @@ def measure(args: argparse.Namespace, api: Any, gateway_url: str, metrics_url: s
     began = time.time()
     port = int(gateway_url.rsplit(":", 1)[1])
     sizes = (args.flood, args.in_flight, args.idle)
-    flooded = Child(flood_main, port, sizes, sources, stolen).result()
+    flood_child = Child(flood_main, port, sizes, sources, stolen)
+    save: dict = {}
+    saver = threading.Thread(target=save_under_siege, args=(api, args, save), daemon=True)
+    saver.start()
+    flooded = flood_child.result()
     ended = time.time()
+    saver.join(args.save_deadline + 40)
     counts = Counts(api, metrics_url).since(before)
     time.sleep(2)
     agents.conn.send("stop")
     samples = agents.result()
-    return {"flood": flooded, "counts": counts, "samples": samples, "window": (began, ended)}
+    return {
+        "flood": flooded,
+        "counts": counts,
+        "samples": samples,
+        "window": (began, ended),
+        "save": save,
+    }
 
 
 def print_figures(args: argparse.Namespace, figures: dict) -> None:
@@ -409,6 +523,16 @@ def print_figures(args: argparse.Namespace, figures: dict) -> None:
     print(latency_line("under flood", during))
     for error, count in Counter(error for *_, error in during if error).most_common(5):
         print(f"    {count} x {error}")
+    save = figures["save"]
+    if "error" in save:
+        print(f"SaveEvent under siege: {save['error']}")
+    else:
+        print(
+            f"SaveEvent under siege ({args.save_after:g}s into the flood, its agent under a "
+            f"128-connection slowloris, {figures['siege']['open']} slow connections open at the "
+            f"end): {save['outcome']} in {save['seconds']:.2f}s of its {args.save_deadline}s "
+            f"deadline ({'within' if save['in_time'] else 'PAST'} it) {save['message']}"
+        )
     seconds = flooded["seconds"]
     print(f"flood: over in {seconds:.1f}s ({args.flood / seconds:.0f}/s): {flooded['statuses']}")
     held = [t for t in flooded["idle"] if t >= 0.1]
@@ -436,7 +560,7 @@ def bench(args: argparse.Namespace, kubeconfig: Path, workdir: Path) -> None:
         operator, gateway_url, metrics_url = start_operator(kubeconfig, workdir)
         print(f"Operator started; log: {workdir / 'operator.log'}", flush=True)
         try:
-            figures = measure(args, api, gateway_url, metrics_url)
+            figures = measure(args, api, gateway_url, metrics_url, workdir)
         finally:
             operator.terminate()
             operator.wait(30)
@@ -457,6 +581,10 @@ def main() -> int:
     parser.add_argument("--agents", type=int, default=8, help="legitimate agents")
     parser.add_argument("--spacing", type=float, default=2.0, help="seconds between reports")
     parser.add_argument("--quiet", type=float, default=6.0, help="seconds measured before")
+    parser.add_argument(
+        "--save-after", type=float, default=3.0, help="seconds into the flood the save starts"
+    )
+    parser.add_argument("--save-deadline", type=int, default=30, help="the SaveEvent's deadline")
     args = parser.parse_args()
     from kubernetes import config  # noqa: PLC0415
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import selectors
 import socket
 import ssl
 import threading
@@ -32,7 +31,7 @@ from lparkube.adapters.agent_identity import OperatorCredentials
 from lparkube_agent import protocol, tls
 from lparkube_agent.httpapi import AgentAPI, AgentHTTPServer, Limits
 from lparkube_agent.saves import SaveStore
-from lparkube_agent.testing import AgentProcess, TLSMaterial, cli, start_app
+from lparkube_agent.testing import AgentProcess, Slowloris, TLSMaterial, cli, start_app
 
 if TYPE_CHECKING:
     from conftest import OperatorProcess
@@ -40,91 +39,6 @@ if TYPE_CHECKING:
 PACE = 5.0  # seconds between two bytes of a slow request, as in the issue
 CONNECTIONS = 128  # the agent's cap on connections that have not delivered a verified request
 REAL = Limits()
-
-
-@dataclass
-class Slow:
-    opened: float
-    sent: int
-    next_byte: float
-
-
-class Slowloris:
-    """`count` connections that each send one more byte of a request every `pace` seconds,
-    each reopened as soon as the agent closes it, as an attacker keeps a connection table full.
-    `lifetimes` holds (opened, closed) of every connection the agent closed."""
-
-    REQUEST = b"POST /v1/save HTTP/1.1\r\nHost: agent\r\nContent-Length: 2\r\n\r\n{}"
-
-    def __init__(self, address: tuple[str, int], count: int = CONNECTIONS, pace: float = PACE):
-        self.address, self.count, self.pace = address, count, pace
-        self.lifetimes: list[tuple[float, float]] = []
-        self.answers: list[bytes] = []  # what the agent sent; it must send nothing
-        self._selector = selectors.DefaultSelector()
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> Slowloris:
-        for _ in range(self.count):
-            self._open()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        for key in list(self._selector.get_map().values()):
-            key.fileobj.close()  # type: ignore[union-attr]
-        self._selector.close()
-
-    def open_since(self, moment: float) -> int:
-        """Connections opened before `moment` that are still open."""
-        with self._lock:
-            return sum(k.data.opened < moment for k in self._selector.get_map().values())
-
-    def closed_since(self, moment: float) -> list[float]:
-        """How long each connection opened before `moment` lived, of those the agent closed."""
-        with self._lock:
-            return [closed - opened for opened, closed in self.lifetimes if opened < moment]
-
-    def _open(self) -> None:
-        sock = socket.create_connection(self.address, timeout=5)
-        sock.sendall(self.REQUEST[:1])
-        sock.setblocking(False)
-        now = time.monotonic()
-        with self._lock:
-            self._selector.register(sock, selectors.EVENT_READ, Slow(now, 1, now + self.pace))
-
-    def _closed(self, sock: socket.socket, slow: Slow) -> None:
-        with self._lock:
-            self._selector.unregister(sock)
-            self.lifetimes.append((slow.opened, time.monotonic()))
-        sock.close()
-        self._open()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            for key, _ in self._selector.select(timeout=0.1):
-                try:
-                    data = key.fileobj.recv(4096)  # type: ignore[union-attr]
-                except BlockingIOError:
-                    continue
-                except OSError:
-                    data = b""
-                if data:
-                    self.answers.append(data)
-                self._closed(key.fileobj, key.data)  # type: ignore[arg-type]
-            now = time.monotonic()
-            for key in list(self._selector.get_map().values()):
-                slow = key.data
-                if slow.next_byte <= now:
-                    try:
-                        key.fileobj.send(self.REQUEST[slow.sent : slow.sent + 1])  # type: ignore[union-attr]
-                    except OSError:
-                        continue  # closed: the next select sees it
-                    slow.sent += 1
-                    slow.next_byte = now + self.pace
 
 
 def test_a_signed_save_gets_through_a_slowloris_and_the_deadline_cuts_every_slow_connection(
