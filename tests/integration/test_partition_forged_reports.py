@@ -547,3 +547,20 @@ def test_a_burst_of_signed_reports_is_written_once_a_second(
     assert written <= 4, written
     agent = parts.status("burst")["agent"]
     assert (agent["applications"], agent["lastHeartbeatTime"]) == (19, stamp(now - 1))
+
+
+def test_plain_http_to_the_gateway_gets_no_answer(operator: OperatorProcess) -> None:
+    """The gateway speaks only TLS: a plain HTTP report is never read as one, nor answered."""
+    host, port = operator.gateway_url.removeprefix("https://").rsplit(":", 1)
+    body = json.dumps(REPORT).encode()
+    request = (
+        f"POST /v1/reports HTTP/1.1\r\nHost: gateway\r\nContent-Length: {len(body)}\r\n"
+        "Connection: close\r\n\r\n"
+    ).encode() + body
+    with socket.create_connection((host, int(port)), timeout=10) as plain:
+        plain.sendall(request)
+        answer = b""
+        with contextlib.suppress(ConnectionError):
+            while chunk := plain.recv(4096):
+                answer += chunk
+    assert b"HTTP/" not in answer
