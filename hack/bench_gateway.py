@@ -271,18 +271,9 @@ def partition_agents(api: Any, names: list[str]) -> list[Agent]:
 
 def api_server_reads(api: Any) -> float:
     """GETs of Partitions and Secrets the API server has served (its own metrics)."""
-    from prometheus_client.parser import text_string_to_metric_families  # noqa: PLC0415
+    from lparkube_devenv.controlplane import apiserver_gets  # noqa: PLC0415
 
-    response = api.call_api("GET", f"{api.configuration.host}/metrics")
-    response.read()
-    return sum(
-        sample.value
-        for family in text_string_to_metric_families(response.data.decode())
-        for sample in family.samples
-        if sample.name == "apiserver_request_total"
-        and sample.labels.get("verb") == "GET"
-        and sample.labels.get("resource") in ("partitions", "secrets")
-    )
+    return apiserver_gets(api, ("partitions", "secrets"))
 
 
 def operator_counter(metrics_url: str, sample_name: str, **labels: str) -> float:

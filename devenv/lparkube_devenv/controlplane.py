@@ -26,6 +26,7 @@ from typing import IO, Any
 
 import yaml
 from kubernetes import client
+from prometheus_client.parser import text_string_to_metric_families
 
 from lparkube_devenv import certs
 
@@ -456,6 +457,21 @@ def _http_ok(url: str) -> bool:
             return response.status == 200
     except (OSError, urllib.error.HTTPError):
         return False
+
+
+def apiserver_gets(api_client: Any, resources: Iterable[str]) -> float:
+    """How many GETs of these resources the API server has served (its own /metrics)."""
+    wanted = set(resources)
+    response = api_client.call_api("GET", f"{api_client.configuration.host}/metrics")
+    response.read()
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(response.data.decode())
+        for sample in family.samples
+        if sample.name == "apiserver_request_total"
+        and sample.labels.get("verb") == "GET"
+        and sample.labels.get("resource") in wanted
+    )
 
 
 def load_crds(crd_dir: Path) -> list[dict]:

@@ -31,7 +31,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from lparkube.adapters.agent_identity import OperatorCredentials
 from lparkube_agent import protocol, tls
 from lparkube_agent.client import Client
-from lparkube_devenv.controlplane import free_port
+from lparkube_devenv.controlplane import apiserver_gets, free_port
 from lparkube_devenv.kubevirt import StandIn
 
 if TYPE_CHECKING:
@@ -123,16 +123,7 @@ def scrape(operator: OperatorProcess) -> dict[tuple[str, tuple], float]:
 
 def api_reads(api: client.ApiClient) -> float:
     """How many GETs of Partitions and Secrets the API server has served (its own metrics)."""
-    response = api.call_api("GET", f"{api.configuration.host}/metrics")
-    response.read()
-    return sum(
-        sample.value
-        for family in text_string_to_metric_families(response.data.decode())
-        for sample in family.samples
-        if sample.name == "apiserver_request_total"
-        and sample.labels.get("verb") == "GET"
-        and sample.labels.get("resource") in ("partitions", "secrets")
-    )
+    return apiserver_gets(api, ("partitions", "secrets"))
 
 
 def reports(samples: dict, result: str) -> float:
