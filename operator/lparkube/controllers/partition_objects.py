@@ -58,7 +58,7 @@ class KeySecrets:
     def __init__(self, identity: AgentIdentity, url: str) -> None:
         self.identity = identity
         self.url = url
-        self._written: dict[tuple[str, str], str] = {}
+        self._written: dict[str, tuple[str, str]] = {}  # Partition uid -> (Secret, digest)
 
     async def ensure(self, kube: Kube, partition: dict, agent: domain.AgentSpec) -> bool:
         """Create or rewrite the key Secret; True when this call created it."""
@@ -66,18 +66,16 @@ class KeySecrets:
         namespace, name, uid = meta["namespace"], meta["name"], meta["uid"]
         credentials = self.identity.agent_credentials(namespace, name, uid)
         data = domain.secret_data(partition, agent, credentials, self.url)
-        written, digest = (uid, agent.key_secret_name), domain.data_digest(data)
-        if self._written.get(written) == digest:
+        written = (agent.key_secret_name, domain.data_digest(data))
+        if self._written.get(uid) == written:
             return False
         created = await self._create_or_rewrite(kube, partition, agent, data)
-        self._written[written] = digest
+        self._written[uid] = written
         return created
 
     def forget(self, partition: dict) -> None:
         """The Partition is gone: nothing of it stays remembered."""
-        uid = partition["metadata"]["uid"]
-        for written in [w for w in self._written if w[0] == uid]:
-            del self._written[written]
+        self._written.pop(partition["metadata"]["uid"], None)
 
     async def _create_or_rewrite(
         self, kube: Kube, partition: dict, agent: domain.AgentSpec, data: dict[str, str]
