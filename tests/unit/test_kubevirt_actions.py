@@ -9,6 +9,7 @@ import pytest
 from lparkube_devenv.kubevirt.actions import Actions, Call, StatusError
 from lparkube_devenv.kubevirt.api import VM, VMI, VMIM
 from lparkube_devenv.kubevirt.fake import FakeKube
+from lparkube_devenv.kubevirt.logic import memory_dump_claim_refusal
 
 NS = "ns"
 
@@ -127,7 +128,7 @@ def test_memory_dump_request(kube: FakeKube, actions: Actions) -> None:
     assert error_of(actions, call("memorydump")).code == 400
     add_vmi(kube)
     assert error_of(actions, call("memorydump", claimName="dump")).code == 404  # no PVC
-    kube.put(f"/api/v1/namespaces/{NS}/persistentvolumeclaims/dump", {"metadata": {"name": "dump"}})
+    put_claim(kube, "dump", "1Gi")
     actions.handle(call("memorydump", claimName="dump"))
     request = kube.get(VM.path(NS, "vm"))["status"]["memoryDumpRequest"]
     assert request == {"claimName": "dump", "phase": "Associating"}
@@ -135,6 +136,43 @@ def test_memory_dump_request(kube: FakeKube, actions: Actions) -> None:
     assert "still associated" in error_of(actions, call("memorydump", claimName="other")).message
     actions.handle(call("removememorydump"))
     assert kube.get(VM.path(NS, "vm"))["status"]["memoryDumpRequest"]["phase"] == "Dissociating"
+
+
+def put_claim(kube: FakeKube, name: str, size: str, **spec: Any) -> None:
+    body = {
+        "metadata": {"name": name},
+        "spec": {"resources": {"requests": {"storage": size}}, **spec},
+    }
+    kube.put(f"/api/v1/namespaces/{NS}/persistentvolumeclaims/{name}", body)
+
+
+@pytest.mark.parametrize(
+    ("size", "spec", "refusal"),
+    [
+        ("1Gi", {"volumeMode": "Block"}, "pvc should be filesystem pvc"),
+        ("1Gi", {"accessModes": ["ReadOnlyMany"]}, "pvc access mode can't be read only"),
+        ("600Mi", {}, "should be bigger then"),  # 512Mi + 100Mi + 5.5 % does not fit
+    ],
+)
+def test_memory_dump_refuses_claims_virt_api_refuses(
+    kube: FakeKube, actions: Actions, size: str, spec: dict, refusal: str
+) -> None:
+    add_vm(kube, "Always")
+    add_vmi(kube)
+    kube.merge_patch(VMI.path(NS, "vm"), {"spec": {"domain": {"memory": {"guest": "512Mi"}}}})
+    put_claim(kube, "dump", size, **spec)
+    error = error_of(actions, call("memorydump", claimName="dump"))
+    assert error.code == 409 and refusal in error.message
+    assert "memoryDumpRequest" not in (kube.get(VM.path(NS, "vm")).get("status") or {})
+
+
+def test_memory_dump_accepts_memory_plus_overhead() -> None:
+    spec = {"domain": {"memory": {"guest": "512Mi"}}}
+    needed = -(-int(1.055 * (612 * 2**20)) // 2**20) * 2**20
+    fits = {"spec": {"resources": {"requests": {"storage": str(needed)}}}}
+    short = {"spec": {"resources": {"requests": {"storage": str(needed - 2**20)}}}}
+    assert memory_dump_claim_refusal(spec, fits) is None
+    assert memory_dump_claim_refusal(spec, short) is not None
 
 
 def test_pause_unpause_freeze(kube: FakeKube, actions: Actions) -> None:

@@ -15,7 +15,15 @@ from typing import Any
 from kubernetes.client import ApiException
 
 from .api import AGENT_ANNOTATION, VM, VMI, VMIM, Kube, now_iso
-from .logic import condition_true, dig, is_final, phase, run_strategy, set_condition
+from .logic import (
+    condition_true,
+    dig,
+    is_final,
+    memory_dump_claim_refusal,
+    phase,
+    run_strategy,
+    set_condition,
+)
 from .vmi import GUEST_OS, agent_connected
 
 
@@ -277,12 +285,13 @@ class Actions:
                 call.name,
                 f"memory dump request for pvc [{claim}] already in progress",
             )
-        self.running_vmi(call)
-        if (
-            self.kube.get(f"/api/v1/namespaces/{call.namespace}/persistentvolumeclaims/{claim}")
-            is None
-        ):
+        vmi = self.running_vmi(call)
+        pvc = self.kube.get(f"/api/v1/namespaces/{call.namespace}/persistentvolumeclaims/{claim}")
+        if pvc is None:
             raise StatusError(404, "NotFound", f'persistentvolumeclaim "{claim}" not found')
+        refusal = memory_dump_claim_refusal(vmi.get("spec") or {}, pvc)
+        if refusal:
+            raise conflict("persistentvolumeclaim", claim, refusal)
         request = {"claimName": claim, "phase": "Associating"}
         self.patch_with_retry(
             VM.path(*_nn(vm)), lambda _: {"status": {"memoryDumpRequest": request}}, status=True

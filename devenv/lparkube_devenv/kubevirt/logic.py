@@ -10,6 +10,8 @@ import ipaddress
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from kubernetes.utils import parse_quantity
+
 FINAL_PHASES = ("Succeeded", "Failed")
 VMI_STEPS = {
     "": "Pending",
@@ -388,3 +390,37 @@ def memory_dump_file(vm_name: str, claim: str, stamp: str) -> str:
     digits = stamp.replace("-", "").replace(":", "").rstrip("Z")
     date, _, clock = digits.partition("T")
     return f"{vm_name}-{claim}-{date}-{clock}.memory.dump"
+
+
+MEMORY_DUMP_OVERHEAD = 100 * 1024 * 1024  # KubeVirt pkg/util CalcExpectedMemoryDumpSize
+DEFAULT_FS_OVERHEAD = 0.055  # CDI's default filesystem overhead (pkg/storage/types/cdi.go)
+MIB = 1024 * 1024
+
+
+def guest_memory_bytes(spec: Mapping) -> int:
+    """The memory request of a VMI spec (virt-api defaults it to memory.guest), in bytes."""
+    domain = spec.get("domain") or {}
+    value = dig(domain, "resources", "requests", "memory") or dig(domain, "memory", "guest")
+    return int(parse_quantity(value)) if value is not None else 0
+
+
+def memory_dump_claim_refusal(spec: Mapping, pvc: Mapping) -> str | None:
+    """Why virt-api refuses this PVC for a memory dump of a VMI with `spec`, or None.
+
+    As `validateMemoryDumpClaim` in KubeVirt's pkg/virt-api/rest/memorydump.go: a Filesystem
+    PVC, writable, whose request holds memory + 100 MiB plus the file system overhead
+    (rounded up to a MiB); the messages are KubeVirt's.
+    """
+    claim_spec = pvc.get("spec") or {}
+    if claim_spec.get("volumeMode") == "Block":
+        return "pvc should be filesystem pvc"
+    modes = claim_spec.get("accessModes") or []
+    if modes and all(mode == "ReadOnlyMany" for mode in modes):
+        return "pvc access mode can't be read only"
+    requested = dig(claim_spec, "resources", "requests", "storage") or 0
+    size_kb = -(-int(parse_quantity(requested)) // 1000) * 1000
+    needed = (1 + DEFAULT_FS_OVERHEAD) * (guest_memory_bytes(spec) + MEMORY_DUMP_OVERHEAD)
+    needed_bytes = -(-int(needed) // MIB) * MIB
+    if size_kb < needed_bytes:
+        return f"pvc size [{size_kb}] should be bigger then [{needed_bytes}]"
+    return None

@@ -386,6 +386,10 @@ def devices() -> Schema:
                 obj({"name": string(), "type": string(), "bus": string()}, required=("name",))
             ),
             "watchdog": open_obj(),
+            "panicDevices": arr(
+                obj({"model": string("One of isa, hyperv, pvpanic.")}),
+                "Panic devices: the guest tells the hypervisor it crashed.",
+            ),
             "rng": obj(description="Random number generator from the host."),
             "tpm": obj({"persistent": boolean()}),
             "gpus": arr(open_obj()),
