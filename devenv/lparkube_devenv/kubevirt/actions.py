@@ -22,9 +22,8 @@ from .logic import (
     memory_dump_claim_refusal,
     phase,
     run_strategy,
-    set_condition,
 )
-from .vmi import GUEST_OS, agent_connected
+from .vmi import GUEST_OS, agent_connected, paused_conditions
 
 
 class StatusError(Exception):
@@ -89,8 +88,14 @@ class Call:
 class Actions:
     """Subresource handlers; kick() tells the controller to look again right away."""
 
-    def __init__(self, kube: Kube, kick: Callable[[], None] = lambda: None):
+    def __init__(
+        self,
+        kube: Kube,
+        kick: Callable[[], None] = lambda: None,
+        guests: Callable[[str], Any] = lambda _uid: None,
+    ):
         self.kube, self.kick = kube, kick
+        self.guests = guests  # VMI uid -> its real guest (hosts.Guest), when it runs as one
         self.routes: dict[tuple[str, str, str], Callable[[Call], tuple[int, Any]]] = {
             ("PUT", "virtualmachines", "start"): self.start,
             ("PUT", "virtualmachines", "stop"): self.stop,
@@ -370,17 +375,8 @@ class Actions:
                 )
             if condition_true(vmi, "Paused"):
                 raise conflict("virtualmachineinstance", call.name, "VMI is already paused")
-            now = now_iso()
-            conds = set_condition(
-                dig(vmi, "status", "conditions"),
-                "Paused",
-                "True",
-                now,
-                reason="PausedByUser",
-                message="VMI was paused by user",
-            )
-            conds = set_condition(conds, "Ready", "False", now, reason="PausedByUser")
-            return {"status": {"conditions": conds}}
+            self._on_guest(vmi, "pause")
+            return {"status": {"conditions": paused_conditions(vmi, True, now_iso())}}
 
         self._require(call)
         self._vmi_update(call, build)
@@ -392,11 +388,8 @@ class Actions:
                 raise conflict("virtualmachineinstance", call.name, VMI_NOT_RUNNING)
             if not condition_true(vmi, "Paused"):
                 raise conflict("virtualmachineinstance", call.name, "VMI is not paused")
-            conds = [
-                c for c in dig(vmi, "status", "conditions", default=[]) if c.get("type") != "Paused"
-            ]
-            conds = set_condition(conds, "Ready", "True", now_iso())
-            return {"status": {"conditions": conds}}
+            self._on_guest(vmi, "unpause")
+            return {"status": {"conditions": paused_conditions(vmi, False, now_iso())}}
 
         self._require(call)
         self._vmi_update(call, build)
@@ -432,8 +425,15 @@ class Actions:
         vmi = self.running_vmi(call)
         if condition_true(vmi, "Paused"):
             raise conflict("virtualmachineinstance", call.name, "VMI is paused")
+        self._on_guest(vmi, "reboot_soft")
         self.kube.event(vmi, "SoftRebooted", "VirtualMachineInstance soft rebooted")
         return 202, None
+
+    def _on_guest(self, vmi: dict, method: str) -> None:
+        """virt-handler's part: act on the real guest, when the VMI runs as one."""
+        guest = self.guests(str(dig(vmi, "metadata", "uid")))
+        if guest is not None:
+            getattr(guest, method)()
 
     def _agent_vmi(self, call: Call) -> dict:
         vmi = self.running_vmi(call)

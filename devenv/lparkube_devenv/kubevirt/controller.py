@@ -11,14 +11,22 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network, IPv6Network, ip_network
+from typing import TYPE_CHECKING, Any
 
 from kubernetes.client import ApiException
 
-from . import migration, nodes, snapshots, vm, vmi
+from . import guest_lifecycle, migration, nodes, snapshots, vm, vmi
 from .api import RESTORE, SNAPSHOT, VM, VMI, VMIM, Kube, key, log
 from .logic import POD_NETWORK, dig, is_final
+
+if TYPE_CHECKING:
+    from .hosts import Hosts
+
+SIMULATED, QEMU = "simulated", "qemu"
+LAUNCHER_PODS = "/api/v1/pods?labelSelector=kubevirt.io%3Dvirt-launcher"
 
 
 @dataclass
@@ -32,6 +40,10 @@ class Settings:
     migration_timeout: float = 60.0  # a migration without a target node fails after this
     require_pvcs: bool = True  # VMIs wait (ErrorPvcNotFound) until their PVCs exist
     pod_network: str = str(POD_NETWORK)  # where VMI addresses come from (make run: loopback)
+    guest_runtime: str = SIMULATED  # SIMULATED, or QEMU: each VMI a real guest (hosts.py)
+    heartbeat_interval: float = 60.0  # virt-handler's kubevirt.io/heartbeat period (KubeVirt: 1m)
+    heartbeat_timeout: float = 300.0  # virt-controller's node controller (KubeVirt: 5m)
+    node_monitor_grace: float = 40.0  # a silent kubelet's node turns Ready=Unknown (k8s: 40s)
 
 
 @dataclass
@@ -45,6 +57,7 @@ class World:
     snapshots: list[dict] = field(default_factory=list)
     restores: list[dict] = field(default_factory=list)
     pvcs: dict[tuple[str, str], dict] = field(default_factory=dict)
+    launcher_pods: list[dict] = field(default_factory=list)  # QEMU runtime only
     pod_network: IPv4Network | IPv6Network = POD_NETWORK
 
     def load(self) -> Counter:
@@ -64,6 +77,11 @@ class World:
         }
 
 
+def _hosts(ctl: Controller, world: World, _: None) -> None:
+    """The nodes' kubelets and virt-handlers: heartbeats, launcher pods, guests."""
+    ctl.hosts.reconcile(ctl, world)
+
+
 def _node_lifecycle(ctl: Controller, world: World, node: dict) -> None:
     """Node-lifecycle controller's part: taints follow the Ready condition."""
     if nodes.sync_taints(ctl.kube, node):
@@ -73,9 +91,20 @@ def _node_lifecycle(ctl: Controller, world: World, node: dict) -> None:
 class Controller:
     """Owns the loop thread; the reconcile steps live in vm, vmi, migration and snapshots."""
 
-    def __init__(self, kube: Kube, settings: Settings | None = None):
+    def __init__(
+        self,
+        kube: Kube,
+        settings: Settings | None = None,
+        *,
+        hosts: Hosts | None = None,
+        storage: Any = None,
+        wall_clock: Callable[[], float] = time.time,
+    ):
         self.kube = kube
         self.settings = settings or Settings()
+        self.hosts = hosts  # set when VMIs run as real guests
+        self.storage = storage  # thin volumes and attachments (storage.py)
+        self.wall_clock = wall_clock
         self.started_once: set[str] = set()  # VM UIDs that started (for runStrategy Once)
         self._wake = threading.Event()
         self._wrote = False
@@ -104,8 +133,11 @@ class Controller:
             self._guard(_node_lifecycle, world, node)
         for obj in list(world.vms.values()):
             self._guard(vm.reconcile, world, obj)
+        if self.hosts:
+            self._guard(_hosts, world, None)
+        lifecycle = guest_lifecycle.reconcile if self.hosts else vmi.reconcile
         for obj in list(world.vmis.values()):
-            self._guard(vmi.reconcile, world, obj)
+            self._guard(lifecycle, world, obj)
         self._guard(migration.evacuate, world, None)
         for obj in world.migrations:
             self._guard(migration.reconcile, world, obj)
@@ -124,6 +156,7 @@ class Controller:
             snapshots=items(SNAPSHOT.path()),
             restores=items(RESTORE.path()),
             pvcs={key(o): o for o in items("/api/v1/persistentvolumeclaims")},
+            launcher_pods=items(LAUNCHER_PODS) if self.hosts else [],
             pod_network=ip_network(self.settings.pod_network),
         )
 

@@ -43,7 +43,17 @@ def node_address(name: str) -> str:
     return f"198.51.100.{zlib.crc32(name.encode()) % 250 + 2}"
 
 
-def ready_condition(ready: bool, stamp: str, reason: str | None = None) -> dict:
+def ready_condition(ready: bool | None, stamp: str, reason: str | None = None) -> dict:
+    """Ready True, False, or Unknown (None: the kubelet stopped posting status)."""
+    if ready is None:
+        return {
+            "type": "Ready",
+            "status": "Unknown",
+            "reason": reason or "NodeStatusUnknown",
+            "message": "Kubelet stopped posting node status.",
+            "lastHeartbeatTime": stamp,
+            "lastTransitionTime": stamp,
+        }
     return {
         "type": "Ready",
         "status": "True" if ready else "False",
@@ -150,7 +160,7 @@ def ensure_nodes(kube: Kube, names: Iterable[str]) -> None:
         sync_taints(kube, node)
 
 
-def set_ready(kube: Kube, name: str, ready: bool, reason: str | None = None) -> None:
+def set_ready(kube: Kube, name: str, ready: bool | None, reason: str | None = None) -> None:
     """Flip the node's Ready condition, as a kubelet (or its absence) would."""
     stamp = now_iso()
     kube.merge_patch(

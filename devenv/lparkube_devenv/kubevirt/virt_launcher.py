@@ -49,6 +49,14 @@ def grace_seconds(vmi: Mapping) -> int:
     return value if isinstance(value, int) and value >= 0 else DEFAULT_GRACE_SECONDS
 
 
+def guest_grace(pod: Mapping) -> int:
+    """The VMI's grace period, read back from its launcher pod (which adds the padding)."""
+    total = dig(pod, "spec", "terminationGracePeriodSeconds")
+    if not isinstance(total, int):
+        return DEFAULT_GRACE_SECONDS
+    return max(0, total - GRACE_PADDING_SECONDS)
+
+
 def claim_volumes(spec: Mapping) -> list[tuple[str, str]]:
     """(volume name, claim name) of every PVC or DataVolume volume, in spec order."""
     result = []

@@ -50,7 +50,7 @@ def reconcile(ctl: Controller, world: World, vmi: dict) -> None:
     if dig(vmi, "metadata", "deletionTimestamp"):
         return
     if orphaned(world, vmi):
-        ctl.delete(_path(vmi), vmi)  # the garbage collector would, but only after its resync
+        ctl.delete(path_of(vmi), vmi)  # the garbage collector would, but only after its resync
         return
     if phase(vmi) in FINAL_PHASES:
         return
@@ -64,9 +64,9 @@ def reconcile(ctl: Controller, world: World, vmi: dict) -> None:
         return
     step = next_phase(current)
     if step == "Pending":
-        _set_phase(ctl, vmi, "Pending", {})
+        set_phase(ctl, vmi, "Pending", {})
     elif step == "Scheduling":
-        _set_phase(ctl, vmi, "Scheduling", {})
+        set_phase(ctl, vmi, "Scheduling", {})
     elif step == "Scheduled":
         schedule(ctl, world, vmi)
     elif step == "Running":
@@ -94,7 +94,7 @@ def _transitions(vmi: dict, new_phase: str, now: str) -> list[dict]:
     return [*stamps, {"phase": new_phase, "phaseTransitionTimestamp": now}]
 
 
-def _set_phase(ctl: Controller, vmi: dict, new_phase: str, status: dict, **meta) -> bool:
+def set_phase(ctl: Controller, vmi: dict, new_phase: str, status: dict, **meta) -> bool:
     now = now_iso()
     patch = {
         "status": {
@@ -105,14 +105,14 @@ def _set_phase(ctl: Controller, vmi: dict, new_phase: str, status: dict, **meta)
     }
     if meta:
         patch["metadata"] = meta
-    return ctl.patch(_path(vmi), vmi, patch)
+    return ctl.patch(path_of(vmi), vmi, patch)
 
 
-def _path(vmi: dict) -> str:
+def path_of(vmi: dict) -> str:
     return VMI.path(dig(vmi, "metadata", "namespace"), dig(vmi, "metadata", "name"))
 
 
-def _claim_modes(world: World, namespace: str) -> dict[str, list[str]]:
+def claim_modes(world: World, namespace: str) -> dict[str, list[str]]:
     return {
         name: list(dig(pvc, "spec", "accessModes", default=[]) or [])
         for (ns, name), pvc in world.pvcs.items()
@@ -120,7 +120,7 @@ def _claim_modes(world: World, namespace: str) -> dict[str, list[str]]:
     }
 
 
-def _unschedulable(ctl: Controller, vmi: dict, reason: str, message: str) -> None:
+def unschedulable(ctl: Controller, vmi: dict, reason: str, message: str) -> None:
     conditions = dig(vmi, "status", "conditions", default=[]) or []
     current = get_condition(vmi, "PodScheduled") or {}
     if current.get("reason") == reason and current.get("message") == message:
@@ -128,7 +128,7 @@ def _unschedulable(ctl: Controller, vmi: dict, reason: str, message: str) -> Non
     updated = set_condition(
         conditions, "PodScheduled", "False", now_iso(), reason=reason, message=message
     )
-    ctl.patch(_path(vmi), vmi, {"status": {"conditions": updated}})
+    ctl.patch(path_of(vmi), vmi, {"status": {"conditions": updated}})
 
 
 def schedule(ctl: Controller, world: World, vmi: dict) -> None:
@@ -136,19 +136,19 @@ def schedule(ctl: Controller, world: World, vmi: dict) -> None:
     namespace = dig(vmi, "metadata", "namespace")
     spec = dig(vmi, "spec", default={}) or {}
     if ctl.settings.require_pvcs:
-        missing = missing_claims(spec, _claim_modes(world, namespace))
+        missing = missing_claims(spec, claim_modes(world, namespace))
         if missing:
             message = f'persistentvolumeclaim "{missing[0]}" not found'
-            _unschedulable(ctl, vmi, "PvcNotFound", message)
+            unschedulable(ctl, vmi, "PvcNotFound", message)
             return
     node = choose_node(world.nodes.values(), spec, world.load())
     if node is None:
         message = f"0/{len(world.nodes)} nodes are available for the VMI"
-        _unschedulable(ctl, vmi, "Unschedulable", message)
+        unschedulable(ctl, vmi, "Unschedulable", message)
         return
     labels = {**(dig(vmi, "metadata", "labels", default={}) or {}), NODE_LABEL: node}
     conditions = remove_condition(dig(vmi, "status", "conditions"), "PodScheduled")
-    if _set_phase(
+    if set_phase(
         ctl, vmi, "Scheduled", {"nodeName": node, "conditions": conditions}, labels=labels
     ):
         world.vmis[(namespace, dig(vmi, "metadata", "name"))] = {
@@ -211,7 +211,7 @@ def observed(world: World, vmi: dict, now: str) -> dict:
     conditions = set_condition(
         conditions, "Ready", "False" if paused else "True", now, reason=ready_reason
     )
-    modes = _claim_modes(world, dig(vmi, "metadata", "namespace"))
+    modes = claim_modes(world, dig(vmi, "metadata", "namespace"))
     ok, reason, message = live_migratable(spec, modes)
     conditions = set_condition(
         conditions, "LiveMigratable", str(ok), now, reason=reason, message=message
@@ -280,7 +280,7 @@ def start(ctl: Controller, world: World, vmi: dict) -> None:
             "selinuxContext": "none",
         }
     )
-    if _set_phase(ctl, vmi, "Running", status):
+    if set_phase(ctl, vmi, "Running", status):
         ctl.event(vmi, "Started", "VirtualMachineInstance started.")
 
 
@@ -304,11 +304,24 @@ def _volume_status(spec: dict) -> list[dict]:
     return result
 
 
+def paused_conditions(vmi: dict, paused: bool, now: str) -> list[dict]:
+    """The VMI's conditions once it is paused by its user, or unpaused."""
+    conditions = dig(vmi, "status", "conditions", default=[]) or []
+    if not paused:
+        conditions = remove_condition(conditions, "Paused")
+        return set_condition(conditions, "Ready", "True", now)
+    message = "VMI was paused by user"
+    conditions = set_condition(
+        conditions, "Paused", "True", now, reason="PausedByUser", message=message
+    )
+    return set_condition(conditions, "Ready", "False", now, reason="PausedByUser")
+
+
 def refresh(ctl: Controller, world: World, vmi: dict) -> None:
     """Keep a running VMI's reported state in line with annotations, pauses and PVCs."""
     status = observed(world, vmi, now_iso())
     if _changed(vmi, status):
-        ctl.patch(_path(vmi), vmi, {"status": status})
+        ctl.patch(path_of(vmi), vmi, {"status": status})
 
 
 def _stopped_conditions(vmi: dict, now: str, reason: str) -> list[dict]:
@@ -321,7 +334,7 @@ def fail(ctl: Controller, vmi: dict, reason: str, message: str) -> None:
     """The guest is gone unexpectedly (node lost, crash): phase Failed."""
     now = now_iso()
     status = {"reason": reason, "conditions": _stopped_conditions(vmi, now, reason)}
-    if _set_phase(ctl, vmi, "Failed", status):
+    if set_phase(ctl, vmi, "Failed", status):
         ctl.event(vmi, reason, message, "Warning")
 
 
@@ -329,5 +342,5 @@ def stop(ctl: Controller, vmi: dict) -> None:
     """A requested shutdown: the guest powers off cleanly, phase Succeeded."""
     now = now_iso()
     status = {"conditions": _stopped_conditions(vmi, now, "GuestNotRunning")}
-    if _set_phase(ctl, vmi, "Succeeded", status):
+    if set_phase(ctl, vmi, "Succeeded", status):
         ctl.event(vmi, "Stopped", "The VirtualMachineInstance was shut down.")

@@ -1,0 +1,214 @@
+"""The VMI lifecycle when VMIs run as real guests (`Settings.guest_runtime == "qemu"`).
+
+virt-controller's part, read off KubeVirt's `pkg/virt-controller/watch/vmi/lifecycle.go` and
+`watch/node/node.go`, with the virt-launcher Pod as the link to the node:
+
+* Pending: the stand-in picks the node (there is no kube-scheduler) and creates the launcher
+  Pod bound to it -> Scheduling.
+* Scheduling: waits for the pod to run (its volumes attached, its guest started by the node's
+  kubelet, `hosts`); a pod that is gone or down fails the VMI -> Scheduled once it runs.
+* Scheduled -> Running once QEMU runs the guest.
+* Running follows the guest: paused (condition `Paused`), powered off by the guest ->
+  Succeeded, panicked -> a Warning event `GuestPanicked` and Failed (libvirt's
+  `on_crash=destroy`: the memory is gone), QEMU gone -> Failed; the launcher pod gone from the
+  API -> Failed, as virt-controller does.
+* Node loss: nothing here looks at the node's Ready condition. A VMI is failed with reason
+  `NodeUnresponsive` only when its node's virt-handler heartbeat is older than
+  `heartbeat_timeout` and it has no live launcher pod (KubeVirt's node controller), or through
+  the rule above once its pod has been deleted (after fencing).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from . import vmi as vmis
+from .api import now_iso, parse_iso
+from .logic import (
+    FINAL_PHASES,
+    choose_node,
+    condition_true,
+    dig,
+    missing_claims,
+    phase,
+    set_condition,
+)
+from .virt_launcher import launcher_pod, owned_by, pod_alive
+
+if TYPE_CHECKING:
+    from .controller import Controller, World
+
+NODE_UNRESPONSIVE = "NodeUnresponsive"
+
+
+def reconcile(ctl: Controller, world: World, vmi: dict) -> None:
+    if dig(vmi, "metadata", "deletionTimestamp"):
+        return
+    if vmis.orphaned(world, vmi):
+        ctl.delete(vmis.path_of(vmi), vmi)
+        return
+    pods = pods_of(world, vmi)
+    current = phase(vmi)
+    if current in FINAL_PHASES:
+        _delete_pods(ctl, pods)
+        return
+    pod = next((p for p in pods if not dig(p, "metadata", "deletionTimestamp")), None)
+    if current in ("", "Pending"):
+        _place(ctl, world, vmi, pods)
+    elif current == "Scheduling":
+        _await_pod(ctl, vmi, pod)
+    elif current == "Scheduled":
+        _await_guest(ctl, world, vmi, pod)
+    elif current == "Running":
+        _follow(ctl, world, vmi, pod)
+
+
+def pods_of(world: World, vmi: dict) -> list[dict]:
+    uid = str(dig(vmi, "metadata", "uid"))
+    namespace = dig(vmi, "metadata", "namespace")
+    return [
+        p
+        for p in world.launcher_pods
+        if dig(p, "metadata", "namespace") == namespace and owned_by(p, uid)
+    ]
+
+
+def _place(ctl: Controller, world: World, vmi: dict, pods: list[dict]) -> None:
+    if phase(vmi) == "":
+        vmis.set_phase(ctl, vmi, "Pending", {})
+        return
+    spec = dig(vmi, "spec", default={}) or {}
+    if ctl.settings.require_pvcs:
+        missing = missing_claims(spec, vmis.claim_modes(world, dig(vmi, "metadata", "namespace")))
+        if missing:
+            vmis.unschedulable(
+                ctl, vmi, "PvcNotFound", f'persistentvolumeclaim "{missing[0]}" not found'
+            )
+            return
+    if not pods:
+        node = choose_node(world.nodes.values(), spec, world.load())
+        if node is None:
+            message = f"0/{len(world.nodes)} nodes are available for the VMI"
+            vmis.unschedulable(ctl, vmi, "Unschedulable", message)
+            return
+        body = launcher_pod(vmi, node)
+        if ctl.create(f"/api/v1/namespaces/{body['metadata']['namespace']}/pods", body) is None:
+            return
+        ctl.event(
+            vmi,
+            "SuccessfulCreate",
+            f"Created virtual machine pod {body['metadata']['generateName']}",
+        )
+    vmis.set_phase(ctl, vmi, "Scheduling", {})
+
+
+def _await_pod(ctl: Controller, vmi: dict, pod: dict | None) -> None:
+    if pod is None or not pod_alive(pod):
+        vmis.fail(ctl, vmi, "PodDown", "the virt-launcher pod is gone or down")
+        return
+    if dig(pod, "status", "phase") != "Running":
+        _mirror_waiting(ctl, vmi, pod)
+        return
+    node = dig(pod, "spec", "nodeName")
+    labels = {**(dig(vmi, "metadata", "labels", default={}) or {}), vmis.NODE_LABEL: node}
+    conditions = [
+        c
+        for c in dig(vmi, "status", "conditions", default=[]) or []
+        if c.get("type") not in ("PodScheduled", "Synchronized")
+    ]
+    status = {"nodeName": node, "conditions": conditions}
+    if vmis.set_phase(ctl, vmi, "Scheduled", status, labels=labels):
+        ctl.event(vmi, "SuccessfulCreate", f"Created virtual machine pod on node {node}")
+
+
+def _mirror_waiting(ctl: Controller, vmi: dict, pod: dict) -> None:
+    """A pod that cannot start (a volume attached elsewhere): the reason shows on the VMI."""
+    reason, message = dig(pod, "status", "reason"), dig(pod, "status", "message")
+    if not reason:
+        return
+    current = next(
+        (
+            c
+            for c in dig(vmi, "status", "conditions", default=[]) or []
+            if c.get("type") == "Synchronized"
+        ),
+        {},
+    )
+    if (current.get("reason"), current.get("message")) == (reason, message):
+        return
+    conditions = set_condition(
+        dig(vmi, "status", "conditions"),
+        "Synchronized",
+        "False",
+        now_iso(),
+        reason=reason,
+        message=message,
+    )
+    ctl.patch(vmis.path_of(vmi), vmi, {"status": {"conditions": conditions}})
+
+
+def _await_guest(ctl: Controller, world: World, vmi: dict, pod: dict | None) -> None:
+    if pod is None or not pod_alive(pod):
+        vmis.fail(ctl, vmi, "PodDown", "the virt-launcher pod is gone or down")
+        return
+    guest = ctl.hosts.guest_of(str(dig(vmi, "metadata", "uid")))
+    if guest is not None and guest.state() in ("running", "paused"):
+        vmis.start(ctl, world, vmi)
+
+
+def _follow(ctl: Controller, world: World, vmi: dict, pod: dict | None) -> None:
+    if pod is None:
+        vmis.fail(ctl, vmi, "PodDown", "the virt-launcher pod no longer exists")
+        return
+    node = dig(vmi, "status", "nodeName")
+    if _node_unresponsive(ctl, world.nodes.get(node)) and not pod_alive(pod):
+        vmis.fail(ctl, vmi, NODE_UNRESPONSIVE, f"virt-handler on node {node} is not responsive")
+        return
+    if not ctl.hosts.host(node).powered:
+        return  # nobody on that node reports anything
+    guest = ctl.hosts.guest_of(str(dig(vmi, "metadata", "uid")))
+    state = guest.state() if guest is not None else _ended_state(pod)
+    if state == "panicked":
+        ctl.event(vmi, "GuestPanicked", "GuestPanicked (details unavailable)", "Warning")
+        vmis.fail(ctl, vmi, "GuestPanicked", "the guest panicked; its domain was destroyed")
+    elif state in ("shutdown", "stopped"):
+        vmis.stop(ctl, vmi)
+    elif state == "crashed":
+        vmis.fail(ctl, vmi, "GuestCrashed", "the QEMU process of the guest ended")
+    elif state in ("running", "paused"):
+        _sync_paused(ctl, world, vmi, state == "paused")
+
+
+def _ended_state(pod: dict) -> str:
+    """The guest's end as its pod reported it (after a stand-in restart, say)."""
+    statuses = dig(pod, "status", "containerStatuses", default=[]) or []
+    terminated = (statuses[0].get("state") or {}).get("terminated") if statuses else None
+    if not terminated:
+        return "crashed" if dig(pod, "status", "phase") in ("Failed", "Succeeded") else "unknown"
+    return str(terminated.get("message") or "crashed")
+
+
+def _sync_paused(ctl: Controller, world: World, vmi: dict, paused: bool) -> None:
+    if paused != condition_true(vmi, "Paused"):
+        conditions = vmis.paused_conditions(vmi, paused, now_iso())
+        ctl.patch(vmis.path_of(vmi), vmi, {"status": {"conditions": conditions}})
+        return
+    vmis.refresh(ctl, world, vmi)
+
+
+def _node_unresponsive(ctl: Controller, node: dict | None) -> bool:
+    """KubeVirt's isNodeUnresponsive: no node, or a virt-handler heartbeat past the timeout."""
+    if node is None:
+        return True
+    stamp = parse_iso(dig(node, "metadata", "annotations", "kubevirt.io/heartbeat"))
+    if stamp is None:
+        return False
+    return ctl.wall_clock() - stamp.timestamp() > ctl.settings.heartbeat_timeout
+
+
+def _delete_pods(ctl: Controller, pods: list[dict]) -> None:
+    """virt-controller deletes the launcher pods of a VMI that reached a final phase."""
+    for pod in pods:
+        if not dig(pod, "metadata", "deletionTimestamp"):
+            meta = pod["metadata"]
+            ctl.delete(f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}", pod)

@@ -1,0 +1,330 @@
+"""The machines behind the stand-in's Nodes: each one's kubelet and virt-handler, and its guests.
+
+With `Settings.guest_runtime == "qemu"` a VMI scheduled to a node gets a virt-launcher Pod
+(`virt_launcher.launcher_pod`), and the node's "kubelet" runs it: once every PVC of the pod is
+attached to the node (`storage`), it starts the guest (one QEMU process, `guests`), reports the
+pod Running, and reports it Succeeded or Failed when the guest ends. A pod being deleted has its
+guest powered off (the grace period, then killed) before the kubelet confirms the deletion.
+
+Each powered node's virt-handler refreshes the `kubevirt.io/heartbeat` annotation every
+`heartbeat_interval`. Powering a node off (`power_off`) kills its guests at once and silences its
+kubelet and virt-handler: nothing on that node is reported any more, its pods stay in the API as
+they were, and after `node_monitor_grace` the node-lifecycle controller's part (the local
+control plane runs none) turns its Ready condition Unknown. What follows is KubeVirt's and
+Kubernetes' own rules, played by the VMI controller (`vmi.node_loss`) and the real
+kube-controller-manager; see docs/kubevirt-standin.md, "Node loss".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+from kubernetes.client import ApiException
+
+from .api import log, now_iso
+from .logic import dig
+from .nodes import NODES_PATH, set_ready
+from .virt_launcher import COMPUTE, guest_grace, owned_by
+
+if TYPE_CHECKING:
+    from .controller import Controller, World
+
+HEARTBEAT_ANNOTATION = "kubevirt.io/heartbeat"
+
+
+class Guest(Protocol):
+    """One running guest as the kubelet and virt-handler see it (a QEMU process)."""
+
+    def state(self) -> str: ...  # starting, running, paused, shutdown, panicked, crashed, stopped
+
+    def stop(self, grace: float) -> None: ...  # power off, destroy after `grace` (returns at once)
+
+    def kill(self) -> None: ...  # destroy the domain at once
+
+    def pause(self) -> None: ...
+
+    def unpause(self) -> None: ...
+
+    def reboot_soft(self) -> None: ...  # the guest's own reboot (Ctrl-Alt-Del)
+
+
+GuestFactory = Callable[[dict, dict, str], Guest]  # (vmi, pod, node) -> a started guest
+ENDED = ("shutdown", "panicked", "crashed", "stopped")
+
+
+@dataclass
+class NodeHost:
+    name: str
+    powered: bool = True
+    silent_since: float | None = None  # when its kubelet stopped reporting
+    next_heartbeat: float = 0.0
+
+
+@dataclass
+class Hosts:
+    """Node machines and the guests they run, keyed by launcher pod uid."""
+
+    launch: GuestFactory
+    clock: Callable[[], float] = time.monotonic
+    nodes: dict[str, NodeHost] = field(default_factory=dict)
+    guests: dict[str, Guest] = field(default_factory=dict)  # by pod uid
+    vmi_of_pod: dict[str, str] = field(default_factory=dict)  # pod uid -> VMI uid
+    node_of_pod: dict[str, str] = field(default_factory=dict)  # pod uid -> node name
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def host(self, name: str) -> NodeHost:
+        return self.nodes.setdefault(name, NodeHost(name))
+
+    def guest_of(self, vmi_uid: str) -> Guest | None:
+        """The live guest of a VMI (subresources act on it), if its node runs one."""
+        with self._lock:
+            for pod_uid, owner in self.vmi_of_pod.items():
+                if owner == vmi_uid and pod_uid in self.guests:
+                    return self.guests[pod_uid]
+        return None
+
+    # --- power ---------------------------------------------------------------------------------
+
+    def power_off(self, name: str) -> int:
+        """The node loses power: its guests die at once; returns how many were killed."""
+        host = self.host(name)
+        host.powered, host.silent_since = False, self.clock()
+        with self._lock:
+            doomed = [
+                uid for uid, guest in self.guests.items() if self.node_of_pod.get(uid) == name
+            ]
+            victims = [self.guests.pop(uid) for uid in doomed]
+        for guest in victims:
+            guest.kill()
+        log.info("node %s powered off; %d guest(s) killed", name, len(victims))
+        return len(victims)
+
+    def power_on(self, name: str) -> None:
+        host = self.host(name)
+        host.powered, host.silent_since, host.next_heartbeat = True, None, 0.0
+
+    def stop_all(self) -> None:
+        """Kill every guest (the stand-in is stopping)."""
+        with self._lock:
+            victims = list(self.guests.values())
+            self.guests.clear()
+        for guest in victims:
+            guest.kill()
+
+    # --- the pass ------------------------------------------------------------------------------
+
+    def reconcile(self, ctl: Controller, world: World) -> None:
+        now = self.clock()
+        for node in world.nodes.values():
+            self._node(ctl, node, now)
+        live = set()
+        for pod in world.launcher_pods:
+            live.add(dig(pod, "metadata", "uid"))
+            host = self.host(dig(pod, "spec", "nodeName") or "")
+            if host.powered:
+                self._pod(ctl, world, pod)
+        self._reap_orphans(live)
+
+    def _node(self, ctl: Controller, node: dict, now: float) -> None:
+        host = self.host(dig(node, "metadata", "name"))
+        if host.powered:
+            if now >= host.next_heartbeat:
+                host.next_heartbeat = now + ctl.settings.heartbeat_interval
+                _heartbeat(ctl, node)
+            return
+        grace = ctl.settings.node_monitor_grace
+        ready = next(
+            (
+                c
+                for c in dig(node, "status", "conditions", default=[]) or []
+                if c.get("type") == "Ready"
+            ),
+            {},
+        )
+        silent_long = host.silent_since is not None and now - host.silent_since >= grace
+        if silent_long and ready.get("status") != "Unknown":
+            set_ready(ctl.kube, host.name, None, reason="NodeStatusUnknown")
+            ctl.wrote()
+
+    def _pod(self, ctl: Controller, world: World, pod: dict) -> None:
+        uid = dig(pod, "metadata", "uid")
+        guest = self.guests.get(uid)
+        if dig(pod, "metadata", "deletionTimestamp"):
+            self._terminate(ctl, pod, guest)
+            return
+        if guest is not None:
+            self._report_end(ctl, pod, guest)
+            return
+        if dig(pod, "status", "phase") in ("Succeeded", "Failed", "Running"):
+            return  # ended, or its guest died while the node was off
+        self._start(ctl, world, pod)
+
+    def _start(self, ctl: Controller, world: World, pod: dict) -> None:
+        owner = next(iter(dig(pod, "metadata", "ownerReferences", default=[]) or []), {})
+        vmi = next(
+            (v for v in world.vmis.values() if dig(v, "metadata", "uid") == owner.get("uid")),
+            None,
+        )
+        if vmi is None or not owned_by(pod, str(owner.get("uid"))):
+            return
+        ready, reason, message = ctl.storage.volume_ready(pod)
+        if not ready:
+            _pod_waiting(ctl, pod, reason, message)
+            return
+        node = dig(pod, "spec", "nodeName")
+        try:
+            guest = self.launch(vmi, pod, node)
+        except Exception as error:  # a bad spec or a missing file: the pod fails, as on a node
+            _pod_ended(ctl, pod, "Failed", code=1, reason="StartError", message=str(error))
+            return
+        uid = dig(pod, "metadata", "uid")
+        with self._lock:
+            self.guests[uid] = guest
+            self.vmi_of_pod[uid] = str(owner.get("uid"))
+            self.node_of_pod[uid] = node
+        ctl.storage.mount(pod)
+        _pod_running(ctl, pod)
+
+    def _report_end(self, ctl: Controller, pod: dict, guest: Guest) -> None:
+        state = guest.state()
+        if state not in ENDED:
+            return
+        uid = dig(pod, "metadata", "uid")
+        with self._lock:
+            self.guests.pop(uid, None)
+        ctl.storage.unmount(pod)
+        clean = state in ("shutdown", "stopped")
+        phase = "Succeeded" if clean else "Failed"
+        _pod_ended(ctl, pod, phase, code=0 if clean else 1, reason=_REASONS[state], message=state)
+
+    def _terminate(self, ctl: Controller, pod: dict, guest: Guest | None) -> None:
+        """A pod being deleted: power its guest off, then confirm the deletion (grace 0)."""
+        if guest is not None and guest.state() not in ENDED:
+            guest.stop(guest_grace(pod))
+            return
+        uid = dig(pod, "metadata", "uid")
+        with self._lock:
+            self.guests.pop(uid, None)
+        ctl.storage.unmount(pod)
+        path = _pod_path(pod)
+        with contextlib.suppress(ApiException):
+            ctl.kube.request(
+                "DELETE", path, {"gracePeriodSeconds": 0, "preconditions": {"uid": uid}}
+            )
+            ctl.wrote()
+
+    def _reap_orphans(self, live: Iterable[str]) -> None:
+        """A guest whose pod is gone from the API (force-deleted) is killed by its kubelet."""
+        keep = set(live)
+        with self._lock:
+            orphans = [uid for uid in self.guests if uid not in keep]
+            victims = [self.guests.pop(uid) for uid in orphans]
+        for guest in victims:
+            guest.kill()
+
+
+_REASONS = {
+    "shutdown": "Completed",
+    "stopped": "Completed",
+    "panicked": "GuestPanicked",
+    "crashed": "Error",
+}
+
+
+def _heartbeat(ctl: Controller, node: dict) -> None:
+    """virt-handler's heartbeat: the annotation, and the node schedulable again."""
+    body = {"metadata": {"annotations": {HEARTBEAT_ANNOTATION: now_iso()}}}
+    with contextlib.suppress(ApiException):
+        ctl.kube.merge_patch(f"{NODES_PATH}/{dig(node, 'metadata', 'name')}", body)
+
+
+def _pod_path(pod: dict) -> str:
+    meta = pod["metadata"]
+    return f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}"
+
+
+def _patch_pod_status(ctl: Controller, pod: dict, status: dict) -> None:
+    with contextlib.suppress(ApiException):
+        ctl.kube.merge_patch(_pod_path(pod) + "/status", {"status": status})
+        ctl.wrote()
+
+
+def _pod_waiting(ctl: Controller, pod: dict, reason: str, message: str) -> None:
+    statuses = dig(pod, "status", "containerStatuses", default=[]) or []
+    waiting = (statuses[0].get("state") or {}).get("waiting") if statuses else None
+    if waiting == {"reason": "ContainerCreating", "message": message}:
+        return
+    container = {
+        "name": COMPUTE,
+        "ready": False,
+        "restartCount": 0,
+        "image": dig(pod, "spec", "containers", default=[{}])[0].get("image"),
+        "imageID": "",
+        "state": {"waiting": {"reason": "ContainerCreating", "message": message}},
+    }
+    _patch_pod_status(
+        ctl,
+        pod,
+        {
+            "phase": "Pending",
+            "reason": reason,
+            "message": message,
+            "containerStatuses": [container],
+        },
+    )
+
+
+def _pod_running(ctl: Controller, pod: dict) -> None:
+    now = now_iso()
+    container = {
+        "name": COMPUTE,
+        "ready": True,
+        "started": True,
+        "restartCount": 0,
+        "image": dig(pod, "spec", "containers", default=[{}])[0].get("image"),
+        "imageID": "",
+        "state": {"running": {"startedAt": now}},
+    }
+    conditions = [
+        {"type": kind, "status": "True", "lastTransitionTime": now}
+        for kind in ("PodScheduled", "Initialized", "ContainersReady", "Ready")
+    ]
+    _patch_pod_status(
+        ctl,
+        pod,
+        {
+            "phase": "Running",
+            "reason": None,
+            "message": None,
+            "startTime": now,
+            "conditions": conditions,
+            "containerStatuses": [container],
+        },
+    )
+
+
+def _pod_ended(
+    ctl: Controller, pod: dict, phase: str, *, code: int, reason: str, message: str
+) -> None:
+    now = now_iso()
+    container = {
+        "name": COMPUTE,
+        "ready": False,
+        "restartCount": 0,
+        "image": dig(pod, "spec", "containers", default=[{}])[0].get("image"),
+        "imageID": "",
+        "state": {
+            "terminated": {
+                "exitCode": code,
+                "reason": reason,
+                "message": message,
+                "finishedAt": now,
+            }
+        },
+    }
+    _patch_pod_status(ctl, pod, {"phase": phase, "containerStatuses": [container]})
