@@ -24,16 +24,18 @@ from typing import TYPE_CHECKING
 
 from . import vmi as vmis
 from .api import now_iso, parse_iso
+from .hosts import ENDED
 from .logic import (
     FINAL_PHASES,
     choose_node,
     condition_true,
     dig,
+    memory_dump_file,
     missing_claims,
     phase,
     set_condition,
 )
-from .virt_launcher import launcher_pod, owned_by, pod_alive
+from .virt_launcher import grace_seconds, launcher_pod, owned_by, pod_alive
 
 if TYPE_CHECKING:
     from .controller import Controller, World
@@ -212,3 +214,48 @@ def _delete_pods(ctl: Controller, pods: list[dict]) -> None:
         if not dig(pod, "metadata", "deletionTimestamp"):
             meta = pod["metadata"]
             ctl.delete(f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}", pod)
+
+
+def request_stop(ctl: Controller, vmi: dict) -> None:
+    """A stop (run strategy, `stop`): virt-handler powers the guest off within its grace period.
+
+    The VMI turns Succeeded once the guest is down (`_follow`). A VMI whose node is off cannot
+    be stopped by anyone: it stays until the node is fenced, as on a cluster.
+    """
+    guest = ctl.hosts.guest_of(str(dig(vmi, "metadata", "uid")))
+    if guest is not None:
+        if guest.state() not in ENDED:
+            guest.stop(grace_seconds(vmi))
+        return
+    node = dig(vmi, "status", "nodeName")
+    if node and not ctl.hosts.host(node).powered:
+        return
+    vmis.stop(ctl, vmi)
+
+
+def dump_progress(ctl: Controller, vm: dict, vmi: dict, request: dict) -> dict:
+    """InProgress: virt-handler dumps the guest's memory into the claim's file system.
+
+    As KubeVirt's virt-launcher does it (libvirt core dump, memory only): QEMU's
+    `dump-guest-memory` in ELF format, without paging, into
+    `<vm>-<claim>-<YYYYMMDD-HHMMSS>.memory.dump`. Returns `request` itself while it runs.
+    """
+    guest = ctl.hosts.guest_of(str(dig(vmi, "metadata", "uid")))
+    if guest is None:
+        return {**request, "phase": "Failed", "message": "the VMI has no running guest"}
+    claim = request.get("claimName", "")
+    key = (str(dig(vm, "metadata", "uid")), claim)
+    started = ctl.hosts.dumps.get(key)
+    if started is None:
+        name = memory_dump_file(dig(vm, "metadata", "name"), claim, now_iso())
+        directory = ctl.storage.backing(dig(vm, "metadata", "namespace"), claim).path
+        guest.memory_dump(directory / name)
+        ctl.hosts.dumps[key] = name
+        return {**request, "startTimestamp": request.get("startTimestamp") or now_iso()}
+    state = guest.dump_state()
+    if state == "active":
+        return request
+    ctl.hosts.dumps.pop(key, None)
+    if state == "completed":
+        return {**request, "phase": "Unmounting", "fileName": started}
+    return {**request, "phase": "Failed", "message": f"dump-guest-memory: {state}"}

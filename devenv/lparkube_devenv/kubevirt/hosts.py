@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from kubernetes.client import ApiException
@@ -52,6 +53,10 @@ class Guest(Protocol):
 
     def reboot_soft(self) -> None: ...  # the guest's own reboot (Ctrl-Alt-Del)
 
+    def memory_dump(self, path: Path) -> None: ...  # starts dump-guest-memory (ELF)
+
+    def dump_state(self) -> str: ...  # active, completed, failed (QMP query-dump)
+
 
 GuestFactory = Callable[[dict, dict, str], Guest]  # (vmi, pod, node) -> a started guest
 ENDED = ("shutdown", "panicked", "crashed", "stopped")
@@ -75,6 +80,7 @@ class Hosts:
     guests: dict[str, Guest] = field(default_factory=dict)  # by pod uid
     vmi_of_pod: dict[str, str] = field(default_factory=dict)  # pod uid -> VMI uid
     node_of_pod: dict[str, str] = field(default_factory=dict)  # pod uid -> node name
+    dumps: dict[tuple[str, str], str] = field(default_factory=dict)  # (VM uid, claim) -> file
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def host(self, name: str) -> NodeHost:

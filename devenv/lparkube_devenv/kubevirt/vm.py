@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from kubernetes.client import ApiException
 
+from . import guest_lifecycle
 from . import vmi as vmis
 from .api import VM, VMI, now_iso, parse_iso
 from .logic import (
@@ -86,6 +87,8 @@ def end_vmi(ctl: Controller, vmi: dict) -> None:
     if is_final(vmi):
         namespace, name = dig(vmi, "metadata", "namespace"), dig(vmi, "metadata", "name")
         ctl.delete(VMI.path(namespace, name), vmi)
+    elif ctl.hosts:
+        guest_lifecycle.request_stop(ctl, vmi)
     else:
         vmis.stop(ctl, vmi)
 
@@ -197,7 +200,7 @@ def handle_requests(ctl: Controller, vm: dict, vmi: dict | None) -> bool:
 
 
 def handle_memory_dump(ctl: Controller, vm: dict, vmi: dict | None) -> bool:
-    """Associating -> InProgress -> Completed; Dissociating removes the request."""
+    """Associating -> InProgress -> Unmounting -> Completed; Dissociating removes the request."""
     request = dig(vm, "status", "memoryDumpRequest")
     if not isinstance(request, dict):
         return False
@@ -209,13 +212,19 @@ def handle_memory_dump(ctl: Controller, vm: dict, vmi: dict | None) -> bool:
     elif current == "InProgress":
         if vmi is None or phase(vmi) != "Running":
             update = {**request, "phase": "Failed", "message": "VMI is not running"}
+        elif ctl.hosts:
+            update = guest_lifecycle.dump_progress(ctl, vm, vmi, request)
         else:
             file_name = memory_dump_file(
                 dig(vm, "metadata", "name"), request.get("claimName", ""), now
             )
-            update = {**request, "phase": "Completed", "endTimestamp": now, "fileName": file_name}
-            _annotate_claim(ctl, vm, request.get("claimName", ""), file_name)
+            update = {**request, "phase": "Unmounting", "fileName": file_name}
+    elif current == "Unmounting":
+        update = {**request, "phase": "Completed", "endTimestamp": now}
+        _annotate_claim(ctl, vm, request.get("claimName", ""), request.get("fileName", ""))
     else:
+        return False
+    if update is request:
         return False
     ctl.patch(VM.path(*_nn(vm)), vm, {"status": {"memoryDumpRequest": update}}, status=True)
     return True
