@@ -33,6 +33,15 @@ LAUNCHER_IMAGE = f"quay.io/kubevirt/virt-launcher:{KUBEVIRT_VERSION}"
 STANDIN_PREFIX = "kubevirt-standin.lparkube.io/"
 AGENT_ANNOTATION = STANDIN_PREFIX + "guest-agent"  # "connected" (default) or "disconnected"
 IP_ANNOTATION = STANDIN_PREFIX + "ip-address"  # reported pod-network IP instead of a fake one
+RUNTIME_ANNOTATION = STANDIN_PREFIX + "runtime"  # SIMULATED or QEMU (a real guest)
+SIMULATED, QEMU = "simulated", "qemu"
+
+
+def runtime_of(vmi: dict, default: str) -> str:
+    """How the stand-in runs this VMI: its annotation, else the installation's default."""
+    annotations = (vmi.get("metadata") or {}).get("annotations") or {}
+    value = annotations.get(RUNTIME_ANNOTATION, default)
+    return value if value in (SIMULATED, QEMU) else default
 
 
 @dataclass(frozen=True)

@@ -14,18 +14,15 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network, IPv6Network, ip_network
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from kubernetes.client import ApiException
 
 from . import guest_lifecycle, migration, nodes, snapshots, vm, vmi
-from .api import RESTORE, SNAPSHOT, VM, VMI, VMIM, Kube, key, log
+from .api import QEMU, RESTORE, SIMULATED, SNAPSHOT, VM, VMI, VMIM, Kube, key, log, runtime_of
+from .hosts import Hosts, no_real_guests
 from .logic import POD_NETWORK, dig, is_final
 
-if TYPE_CHECKING:
-    from .hosts import Hosts
-
-SIMULATED, QEMU = "simulated", "qemu"
 LAUNCHER_PODS = "/api/v1/pods?labelSelector=kubevirt.io%3Dvirt-launcher"
 
 
@@ -40,7 +37,7 @@ class Settings:
     migration_timeout: float = 60.0  # a migration without a target node fails after this
     require_pvcs: bool = True  # VMIs wait (ErrorPvcNotFound) until their PVCs exist
     pod_network: str = str(POD_NETWORK)  # where VMI addresses come from (make run: loopback)
-    guest_runtime: str = SIMULATED  # SIMULATED, or QEMU: each VMI a real guest (hosts.py)
+    guest_runtime: str = SIMULATED  # a VMI's runtime unless annotated (RUNTIME_ANNOTATION)
     heartbeat_interval: float = 60.0  # virt-handler's kubevirt.io/heartbeat period (KubeVirt: 1m)
     heartbeat_timeout: float = 300.0  # virt-controller's node controller (KubeVirt: 5m)
     node_monitor_grace: float = 40.0  # a silent kubelet's node turns Ready=Unknown (k8s: 40s)
@@ -57,8 +54,9 @@ class World:
     snapshots: list[dict] = field(default_factory=list)
     restores: list[dict] = field(default_factory=list)
     pvcs: dict[tuple[str, str], dict] = field(default_factory=dict)
-    launcher_pods: list[dict] = field(default_factory=list)  # QEMU runtime only
+    launcher_pods: list[dict] = field(default_factory=list)  # of VMIs run as real guests
     pod_network: IPv4Network | IPv6Network = POD_NETWORK
+    guest_runtime: str = SIMULATED  # Settings.guest_runtime: the default runtime of a VMI
 
     def load(self) -> Counter:
         """Live VMIs per node, for least-loaded placement."""
@@ -102,7 +100,7 @@ class Controller:
     ):
         self.kube = kube
         self.settings = settings or Settings()
-        self.hosts = hosts  # set when VMIs run as real guests
+        self.hosts = hosts or Hosts(no_real_guests)  # the nodes' machines, for real guests
         self.storage = storage  # thin volumes and attachments (storage.py)
         self.wall_clock = wall_clock
         self.started_once: set[str] = set()  # VM UIDs that started (for runStrategy Once)
@@ -133,11 +131,10 @@ class Controller:
             self._guard(_node_lifecycle, world, node)
         for obj in list(world.vms.values()):
             self._guard(vm.reconcile, world, obj)
-        if self.hosts:
-            self._guard(_hosts, world, None)
-        lifecycle = guest_lifecycle.reconcile if self.hosts else vmi.reconcile
+        self._guard(_hosts, world, None)
         for obj in list(world.vmis.values()):
-            self._guard(lifecycle, world, obj)
+            real = runtime_of(obj, self.settings.guest_runtime) == QEMU
+            self._guard(guest_lifecycle.reconcile if real else vmi.reconcile, world, obj)
         self._guard(migration.evacuate, world, None)
         for obj in world.migrations:
             self._guard(migration.reconcile, world, obj)
@@ -156,8 +153,9 @@ class Controller:
             snapshots=items(SNAPSHOT.path()),
             restores=items(RESTORE.path()),
             pvcs={key(o): o for o in items("/api/v1/persistentvolumeclaims")},
-            launcher_pods=items(LAUNCHER_PODS) if self.hosts else [],
+            launcher_pods=items(LAUNCHER_PODS),
             pod_network=ip_network(self.settings.pod_network),
+            guest_runtime=self.settings.guest_runtime,
         )
 
     def _guard(self, step, world: World, obj: dict | None) -> None:

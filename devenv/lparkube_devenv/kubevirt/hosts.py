@@ -62,6 +62,10 @@ GuestFactory = Callable[[dict, dict, str], Guest]  # (vmi, pod, node) -> a start
 ENDED = ("shutdown", "panicked", "crashed", "stopped")
 
 
+def no_real_guests(vmi: dict, pod: dict, node: str) -> Guest:
+    raise RuntimeError("this stand-in was started without a guest launcher (no QEMU runtime)")
+
+
 @dataclass
 class NodeHost:
     name: str

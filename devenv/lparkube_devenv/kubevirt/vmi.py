@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid
 from typing import TYPE_CHECKING
 
-from .api import AGENT_ANNOTATION, IP_ANNOTATION, LAUNCHER_IMAGE, VMI, now_iso
+from .api import AGENT_ANNOTATION, IP_ANNOTATION, LAUNCHER_IMAGE, QEMU, VMI, now_iso, runtime_of
 from .logic import (
     FINAL_PHASES,
     allocate_ip,
@@ -213,6 +213,9 @@ def observed(world: World, vmi: dict, now: str) -> dict:
     )
     modes = claim_modes(world, dig(vmi, "metadata", "namespace"))
     ok, reason, message = live_migratable(spec, modes)
+    if runtime_of(vmi, world.guest_runtime) == QEMU:
+        ok, reason = False, "RealGuest"
+        message = "the stand-in does not live-migrate a VMI that runs as a real guest"
     conditions = set_condition(
         conditions, "LiveMigratable", str(ok), now, reason=reason, message=message
     )
