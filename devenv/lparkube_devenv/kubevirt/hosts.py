@@ -170,9 +170,13 @@ class Hosts:
         if guest is not None:
             self._report_end(ctl, pod, guest)
             return
-        if dig(pod, "status", "phase") in ("Succeeded", "Failed", "Running"):
-            return  # ended, or its guest died while the node was off
-        self._start(ctl, world, pod)
+        current = dig(pod, "status", "phase")
+        if current == "Running":  # its guest died unreported (power loss, a stand-in restart)
+            _pod_ended(
+                ctl, pod, "Failed", code=137, reason="ContainerStatusUnknown", message="crashed"
+            )
+        elif current not in ("Succeeded", "Failed"):
+            self._start(ctl, world, pod)
 
     def _start(self, ctl: Controller, world: World, pod: dict) -> None:
         owner = next(iter(dig(pod, "metadata", "ownerReferences", default=[]) or []), {})

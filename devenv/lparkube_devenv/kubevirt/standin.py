@@ -29,6 +29,7 @@ from .api import (
     log,
 )
 from .controller import Controller, Settings
+from .hosts import GuestFactory, Hosts, no_real_guests
 from .subresources import SubresourceServer
 from .tls import make_serving_certs, server_context
 
@@ -50,6 +51,7 @@ class StandIn:
         settings: Settings | None = None,
         allowed_names: tuple[str, ...] = ("front-proxy-client",),
         authorize: bool = True,
+        guest_launcher: GuestFactory | None = None,
     ):
         self.kubeconfig = Path(kubeconfig)
         self.workdir = Path(workdir)
@@ -59,6 +61,7 @@ class StandIn:
         self.allowed_names = allowed_names
         self.authorize = authorize
         self.kube = Kube.from_kubeconfig(self.kubeconfig)
+        self.hosts = Hosts(guest_launcher or no_real_guests)
         self.controller: Controller | None = None
         self.server: SubresourceServer | None = None
         self._stop = threading.Event()
@@ -80,14 +83,18 @@ class StandIn:
         self._stop.clear()
         crds.install(self.kube, timeout)
         nodes.ensure_nodes(self.kube, self.node_names)
-        self.controller = Controller(Kube(api_client(self.kubeconfig)), self.settings)
+        self.controller = Controller(
+            Kube(api_client(self.kubeconfig)), self.settings, hosts=self.hosts
+        )
         self._thread = threading.Thread(
             target=self.controller.run, args=(self._stop,), name="virt-controller", daemon=True
         )
         self._thread.start()
         certs = make_serving_certs(self.workdir / "virt-api-pki")
         context = server_context(certs, self.front_proxy_ca)
-        actions = Actions(Kube(api_client(self.kubeconfig)), self.controller.kick)
+        actions = Actions(
+            Kube(api_client(self.kubeconfig)), self.controller.kick, self.hosts.guest_of
+        )
         self.server = SubresourceServer(
             actions, Kube(api_client(self.kubeconfig)), context, self.allowed_names, self.authorize
         )
@@ -112,6 +119,7 @@ class StandIn:
         if self._thread:
             self._thread.join(timeout=10)
             self._thread = None
+        self.hosts.stop_all()
 
     # --- aggregation -------------------------------------------------------------------------
 
@@ -187,6 +195,21 @@ class StandIn:
         self.kube.merge_patch(
             VMI.path(namespace, name), {"metadata": {"annotations": {AGENT_ANNOTATION: value}}}
         )
+        if self.controller:
+            self.controller.kick()
+
+    def power_off_node(self, name: str) -> int:
+        """Cut a node's power: its guests die at once, its kubelet and virt-handler go silent
+        (see hosts.py); returns how many guests were killed."""
+        killed = self.hosts.power_off(name)
+        if self.controller:
+            self.controller.kick()
+        return killed
+
+    def power_on_node(self, name: str) -> None:
+        """The node boots again: its kubelet reports Ready and finds its old guests gone."""
+        self.hosts.power_on(name)
+        nodes.set_ready(self.kube, name, True)
         if self.controller:
             self.controller.kick()
 
