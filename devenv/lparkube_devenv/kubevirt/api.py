@@ -169,11 +169,14 @@ class Kube:
     def merge_patch(self, path: str, patch: dict) -> dict:
         return self.request("PATCH", path, patch, content_type=MERGE_PATCH)
 
-    def delete(self, path: str, *, uid: str | None = None) -> bool:
-        """Delete an object (optionally only the one with this UID); False when already gone."""
+    def delete(self, path: str, *, uid: str | None = None, grace: int | None = None) -> bool:
+        """Delete an object (optionally only the one with this UID; `grace` 0: at once, as a
+        kubelet confirms a pod's end); False when already gone."""
         body: dict[str, Any] = {"propagationPolicy": "Background"}
         if uid:
             body["preconditions"] = {"uid": uid}
+        if grace is not None:
+            body["gracePeriodSeconds"] = grace
         try:
             self.request("DELETE", path, body)
             return True

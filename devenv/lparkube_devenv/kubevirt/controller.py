@@ -22,8 +22,7 @@ from . import guest_lifecycle, migration, nodes, snapshots, vm, vmi
 from .api import QEMU, RESTORE, SIMULATED, SNAPSHOT, VM, VMI, VMIM, Kube, key, log, runtime_of
 from .hosts import Hosts, no_real_guests
 from .logic import POD_NETWORK, dig, is_final
-
-LAUNCHER_PODS = "/api/v1/pods?labelSelector=kubevirt.io%3Dvirt-launcher"
+from .virt_launcher import is_launcher
 
 
 @dataclass
@@ -153,7 +152,7 @@ class Controller:
             snapshots=items(SNAPSHOT.path()),
             restores=items(RESTORE.path()),
             pvcs={key(o): o for o in items("/api/v1/persistentvolumeclaims")},
-            launcher_pods=items(LAUNCHER_PODS),
+            launcher_pods=[p for p in items("/api/v1/pods") if is_launcher(p)],
             pod_network=ip_network(self.settings.pod_network),
             guest_runtime=self.settings.guest_runtime,
         )

@@ -66,7 +66,7 @@ class FakeKube:
         self.put(f"{path}/{name}", merge(body, {"metadata": meta}))
         return copy.deepcopy(self.objects[f"{path}/{name}"])
 
-    def delete(self, path: str, *, uid: str | None = None) -> bool:
+    def delete(self, path: str, *, uid: str | None = None, grace: int | None = None) -> bool:
         current = self.objects.get(path)
         if current is None or (uid and current["metadata"].get("uid") != uid):
             return False

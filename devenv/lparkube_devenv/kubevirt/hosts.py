@@ -225,12 +225,9 @@ class Hosts:
         with self._lock:
             self.guests.pop(uid, None)
         ctl.storage.unmount(pod)
-        path = _pod_path(pod)
         with contextlib.suppress(ApiException):
-            ctl.kube.request(
-                "DELETE", path, {"gracePeriodSeconds": 0, "preconditions": {"uid": uid}}
-            )
-            ctl.wrote()
+            if ctl.kube.delete(_pod_path(pod), uid=uid, grace=0):
+                ctl.wrote()
 
     def _reap_orphans(self, live: Iterable[str]) -> None:
         """A guest whose pod is gone from the API (force-deleted) is killed by its kubelet."""

@@ -154,6 +154,10 @@ def launcher_pod(vmi: Mapping, node: str) -> dict:
     }
 
 
+def is_launcher(pod: Mapping) -> bool:
+    return (dig(pod, "metadata", "labels", default={}) or {}).get(APP_LABEL) == LAUNCHER_APP
+
+
 def owned_by(pod: Mapping, vmi_uid: str) -> bool:
     """The pod is a virt-launcher whose controller is the VMI with this uid."""
     labels = dig(pod, "metadata", "labels", default={}) or {}
