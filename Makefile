@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint fmt crds control-plane clean
+.PHONY: run test lint fmt crds control-plane guest-image clean
 
 # The venv is made anew whenever these files change, so it holds exactly what they list (no
 # distribution left over from an older layout).
@@ -17,10 +17,15 @@ $(STAMP): pyproject.toml requirements-dev.txt devenv/pyproject.toml
 control-plane:
 	hack/build-control-plane.sh
 
+# The guest image (Debian kernel + initramfs from pinned packages), cached outside the repo; it
+# needs QEMU's host packages only to run, and apt's package lists to download its pins.
+guest-image:
+	hack/build-guest-image.sh >/dev/null
+
 run: $(STAMP) control-plane
 	$(VENV)/bin/lparkube-dev up
 
-test: $(STAMP) control-plane scan-tools
+test: $(STAMP) control-plane scan-tools guest-image
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest $(PYTEST_ARGS)

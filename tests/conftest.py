@@ -21,16 +21,21 @@ from kubernetes import client, config
 from lparkube_devenv.controlplane import REPO_ROOT, LocalControlPlane, find_tool, install_crds
 
 INTEGRATION_DIR = Path(__file__).parent / "integration"
+REALGUEST_DIR = Path(__file__).parent / "realguest"
 STATUS_FILE_ENV = "LPARKUBE_PYTEST_STATUS_FILE"  # .ci/run reads pytest's exit status from it
 
 Kubectl = Callable[..., subprocess.CompletedProcess]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark every test under tests/integration as ``integration``."""
+    """Mark every test under tests/integration as ``integration``, under tests/realguest as
+    ``realguest`` (``-m "not realguest"`` leaves the QEMU tier out)."""
     for item in items:
-        if INTEGRATION_DIR in Path(item.path).parents:
+        parents = Path(item.path).parents
+        if INTEGRATION_DIR in parents:
             item.add_marker(pytest.mark.integration)
+        if REALGUEST_DIR in parents:
+            item.add_marker(pytest.mark.realguest)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
