@@ -29,6 +29,7 @@ from .api import (
     log,
 )
 from .controller import Controller, Settings
+from .storage import ThinStorage
 from .subresources import SubresourceServer
 from .tls import make_serving_certs, server_context
 
@@ -59,6 +60,7 @@ class StandIn:
         self.allowed_names = allowed_names
         self.authorize = authorize
         self.kube = Kube.from_kubeconfig(self.kubeconfig)
+        self.storage = ThinStorage(self.kubeconfig, self.workdir)  # thin volumes, attach/detach
         self.controller: Controller | None = None
         self.server: SubresourceServer | None = None
         self._stop = threading.Event()
@@ -80,6 +82,7 @@ class StandIn:
         self._stop.clear()
         crds.install(self.kube, timeout)
         nodes.ensure_nodes(self.kube, self.node_names)
+        self.storage.start()
         self.controller = Controller(Kube(api_client(self.kubeconfig)), self.settings)
         self._thread = threading.Thread(
             target=self.controller.run, args=(self._stop,), name="virt-controller", daemon=True
@@ -112,6 +115,7 @@ class StandIn:
         if self._thread:
             self._thread.join(timeout=10)
             self._thread = None
+        self.storage.stop()
 
     # --- aggregation -------------------------------------------------------------------------
 
