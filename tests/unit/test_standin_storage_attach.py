@@ -9,7 +9,7 @@ import pytest
 
 from lparkube_devenv.kubevirt.fake import FakeKube
 from lparkube_devenv.kubevirt.storage import names, two_writers
-from lparkube_devenv.kubevirt.storage.attacher import holders_elsewhere
+from lparkube_devenv.kubevirt.storage.attacher import holders_elsewhere, sync_attachments
 from lparkube_devenv.kubevirt.storage.attachlog import AttachLog, find_two_writers, read_entries
 from lparkube_devenv.kubevirt.storage.kubelet import Kubelets, node_annotations
 from lparkube_devenv.kubevirt.storage.readiness import (
@@ -206,7 +206,8 @@ def test_kubelet_annotations_are_added_once() -> None:
 @pytest.fixture
 def kube() -> FakeKube:
     fake = FakeKube()
-    fake.put("/api/v1/nodes/node-a", {"metadata": {"name": "node-a"}, "status": {}})
+    for name in ("node-a", "node-b"):
+        fake.put(f"/api/v1/nodes/{name}", {"metadata": {"name": name}, "status": {}})
     for name in ("one", "two"):
         fake.put(
             f"/api/v1/namespaces/ns/pods/{name}", {**pod("node-a"), "metadata": {"name": name}}
@@ -216,8 +217,8 @@ def kube() -> FakeKube:
     return fake
 
 
-def in_use(kube: FakeKube) -> list[str]:
-    return (kube.get("/api/v1/nodes/node-a") or {})["status"].get("volumesInUse") or []
+def in_use(kube: FakeKube, node_name: str = "node-a") -> list[str]:
+    return (kube.get(f"/api/v1/nodes/{node_name}") or {})["status"].get("volumesInUse") or []
 
 
 def test_volumes_stay_in_use_until_the_last_pod_on_the_node_unmounts(kube: FakeKube) -> None:
@@ -239,3 +240,60 @@ def test_a_powered_off_kubelet_unmounts_nothing_until_it_boots_empty(kube: FakeK
     assert in_use(kube) == [UNIQUE]
     kubelets.power_on(kube, "node-a")  # type: ignore[arg-type]
     assert in_use(kube) == []
+
+
+def test_a_pod_back_on_another_node_leaves_the_dead_nodes_mount_alone(kube: FakeKube) -> None:
+    kubelets = Kubelets()
+    kubelets.mount(kube, "ns", "one")  # type: ignore[arg-type]
+    kubelets.power_off("node-a")
+    moved = kube.get("/api/v1/namespaces/ns/pods/one") or {}
+    moved["spec"]["nodeName"] = "node-b"
+    kube.put("/api/v1/namespaces/ns/pods/one", moved)  # a new launcher, same name
+    assert kubelets.mount(kube, "ns", "one")  # type: ignore[arg-type]
+    assert in_use(kube, "node-b") == [UNIQUE] and in_use(kube, "node-a") == [UNIQUE]
+    assert kubelets.unmount(kube, "ns", "one", "node-b")  # type: ignore[arg-type]
+    assert in_use(kube, "node-b") == [] and in_use(kube, "node-a") == [UNIQUE]
+    assert not kubelets.unmount(kube, "ns", "one")  # type: ignore[arg-type]
+
+
+class AttacherHost:
+    """The parts of ThinStorage the attacher uses, over an in-memory API."""
+
+    def __init__(self, kube: FakeKube):
+        self.kube = kube
+        self.records: list[tuple[str, str]] = []
+        self.refusals_seen: set = set()
+
+    def guard(self, step, *args) -> None:
+        step(self, *args)
+
+    def wrote(self) -> None:
+        pass
+
+    def record(self, event: str, attachment: dict, volume: dict, message: str = "") -> None:
+        self.records.append((event, attachment["spec"]["nodeName"]))
+
+
+def test_two_new_attachments_of_one_rwo_volume_in_one_pass_publish_only_one() -> None:
+    kube = FakeKube()
+    volume = {"metadata": {"name": PV, "finalizers": [names.ATTACHER_FINALIZER]}}
+    volume["spec"] = {"accessModes": RWO, "csi": {"driver": names.DRIVER, "volumeHandle": PV}}
+    kube.put(f"{names.VOLUMES_PATH}/{PV}", volume)
+    for node_name in ("node-a", "node-b"):
+        body = attachment(node_name, attached=False, finalizer=False)
+        body["spec"]["attacher"] = names.DRIVER
+        kube.put(f"{names.ATTACHMENTS_PATH}/va-{node_name}", body)
+    host = AttacherHost(kube)
+    world = StorageWorld(
+        volumes={PV: kube.get(f"{names.VOLUMES_PATH}/{PV}")},
+        attachments=kube.items(names.ATTACHMENTS_PATH),
+    )
+    sync_attachments(host, world)  # type: ignore[arg-type]
+    assert host.records == [("attach", "node-a"), ("refused", "node-b")]
+    attached = {
+        name: (kube.get(f"{names.ATTACHMENTS_PATH}/va-{name}") or {})["status"].get("attached")
+        for name in ("node-a", "node-b")
+    }
+    assert attached == {"node-a": True, "node-b": False}
+    refused = (kube.get(f"{names.ATTACHMENTS_PATH}/va-node-b") or {})["status"]["attachError"]
+    assert "FailedPrecondition" in refused["message"] and "node-a" in refused["message"]

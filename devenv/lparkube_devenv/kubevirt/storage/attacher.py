@@ -100,6 +100,10 @@ def publish(driver: ThinStorage, attachment: dict, volume: dict) -> None:
     if guarded_patch(driver.kube, path, attachment, {"metadata": metadata}) is None:
         return  # changed meanwhile: the next pass looks again
     driver.record(ATTACH, attachment, volume)
+    # From here on this pass's view must show it held: another attachment of the same volume
+    # later in the pass is then refused, not published too.
+    attachment["metadata"]["finalizers"] = metadata["finalizers"]
+    attachment.setdefault("status", {})["attached"] = True
     try:
         status = {"status": {"attached": True, "attachError": None, "attachmentMetadata": None}}
         driver.kube.merge_patch(f"{path}/status", status)

@@ -257,11 +257,12 @@ class ThinStorage:
         with self._api_lock:
             return self.kubelets.mount(self._api, namespace, pod)
 
-    def unmount_volumes(self, namespace: str, pod: str) -> bool:
-        """The pod's volumes are unmounted (out of ``volumesInUse``): from now on the controller
-        may detach them once the pod is gone; False (nothing changes) if the node is off."""
+    def unmount_volumes(self, namespace: str, pod: str, node: str | None = None) -> bool:
+        """The pod's volumes are unmounted (out of ``volumesInUse``) on ``node`` (default:
+        wherever they were mounted): from now on the controller may detach them once the pod
+        is gone; False (they stay in use) if a node holding them is powered off."""
         with self._api_lock:
-            return self.kubelets.unmount(self._api, namespace, pod)
+            return self.kubelets.unmount(self._api, namespace, pod, node)
 
     def power_off(self, node: str) -> None:
         """The node's kubelet is gone: its volumes stay in use; nothing is registered there."""

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 from kubernetes.client import ApiException
 
@@ -32,14 +31,6 @@ from .names import (
 )
 from .objects import csi_node
 from .readiness import claim_names
-
-
-@dataclass(frozen=True)
-class Mount:
-    """What one pod's kubelet holds in use on its node."""
-
-    node: str
-    volumes: frozenset[str]
 
 
 def node_annotations(node: dict) -> dict[str, str] | None:
@@ -72,11 +63,15 @@ def pod_volume_names(kube: Kube, namespace: str, pod: dict) -> frozenset[str]:
 
 
 class Kubelets:
-    """Volume mounts per pod and the power state of each node's kubelet."""
+    """Volume mounts per (node, pod) and the power state of each node's kubelet.
+
+    Mounts are kept per node: a pod name can come back on another node (a VMI's new launcher)
+    while the old node's kubelet, if it is down, still holds the old pod's volumes.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.RLock()
-        self._mounts: dict[tuple[str, str], Mount] = {}
+        self._mounts: dict[tuple[str, str, str], frozenset[str]] = {}  # (node, ns, pod)
         self._down: set[str] = set()
         self._registered: dict[str, str] = {}  # node name -> the Node's UID registered
 
@@ -85,7 +80,9 @@ class Kubelets:
 
     def in_use(self, node: str) -> list[str]:
         with self._lock:
-            names = {n for m in self._mounts.values() if m.node == node for n in m.volumes}
+            names = {
+                n for (held, _, _), volumes in self._mounts.items() if held == node for n in volumes
+            }
         return sorted(names)
 
     # --- kubelet actions -----------------------------------------------------------------------
@@ -96,23 +93,27 @@ class Kubelets:
         node = dig(pod, "spec", "nodeName")
         if not node or not self.is_up(node):
             return False
-        mount = Mount(node, pod_volume_names(kube, namespace, pod))
+        volumes = pod_volume_names(kube, namespace, pod)
         with self._lock:
-            self._mounts[(namespace, pod_name)] = mount
+            self._mounts[(node, namespace, pod_name)] = volumes
             self._write_in_use(kube, node)
         return True
 
-    def unmount(self, kube: Kube, namespace: str, pod_name: str) -> bool:
-        """The pod's volumes are unmounted; False when its node's kubelet is down (it cannot)."""
+    def unmount(self, kube: Kube, namespace: str, pod_name: str, node: str | None = None) -> bool:
+        """The pod's volumes are unmounted (on ``node``, else wherever it had them); False if
+        a node holding them is down (its kubelet cannot unmount: they stay in use)."""
         with self._lock:
-            mount = self._mounts.get((namespace, pod_name))
-            if mount is None:
-                return True
-            if not self.is_up(mount.node):
-                return False
-            del self._mounts[(namespace, pod_name)]
-            self._write_in_use(kube, mount.node)
-        return True
+            held = [
+                k
+                for k in self._mounts
+                if k[1:] == (namespace, pod_name) and (node is None or k[0] == node)
+            ]
+            down = [k for k in held if not self.is_up(k[0])]
+            for k in held:
+                if k not in down:
+                    del self._mounts[k]
+                    self._write_in_use(kube, k[0])
+        return not down
 
     def power_off(self, node: str) -> None:
         """The node's kubelet is gone: nothing is unmounted or reported any more."""
@@ -123,7 +124,7 @@ class Kubelets:
         """The node booted again: its kubelet starts with nothing mounted and says so."""
         with self._lock:
             self._down.discard(node)
-            self._mounts = {k: m for k, m in self._mounts.items() if m.node != node}
+            self._mounts = {k: v for k, v in self._mounts.items() if k[0] != node}
             self._registered.pop(node, None)
             self._write_in_use(kube, node)
 
