@@ -25,11 +25,6 @@ class StorageWorld:
             if dig(a, "spec", "source", "persistentVolumeName") == volume
         ]
 
-    def claim_of(self, volume: dict) -> dict | None:
-        ref = dig(volume, "spec", "claimRef", default={}) or {}
-        claim = self.claims.get((ref.get("namespace") or "", ref.get("name") or ""))
-        return claim if claim and dig(claim, "metadata", "uid") == ref.get("uid") else None
-
 
 def by_key(items: list[dict]) -> dict[tuple[str, str], dict]:
     return {key(o): o for o in items}
@@ -62,10 +57,9 @@ def add_finalizer(kube: Kube, path: str, obj: dict, finalizer: str) -> dict | No
 def remove_finalizer(kube: Kube, path: str, finalizer: str) -> bool:
     """Drop ``finalizer`` from the object at ``path`` (read fresh); True once it is not there."""
     current = kube.get(path)
-    if finalizer not in finalizers(current):
+    if current is None or finalizer not in finalizers(current):
         return True
     kept = [f for f in finalizers(current) if f != finalizer]
-    assert current is not None
     return (
         guarded_patch(kube, path, current, {"metadata": {"finalizers": kept or None}}) is not None
     )
