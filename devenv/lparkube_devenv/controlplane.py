@@ -49,7 +49,8 @@ ADMISSION_PLUGINS = (
     "ValidatingAdmissionWebhook",
     "ResourceQuota",
 )
-# Cheap controllers only: no node-lifecycle (our Nodes have no kubelet), no workload controllers.
+# Cheap controllers only: no node-lifecycle (our Nodes have no kubelet), no workload controllers
+# (but for an idle daemonset-controller, below).
 CONTROLLERS = (
     "garbage-collector-controller",
     "namespace-controller",
@@ -61,6 +62,16 @@ CONTROLLERS = (
     "persistentvolumeclaim-protection-controller",
     "persistentvolume-protection-controller",
     "service-cidr-controller",
+    # Volumes as on a cluster (the stand-in plays the CSI sidecars and the kubelets' part):
+    # VolumeAttachments per pod and node, resizer hand-off, pods force-deleted on out-of-service
+    # nodes after the taint evicted them. See lparkube_devenv/kubevirt/storage/README.md.
+    "persistentvolume-attach-detach-controller",
+    "persistentvolume-expander-controller",
+    "pod-garbage-collector-controller",
+    "taint-eviction-controller",
+    # Idle here (no DaemonSets): it registers the pods-by-node index taint eviction looks pods
+    # up with, which node-lifecycle-controller would register on a cluster.
+    "daemonset-controller",
 )
 SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
 STOP_GRACE_SECONDS = 10.0

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from lparkube_devenv.kubevirt.api import RUNTIME_ANNOTATION, VMI, now_iso
 from lparkube_devenv.kubevirt.controller import Controller, Settings
@@ -48,20 +49,29 @@ class FakeGuest:
         self.calls.append("reboot")
 
 
+class Readiness(NamedTuple):
+    ok: bool
+    reason: str
+    message: str
+
+
 @dataclass
 class FakeStorage:
     blocked: dict[str, tuple[str, str]] = field(default_factory=dict)  # pod name -> why
     mounted: list[str] = field(default_factory=list)
 
-    def volume_ready(self, pod: dict) -> tuple[bool, str, str]:
-        why = self.blocked.get(pod["metadata"]["name"])
-        return (False, *why) if why else (True, "", "")
+    def mount_volumes(self, namespace: str, pod: str) -> bool:
+        if pod not in self.mounted:
+            self.mounted.append(pod)
+        return True
 
-    def mount(self, pod: dict) -> None:
-        self.mounted.append(pod["metadata"]["name"])
+    def volume_ready(self, namespace: str, pod: str) -> Readiness:
+        why = self.blocked.get(pod)
+        return Readiness(False, *why) if why else Readiness(True, "Attached", "")
 
-    def unmount(self, pod: dict) -> None:
-        self.mounted.remove(pod["metadata"]["name"])
+    def unmount_volumes(self, namespace: str, pod: str) -> bool:
+        self.mounted.remove(pod)
+        return True
 
 
 class World:

@@ -186,9 +186,11 @@ class Hosts:
         )
         if vmi is None or not owned_by(pod, str(owner.get("uid"))):
             return
-        ready, reason, message = ctl.storage.volume_ready(pod)
-        if not ready:
-            _pod_waiting(ctl, pod, reason, message)
+        namespace, name = dig(pod, "metadata", "namespace"), dig(pod, "metadata", "name")
+        ctl.storage.mount_volumes(namespace, name)  # the kubelet takes the pod's volumes in use
+        ready = ctl.storage.volume_ready(namespace, name)
+        if not ready.ok:
+            _pod_waiting(ctl, pod, ready.reason, ready.message)
             return
         node = dig(pod, "spec", "nodeName")
         try:
@@ -201,7 +203,6 @@ class Hosts:
             self.guests[uid] = guest
             self.vmi_of_pod[uid] = str(owner.get("uid"))
             self.node_of_pod[uid] = node
-        ctl.storage.mount(pod)
         _pod_running(ctl, pod)
 
     def _report_end(self, ctl: Controller, pod: dict, guest: Guest) -> None:
@@ -211,7 +212,7 @@ class Hosts:
         uid = dig(pod, "metadata", "uid")
         with self._lock:
             self.guests.pop(uid, None)
-        ctl.storage.unmount(pod)
+        _unmount(ctl, pod)
         clean = state in ("shutdown", "stopped")
         phase = "Succeeded" if clean else "Failed"
         _pod_ended(ctl, pod, phase, code=0 if clean else 1, reason=_REASONS[state], message=state)
@@ -224,7 +225,7 @@ class Hosts:
         uid = dig(pod, "metadata", "uid")
         with self._lock:
             self.guests.pop(uid, None)
-        ctl.storage.unmount(pod)
+        _unmount(ctl, pod)
         with contextlib.suppress(ApiException):
             if ctl.kube.delete(_pod_path(pod), uid=uid, grace=0):
                 ctl.wrote()
@@ -245,6 +246,11 @@ _REASONS = {
     "panicked": "GuestPanicked",
     "crashed": "Error",
 }
+
+
+def _unmount(ctl: Controller, pod: dict) -> None:
+    """The guest is gone: the kubelet no longer uses the pod's volumes (they may detach)."""
+    ctl.storage.unmount_volumes(dig(pod, "metadata", "namespace"), dig(pod, "metadata", "name"))
 
 
 def _heartbeat(ctl: Controller, node: dict) -> None:

@@ -30,6 +30,7 @@ from .api import (
 )
 from .controller import Controller, Settings
 from .hosts import GuestFactory, Hosts, no_real_guests
+from .storage import ThinStorage
 from .subresources import SubresourceServer
 from .tls import make_serving_certs, server_context
 
@@ -62,6 +63,7 @@ class StandIn:
         self.authorize = authorize
         self.kube = Kube.from_kubeconfig(self.kubeconfig)
         self.hosts = Hosts(guest_launcher or no_real_guests)
+        self.storage = ThinStorage(self.kubeconfig, self.workdir)  # thin volumes, attach/detach
         self.controller: Controller | None = None
         self.server: SubresourceServer | None = None
         self._stop = threading.Event()
@@ -83,8 +85,12 @@ class StandIn:
         self._stop.clear()
         crds.install(self.kube, timeout)
         nodes.ensure_nodes(self.kube, self.node_names)
+        self.storage.start()
         self.controller = Controller(
-            Kube(api_client(self.kubeconfig)), self.settings, hosts=self.hosts
+            Kube(api_client(self.kubeconfig)),
+            self.settings,
+            hosts=self.hosts,
+            storage=self.storage,
         )
         self._thread = threading.Thread(
             target=self.controller.run, args=(self._stop,), name="virt-controller", daemon=True
@@ -120,6 +126,7 @@ class StandIn:
             self._thread.join(timeout=10)
             self._thread = None
         self.hosts.stop_all()
+        self.storage.stop()
 
     # --- aggregation -------------------------------------------------------------------------
 
@@ -202,6 +209,7 @@ class StandIn:
         """Cut a node's power: its guests die at once, its kubelet and virt-handler go silent
         (see hosts.py); returns how many guests were killed."""
         killed = self.hosts.power_off(name)
+        self.storage.power_off(name)
         if self.controller:
             self.controller.kick()
         return killed
@@ -209,6 +217,7 @@ class StandIn:
     def power_on_node(self, name: str) -> None:
         """The node boots again: its kubelet reports Ready and finds its old guests gone."""
         self.hosts.power_on(name)
+        self.storage.power_on(name)
         nodes.set_ready(self.kube, name, True)
         if self.controller:
             self.controller.kick()
