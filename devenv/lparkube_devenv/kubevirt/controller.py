@@ -66,12 +66,13 @@ class World:
         )
 
     def used_ips(self) -> set[str]:
-        return {
+        reported = {
             i.get("ipAddress")
             for v in self.vmis.values()
             for i in dig(v, "status", "interfaces", default=[]) or []
             if isinstance(i, dict) and i.get("ipAddress")
         }
+        return reported | {dig(p, "status", "podIP") for p in self.launcher_pods} - {None}
 
 
 def _hosts(ctl: Controller, world: World, _: None) -> None:

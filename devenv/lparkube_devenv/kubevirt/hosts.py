@@ -31,6 +31,7 @@ from .api import log, now_iso
 from .logic import dig
 from .nodes import NODES_PATH, set_ready
 from .virt_launcher import COMPUTE, guest_grace, owned_by
+from .vmi import pod_ip
 
 if TYPE_CHECKING:
     from .controller import Controller, World
@@ -193,6 +194,8 @@ class Hosts:
             _pod_waiting(ctl, pod, ready.reason, ready.message)
             return
         node = dig(pod, "spec", "nodeName")
+        address = pod_ip(world, vmi)  # the sandbox's address: the VMI reports it too
+        pod = {**pod, "status": {**(pod.get("status") or {}), "podIP": address}}
         try:
             guest = self.launch(vmi, pod, node)
         except Exception as error:  # a bad spec or a missing file: the pod fails, as on a node
@@ -203,7 +206,7 @@ class Hosts:
             self.guests[uid] = guest
             self.vmi_of_pod[uid] = str(owner.get("uid"))
             self.node_of_pod[uid] = node
-        _pod_running(ctl, pod)
+        _pod_running(ctl, pod, address)
 
     def _report_end(self, ctl: Controller, pod: dict, guest: Guest) -> None:
         state = guest.state()
@@ -296,7 +299,7 @@ def _pod_waiting(ctl: Controller, pod: dict, reason: str, message: str) -> None:
     )
 
 
-def _pod_running(ctl: Controller, pod: dict) -> None:
+def _pod_running(ctl: Controller, pod: dict, address: str) -> None:
     now = now_iso()
     container = {
         "name": COMPUTE,
@@ -316,6 +319,8 @@ def _pod_running(ctl: Controller, pod: dict) -> None:
         pod,
         {
             "phase": "Running",
+            "podIP": address,
+            "podIPs": [{"ip": address}],
             "reason": None,
             "message": None,
             "startTime": now,

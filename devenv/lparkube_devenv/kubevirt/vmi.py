@@ -29,6 +29,7 @@ from .logic import (
     remove_condition,
     set_condition,
 )
+from .virt_launcher import owned_by
 
 if TYPE_CHECKING:
     from .controller import Controller, World
@@ -164,14 +165,18 @@ def agent_connected(vmi: dict) -> bool:
 
 
 def pod_ip(world: World, vmi: dict) -> str:
-    """Annotation override, else the address already reported, else a new stable fake one."""
+    """Annotation override, else the launcher pod's address (a real guest's), else the address
+    already reported, else a new stable fake one."""
     annotations = dig(vmi, "metadata", "annotations", default={}) or {}
     if annotations.get(IP_ANNOTATION):
         return str(annotations[IP_ANNOTATION])
+    uid = str(dig(vmi, "metadata", "uid", default=""))
+    for pod in world.launcher_pods:
+        if owned_by(pod, uid) and dig(pod, "status", "podIP"):
+            return str(pod["status"]["podIP"])
     for iface in dig(vmi, "status", "interfaces", default=[]) or []:
         if isinstance(iface, dict) and iface.get("ipAddress"):
             return iface["ipAddress"]
-    uid = str(dig(vmi, "metadata", "uid", default=""))
     return allocate_ip(uid, world.used_ips(), world.pod_network)
 
 

@@ -1,0 +1,216 @@
+"""virt-launcher for real guests: a VMI and its launcher pod become one QEMU process.
+
+`QemuGuests` is the `hosts.GuestFactory` the stand-in uses for VMIs of the QEMU runtime. For a
+pod the node's kubelet starts, it resolves the VMI's volumes to host files (a PVC's thin volume
+through `storage`, a Secret or ConfigMap as an ISO disk, cloud-init as a NoCloud seed disk, a
+containerDisk or emptyDisk as an ephemeral sparse file: images are never pulled), boots the
+project's guest image unless the VMI asks for its own `kernelBoot`, forwards the VMI's address
+and ports to the guest and lets the guest reach the host services it is given (the operator's
+agent gateway), then runs it as a `QemuLauncher` whose state the VMI follows (`QemuGuest`).
+"""
+
+from __future__ import annotations
+
+import base64
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kubernetes.utils import parse_quantity
+
+from ..qemu import machine, volumes
+from ..qemu.launcher import QemuLauncher, State
+from .api import Kube
+from .logic import dig
+
+EPHEMERAL_DISK_BYTES = 1 << 30  # a containerDisk's stand-in: empty, thin, gone with the VMI
+FILESYSTEM_DISK = "disk.img"  # the image KubeVirt keeps in a Filesystem-mode PVC
+DEFAULT_AGENT_PORTS = (8443,)  # forwarded when an interface lists no ports
+
+
+@dataclass(frozen=True)
+class HostService:
+    """A host loopback service guests reach by name, as a cluster Service would be."""
+
+    name: str  # the DNS name guests use, e.g. lparkube-agent-gateway.lparkube-system.svc
+    port: int
+    host: str = "127.0.0.1"
+    host_port: int = 0  # 0: the same as port
+
+
+class QemuGuest:
+    """One running QEMU as `hosts.Guest`: states as the VMI lifecycle reads them."""
+
+    def __init__(self, launcher: QemuLauncher) -> None:
+        self.launcher = launcher
+        self._stopping = False
+        self._dump: str | None = None  # None, active, completed, failed: <why>
+        self._lock = threading.Lock()
+
+    @property
+    def console(self) -> Path:
+        return self.launcher.files.serial_socket
+
+    def state(self) -> str:
+        status = self.launcher.status
+        if status.state == State.DESTROYED:
+            return "stopped" if self._stopping else "crashed"
+        if status.state == State.PAUSED and status.pause_reason != "user":
+            return "running"  # paused for a dump: the user did not pause it
+        return str(status.state)
+
+    def stop(self, grace: float) -> None:
+        with self._lock:
+            if self._stopping:
+                return
+            self._stopping = True
+        self.launcher.power_off(grace)
+
+    def kill(self) -> None:
+        self.launcher.kill(wait=True)
+        self.launcher.close()
+
+    def pause(self) -> None:
+        self.launcher.pause()
+
+    def unpause(self) -> None:
+        self.launcher.unpause()
+
+    def reboot_soft(self) -> None:
+        self.launcher.reboot_soft()
+
+    def memory_dump(self, path: Path) -> None:
+        with self._lock:
+            if self._dump == "active":
+                return
+            self._dump = "active"
+        threading.Thread(
+            target=self._run_dump, args=(path,), name="memory-dump", daemon=True
+        ).start()
+
+    def _run_dump(self, path: Path) -> None:
+        try:
+            self.launcher.memory_dump(path)
+            outcome = "completed"
+        except Exception as error:
+            outcome = f"failed: {error}"
+        with self._lock:
+            self._dump = outcome
+
+    def dump_state(self) -> str:
+        with self._lock:
+            return self._dump or "failed: no dump was started"
+
+
+@dataclass
+class QemuGuests:
+    """The factory: what a node needs to run a VMI's guest."""
+
+    kube: Kube
+    storage: Any  # storage.ThinStorage
+    workdir: Path
+    image: Callable[[Path], machine.KernelBoot]  # the guest image for a run directory
+    services: tuple[HostService, ...] = ()
+    relay: tuple[str, ...] = ()
+    kernel_images: Mapping[str, Path] = field(default_factory=dict)  # kernelBoot images
+
+    def __call__(self, vmi: dict, pod: dict, node: str) -> QemuGuest:
+        meta = vmi["metadata"]
+        run_dir = self.workdir / "guests" / meta["namespace"] / meta["name"]
+        run_dir.mkdir(parents=True, exist_ok=True)
+        backings = self._backings(vmi, run_dir)
+        domain = machine.domain_from_vmi(
+            vmi, backings, self.image(run_dir), dict(self.kernel_images)
+        )
+        address = str(dig(pod, "status", "podIP") or "")
+        network = machine.Network(
+            forwards=tuple(machine.HostForward(address, p, p) for p in forwarded_ports(vmi)),
+            services=tuple(_guest_service(s) for s in self.services),
+            relay=self.relay,
+        )
+        launcher = QemuLauncher(domain, run_dir, network=network)
+        launcher.start()
+        return QemuGuest(launcher)
+
+    def _backings(self, vmi: dict, run_dir: Path) -> dict[str, machine.Backing]:
+        namespace = vmi["metadata"]["namespace"]
+        ephemeral = ephemeral_disks(vmi, run_dir)
+        kept = {**vmi, "spec": {**vmi["spec"], "volumes": _without(vmi, ephemeral)}}
+        backings = volumes.resolve_volumes(
+            kept,
+            run_dir,
+            claim_file=lambda claim: self._claim_file(namespace, claim),
+            secret_data=lambda name: self._data(namespace, "secrets", name),
+            config_map_data=lambda name: self._data(namespace, "configmaps", name),
+        )
+        return {**backings, **{name: machine.Backing(path) for name, path in ephemeral.items()}}
+
+    def _claim_file(self, namespace: str, claim: str) -> Path:
+        backing = self.storage.backing(namespace, claim)
+        if backing.volume_mode == "Block":
+            return backing.path
+        image = backing.path / FILESYSTEM_DISK
+        if not image.exists():  # virt-launcher creates the disk image in a Filesystem PVC
+            pvc = self.kube.get(f"/api/v1/namespaces/{namespace}/persistentvolumeclaims/{claim}")
+            size = dig(pvc, "status", "capacity", "storage") or dig(
+                pvc, "spec", "resources", "requests", "storage"
+            )
+            _sparse(image, int(parse_quantity(size)) if size else EPHEMERAL_DISK_BYTES)
+        return image
+
+    def _data(self, namespace: str, kind: str, name: str) -> dict[str, bytes]:
+        obj = self.kube.get(f"/api/v1/namespaces/{namespace}/{kind}/{name}")
+        if obj is None:
+            raise machine.SpecError(f"{kind[:-1]} {name!r} not found in {namespace}")
+        decoded = {k: base64.b64decode(v) for k, v in (obj.get("data") or {}).items()}
+        plain = {k: v.encode() for k, v in (obj.get("stringData") or {}).items()}
+        return {**decoded, **plain}
+
+
+def forwarded_ports(vmi: dict) -> list[int]:
+    """The pod-network interface's declared ports, else the agent's default port."""
+    ports: list[int] = []
+    for iface in dig(vmi, "spec", "domain", "devices", "interfaces", default=[]) or []:
+        for port in iface.get("ports") or []:
+            if (port.get("protocol") or "TCP") == "TCP" and isinstance(port.get("port"), int):
+                ports.append(port["port"])
+    return sorted(set(ports)) or list(DEFAULT_AGENT_PORTS)
+
+
+def ephemeral_disks(vmi: dict, run_dir: Path) -> dict[str, Path]:
+    """containerDisk and emptyDisk volumes as thin files in the run directory (made here)."""
+    made = {}
+    for volume in dig(vmi, "spec", "volumes", default=[]) or []:
+        name = volume.get("name")
+        if "containerDisk" in volume:
+            size = EPHEMERAL_DISK_BYTES
+        elif "emptyDisk" in volume:
+            size = int(parse_quantity(dig(volume, "emptyDisk", "capacity") or "1Gi"))
+        else:
+            continue
+        path = run_dir / f"{name}.ephemeral.img"
+        path.unlink(missing_ok=True)  # ephemeral: a new VMI starts empty
+        _sparse(path, size)
+        made[name] = path
+    return made
+
+
+def _without(vmi: dict, names: Iterable[str]) -> list[dict]:
+    drop = set(names)
+    return [v for v in dig(vmi, "spec", "volumes", default=[]) or [] if v.get("name") not in drop]
+
+
+def _sparse(path: Path, size: int) -> None:
+    with path.open("ab") as handle:
+        handle.truncate(max(size, handle.tell()))
+
+
+def _guest_service(service: HostService) -> machine.GuestService:
+    return machine.GuestService(
+        port=service.port,
+        host=service.host,
+        host_port=service.host_port or service.port,
+        names=(service.name,),
+    )
