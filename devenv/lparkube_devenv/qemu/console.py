@@ -4,8 +4,9 @@
 Ctrl-] (or the guest's QEMU going away). ``SerialConsole`` is for tests: it types a line into
 the console and waits for text in the log, which holds all the guest ever wrote there.
 
-QEMU's serial socket takes one client at a time: while a terminal is attached, a test's line
-waits until it leaves (``send_line`` gives up after its timeout).
+QEMU's serial socket takes one client at a time: while a terminal is attached, a
+``SerialConsole`` waits until it leaves (and gives up after its timeout), and the other way
+round.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import selectors
 import socket
 import sys
 import termios
+import threading
 import time
 import tty
 from collections.abc import Iterator
@@ -32,7 +34,7 @@ def attach(socket_path: Path, stdin_fd: int | None = None, stdout_fd: int | None
     stdin_fd = sys.stdin.fileno() if stdin_fd is None else stdin_fd
     stdout_fd = sys.stdout.fileno() if stdout_fd is None else stdout_fd
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.connect(str(socket_path))
+        sock.connect(str(Path(socket_path).resolve()))
         sys.stderr.write("Connected to the serial console. The escape sequence is ^]\r\n")
         sys.stderr.flush()
         with _raw_terminal(stdin_fd):
@@ -80,14 +82,50 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
+def _drain(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        while sock.recv(CHUNK):
+            pass
+
+
 class SerialConsole:
-    """Type into the console; read what the guest wrote from the log."""
+    """Type into the console; read what the guest wrote from the log.
+
+    It holds one connection while it is open (``close``, or use it as a context manager):
+    QEMU feeds the guest's UART from the socket only as fast as the UART takes it, and a
+    client that hung up at once would lose what was still unread. A thread drains what the
+    guest writes back, so QEMU never waits on us; the log has all of it.
+    """
 
     _tokens = itertools.count(1)
 
     def __init__(self, socket_path: Path, log_path: Path) -> None:
         self.socket_path = Path(socket_path)
         self.log_path = Path(log_path)
+        self._sock: socket.socket | None = None
+
+    def _connection(self, timeout: float) -> socket.socket:
+        if self._sock is None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(timeout)
+            sock.connect(str(self.socket_path.resolve()))  # a link's target may be shorter
+            sock.settimeout(None)
+            threading.Thread(target=_drain, args=(sock,), name="console-drain", daemon=True).start()
+            self._sock = sock
+        return self._sock
+
+    def close(self) -> None:
+        if self._sock is not None:
+            with contextlib.suppress(OSError):
+                self._sock.shutdown(socket.SHUT_RDWR)
+            self._sock.close()
+            self._sock = None
+
+    def __enter__(self) -> SerialConsole:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
 
     def mark(self) -> int:
         """The log's current end: ``wait_for(since=mark)`` sees only what comes after."""
@@ -108,10 +146,7 @@ class SerialConsole:
         return self.data(since).decode(errors="replace")
 
     def send_line(self, line: str, timeout: float = 10.0) -> None:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(timeout)
-            sock.connect(str(self.socket_path))
-            sock.sendall(line.encode() + b"\n")
+        self._connection(timeout).sendall(line.encode() + b"\n")
 
     def wait_for(self, text: str, timeout: float, since: int = 0) -> int:
         """Wait until the log holds ``text`` after ``since``; the position just after it."""

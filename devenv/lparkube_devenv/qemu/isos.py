@@ -33,6 +33,7 @@ NOCLOUD_LABEL = "cidata"
 MAX_LABEL = 32  # an ISO 9660 volume identifier is 32 characters
 KEY_PATTERN = re.compile(r"^[-._a-zA-Z0-9]+$")  # a Secret's or ConfigMap's key
 ISO_TIMEOUT = 60.0
+FILE_MODE = 0o644  # a Secret volume's defaultMode; Rock Ridge keeps it
 
 
 class IsoError(RuntimeError):
@@ -65,6 +66,7 @@ def config_disk(path: Path, files: Mapping[str, bytes], label: str | None = None
         grafts = []
         for key, content in sorted(files.items()):
             (stage / key).write_bytes(content)
+            (stage / key).chmod(FILE_MODE)
             grafts.append(f"{key}={stage / key}")
         options = ["-follow-links", "-volid", volume_id, "-joliet", "-rock", "-graft-points"]
         _make_iso(path, [*options, *grafts])

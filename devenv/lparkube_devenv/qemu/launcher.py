@@ -342,6 +342,8 @@ class QemuLauncher:
         self._update(state=State.PAUSED, pause_reason=reason)
 
     def _shut_down(self, event: Event) -> None:
+        if self.status.final:
+            return  # our own quit after the guest's power-off, or a kill
         by_guest = bool(event.data.get("guest"))
         if by_guest and self._fake_reboot:
             # libvirt's fake reboot: the guest powered off on the ACPI button, so reset it

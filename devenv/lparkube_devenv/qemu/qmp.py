@@ -265,7 +265,7 @@ def _connect_when_listening(
     while True:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            sock.connect(str(path))
+            sock.connect(str(Path(path).resolve()))  # a link's target may be shorter
             return sock
         except (FileNotFoundError, ConnectionRefusedError) as exc:
             sock.close()

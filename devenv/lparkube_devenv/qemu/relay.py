@@ -5,23 +5,22 @@ the command once for every connection the guest opens to the forwarded address a
 that connection as standard input and output (and standard error too, so this program never
 writes there: anything it printed would reach the guest). It connects to HOST:PORT (a loopback
 service) and copies bytes both ways until both sides are done; an end of input on one side is
-passed on as a half-close. It dies with QEMU (PR_SET_PDEATHSIG), and a HOST:PORT that does not
-answer just closes the guest's connection.
+passed on as a half-close, and a HOST:PORT that does not answer just closes the guest's
+connection. glib spawns it detached (a double fork: its parent is not QEMU), so it cannot die
+with QEMU by PR_SET_PDEATHSIG; it needs not: when QEMU ends, the guest's side of the connection
+ends, and so does the relay.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import selectors
-import signal
 import socket
 import sys
 
 CONNECT_TIMEOUT = 10.0
 CHUNK = 65536
-PR_SET_PDEATHSIG = 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,7 +28,6 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) != 2 or not args[1].isdigit():
         return 2
     _silence_stderr()
-    _die_with_parent()
     try:
         upstream = socket.create_connection((args[0], int(args[1])), timeout=CONNECT_TIMEOUT)
     except OSError:
@@ -108,14 +106,6 @@ def _silence_stderr() -> None:
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 2)
     os.close(devnull)
-
-
-def _die_with_parent() -> None:
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    if os.getppid() == 1:  # QEMU is already gone
-        raise SystemExit(1)
 
 
 if __name__ == "__main__":
