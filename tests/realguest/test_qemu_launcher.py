@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import mmap
 import os
+import select
 import shutil
 import signal
 import socket
@@ -25,6 +26,7 @@ import pytest
 
 from lparkube_devenv.qemu import accel
 from lparkube_devenv.qemu.console import SerialConsole
+from lparkube_devenv.qemu.console import attach as console_attach
 from lparkube_devenv.qemu.launcher import (
     LaunchError,
     QemuLauncher,
@@ -105,6 +107,26 @@ def launch(run_dir: Path) -> Iterator[Callable[..., QemuLauncher]]:
     yield start
     for launcher in launchers:
         launcher.close()
+
+
+def attached(socket_path: Path) -> tuple[threading.Thread, int, int]:
+    """``console.attach`` in a thread with pipes for a terminal: (thread, keyboard, screen)."""
+    keyboard_out, keyboard = os.pipe()
+    screen, screen_in = os.pipe()
+    thread = threading.Thread(target=console_attach, args=(socket_path, keyboard_out, screen_in))
+    thread.start()
+    return thread, keyboard, screen
+
+
+def read_until(fd: int, text: bytes, timeout: float) -> bytes:
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while text not in seen:
+        assert time.monotonic() < deadline, f"{text!r} never came; saw {seen[-500:]!r}"
+        ready, _, _ = select.select([fd], [], [], 1)
+        if ready:
+            seen += os.read(fd, 4096)
+    return seen
 
 
 # --- ELF core files -----------------------------------------------------------------------------
@@ -313,6 +335,14 @@ def test_no_qemu_outlives_the_program_that_started_it(run_dir) -> None:
     assert not Path(f"/proc/{qemu_pid}").exists()
 
 
+def test_attach_leaves_on_ctrl_bracket_without_a_guest(launch) -> None:
+    launcher = launch(domain_from_vmi(small_vmi("64Mi"), {}))
+    thread, keyboard, _ = attached(launcher.run_dir / "serial0.sock")
+    os.write(keyboard, b"typed before leaving\x1dnever sent")
+    thread.join(10)
+    assert not thread.is_alive()
+
+
 def test_long_run_directories_get_short_sockets_linked_in(tmp_path: Path) -> None:
     deep = tmp_path / ("d" * 60) / ("e" * 60)
     launcher = QemuLauncher(domain_from_vmi(small_vmi("64Mi"), {}), deep)
@@ -432,6 +462,18 @@ def test_the_host_reaches_the_guest_through_the_forwarded_agent_port(booted) -> 
         assert time.monotonic() < deadline, "the forwarded port never answered"
         time.sleep(0.5)
     assert received.strip() == b"hello-from-guest"
+
+
+def test_attach_joins_a_terminal_to_the_console_until_ctrl_bracket(booted) -> None:
+    launcher, console, _ = booted
+    console.close()  # the serial socket takes one client at a time
+    thread, keyboard, screen = attached(launcher.run_dir / "serial0.sock")
+    os.write(keyboard, b"echo attached-$((6*7))\n")
+    read_until(screen, b"attached-42", 60)
+    os.write(keyboard, b"\x1d")  # Ctrl-]
+    thread.join(10)
+    assert not thread.is_alive()
+    assert console.run("echo again-$((1+1))").strip() == "again-2"  # and the console is back
 
 
 def test_a_running_linux_s_dump_holds_its_vmcoreinfo(booted, guest_image, tmp_path) -> None:

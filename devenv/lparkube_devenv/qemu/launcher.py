@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import hashlib
 import logging
 import os
 import queue
@@ -76,6 +77,7 @@ class Status:
     by_guest: bool = False
     panic: dict[str, Any] | None = None  # GUEST_PANICKED's data
     resets: int = 0  # RESET events: guest reboots and soft reboots
+    watchdog: str | None = None  # the action of the last WATCHDOG event
     exit_code: int | None = None  # the process's return code; negative: killed by that signal
 
     @property
@@ -179,12 +181,12 @@ class QemuLauncher:
         on_change: Callable[[Status], None] | None = None,
     ) -> None:
         self.domain = domain
-        self.run_dir = Path(run_dir)
+        self.run_dir = Path(run_dir).absolute()
         self.network = network or Network()
         self.binary = binary or accel_probe.qemu_binary()
         self.accelerator = accelerator or accel_probe.accelerator(self.binary).name
         self.on_change = on_change
-        self._socket_dir = _socket_dir(self.run_dir)
+        self._socket_dir = socket_dir(self.run_dir)
         self.files = RunFiles.in_dir(self.run_dir, self._socket_dir)
         self._changed = threading.Condition(threading.RLock())
         self._status = Status()
@@ -218,11 +220,15 @@ class QemuLauncher:
 
     def wait_for(self, accept: Callable[[Status], bool] | State, timeout: float = 30.0) -> Status:
         """Wait until the status satisfies ``accept`` (or is that state); the status then."""
-        if isinstance(accept, State):
-            wanted = accept
-            accept = lambda s: s.state == wanted  # noqa: E731
+        wanted = accept
+
+        def accepted() -> bool:
+            if isinstance(wanted, State):
+                return self._status.state == wanted
+            return wanted(self._status)
+
         with self._changed:
-            if not self._changed.wait_for(lambda: accept(self._status), timeout):
+            if not self._changed.wait_for(accepted, timeout):
                 raise TimeoutError(f"QEMU {self.domain.name}: still {self._status}")
             return self._status
 
@@ -230,9 +236,16 @@ class QemuLauncher:
         return self.wait_for(lambda s: s.exited, timeout)
 
     def _update(self, **changes: Any) -> Status:
+        return self._transition(None, **changes)
+
+    def _transition(self, source: State | None, **changes: Any) -> Status:
+        """Apply ``changes`` if the state is ``source`` (any state: None); then tell on_change
+        (outside the lock). A final state stays; later facts only add detail."""
         with self._changed:
-            if self._status.final and "state" in changes:
-                changes.pop("state")  # a final state stays; later facts only add detail
+            if source is not None and self._status.state != source:
+                return self._status
+            if self._status.final:
+                changes.pop("state", None)
             self._status = new = replace(self._status, **changes)
             self._changed.notify_all()
         log.debug("QEMU %s: %s", self.domain.name, new)
@@ -267,10 +280,11 @@ class QemuLauncher:
             self._kill_process()
             self._wait_process(10.0)
             raise LaunchError(f"QEMU {self.domain.name} did not start: {self._log_tail()}") from exc
-        return self._update(state=State.RUNNING)
+        return self._transition(State.STARTING, state=State.RUNNING)
 
     def _prepare_run_dir(self) -> list[str]:
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        _make_private_dir(self._socket_dir)
         if self.network.services:
             self.files.hosts_file.write_text(hosts_text(self.network.services))
         argv = self.argv()
@@ -319,9 +333,7 @@ class QemuLauncher:
         if event.name == "STOP":
             self._stopped()
         elif event.name == "RESUME":
-            with self._changed:
-                if self._status.state == State.PAUSED:
-                    self._update(state=State.RUNNING, pause_reason=None)
+            self._transition(State.PAUSED, state=State.RUNNING, pause_reason=None)
         elif event.name == "SHUTDOWN":
             self._shut_down(event)
         elif event.name == "GUEST_PANICKED":
@@ -329,17 +341,18 @@ class QemuLauncher:
             self._kill_process()  # libvirt on_crash=destroy: the memory is gone
         elif event.name == "RESET":
             self._update(resets=self.status.resets + 1)
+        elif event.name == "WATCHDOG":
+            self._update(watchdog=event.data.get("action"))
 
     def _stopped(self) -> None:
-        with self._changed:
-            if self._status.state != State.RUNNING:
-                return
-            reason = self._expected_pause
+        if self.status.state != State.RUNNING:
+            return
+        reason = self._expected_pause
         if reason is None:
             reason = (self.qmp.execute("query-status") or {}).get("status", "paused")
             if reason in ("shutdown", "guest-panicked"):
                 return  # SHUTDOWN / GUEST_PANICKED say what happened
-        self._update(state=State.PAUSED, pause_reason=reason)
+        self._transition(State.RUNNING, state=State.PAUSED, pause_reason=reason)
 
     def _shut_down(self, event: Event) -> None:
         if self.status.final:
@@ -373,7 +386,7 @@ class QemuLauncher:
             self._grace_timer.cancel()
         if crashed:
             log.info("QEMU %s ended (%s): %s", self.domain.name, code, self._log_tail(500))
-        self._update(state=state, exit_code=code)
+        self._update(state=state, exit_code=code, pause_reason=None)
         self._events.put(None)
         if self._qmp is not None:
             self._qmp.close()
@@ -388,18 +401,12 @@ class QemuLauncher:
             self.qmp.execute("stop")
         finally:
             self._expected_pause = None
-        with self._changed:
-            if self._status.state == State.RUNNING:
-                self._update(state=State.PAUSED, pause_reason="user")
-            return self._status
+        return self._transition(State.RUNNING, state=State.PAUSED, pause_reason="user")
 
     def unpause(self) -> Status:
         self._require(State.PAUSED, "unpause")
         self.qmp.execute("cont")
-        with self._changed:
-            if self._status.state == State.PAUSED:
-                self._update(state=State.RUNNING, pause_reason=None)
-            return self._status
+        return self._transition(State.PAUSED, state=State.RUNNING, pause_reason=None)
 
     def power_off(self, grace: float) -> None:
         """KubeVirt's stop: press the ACPI power button, destroy after ``grace`` seconds.
@@ -411,11 +418,14 @@ class QemuLauncher:
         if not self.domain.acpi or grace <= 0:
             self.kill()
             return
+        self._fake_reboot = False  # a power-off now, even after an unanswered soft reboot
         try:
             self.qmp.execute("system_powerdown")
         except (QmpClosedError, QmpError):
             self.kill()
             return
+        if self._grace_timer is not None:
+            self._grace_timer.cancel()  # the last stop's grace period counts
         self._grace_timer = threading.Timer(grace, self._grace_expired)
         self._grace_timer.daemon = True
         self._grace_timer.start()
@@ -462,7 +472,8 @@ class QemuLauncher:
             try:
                 return self._dump(Path(path), timeout)
             finally:
-                if was_running and self.status.pause_reason == "dump":
+                status = self.status
+                if was_running and (status.state, status.pause_reason) == (State.PAUSED, "dump"):
                     self.unpause()
 
     def _pause_for_dump(self) -> None:
@@ -471,9 +482,7 @@ class QemuLauncher:
             self.qmp.execute("stop")
         finally:
             self._expected_pause = None
-        with self._changed:
-            if self._status.state == State.RUNNING:
-                self._update(state=State.PAUSED, pause_reason="dump")
+        self._transition(State.RUNNING, state=State.PAUSED, pause_reason="dump")
 
     def _dump(self, path: Path, timeout: float) -> DumpResult:
         begun = time.monotonic()
@@ -537,7 +546,9 @@ class QemuLauncher:
 
     def close(self) -> None:
         """Destroy QEMU if it still runs and wait for it; idempotent."""
-        if self._process is not None and self._process.poll() is None:
+        if self._process is None:
+            return
+        if self._process.poll() is None:
             self.kill()
         self._remove_sockets()
 
@@ -556,8 +567,17 @@ class QemuLauncher:
         self.close()
 
 
-def _socket_dir(run_dir: Path) -> Path:
-    """The run directory, or a short one when its socket paths would not fit in sun_path."""
-    if len(str(Path(run_dir).absolute() / "serial0.sock")) <= SOCKET_PATH_MAX:
-        return Path(run_dir)
-    return Path(tempfile.mkdtemp(prefix="lparkube-qemu-"))
+def socket_dir(run_dir: Path) -> Path:
+    """The run directory, or, when its socket paths would not fit in sun_path, a short one
+    named after it (the run directory then holds links to the sockets)."""
+    run_dir = Path(run_dir).absolute()
+    if len(str(run_dir / "serial0.sock")) <= SOCKET_PATH_MAX:
+        return run_dir
+    digest = hashlib.sha256(str(run_dir).encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"lparkube-qemu-{digest}"
+
+
+def _make_private_dir(path: Path) -> None:
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if path.stat().st_uid != os.getuid():
+        raise LaunchError(f"{path} belongs to another user; remove it")

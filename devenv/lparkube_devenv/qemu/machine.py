@@ -480,10 +480,14 @@ def qemu_argv(
 
 
 def _machine_args(domain: Domain, accel: str) -> list[str]:
+    # Guest power-off and panic stop the CPUs and keep the process, so the launcher sees
+    # SHUTDOWN / GUEST_PANICKED and then ends QEMU itself, as libvirt (-no-shutdown) does.
     actions = "reboot=reset,shutdown=pause,panic=pause"
     if domain.watchdog:
         actions += f",watchdog={domain.watchdog.action}"
     cpu = f"{CPU_MODEL},enforce" + (",hv-crash" if "hyperv" in domain.panic_models else "")
+    topology = f"sockets={domain.sockets},cores={domain.cores},threads={domain.threads}"
+    smbios = f"type=1,manufacturer=KubeVirt,product=None,family=KubeVirt,uuid={domain.uuid}"
     return [
         "-name", f"guest={_opt(domain.name)},debug-threads=on",
         "-uuid", domain.uuid,
@@ -491,14 +495,11 @@ def _machine_args(domain: Domain, accel: str) -> list[str]:
         "-accel", accel,
         "-cpu", cpu,
         "-m", f"{domain.memory_mib}M",
-        "-smp", f"{domain.vcpus},sockets={domain.sockets},cores={domain.cores},"
-        f"threads={domain.threads}",
-        "-smbios", f"type=1,manufacturer=KubeVirt,product=None,family=KubeVirt,uuid={domain.uuid}",
+        "-smp", f"{domain.vcpus},{topology}",
+        "-smbios", smbios,
         "-rtc", "base=utc",
         "-nodefaults", "-no-user-config", "-display", "none", "-S",
         "-msg", "timestamp=on",
-        # Guest power-off and panic stop the CPUs and keep the process, so the launcher sees
-        # SHUTDOWN/GUEST_PANICKED and then ends QEMU itself, as libvirt (-no-shutdown) does.
         "-action", actions,
     ]  # fmt: skip
 

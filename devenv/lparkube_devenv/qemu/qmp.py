@@ -233,13 +233,18 @@ class QmpClient:
             pending.done.set()
 
     def _read_message(self) -> dict[str, Any]:
-        while b"\n" not in self._buffer:
-            chunk = self._sock.recv(65536)
-            if not chunk:
-                raise QmpClosedError("QEMU closed the QMP connection")
-            self._buffer += chunk
-        line, self._buffer = self._buffer.split(b"\n", 1)
-        return json.loads(line) if line.strip() else self._read_message()
+        while True:
+            while b"\n" not in self._buffer:
+                self._receive()
+            line, self._buffer = self._buffer.split(b"\n", 1)
+            if line.strip():
+                return json.loads(line)
+
+    def _receive(self) -> None:
+        chunk = self._sock.recv(65536)
+        if not chunk:
+            raise QmpClosedError("QEMU closed the QMP connection")
+        self._buffer += chunk
 
     # --- closing ----------------------------------------------------------------------------
 

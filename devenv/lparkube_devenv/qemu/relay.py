@@ -23,6 +23,11 @@ CONNECT_TIMEOUT = 10.0
 CHUNK = 65536
 
 
+def command() -> tuple[str, ...]:
+    """The argv prefix for ``machine.Network.relay`` (HOST PORT follow)."""
+    return (sys.executable, "-m", __name__)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 2 or not args[1].isdigit():
