@@ -13,8 +13,10 @@ from lparkube.domain import key_delivery
 from lparkube_devenv.qemu import isos
 from lparkube_devenv.qemu.machine import Backing, SpecError, domain_from_vmi
 from lparkube_devenv.qemu.volumes import (
+    EPHEMERAL_DISK_BYTES,
     ClaimVolume,
     ConfigVolume,
+    EphemeralVolume,
     NoCloudVolume,
     hostname,
     resolve_volumes,
@@ -73,8 +75,7 @@ def test_inline_and_base64_user_data_and_the_other_sources() -> None:
 @pytest.mark.parametrize(
     ("volume", "message"),
     [
-        ({"name": "x", "containerDisk": {"image": "i"}}, "containerDisk volume"),
-        ({"name": "x", "emptyDisk": {"capacity": "1Gi"}}, "emptyDisk volume"),
+        ({"name": "x", "hostDisk": {"path": "/p"}}, "hostDisk volume"),
         ({"name": "x", "cloudInitConfigDrive": {"userData": "#"}}, "cloudInitConfigDrive"),
         ({"name": "x", "cloudInitNoCloud": {}}, "is required for a cloud-init data source"),
     ],
@@ -83,6 +84,28 @@ def test_volumes_the_stand_in_cannot_attach_are_refused(volume: dict, message: s
     vmi = {"spec": {"domain": {"devices": {"disks": [{"name": "x"}]}}, "volumes": [volume]}}
     with pytest.raises(SpecError, match=message):
         volume_plan(vmi)
+
+
+def test_container_and_empty_disks_are_new_thin_files_each_run(tmp_path: Path) -> None:
+    volumes = [
+        {"name": "root", "containerDisk": {"image": "quay.io/containerdisks/fedora:41"}},
+        {"name": "scratch", "emptyDisk": {"capacity": "64Mi"}},
+    ]
+    vmi = {"metadata": {"name": "vm", "uid": "u"},
+           "spec": {"domain": {"devices": {"disks": [{"name": "root"}, {"name": "scratch"}]}},
+                    "volumes": volumes}}  # fmt: skip
+    assert volume_plan(vmi) == {
+        "root": EphemeralVolume(EPHEMERAL_DISK_BYTES),
+        "scratch": EphemeralVolume(64 * 2**20),
+    }
+    first = resolve_volumes(vmi, tmp_path, claim_file=Path, secret_data=dict)
+    first["scratch"].path.write_bytes(b"left over")
+    again = resolve_volumes(vmi, tmp_path, claim_file=Path, secret_data=dict)
+    scratch = again["scratch"].path
+    assert scratch.stat().st_size == 64 * 2**20
+    assert scratch.open("rb").read(9) == b"\0" * 9  # emptied: ephemeral
+    assert again["root"].path.stat().st_size == EPHEMERAL_DISK_BYTES
+    assert again["root"].path.stat().st_blocks == 0  # thin
 
 
 def test_a_disk_without_its_volume_is_refused() -> None:

@@ -13,19 +13,16 @@ from __future__ import annotations
 
 import base64
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kubernetes.utils import parse_quantity
-
-from ..qemu import machine, volumes
+from ..qemu import machine, relay, volumes
 from ..qemu.launcher import QemuLauncher, State
 from .api import Kube
 from .logic import dig
 
-EPHEMERAL_DISK_BYTES = 1 << 30  # a containerDisk's stand-in: empty, thin, gone with the VMI
 FILESYSTEM_DISK = "disk.img"  # the image KubeVirt keeps in a Filesystem-mode PVC
 DEFAULT_AGENT_PORTS = (8443,)  # forwarded when an interface lists no ports
 
@@ -113,7 +110,7 @@ class QemuGuests:
     workdir: Path
     image: Callable[[Path], machine.KernelBoot]  # the guest image for a run directory
     services: tuple[HostService, ...] = ()
-    relay: tuple[str, ...] = ()
+    relay: tuple[str, ...] = field(default_factory=relay.command)
     kernel_images: Mapping[str, Path] = field(default_factory=dict)  # kernelBoot images
 
     def __call__(self, vmi: dict, pod: dict, node: str) -> QemuGuest:
@@ -136,16 +133,13 @@ class QemuGuests:
 
     def _backings(self, vmi: dict, run_dir: Path) -> dict[str, machine.Backing]:
         namespace = vmi["metadata"]["namespace"]
-        ephemeral = ephemeral_disks(vmi, run_dir)
-        kept = {**vmi, "spec": {**vmi["spec"], "volumes": _without(vmi, ephemeral)}}
-        backings = volumes.resolve_volumes(
-            kept,
+        return volumes.resolve_volumes(
+            vmi,
             run_dir,
             claim_file=lambda claim: self._claim_file(namespace, claim),
             secret_data=lambda name: self._data(namespace, "secrets", name),
             config_map_data=lambda name: self._data(namespace, "configmaps", name),
         )
-        return {**backings, **{name: machine.Backing(path) for name, path in ephemeral.items()}}
 
     def _claim_file(self, namespace: str, claim: str) -> Path:
         backing = self.storage.backing(namespace, claim)
@@ -157,7 +151,7 @@ class QemuGuests:
             size = dig(pvc, "status", "capacity", "storage") or dig(
                 pvc, "spec", "resources", "requests", "storage"
             )
-            _sparse(image, int(parse_quantity(size)) if size else EPHEMERAL_DISK_BYTES)
+            _sparse(image, machine.whole(size) if size else volumes.EPHEMERAL_DISK_BYTES)
         return image
 
     def _data(self, namespace: str, kind: str, name: str) -> dict[str, bytes]:
@@ -177,29 +171,6 @@ def forwarded_ports(vmi: dict) -> list[int]:
             if (port.get("protocol") or "TCP") == "TCP" and isinstance(port.get("port"), int):
                 ports.append(port["port"])
     return sorted(set(ports)) or list(DEFAULT_AGENT_PORTS)
-
-
-def ephemeral_disks(vmi: dict, run_dir: Path) -> dict[str, Path]:
-    """containerDisk and emptyDisk volumes as thin files in the run directory (made here)."""
-    made = {}
-    for volume in dig(vmi, "spec", "volumes", default=[]) or []:
-        name = volume.get("name")
-        if "containerDisk" in volume:
-            size = EPHEMERAL_DISK_BYTES
-        elif "emptyDisk" in volume:
-            size = int(parse_quantity(dig(volume, "emptyDisk", "capacity") or "1Gi"))
-        else:
-            continue
-        path = run_dir / f"{name}.ephemeral.img"
-        path.unlink(missing_ok=True)  # ephemeral: a new VMI starts empty
-        _sparse(path, size)
-        made[name] = path
-    return made
-
-
-def _without(vmi: dict, names: Iterable[str]) -> list[dict]:
-    drop = set(names)
-    return [v for v in dig(vmi, "spec", "volumes", default=[]) or [] if v.get("name") not in drop]
 
 
 def _sparse(path: Path, size: int) -> None:

@@ -31,6 +31,7 @@ What KubeVirt reads, and where (KubeVirt v1.9 source):
 
 from __future__ import annotations
 
+import math
 import re
 import shlex
 import uuid
@@ -39,8 +40,9 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from kubernetes.utils import parse_quantity
+
 from ..kubevirt.logic import mac_address, networks_of
-from . import quantity
 
 MACHINE_TYPE = "pc-q35-7.2"
 MACHINE_ALIASES = ("", "q35", MACHINE_TYPE)
@@ -279,13 +281,18 @@ def memory_mib(domain: Mapping[str, Any]) -> int:
             "spec.domain.resources.requests.memory"
         )
     try:
-        size = quantity.whole(value)
-    except quantity.QuantityError as exc:
-        raise SpecError(f"guest memory: {exc}") from exc
+        size = whole(value)
+    except ValueError as exc:
+        raise SpecError(f"guest memory: {value!r} is not a quantity (like 512Mi or 1G)") from exc
     mib = -(-size // (1024 * 1024))
     if mib < 1:
         raise SpecError(f"guest memory {value!r} is not a positive size")
     return mib
+
+
+def whole(value: str | int) -> int:
+    """A quantity rounded up to an integer, as Kubernetes' ``Quantity.Value()`` does."""
+    return math.ceil(parse_quantity(value))
 
 
 def cpu_topology(domain: Mapping[str, Any]) -> tuple[int, int, int]:
@@ -301,7 +308,7 @@ def cpu_topology(domain: Mapping[str, Any]) -> tuple[int, int, int]:
             "cpu"
         )
         if cpus is not None:
-            sockets = max(1, quantity.whole(cpus))
+            sockets = max(1, whole(cpus))
     return sockets, cores, threads
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from . import isos
-from .machine import Backing, SpecError, firmware_uuid
+from .machine import Backing, SpecError, firmware_uuid, whole
 
 USER_DATA_KEYS = ("userdata", "userData")  # KubeVirt's resolveNoCloudSecrets
 NETWORK_DATA_KEYS = ("networkdata", "networkData")
@@ -49,7 +49,15 @@ class NoCloudVolume:
     network_data_secret: str | None = None
 
 
-VolumeSource = ClaimVolume | ConfigVolume | NoCloudVolume
+@dataclass(frozen=True)
+class EphemeralVolume:
+    """A containerDisk (images are never pulled: it starts empty) or an emptyDisk."""
+
+    size: int
+
+
+VolumeSource = ClaimVolume | ConfigVolume | NoCloudVolume | EphemeralVolume
+EPHEMERAL_DISK_BYTES = 1 << 30  # a containerDisk's size here
 
 
 def volume_plan(vmi: Mapping[str, Any]) -> dict[str, VolumeSource]:
@@ -67,25 +75,38 @@ def volume_plan(vmi: Mapping[str, Any]) -> dict[str, VolumeSource]:
 
 
 def _source(volume: Mapping[str, Any]) -> VolumeSource:
-    name = volume.get("name")
-    if "persistentVolumeClaim" in volume:
-        claim = volume["persistentVolumeClaim"]
-        return ClaimVolume(claim.get("claimName", ""), bool(claim.get("readOnly")))
-    if "dataVolume" in volume:
-        return ClaimVolume(volume["dataVolume"].get("name", ""))
-    if "secret" in volume:
-        secret = volume["secret"]
-        return ConfigVolume("secret", secret.get("secretName", ""), secret.get("volumeLabel"))
-    if "configMap" in volume:
-        config_map = volume["configMap"]
-        return ConfigVolume("configMap", config_map.get("name", ""), config_map.get("volumeLabel"))
-    if "cloudInitNoCloud" in volume:
-        return _nocloud(volume["cloudInitNoCloud"], name)
+    for kind, read in _SOURCES.items():
+        if kind in volume:
+            return read(volume[kind] or {}, volume.get("name"))
     kind = next((key for key in volume if key != "name"), "none")
     raise SpecError(
-        f"volume {name!r} is a {kind} volume, which the stand-in cannot attach (it has "
-        "persistentVolumeClaim, dataVolume, secret, configMap and cloudInitNoCloud)"
+        f"volume {volume.get('name')!r} is a {kind} volume, which the stand-in cannot attach "
+        f"(it has {', '.join(_SOURCES)})"
     )
+
+
+def _claim(source: Mapping[str, Any], _name: Any) -> ClaimVolume:
+    return ClaimVolume(source.get("claimName", ""), bool(source.get("readOnly")))
+
+
+def _data_volume(source: Mapping[str, Any], _name: Any) -> ClaimVolume:
+    return ClaimVolume(source.get("name", ""))
+
+
+def _secret(source: Mapping[str, Any], _name: Any) -> ConfigVolume:
+    return ConfigVolume("secret", source.get("secretName", ""), source.get("volumeLabel"))
+
+
+def _config_map(source: Mapping[str, Any], _name: Any) -> ConfigVolume:
+    return ConfigVolume("configMap", source.get("name", ""), source.get("volumeLabel"))
+
+
+def _container_disk(_source: Mapping[str, Any], _name: Any) -> EphemeralVolume:
+    return EphemeralVolume(EPHEMERAL_DISK_BYTES)
+
+
+def _empty_disk(source: Mapping[str, Any], _name: Any) -> EphemeralVolume:
+    return EphemeralVolume(whole(source.get("capacity") or "1Gi"))
 
 
 def _nocloud(source: Mapping[str, Any], name: str | None) -> NoCloudVolume:
@@ -101,6 +122,17 @@ def _nocloud(source: Mapping[str, Any], name: str | None) -> NoCloudVolume:
             "is required for a cloud-init data source"
         )
     return plan
+
+
+_SOURCES = {
+    "persistentVolumeClaim": _claim,
+    "dataVolume": _data_volume,
+    "secret": _secret,
+    "configMap": _config_map,
+    "cloudInitNoCloud": _nocloud,
+    "containerDisk": _container_disk,
+    "emptyDisk": _empty_disk,
+}
 
 
 def _inline(source: Mapping[str, Any], raw: str, encoded: str) -> str | None:
@@ -137,9 +169,21 @@ def resolve_volumes(
                 raise SpecError(f"volume {volume!r}: no way to read ConfigMap {source.name!r}")
             path = isos.config_disk_path(run_dir, volume)
             backings[volume] = Backing(isos.config_disk(path, read(source.name), source.label))
+        elif isinstance(source, EphemeralVolume):
+            backings[volume] = Backing(_ephemeral_disk(run_dir, volume, source.size))
         else:
             backings[volume] = Backing(_nocloud_disk(vmi, run_dir, source, secret_data))
     return backings
+
+
+def _ephemeral_disk(run_dir: Path, volume: str, size: int) -> Path:
+    """A new, empty, sparse file: an ephemeral disk does not outlive its VMI."""
+    path = run_dir / "ephemeral" / f"{volume}.img"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)
+    with path.open("wb") as handle:
+        handle.truncate(size)
+    return path
 
 
 def _nocloud_disk(
