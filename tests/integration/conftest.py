@@ -25,17 +25,30 @@ from lparkube_devenv.controlplane import LocalControlPlane, find_tool, free_port
 from lparkube_devenv.kubevirt import StandIn
 from lparkube_devenv.kubevirt.logic import DRAIN_TAINT
 from lparkube_devenv.kubevirt.nodes import NODES_PATH, ensure_nodes
+from lparkube_devenv.kubevirt.qemu_guest import HostService
+
+GATEWAY_SERVICE = "lparkube-agent-gateway.lparkube-it.svc"  # what real guests resolve
+
+
+@pytest.fixture(scope="session")
+def gateway_port() -> int:
+    """The session operator's agent gateway port (loopback)."""
+    return free_port()
 
 
 @pytest.fixture(scope="session")
 def kubevirt(
-    control_plane: LocalControlPlane, tmp_path_factory: pytest.TempPathFactory
+    control_plane: LocalControlPlane,
+    gateway_port: int,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[StandIn]:
-    """A running KubeVirt stand-in (CRDs, controller, virt-api) with nodes node-a/b/c."""
+    """A running KubeVirt stand-in (CRDs, controller, virt-api) with nodes node-a/b/c; VMIs
+    annotated for the QEMU runtime reach the session operator's gateway by GATEWAY_SERVICE."""
     standin = StandIn(
         control_plane.kubeconfig,
         tmp_path_factory.mktemp("kubevirt"),
         control_plane.front_proxy_ca,
+        host_services=[HostService(GATEWAY_SERVICE, gateway_port)],
     )
     standin.start()
     yield standin
@@ -77,6 +90,7 @@ class OperatorProcess:
         identity_secret: str,
         workdir: Path,
         *,
+        gateway_port: int | None = None,
         agent_network_policy: bool = True,
     ) -> None:
         self.kubeconfig = kubeconfig
@@ -84,7 +98,12 @@ class OperatorProcess:
         self.identity_secret = identity_secret
         self.health_url = f"http://127.0.0.1:{free_port()}"
         self.metrics_url = f"http://127.0.0.1:{free_port()}/metrics"
-        self.gateway_url = f"https://127.0.0.1:{free_port()}"
+        # Host processes reach the gateway on loopback (gateway_url); the operator advertises
+        # it to guests by a Service-style name (advertised_url), which the stand-in's real
+        # guests resolve to their host-service address, as cluster DNS would.
+        gateway_port = gateway_port or free_port()
+        self.gateway_url = f"https://127.0.0.1:{gateway_port}"
+        self.advertised_url = f"https://{GATEWAY_SERVICE}:{gateway_port}"
         self.log_path = workdir / "operator.log"
         self.argv = [
             str(Path(sys.executable).with_name("lparkube")), "run",
@@ -92,7 +111,7 @@ class OperatorProcess:
             "--health-address", self.health_url.removeprefix("http://"),
             "--metrics-address", self.metrics_url.removeprefix("http://").removesuffix("/metrics"),
             "--agent-gateway-address", self.gateway_url.removeprefix("https://"),
-            "--agent-gateway-url", self.gateway_url,
+            "--agent-gateway-url", self.advertised_url,
             "--lease-namespace", lease_namespace,
             "--identity-secret", identity_secret,
             "--identity", OPERATOR_IDENTITY,
@@ -161,6 +180,7 @@ class OperatorProcess:
 @pytest.fixture(scope="session")
 def operator(
     kubevirt: StandIn,
+    gateway_port: int,
     control_plane: LocalControlPlane,
     kubeconfig: Path,
     api_client: client.ApiClient,
@@ -186,7 +206,9 @@ def operator(
     )
     # The chart's name for the root secret (its Role grants get on exactly this one).
     identity_secret = f"{identity.release}-identity"
-    process = OperatorProcess(identity.kubeconfig, lease_namespace, identity_secret, workdir)
+    process = OperatorProcess(
+        identity.kubeconfig, lease_namespace, identity_secret, workdir, gateway_port=gateway_port
+    )
     process.start()
     yield process
     process.stop()
@@ -248,6 +270,11 @@ def operator_credentials(
 AGENT_FILES = ("ca.crt", "tls.crt", "tls.key")
 
 
+def on_host(url: str) -> str:
+    """A guest's gateway URL as a host process reaches it: the Service name is loopback here."""
+    return url.replace(f"//{GATEWAY_SERVICE}:", "//127.0.0.1:")
+
+
 def read_agent_secret(
     api_client: client.ApiClient, namespace: str, name: str
 ) -> tuple[bytes, dict, dict[str, bytes]]:
@@ -294,7 +321,12 @@ def guest_agent(
 
         key, settings, files = wait_until(secret, 30, f"the agent key Secret of {namespace}/{name}")
         listen_port = port if port is not None else int(settings["listen"].rpartition(":")[2])
-        settings = {**settings, "listen": f"{ip}:{listen_port}", **(config or {})}
+        settings = {
+            **settings,
+            "listen": f"{ip}:{listen_port}",
+            "operatorURL": on_host(settings["operatorURL"]),
+            **(config or {}),
+        }
         root = tmp_path / f"agent-{namespace}-{name}-{len(started)}"
         root.mkdir()
         if vmcoreinfo is not None:

@@ -129,7 +129,7 @@ def check_vm_and_secret(
     assert parts.agent_config("web-1-agent-key") == {
         "partition": f"{parts.namespace}/web-1",
         "listen": f"0.0.0.0:{port}",
-        "operatorURL": operator.gateway_url,
+        "operatorURL": operator.advertised_url,
         "reportIntervalSeconds": 1,
     }
     secret_owner = parts.secret("web-1-agent-key").metadata.owner_references[0]

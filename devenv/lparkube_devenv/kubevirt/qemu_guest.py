@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .. import guestimage
 from ..qemu import machine, relay, volumes
 from ..qemu.launcher import QemuLauncher, State
 from .api import Kube
@@ -35,6 +36,25 @@ class HostService:
     port: int
     host: str = "127.0.0.1"
     host_port: int = 0  # 0: the same as port
+
+
+class RunImage:
+    """The guest image for this stand-in's guests: built (or taken from the cache) and its
+    overlay (init, agent from this checkout) assembled once, when the first guest starts."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._image: guestimage.GuestImage | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> guestimage.GuestImage:
+        with self._lock:
+            if self._image is None:
+                self._image = guestimage.image_for_run(guestimage.ensure_image(), self.directory)
+            return self._image
+
+    def kernel_boot(self, _run_dir: Path) -> machine.KernelBoot:
+        return machine.KernelBoot.of(self.get())
 
 
 class QemuGuest:

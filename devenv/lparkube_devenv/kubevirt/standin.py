@@ -29,7 +29,8 @@ from .api import (
     log,
 )
 from .controller import Controller, Settings
-from .hosts import GuestFactory, Hosts, no_real_guests
+from .hosts import GuestFactory, Hosts
+from .qemu_guest import HostService, QemuGuest, QemuGuests, RunImage
 from .storage import ThinStorage
 from .subresources import SubresourceServer
 from .tls import make_serving_certs, server_context
@@ -52,6 +53,7 @@ class StandIn:
         settings: Settings | None = None,
         allowed_names: tuple[str, ...] = ("front-proxy-client",),
         authorize: bool = True,
+        host_services: Iterable[HostService] = (),
         guest_launcher: GuestFactory | None = None,
     ):
         self.kubeconfig = Path(kubeconfig)
@@ -62,8 +64,16 @@ class StandIn:
         self.allowed_names = allowed_names
         self.authorize = authorize
         self.kube = Kube.from_kubeconfig(self.kubeconfig)
-        self.hosts = Hosts(guest_launcher or no_real_guests)
         self.storage = ThinStorage(self.kubeconfig, self.workdir)  # thin volumes, attach/detach
+        self.guest_image = RunImage(self.workdir / "guest-image")
+        launcher = guest_launcher or QemuGuests(
+            Kube.from_kubeconfig(self.kubeconfig),
+            self.storage,
+            self.workdir,
+            self.guest_image.kernel_boot,
+            services=tuple(host_services),
+        )
+        self.hosts = Hosts(launcher)
         self.controller: Controller | None = None
         self.server: SubresourceServer | None = None
         self._stop = threading.Event()
@@ -204,6 +214,13 @@ class StandIn:
         )
         if self.controller:
             self.controller.kick()
+
+    def guest(self, namespace: str, name: str) -> QemuGuest | None:
+        """The real guest of a VMI (its QEMU: console, QMP), when it runs as one."""
+        vmi = self.kube.get(VMI.path(namespace, name))
+        uid = str(((vmi or {}).get("metadata") or {}).get("uid") or "")
+        guest = self.hosts.guest_of(uid) if uid else None
+        return guest if isinstance(guest, QemuGuest) else None
 
     def power_off_node(self, name: str) -> int:
         """Cut a node's power: its guests die at once, its kubelet and virt-handler go silent
