@@ -180,7 +180,6 @@ class OperatorProcess:
 @pytest.fixture(scope="session")
 def operator(
     kubevirt: StandIn,
-    gateway_port: int,
     control_plane: LocalControlPlane,
     kubeconfig: Path,
     api_client: client.ApiClient,
@@ -207,7 +206,11 @@ def operator(
     # The chart's name for the root secret (its Role grants get on exactly this one).
     identity_secret = f"{identity.release}-identity"
     process = OperatorProcess(
-        identity.kubeconfig, lease_namespace, identity_secret, workdir, gateway_port=gateway_port
+        identity.kubeconfig,
+        lease_namespace,
+        identity_secret,
+        workdir,
+        gateway_port=kubevirt.host_service(GATEWAY_SERVICE).port,
     )
     process.start()
     yield process

@@ -65,13 +65,14 @@ class StandIn:
         self.authorize = authorize
         self.kube = Kube.from_kubeconfig(self.kubeconfig)
         self.storage = ThinStorage(self.kubeconfig, self.workdir)  # thin volumes, attach/detach
+        self.host_services = tuple(host_services)
         self.guest_image = RunImage(self.workdir / "guest-image")
         launcher = guest_launcher or QemuGuests(
             Kube.from_kubeconfig(self.kubeconfig),
             self.storage,
             self.workdir,
             self.guest_image.kernel_boot,
-            services=tuple(host_services),
+            services=self.host_services,
         )
         self.hosts = Hosts(launcher)
         self.controller: Controller | None = None
@@ -214,6 +215,10 @@ class StandIn:
         )
         if self.controller:
             self.controller.kick()
+
+    def host_service(self, name: str) -> HostService:
+        """The host service real guests reach by this name."""
+        return next(s for s in self.host_services if s.name == name)
 
     def guest(self, namespace: str, name: str) -> QemuGuest | None:
         """The real guest of a VMI (its QEMU: console, QMP), when it runs as one."""
