@@ -37,6 +37,7 @@ class Settings:
     require_pvcs: bool = True  # VMIs wait (ErrorPvcNotFound) until their PVCs exist
     pod_network: str = str(POD_NETWORK)  # where VMI addresses come from (make run: loopback)
     guest_runtime: str = SIMULATED  # a VMI's runtime unless annotated (RUNTIME_ANNOTATION)
+    guest_network: str = "127.78.0.0/16"  # real guests' pod addresses: QEMU listens on them
     heartbeat_interval: float = 60.0  # virt-handler's kubevirt.io/heartbeat period (KubeVirt: 1m)
     heartbeat_timeout: float = 300.0  # virt-controller's node controller (KubeVirt: 5m)
     node_monitor_grace: float = 40.0  # a silent kubelet's node turns Ready=Unknown (k8s: 40s)

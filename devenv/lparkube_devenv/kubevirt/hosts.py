@@ -22,16 +22,16 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from ipaddress import ip_network
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from kubernetes.client import ApiException
 
-from .api import log, now_iso
-from .logic import dig
+from .api import IP_ANNOTATION, log, now_iso
+from .logic import allocate_ip, dig
 from .nodes import NODES_PATH, set_ready
 from .virt_launcher import COMPUTE, guest_grace, owned_by
-from .vmi import pod_ip
 
 if TYPE_CHECKING:
     from .controller import Controller, World
@@ -194,7 +194,7 @@ class Hosts:
             _pod_waiting(ctl, pod, ready.reason, ready.message)
             return
         node = dig(pod, "spec", "nodeName")
-        address = pod_ip(world, vmi)  # the sandbox's address: the VMI reports it too
+        address = guest_address(world, vmi, ctl.settings.guest_network)  # the VMI reports it
         pod = {**pod, "status": {**(pod.get("status") or {}), "podIP": address}}
         try:
             guest = self.launch(vmi, pod, node)
@@ -249,6 +249,16 @@ _REASONS = {
     "panicked": "GuestPanicked",
     "crashed": "Error",
 }
+
+
+def guest_address(world: World, vmi: dict, network: str) -> str:
+    """The launcher pod's address: the annotated one, else a free one of `network` (loopback:
+    QEMU forwards it to the guest, so it must be this machine's)."""
+    annotations = dig(vmi, "metadata", "annotations", default={}) or {}
+    if annotations.get(IP_ANNOTATION):
+        return str(annotations[IP_ANNOTATION])
+    uid = str(dig(vmi, "metadata", "uid", default=""))
+    return allocate_ip(uid, world.used_ips(), ip_network(network))
 
 
 def _unmount(ctl: Controller, pod: dict) -> None:
