@@ -16,6 +16,23 @@ GROUP, VERSION, PLURAL = "lparkube.io", "v1alpha1", "partitions"
 TIMEOUT = 30.0
 
 
+SUB = "/apis/subresources.kubevirt.io/v1/namespaces"  # virt-api's, through the aggregator
+
+
+def subresource(api: client.ApiClient, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    """Call the API server (which proxies to virt-api) like any client: (status, JSON body)."""
+    method, url, headers, body, _ = api.param_serialize(
+        method,
+        path,
+        header_params={"Accept": "application/json", "Content-Type": "application/json"},
+        body=body,
+        auth_settings=["BearerToken"],
+    )
+    response = api.call_api(method, url, headers, body)
+    data = response.read()
+    return response.status, json.loads(data) if data else None
+
+
 def wait_for(predicate: Callable[[], Any], what: str, timeout: float = TIMEOUT) -> Any:
     return wait_until(predicate, timeout, what, interval=0.1)
 

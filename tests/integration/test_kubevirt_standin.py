@@ -11,32 +11,18 @@ from typing import Any
 
 import pytest
 from kubernetes import client
+from partition_helpers import SUB, subresource
 
 from lparkube_devenv.controlplane import wait_until
 from lparkube_devenv.kubevirt import AGENT_ANNOTATION, RESTORE, SNAPSHOT, VM, VMI, VMIM, StandIn
 from lparkube_devenv.kubevirt.nodes import cordon, set_drain_taint, set_ready
 
 TIMEOUT = 30.0
-SUB = "/apis/subresources.kubevirt.io/v1/namespaces"
 
 
 def wait_for(predicate: Callable[[], Any], what: str, timeout: float = TIMEOUT) -> Any:
     """Poll until predicate returns something truthy; a timeout fails the test."""
     return wait_until(predicate, timeout, what, interval=0.1)
-
-
-def subresource(api: client.ApiClient, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-    """Call the API server (which proxies to virt-api) like any client: (status, JSON body)."""
-    method, url, headers, body, _ = api.param_serialize(
-        method,
-        path,
-        header_params={"Accept": "application/json", "Content-Type": "application/json"},
-        body=body,
-        auth_settings=["BearerToken"],
-    )
-    response = api.call_api(method, url, headers, body)
-    data = response.read()
-    return response.status, json.loads(data) if data else None
 
 
 def vm_manifest(name: str, run_strategy: str = "Halted", **spec: Any) -> dict:

@@ -5,12 +5,16 @@ gateway through the guest's user network."""
 
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 from kubernetes import client
 from partition_helpers import GROUP, VERSION, Partitions, wait_for
+from saving_helpers import results, wait_complete
 
 from lparkube_devenv.kubevirt import StandIn
 from lparkube_devenv.kubevirt.api import RUNTIME_ANNOTATION
+from lparkube_devenv.qemu.console import SerialConsole
 
 pytestmark = pytest.mark.realguest
 
@@ -72,3 +76,93 @@ def test_a_partition_boots_the_debian_kernel_and_its_agent_connects(
     assert "lparkube-guest: agent started" in console
     parts.delete(name)
     wait_for(lambda: kubevirt.guest(parts.namespace, name) is None, "the guest powered off", 120)
+
+
+def data_claim(api_client: client.ApiClient, namespace: str, name: str, size: str) -> None:
+    """A thin Block volume (the stand-in's default StorageClass), ReadWriteOnce."""
+    body = {
+        "metadata": {"name": name},
+        "spec": {
+            "accessModes": ["ReadWriteOnce"],
+            "volumeMode": "Block",
+            "resources": {"requests": {"storage": size}},
+        },
+    }
+    client.CoreV1Api(api_client).create_namespaced_persistent_volume_claim(namespace, body)
+
+
+def with_data_disk(partition: dict, claim: str) -> dict:
+    spec = partition["spec"]["vmTemplate"]["spec"]["template"]["spec"]
+    spec["domain"]["devices"]["disks"] = [{"name": "data", "disk": {"bus": "virtio"}}]
+    spec["volumes"] = [{"name": "data", "persistentVolumeClaim": {"claimName": claim}}]
+    return partition
+
+
+EDITS = {"nano": ("typed in nano ", "typed in nano"), "vim": ("Gotyped in vim", "typed in vim")}
+
+
+def start_editor(console: SerialConsole, editor: str) -> None:
+    """The editor on /mnt/data/<editor>.txt under `lparkube-agent run`, its keyboard a FIFO."""
+    path, keys = f"/mnt/data/{editor}.txt", f"/tmp/{editor}.keys"
+    console.run(f"printf 'first line\\n' > {path} && mkfifo {keys}")
+    console.run(f"sleep 100000 > {keys} &")  # holds the FIFO open between our writes
+    console.run(
+        f"TERM=xterm HOME=/root lparkube-agent run -- {editor} {path} "
+        f"< {keys} > /tmp/{editor}.screen 2>&1 &"
+    )
+    wait_for(lambda: editor in console.run("lparkube-agent list"), f"{editor} registered", 60)
+
+
+def test_a_save_event_gets_real_editors_in_the_guest_to_write_their_edits(
+    operator, parts: Partitions, kubevirt: StandIn, api_client: client.ApiClient
+) -> None:
+    data_claim(api_client, parts.namespace, "editor-data", "64Mi")
+    partition = with_data_disk(real_guest_partition("editors", "SecretVolume"), "editor-data")
+    partition["metadata"]["labels"] = {"tier": "editors"}
+    parts.create(partition)
+    parts.wait_condition("editors", "Ready", "True", timeout=BOOT_TIMEOUT)
+    guest = kubevirt.guest(parts.namespace, "editors")
+    assert guest is not None
+    with SerialConsole(guest.launcher.files.serial_socket, guest.launcher.files.serial_log) as tty:
+        disk = "/dev/disk/by-id/virtio-data"
+        tty.run(f"mke2fs -q {disk} && mkdir -p /mnt/data && mount {disk} /mnt/data", 120)
+        for editor, (keys, text) in EDITS.items():
+            start_editor(tty, editor)
+            tty.run(f"printf '{keys}' > /tmp/{editor}.keys")
+            wait_for(lambda e=editor, t=text: t in tty.run(f"cat /tmp/{e}.screen"), "typed", 60)
+            assert text not in tty.run(f"cat /mnt/data/{editor}.txt")  # unsaved so far
+
+        save = {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "SaveEvent",
+            "metadata": {"name": "save-editors"},
+            "spec": {
+                "reason": "Manual",
+                "targets": {"selector": {"matchLabels": {"tier": "editors"}}},
+                "deadline": "2m",
+                "applicationTimeout": "30s",
+            },
+        }
+        client.CustomObjectsApi(api_client).create_namespaced_custom_object(
+            GROUP, VERSION, parts.namespace, "saveevents", save
+        )
+        done = wait_complete(api_client, parts.namespace, "save-editors", timeout=150)
+        [result] = results(done, parts.namespace).values()
+        outcomes = {app["name"]: app["outcome"] for app in result["applications"]}
+        assert outcomes == {"nano": "Saved", "vim": "Saved"}, result
+        tty.run("sync")
+        for editor, (_, text) in EDITS.items():
+            saved = tty.run(f"cat /mnt/data/{editor}.txt")
+            assert text in saved and "first line" in saved, saved
+        tty.run("kill $(pidof nano vim) 2>/dev/null; sleep 1; umount /mnt/data && sync", 60)
+    parts.delete("editors")
+    wait_for(lambda: kubevirt.guest(parts.namespace, "editors") is None, "guest gone", 120)
+    backing = kubevirt.storage.backing(parts.namespace, "editor-data").path
+    for editor, (_, text) in EDITS.items():  # read back from the disk itself, on the host
+        found = subprocess.run(
+            ["debugfs", "-R", f"cat /{editor}.txt", str(backing)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        assert text in found, found

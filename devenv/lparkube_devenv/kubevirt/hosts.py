@@ -60,6 +60,12 @@ class Guest(Protocol):
 
 
 GuestFactory = Callable[[dict, dict, str], Guest]  # (vmi, pod, node) -> a started guest
+
+
+class VolumeNotReadyError(Exception):
+    """What the guest needs is not there yet (a Secret, a ConfigMap): try again later."""
+
+
 ENDED = ("shutdown", "panicked", "crashed", "stopped")
 
 
@@ -198,6 +204,11 @@ class Hosts:
         pod = {**pod, "status": {**(pod.get("status") or {}), "podIP": address}}
         try:
             guest = self.launch(vmi, pod, node)
+        except (
+            VolumeNotReadyError
+        ) as waiting:  # a Secret not there yet: the kubelet retries the mount
+            _pod_waiting(ctl, pod, "ContainerCreating", str(waiting))
+            return
         except Exception as error:  # a bad spec or a missing file: the pod fails, as on a node
             _pod_ended(ctl, pod, "Failed", code=1, reason="StartError", message=str(error))
             return

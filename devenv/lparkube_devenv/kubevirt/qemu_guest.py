@@ -22,6 +22,7 @@ from .. import guestimage
 from ..qemu import machine, relay, volumes
 from ..qemu.launcher import QemuLauncher, State
 from .api import Kube
+from .hosts import VolumeNotReadyError
 from .logic import dig
 
 FILESYSTEM_DISK = "disk.img"  # the image KubeVirt keeps in a Filesystem-mode PVC
@@ -176,8 +177,9 @@ class QemuGuests:
 
     def _data(self, namespace: str, kind: str, name: str) -> dict[str, bytes]:
         obj = self.kube.get(f"/api/v1/namespaces/{namespace}/{kind}/{name}")
-        if obj is None:
-            raise machine.SpecError(f"{kind[:-1]} {name!r} not found in {namespace}")
+        if obj is None:  # as kubelet's MountVolume.SetUp: the pod waits for it
+            what = "secret" if kind == "secrets" else "configmap"
+            raise VolumeNotReadyError(f'MountVolume.SetUp failed: {what} "{name}" not found')
         decoded = {k: base64.b64decode(v) for k, v in (obj.get("data") or {}).items()}
         plain = {k: v.encode() for k, v in (obj.get("stringData") or {}).items()}
         return {**decoded, **plain}
