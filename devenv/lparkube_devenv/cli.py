@@ -33,8 +33,13 @@ from lparkube_devenv.controlplane import (
     install_crds,
     spawn,
 )
+from lparkube_devenv.guestimage import ensure_image
 from lparkube_devenv.guests import DemoGuests
 from lparkube_devenv.kubevirt import Settings, StandIn
+from lparkube_devenv.kubevirt.api import QEMU, SIMULATED
+from lparkube_devenv.kubevirt.qemu_guest import HostService, guest_run_dir
+from lparkube_devenv.qemu.console import attach
+from lparkube_devenv.qemu.machine import RunFiles
 
 RUN_DIR = REPO_ROOT / ".run"
 CRD_DIR = REPO_ROOT / "crds"
@@ -42,11 +47,16 @@ EXAMPLES_DIR = REPO_ROOT / "examples"
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 OPERATOR_NAMESPACE = "lparkube-system"  # where the Helm chart runs the operator (its Lease)
 # Loopback only: a developer machine should not expose probes and metrics to its network.
-GATEWAY = "127.0.0.1:8081"  # where the demo guests' agents report
+GATEWAY_PORT = 8081
 OPERATOR_ADDRESSES = (
     "--health-address", "127.0.0.1:8080", "--metrics-address", "127.0.0.1:9090",
-    "--agent-gateway-address", GATEWAY, "--agent-gateway-url", f"http://{GATEWAY}",
+    "--agent-gateway-address", f"127.0.0.1:{GATEWAY_PORT}",
 )  # fmt: skip
+# The operator's default agent gateway URL names this Service, as in a cluster; real guests
+# resolve it to their host-service address (QEMU relays it to the loopback gateway).
+GATEWAY_SERVICE = f"lparkube-agent-gateway.{OPERATOR_NAMESPACE}.svc"
+REAL_GUEST_TOOLS = {"qemu-system-x86_64": "qemu-system-x86", "genisoimage": "genisoimage",
+                    "cpio": "cpio"}  # fmt: skip
 DEMO_POD_NETWORK = "127.77.0.0/16"  # VMI addresses a local demo agent can listen on
 AGENTS_TIMEOUT = 60.0  # how long the example SaveEvents wait for the demo guests' agents
 
@@ -56,6 +66,8 @@ COMMANDS = {
     "agent and app per running example Partition), in the foreground (make run)",
     "control-plane": "just etcd, kube-apiserver and kube-controller-manager, in the foreground",
     "kubeconfig": "print the path of the running environment's admin kubeconfig",
+    "console": "attach to the serial console of a running real guest: console NAMESPACE/NAME "
+    "(as virtctl console; Ctrl-] leaves)",
 }
 # What `up` suggests trying first from another shell in the repository root: the same commands as
 # the README's "The two commands" (tests/unit/test_devenv_cli.py compares them).
@@ -63,8 +75,9 @@ FIRST_COMMANDS = (
     "kubectl get partitions,saveevents,conditionprofiles -A",
     "kubectl explain partition.spec.agent",
     "kubectl describe saveevent save-frontend-now     # Complete: Succeeded, 1 of 1 applications",
-    "cat .run/guests/default/web-1/saves",
+    ".venv/bin/lparkube-dev console default/web-1     # then: cat /root/notes.txt",
 )
+HOST_GUEST_COMMANDS = ("cat .run/guests/default/web-1/saves",)  # without QEMU
 CONTROL_PLANE_COMMANDS = ("kubectl get namespaces,crds",)  # `control-plane` has no lparkube CRDs
 
 
@@ -133,15 +146,25 @@ def start_control_plane(stack: ExitStack, workdir: Path) -> LocalControlPlane:
     return plane
 
 
-def start_stand_in(stack: ExitStack, plane: LocalControlPlane, workdir: Path) -> StandIn:
-    """Start the KubeVirt stand-in; it is stopped when the stack unwinds. Its VMIs get
-    loopback addresses, so the demo guests' agents can listen on them."""
+def real_guests_missing() -> list[str]:
+    """The Debian packages real guests need that this machine lacks (none: QEMU guests)."""
+    return [package for tool, package in REAL_GUEST_TOOLS.items() if shutil.which(tool) is None]
+
+
+def start_stand_in(
+    stack: ExitStack, plane: LocalControlPlane, workdir: Path, *, real_guests: bool
+) -> StandIn:
+    """Start the KubeVirt stand-in; it is stopped when the stack unwinds. With `real_guests`
+    every VMI is a QEMU virtual machine that reaches the operator's gateway by its Service
+    name; otherwise VMIs get loopback addresses the demo guests' agents listen on."""
     say("starting the KubeVirt stand-in")
+    runtime = QEMU if real_guests else SIMULATED
     stand_in = StandIn(
         kubeconfig=plane.kubeconfig,
         workdir=workdir,
         front_proxy_ca=plane.front_proxy_ca,
-        settings=Settings(pod_network=DEMO_POD_NETWORK),
+        settings=Settings(pod_network=DEMO_POD_NETWORK, guest_runtime=runtime),
+        host_services=[HostService(GATEWAY_SERVICE, GATEWAY_PORT)],
     )
     stack.callback(stand_in.stop)
     stand_in.start()
@@ -207,8 +230,9 @@ def wait_for_agents(api_client: client.ApiClient, timeout: float) -> list[str]:
         time.sleep(1)
 
 
-def usage(plane: LocalControlPlane, *, full: bool) -> str:
-    """How to reach the environment from another shell (``full``: the one ``up`` started)."""
+def usage(plane: LocalControlPlane, *, full: bool, real_guests: bool = True) -> str:
+    """How to reach the environment from another shell (``full``: the one ``up`` started;
+    ``real_guests``: its guests are QEMU virtual machines, else host processes)."""
     lines = [
         "",
         f"  control plane start-up time: {plane.startup_seconds:.1f}s",
@@ -217,7 +241,10 @@ def usage(plane: LocalControlPlane, *, full: bool) -> str:
     ]
     if (plane.bin_dir / "kubectl").is_file() or (plane.bin_dir / "helm").is_file():
         lines.append(f"    export PATH={plane.bin_dir}:$PATH")
-    lines += [f"    {command}" for command in (FIRST_COMMANDS if full else CONTROL_PLANE_COMMANDS)]
+    commands = CONTROL_PLANE_COMMANDS
+    if full:
+        commands = FIRST_COMMANDS if real_guests else (*FIRST_COMMANDS[:3], *HOST_GUEST_COMMANDS)
+    lines += [f"    {command}" for command in commands]
     lines += [
         f"  component logs: {plane.workdir / 'logs'}",
         "  press Ctrl-C to stop everything",
@@ -247,7 +274,7 @@ def up(run_dir: Path, *, full: bool) -> int:
         workdir = stack.enter_context(fresh_run_dir(run_dir))  # released last
         plane = start_control_plane(stack, workdir)
         operator = _start_project(stack, plane, workdir) if full else None
-        say(usage(plane, full=full))
+        say(usage(plane, full=full, real_guests=not real_guests_missing()))
         return wait_foreground(plane, operator)
     except Shutdown as stop:
         say(f"{stop}: stopping")
@@ -268,14 +295,21 @@ def _start_project(stack: ExitStack, plane: LocalControlPlane, workdir: Path) ->
         body = {"metadata": {"name": OPERATOR_NAMESPACE}}
         client.CoreV1Api(api_client).create_namespace(body)
     say(f"installed {len(names)} CRDs from crds/: {', '.join(names) or '(none)'}")
-    start_stand_in(stack, plane, workdir / "kubevirt")
+    missing = real_guests_missing()
+    if missing:
+        say(f"guests: host processes (QEMU missing: apt-get install {' '.join(missing)})")
+    else:
+        say("guests: QEMU virtual machines, the Debian guest image (hack/build-guest-image.sh)")
+        ensure_image()
+    start_stand_in(stack, plane, workdir / "kubevirt", real_guests=not missing)
     operator = start_operator(stack, plane.kubeconfig)
     kubectl = find_tool("kubectl", plane.bin_dir)
     first, saves = split_examples(EXAMPLES_DIR)
     apply_examples(kubectl, plane.kubeconfig, first)
-    say(f"demo guests: an agent and an app per running Partition, under {workdir / 'guests'}")
     api_client = stack.enter_context(config.new_client_from_config(str(plane.kubeconfig)))
-    stack.callback(DemoGuests(api_client, workdir / "guests").start().stop)
+    if missing:
+        say(f"demo guests: an agent and an app per running Partition, under {workdir / 'guests'}")
+        stack.callback(DemoGuests(api_client, workdir / "guests").start().stop)
     if waiting := wait_for_agents(api_client, AGENTS_TIMEOUT):
         say(f"WARNING: no agent connected for {', '.join(waiting)}; applying SaveEvents anyway")
     apply_examples(kubectl, plane.kubeconfig, saves)
@@ -290,13 +324,31 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument(
             "--run-dir", type=Path, default=RUN_DIR, help="state directory (wiped by up)"
         )
+        if name == "console":
+            command.add_argument("target", metavar="NAMESPACE/NAME", help="the VMI")
     return parser
+
+
+def console(run_dir: Path, target: str) -> int:
+    """Attach this terminal to a real guest's serial console (`make run` must be running)."""
+    namespace, _, name = target.rpartition("/")
+    namespace = namespace or "default"
+    guest_dir = guest_run_dir(run_dir / "kubevirt", namespace, name)
+    socket_path = RunFiles.in_dir(guest_dir).serial_socket
+    if not socket_path.exists():
+        say(f"no real guest {namespace}/{name} runs under {run_dir} (make run, with QEMU)")
+        return 1
+    say(f"console of {namespace}/{name}; Ctrl-] leaves")
+    attach(socket_path)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``lparkube-dev``."""
     args = build_parser().parse_args(argv)
     run_dir = args.run_dir.resolve()
+    if args.command == "console":
+        return console(run_dir, args.target)
     if args.command == "kubeconfig":
         print(run_dir / "kubeconfig")
         if not is_running(run_dir):

@@ -21,6 +21,7 @@ import logging
 import subprocess
 import threading
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from kubernetes import client
 
@@ -115,7 +116,7 @@ class DemoGuests:
         key, config, tls = secret
         home = self.root / namespace / name
         home.mkdir(parents=True, exist_ok=True)
-        settings = {**config, "listen": endpoint}
+        settings = {**config, "listen": endpoint, "operatorURL": on_host(config["operatorURL"])}
         with contextlib.ExitStack() as undo:  # a guest that fails to boot leaves nothing behind
             agent = AgentProcess(
                 home, config["partition"], key, settings, tls_material=tls, own_session=True
@@ -130,6 +131,15 @@ class DemoGuests:
         log.info("demo guest %s/%s: agent on %s, %s saves to %s", namespace, name, endpoint, APP,
                  home / "saves")  # fmt: skip
         return agent, app
+
+
+def on_host(url: str) -> str:
+    """A guest's gateway URL as a process on this machine reaches it: every Service name
+    (`*.svc`) is the loopback here, where the operator's gateway listens."""
+    parts = urlsplit(url)
+    if not (parts.hostname or "").endswith(".svc"):
+        return url
+    return urlunsplit(parts._replace(netloc=f"127.0.0.1:{parts.port or 443}"))
 
 
 def _kill(app: subprocess.Popen) -> None:

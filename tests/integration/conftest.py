@@ -22,6 +22,7 @@ from saving_helpers import Fleet
 from lparkube.adapters.agent_identity import OperatorCredentials
 from lparkube_agent.testing import AgentProcess, TLSMaterial
 from lparkube_devenv.controlplane import LocalControlPlane, find_tool, free_port, wait_until
+from lparkube_devenv.guests import on_host
 from lparkube_devenv.kubevirt import StandIn
 from lparkube_devenv.kubevirt.logic import DRAIN_TAINT
 from lparkube_devenv.kubevirt.nodes import NODES_PATH, ensure_nodes
@@ -271,11 +272,6 @@ def operator_credentials(
 
 
 AGENT_FILES = ("ca.crt", "tls.crt", "tls.key")
-
-
-def on_host(url: str) -> str:
-    """A guest's gateway URL as a host process reaches it: the Service name is loopback here."""
-    return url.replace(f"//{GATEWAY_SERVICE}:", "//127.0.0.1:")
 
 
 def read_agent_secret(

@@ -52,6 +52,15 @@ def test_make_runs_banner_shows_the_commands_of_the_readme(tmp_path: Path) -> No
     assert [printed[0], *printed[2:]] == readme
 
 
+def test_without_qemu_the_banner_points_at_the_host_guests_saves(tmp_path: Path) -> None:
+    plane = SimpleNamespace(
+        startup_seconds=1.0, kubeconfig=tmp_path / "k", bin_dir=tmp_path, workdir=tmp_path
+    )
+    banner = cli.usage(plane, full=True, real_guests=False)  # type: ignore[arg-type]
+    assert "cat .run/guests/default/web-1/saves" in banner
+    assert "lparkube-dev console" not in banner
+
+
 def test_the_control_plane_banner_needs_no_lparkube_crds(tmp_path: Path) -> None:
     printed = banner_commands(full=False, bin_dir=tmp_path)
     assert printed == [

@@ -39,6 +39,9 @@ class FakeGuest:
         self.calls.append("kill")
         self.current = "crashed"
 
+    def close(self) -> None:
+        self.calls.append("close")
+
     def pause(self) -> None:
         self.current = "paused"
 

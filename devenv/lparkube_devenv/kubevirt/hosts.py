@@ -48,6 +48,8 @@ class Guest(Protocol):
 
     def kill(self) -> None: ...  # destroy the domain at once
 
+    def close(self) -> None: ...  # release what is left of an ended guest (sockets, threads)
+
     def pause(self) -> None: ...
 
     def unpause(self) -> None: ...
@@ -226,6 +228,7 @@ class Hosts:
         uid = dig(pod, "metadata", "uid")
         with self._lock:
             self.guests.pop(uid, None)
+        guest.close()
         _unmount(ctl, pod)
         clean = state in ("shutdown", "stopped")
         phase = "Succeeded" if clean else "Failed"

@@ -90,6 +90,9 @@ class QemuGuest:
         self.launcher.kill(wait=True)
         self.launcher.close()
 
+    def close(self) -> None:
+        self.launcher.close()
+
     def pause(self) -> None:
         self.launcher.pause()
 
@@ -136,7 +139,7 @@ class QemuGuests:
 
     def __call__(self, vmi: dict, pod: dict, node: str) -> QemuGuest:
         meta = vmi["metadata"]
-        run_dir = self.workdir / "guests" / meta["namespace"] / meta["name"]
+        run_dir = guest_run_dir(self.workdir, meta["namespace"], meta["name"])
         run_dir.mkdir(parents=True, exist_ok=True)
         backings = self._backings(vmi, run_dir)
         domain = machine.domain_from_vmi(
@@ -183,6 +186,11 @@ class QemuGuests:
         decoded = {k: base64.b64decode(v) for k, v in (obj.get("data") or {}).items()}
         plain = {k: v.encode() for k, v in (obj.get("stringData") or {}).items()}
         return {**decoded, **plain}
+
+
+def guest_run_dir(workdir: Path, namespace: str, name: str) -> Path:
+    """Where a VMI's QEMU keeps its sockets (QMP, serial console) and logs."""
+    return workdir / "guests" / namespace / name
 
 
 def forwarded_ports(vmi: dict) -> list[int]:
