@@ -42,6 +42,7 @@ EXECUTABLES = {
     "usr/lib/lparkube-guest/rcS",
     "usr/lib/lparkube-guest/agent-service",
     "usr/lib/lparkube-guest/shutdown",
+    "usr/lib/lparkube-guest/final",
     NOCLOUD_PATH,
     AGENT_PATH,
 }

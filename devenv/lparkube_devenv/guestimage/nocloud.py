@@ -10,7 +10,10 @@ python3-yaml. What it does with the seed:
   names from /etc/passwd and /etc/group, or numbers; default ``root:root``), ``permissions``
   (octal, default ``0644``) and ``append``; parent directories are made (mode 0755).
   ``defer`` is accepted, and deferred files are written in the same pass (this guest has no
-  later stage). ``hostname`` sets the hostname.
+  later stage). ``hostname`` sets the hostname. ``runcmd`` becomes the script
+  ``/var/lib/cloud/instance/scripts/runcmd`` (a string is a shell line, a list an argv), which
+  init runs once the agent has started (``usr/lib/lparkube-guest/final``), as cloud-init's
+  final stage runs it, its output in ``/var/log/cloud-init-output.log``.
 - ``meta-data``: ``local-hostname`` sets the hostname when the user data names none.
 - Anything else (other cloud-config keys, scripts, MIME multipart, ``network-config``: the
   network is static) is ignored, and the ignored keys are named on the console.
@@ -26,6 +29,7 @@ import grp
 import gzip
 import os
 import pwd
+import shlex
 import sys
 from pathlib import Path
 
@@ -33,7 +37,8 @@ import yaml
 
 CLOUD_CONFIG_HEADER = "#cloud-config"
 HOSTNAME_FILE = Path("/etc/hostname")
-HANDLED_KEYS = {"write_files", "hostname"}
+HANDLED_KEYS = {"write_files", "hostname", "runcmd"}
+RUNCMD_SCRIPT = Path("/var/lib/cloud/instance/scripts/runcmd")
 DEFAULT_OWNER = "root:root"
 DEFAULT_PERMISSIONS = 0o644
 B64 = {"b64", "base64"}
@@ -136,6 +141,33 @@ def write_files(entries: object) -> bool:
     return ok
 
 
+def runcmd_script(commands: object) -> str | None:
+    """The runcmd entries as one shell script (None when there are none or they are not a list)."""
+    if not isinstance(commands, list) or not commands:
+        return None
+    lines = ["#!/bin/sh"]
+    for command in commands:
+        if isinstance(command, list):
+            lines.append(shlex.join(str(arg) for arg in command))
+        elif isinstance(command, str):
+            lines.append(command)
+        else:
+            say(f"runcmd: not a string or a list, ignored: {command!r}")
+    return "\n".join(lines) + "\n"
+
+
+def write_runcmd(commands: object, target: Path = RUNCMD_SCRIPT) -> None:
+    if commands is not None and not isinstance(commands, list):
+        say("runcmd is not a list: ignored")
+    script = runcmd_script(commands)
+    if script is None:
+        return
+    target.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+    target.write_text(script)
+    target.chmod(0o700)
+    say(f"wrote {target}")
+
+
 def read_yaml(path: Path) -> object:
     if not path.is_file():
         return None
@@ -176,6 +208,7 @@ def apply(seed: Path) -> bool:
     if ignored:
         say(f"not implemented by this image, ignored: {', '.join(ignored)}")
     ok = write_files(config.get("write_files"))
+    write_runcmd(config.get("runcmd"))
     name = hostname_of(config, read_yaml(seed / "meta-data"))
     if name:
         HOSTNAME_FILE.write_text(f"{name}\n")
