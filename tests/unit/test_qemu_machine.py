@@ -13,6 +13,7 @@ from lparkube_devenv.kubevirt.logic import mac_address
 from lparkube_devenv.qemu.machine import (
     FIRMWARE_UUID_NAMESPACE,
     Backing,
+    Disk,
     Domain,
     GuestService,
     HostForward,
@@ -467,3 +468,20 @@ def test_quantities_parse_like_kubernetes(text, value) -> None:
 def test_what_is_no_quantity_is_refused(text: str) -> None:
     with pytest.raises(SpecError, match="not a quantity"):
         memory_mib({"memory": {"guest": text}})
+
+
+def test_a_volume_file_is_opened_without_host_locks_an_iso_with_them(tmp_path: Path) -> None:
+    """Kubernetes' attach rules guard a PVC across nodes; QEMU's locks on this one host must
+    not refuse a ReadWriteMany volume two "nodes" use."""
+    domain = Domain(
+        name="ns_vm",
+        uuid=str(uuid.uuid4()),
+        memory_mib=256,
+        disks=(
+            Disk("data", "data", "virtio", "disk", Backing(Path("/pv/d"), host_locks=False), False),
+            Disk("key", "key", "virtio", "disk", Backing(Path("/run/key.iso")), True),
+        ),
+    )
+    argv = qemu_argv(domain, RunFiles.in_dir(tmp_path), Network(relay=RELAY), "tcg", "qemu")
+    files = [a for a in argv if a.startswith("driver=file,")]
+    assert "locking=off" in files[0] and "locking" not in files[1]

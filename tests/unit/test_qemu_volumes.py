@@ -126,7 +126,7 @@ def test_secret_volume_delivery_becomes_the_lparkube_disk(tmp_path: Path) -> Non
         vmi, tmp_path, claim_file=lambda claim: Path(f"/pv/{claim}/disk.img"),
         secret_data={"vm1-key": secret}.__getitem__,
     )  # fmt: skip
-    assert backings["root"] == Backing(Path("/pv/vm1-root/disk.img"))
+    assert backings["root"] == Backing(Path("/pv/vm1-root/disk.img"), host_locks=False)
     iso = backings["lparkube-agent"].path
     assert iso == tmp_path / "config-disks" / "lparkube-agent.iso"
     assert isoinfo(iso, "-R", "-x", "/config.json") == b'{"port": 8443}'

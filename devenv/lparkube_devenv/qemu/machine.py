@@ -86,6 +86,9 @@ class Backing:
     path: Path
     format: str = "raw"
     readonly: bool = False
+    # A PVC's file: each node reaches a volume through its own attachment, so this host's
+    # file locks must not stand in for Kubernetes' attach rules (RWX is shared across nodes).
+    host_locks: bool = True
 
 
 @dataclass(frozen=True)
@@ -601,9 +604,10 @@ def _disk_args(domain: Domain) -> list[str]:
 def _blockdev_args(index: int, disk: Disk) -> list[str]:
     readonly = "on" if disk.readonly else "off"
     discard = "" if disk.readonly else ",discard=unmap"
+    locking = "" if disk.backing.host_locks else ",locking=off"
     file_node = (
         f"driver=file,filename={_opt(disk.backing.path)},node-name=file{index},"
-        f"read-only={readonly}{discard}"
+        f"read-only={readonly}{discard}{locking}"
     )
     format_node = (
         f"driver={disk.backing.format},file=file{index},node-name=disk{index},"

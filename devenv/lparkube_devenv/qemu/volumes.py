@@ -162,7 +162,8 @@ def resolve_volumes(
     backings = {}
     for volume, source in volume_plan(vmi).items():
         if isinstance(source, ClaimVolume):
-            backings[volume] = Backing(Path(claim_file(source.claim)), readonly=source.readonly)
+            path = Path(claim_file(source.claim))
+            backings[volume] = Backing(path, readonly=source.readonly, host_locks=False)
         elif isinstance(source, ConfigVolume):
             read = secret_data if source.kind == "secret" else config_map_data
             if read is None:
