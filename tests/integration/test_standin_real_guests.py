@@ -216,8 +216,19 @@ def test_a_powered_off_node_kills_its_guests_and_its_vmis_follow_kubevirts_rules
     node = guests.kubevirt.kube.get(f"{NODES_PATH}/{lost_node}")
     taints = [*(node["spec"].get("taints") or []), {**OUT_OF_SERVICE, "effect": "NoExecute"}]
     guests.kubevirt.kube.merge_patch(f"{NODES_PATH}/{lost_node}", {"spec": {"taints": taints}})
-    # Fenced: taint eviction and pod GC delete the launcher pod, the VMI fails.
+    # Fenced: taint eviction deletes the launcher pod (it stays, terminating: no kubelet
+    # confirms it), pod GC force-deletes it, and only then the VMI fails.
+    wait_for(lambda: _launcher(guests, "stranded")["metadata"].get("deletionTimestamp"), "evicted")
+    assert guests.phase("stranded") == "Running"
     guests.wait_phase("stranded", "Failed", 120)
+    assert _launcher(guests, "stranded") == {}
+
+
+def _launcher(guests: Guests, name: str) -> dict:
+    uid = guests.vmi(name)["metadata"]["uid"]
+    pods = guests.kubevirt.kube.items(f"/api/v1/namespaces/{guests.ns}/pods")
+    found = [p for p in pods if p["metadata"]["labels"].get("kubevirt.io/created-by") == uid]
+    return found[0] if found else {}
 
 
 def _ready(guests: Guests, node: str) -> str:

@@ -54,7 +54,7 @@ def reconcile(ctl: Controller, world: World, vmi: dict) -> None:
     if current in FINAL_PHASES:
         _delete_pods(ctl, pods)
         return
-    pod = next((p for p in pods if not dig(p, "metadata", "deletionTimestamp")), None)
+    pod = current_pod(vmi, pods)
     if current in ("", "Pending"):
         _place(ctl, world, vmi, pods)
     elif current == "Scheduling":
@@ -73,6 +73,14 @@ def pods_of(world: World, vmi: dict) -> list[dict]:
         for p in world.launcher_pods
         if dig(p, "metadata", "namespace") == namespace and owned_by(p, uid)
     ]
+
+
+def current_pod(vmi: dict, pods: list[dict]) -> dict | None:
+    """KubeVirt's CurrentVMIPod: the newest of its pods on the VMI's node (any node before it
+    has one), terminating or not: a pod being deleted still exists until it is gone."""
+    node = dig(vmi, "status", "nodeName")
+    mine = [p for p in pods if not node or dig(p, "spec", "nodeName") == node]
+    return max(mine, key=lambda p: str(dig(p, "metadata", "creationTimestamp") or ""), default=None)
 
 
 def _place(ctl: Controller, world: World, vmi: dict, pods: list[dict]) -> None:
