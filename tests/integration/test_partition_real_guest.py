@@ -5,11 +5,14 @@ gateway through the guest's user network."""
 
 from __future__ import annotations
 
+import re
+import struct
 import subprocess
+from pathlib import Path
 
 import pytest
 from kubernetes import client
-from partition_helpers import GROUP, VERSION, Partitions, wait_for
+from partition_helpers import GROUP, SUB, VERSION, Partitions, subresource, wait_for
 from saving_helpers import results, wait_complete
 
 from lparkube_devenv.kubevirt import StandIn
@@ -19,6 +22,7 @@ from lparkube_devenv.qemu.console import SerialConsole
 pytestmark = pytest.mark.realguest
 
 BOOT_TIMEOUT = 240.0  # software emulation on a loaded 2-core machine
+PT_LOAD, PT_NOTE = 1, 4
 
 
 def real_guest_partition(name: str, delivery: str) -> dict:
@@ -105,10 +109,10 @@ def start_editor(console: SerialConsole, editor: str) -> None:
     """The editor on /mnt/data/<editor>.txt under `lparkube-agent run`, its keyboard a FIFO."""
     path, keys = f"/mnt/data/{editor}.txt", f"/tmp/{editor}.keys"
     console.run(f"printf 'first line\\n' > {path} && mkfifo {keys}")
-    console.run(f"sleep 100000 > {keys} &")  # holds the FIFO open between our writes
+    console.run(f"(sleep 100000 > {keys} &)")  # holds the FIFO open between our writes
     console.run(
-        f"TERM=xterm HOME=/root lparkube-agent run -- {editor} {path} "
-        f"< {keys} > /tmp/{editor}.screen 2>&1 &"
+        f"(TERM=xterm HOME=/root lparkube-agent run -- {editor} {path} "
+        f"< {keys} > /tmp/{editor}.screen 2>&1 &)"
     )
     wait_for(lambda: editor in console.run("lparkube-agent list"), f"{editor} registered", 60)
 
@@ -166,3 +170,82 @@ def test_a_save_event_gets_real_editors_in_the_guest_to_write_their_edits(
             check=True,
         ).stdout
         assert text in found, found
+
+
+def physical_bytes(dump: Path, address: int, size: int) -> bytes:
+    """`size` bytes at a guest-physical address of an ELF memory dump (its PT_LOAD segments)."""
+    with dump.open("rb") as elf:
+        header = elf.read(64)
+        assert header[:4] == b"\x7fELF" and header[4] == 2  # ELF64
+        (phoff,) = struct.unpack_from("<Q", header, 32)
+        phentsize, phnum = struct.unpack_from("<HH", header, 54)
+        for index in range(phnum):
+            elf.seek(phoff + index * phentsize)
+            kind, _, offset, _, paddr, filesz, _, _ = struct.unpack("<IIQQQQQQ", elf.read(56))
+            if kind == PT_LOAD and paddr <= address < paddr + filesz:
+                elf.seek(offset + address - paddr)
+                return elf.read(size)
+    raise AssertionError(f"no PT_LOAD segment of {dump} holds {address:#x}")
+
+
+def notes(dump: Path) -> list[bytes]:
+    """The names and types of the dump's ELF notes (name + type, e.g. b'CORE:1')."""
+    found = []
+    with dump.open("rb") as elf:
+        header = elf.read(64)
+        (phoff,) = struct.unpack_from("<Q", header, 32)
+        phentsize, phnum = struct.unpack_from("<HH", header, 54)
+        for index in range(phnum):
+            elf.seek(phoff + index * phentsize)
+            kind, _, offset, _, _, filesz, _, _ = struct.unpack("<IIQQQQQQ", elf.read(56))
+            if kind != PT_NOTE:
+                continue
+            elf.seek(offset)
+            data, at = elf.read(filesz), 0
+            while at + 12 <= len(data):
+                namesz, descsz, note_type = struct.unpack_from("<III", data, at)
+                name = data[at + 12 : at + 12 + namesz].rstrip(b"\0")
+                found.append(name + b":" + str(note_type).encode())
+                at += 12 + (namesz + 3) // 4 * 4 + (descsz + 3) // 4 * 4
+    return found
+
+
+def test_a_memory_dump_holds_the_kernels_vmcoreinfo_where_the_agent_said(
+    operator, parts: Partitions, kubevirt: StandIn, api_client: client.ApiClient
+) -> None:
+    body = {
+        "metadata": {"name": "dump"},
+        "spec": {
+            "accessModes": ["ReadWriteOnce"],
+            "volumeMode": "Filesystem",
+            "resources": {"requests": {"storage": "1Gi"}},
+        },
+    }
+    client.CoreV1Api(api_client).create_namespaced_persistent_volume_claim(parts.namespace, body)
+    parts.create(real_guest_partition("dumped", "SecretVolume"))
+    status = parts.wait_condition("dumped", "Ready", "True", timeout=BOOT_TIMEOUT)
+    vmcoreinfo = status["agent"]["vmcoreinfo"]
+    path = f"{SUB}/{parts.namespace}/virtualmachines/dumped/memorydump"
+    assert subresource(api_client, "PUT", path, {"claimName": "dump"})[0] == 202
+    seen: list[str] = []
+
+    def completed() -> dict | None:
+        request = (parts.vm("dumped").get("status") or {}).get("memoryDumpRequest") or {}
+        if request.get("phase") and request["phase"] not in seen:
+            seen.append(request["phase"])
+        return request if request.get("phase") in ("Completed", "Failed") else None
+
+    request = wait_for(completed, "the memory dump done", 180)
+    assert request["phase"] == "Completed", request
+    assert seen[-2:] == ["Unmounting", "Completed"] and "InProgress" in seen
+    dump = kubevirt.storage.backing(parts.namespace, "dump").path / request["fileName"]
+    assert re.fullmatch(r"dumped-dump-\d{8}-\d{6}\.memory\.dump", request["fileName"])
+    text = physical_bytes(dump, int(vmcoreinfo["address"], 16), vmcoreinfo["size"])
+    release = status["agent"]["kernelRelease"]
+    assert f"OSRELEASE={release}\n".encode() in text, text[:200]
+    assert not any(n.startswith(b"VMCOREINFO") for n in notes(dump))  # KubeVirt sets none
+    pvc = client.CoreV1Api(api_client).read_namespaced_persistent_volume_claim(
+        "dump", parts.namespace
+    )
+    assert pvc.metadata.annotations["kubevirt.io/memory-dump"] == request["fileName"]
+    parts.delete("dumped")
