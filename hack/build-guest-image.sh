@@ -77,17 +77,14 @@ die() {
 }
 
 require_tools() {
-  local tool package missing=()
+  local pair missing=()
+  export PATH="$PATH:/usr/sbin:/sbin" # depmod and modprobe, for users whose PATH lacks them
   for pair in apt-get:apt apt-cache:apt dpkg-deb:dpkg cpio:cpio depmod:kmod modprobe:kmod \
     lz4:lz4 xz:xz-utils od:coreutils sha256sum:coreutils; do
-    tool="${pair%%:*}" package="${pair#*:}"
-    command -v "$tool" >/dev/null || PATH="$PATH:/usr/sbin:/sbin" command -v "$tool" >/dev/null ||
-      missing+=("$package ($tool)")
+    command -v "${pair%%:*}" >/dev/null || missing+=("${pair#*:} (${pair%%:*})")
   done
   [ ${#missing[@]} -eq 0 ] || die "missing host tools; install the Debian packages: ${missing[*]}"
-  export PATH="$PATH:/usr/sbin:/sbin"
-  [ "$(dpkg --print-architecture 2>/dev/null || uname -m)" = amd64 ] ||
-    [ "$(uname -m)" = x86_64 ] || die "the guest image is amd64 and is built on an amd64 host"
+  [ "$(uname -m)" = x86_64 ] || die "the guest image is amd64 and is built on an amd64 host"
 }
 
 # --- the lock ------------------------------------------------------------------------------
@@ -136,7 +133,7 @@ download() {
     return
   fi
   for pin in $(pins); do
-    apt-cache show "$pin" >/dev/null 2>&1 || missing+=("$pin")
+    apt-get download --print-uris "$pin" >/dev/null 2>&1 || missing+=("$pin")
   done
   [ ${#missing[@]} -gt 0 ] || die "apt-get download failed (see above)"
   die "pinned package versions not available from this machine's Debian sources:" \
@@ -162,16 +159,19 @@ kernel_release_of() {
 # Keeps GUEST_MODULES and what they depend on (modules.dep and softdeps, through modprobe on
 # the extracted tree), writes their load order to lparkube-guest.modules, drops the rest.
 keep_modules() {
-  local root="$1" release="$2" moddir="$1/lib/modules/$2" order
+  local root="$1" release="$2" moddir="$1/lib/modules/$2" order module
   depmod -b "$root" "$release"
   order="$(modprobe -d "$root" -S "$release" --show-depends -a "${GUEST_MODULES[@]}" |
     sed -n "s|^insmod $moddir/\([^ ]*\) *$|\1|p" | awk '!seen[$0]++')"
   [ -n "$order" ] || die "modprobe found none of ${GUEST_MODULES[*]}"
   echo "$order" >"$moddir/lparkube-guest.modules"
-  find "$moddir/kernel" -name '*.ko*' -printf '%P\n' | LC_ALL=C sort >"$moddir/.all"
-  LC_ALL=C sort <<<"$order" | sed 's|^kernel/||' | comm -23 "$moddir/.all" - |
-    sed "s|^|$moddir/kernel/|" | xargs rm -f
-  rm "$moddir/.all"
+  local -A kept
+  for module in $order; do
+    kept[$module]=1
+  done
+  for module in $(cd "$moddir" && find kernel -name '*.ko*'); do
+    [ -n "${kept[$module]:-}" ] || rm "$moddir/$module"
+  done
   find "$moddir/kernel" -type d -empty -delete
   depmod -b "$root" "$release"
   log "kept $(wc -l <<<"$order") kernel modules"
