@@ -46,7 +46,8 @@ HOST_PACKAGES = {  # program: the Debian package that has it
     "genisoimage": "genisoimage",
     "cpio": "cpio",
     "depmod": "kmod",
-    "zstd": "zstd",
+    "lz4": "lz4",
+    "xz": "xz-utils",
     "dpkg-deb": "dpkg",
     "apt-get": "apt",
 }

@@ -32,7 +32,8 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 ROOTFS = PACKAGE_DIR / "rootfs"
 NOCLOUD_APPLIER = PACKAGE_DIR / "nocloud.py"
 
-DEFAULT_CMDLINE = "console=ttyS0"
+# quiet: the kernel's boot messages cost ~0.7 s on an emulated serial port; errors still show.
+DEFAULT_CMDLINE = "console=ttyS0 quiet"
 AGENT_PATH = "usr/local/bin/lparkube-agent"
 NOCLOUD_PATH = "usr/lib/lparkube-guest/nocloud.py"
 # Modes are set here, not taken from the package's files (an installed wheel may lose them).
@@ -58,7 +59,7 @@ DIRECTORIES = {  # made empty in the overlay, with these modes
     "var/tmp": 0o1777,
     "var/lib": 0o755,
 }
-OVERLAY_NAME = "guest-overlay.cpio"
+OVERLAY_NAME = "guest-overlay.cpio.lz4"
 INITRD_NAME = "initrd.img"
 
 
@@ -87,7 +88,7 @@ def ensure_image(cache: Path | None = None) -> GuestImage:
         env["LPARKUBE_CACHE"] = str(cache)
     image_dir = Path(_run_build(env))
     image = GuestImage(
-        kernel=image_dir / "vmlinuz",
+        kernel=image_dir / "vmlinux",
         initrd=image_dir / INITRD_NAME,
         kernel_release=_read(image_dir / "kernel-release"),
     )
@@ -109,7 +110,7 @@ def _run_build(env: dict[str, str]) -> str:
     )
     try:
         stdout, _ = build.communicate()
-    except BaseException:  # interrupted: take the whole build (apt, zstd) down with us
+    except BaseException:  # interrupted: take the whole build (apt, lz4) down with us
         with contextlib.suppress(ProcessLookupError):
             os.killpg(build.pid, signal.SIGKILL)
         build.wait()
@@ -138,10 +139,9 @@ def initrd_for_run(image: GuestImage, workdir: Path) -> Path:
     target = workdir / INITRD_NAME
     partial = target.with_name(f".{target.name}.partial")
     with partial.open("wb") as out:
-        with image.initrd.open("rb") as base:
-            shutil.copyfileobj(base, out, 1 << 20)
-        out.write(b"\0" * (-out.tell() % 4))  # an uncompressed archive starts 4-byte aligned
-        out.write(overlay.read_bytes())
+        for part in (image.initrd, overlay):
+            with part.open("rb") as source:
+                shutil.copyfileobj(source, out, 1 << 20)
     partial.replace(target)
     return target
 
@@ -152,23 +152,32 @@ def image_for_run(image: GuestImage, workdir: Path) -> GuestImage:
 
 
 def build_overlay(target: Path) -> Path:
-    """The overlay as an uncompressed cpio (newc) archive, every file root's."""
-    cpio = shutil.which("cpio")
-    if cpio is None:
-        raise GuestImageError("cpio is not installed (Debian package cpio; .ci/run installs it)")
+    """The overlay as a cpio (newc) archive, every file root's, compressed as the base is (lz4
+    legacy: the kernel's lz4 decoder reads on to the end of the initrd, across both)."""
+    cpio, lz4 = _tool("cpio", "cpio"), _tool("lz4", "lz4")
     with tempfile.TemporaryDirectory(prefix="lparkube-overlay-") as tmp:
         staging = Path(tmp) / "rootfs"
         _stage_overlay(staging)
         names = sorted(str(p.relative_to(staging)) for p in staging.rglob("*"))
-        with target.open("wb") as out:
-            subprocess.run(
-                [cpio, "-o", "-H", "newc", "-R", "0:0", "--quiet"],
-                input="\n".join(names).encode() + b"\n",
-                stdout=out,
-                cwd=staging,
-                check=True,
-            )
+        archive = subprocess.run(
+            [cpio, "-o", "-H", "newc", "-R", "0:0", "--quiet"],
+            input="\n".join(names).encode() + b"\n",
+            capture_output=True,
+            cwd=staging,
+            check=True,
+        ).stdout
+    with target.open("wb") as out:
+        subprocess.run([lz4, "-l", "-9", "-q"], input=archive, stdout=out, check=True)
     return target
+
+
+def _tool(program: str, package: str) -> str:
+    path = shutil.which(program)
+    if path is None:
+        raise GuestImageError(
+            f"{program} is not installed (Debian package {package}; .ci/run installs it)"
+        )
+    return path
 
 
 def _stage_overlay(staging: Path) -> None:
