@@ -28,7 +28,7 @@ from agent_tls import standalone_credentials
 from lparkube.adapters.agent_identity import OperatorCredentials
 from lparkube.adapters.guest_agent import AgentClient, AgentError, AgentTarget
 from lparkube.domain import key_delivery
-from lparkube.domain.partition import AgentCredentials, AgentSpec, secret_files
+from lparkube.domain.partition import AgentSpec, secret_files
 from lparkube_devenv.controlplane import Process, free_port, spawn
 from lparkube_devenv.guestimage import GuestImage, ensure_image, image_for_run
 
@@ -255,14 +255,13 @@ def make_iso(target: Path, label: str, files: dict[str, bytes]) -> Path:
 
 def partition_files(credentials: OperatorCredentials, delivery: str) -> dict[str, bytes]:
     """The key Secret's files for the partition, made by the operator's own code."""
-    made = credentials.identity.agent_credentials(NAMESPACE, NAME, UID)
+    agent_credentials = credentials.identity.agent_credentials(NAMESPACE, NAME, UID)
     agent = AgentSpec(
         port=AGENT_PORT, key_secret_name=f"{NAME}-agent", key_delivery=delivery,
         heartbeat_timeout=90.0,
     )  # fmt: skip
     partition = {"metadata": {"namespace": NAMESPACE, "name": NAME, "uid": UID}}
-    secret = AgentCredentials(made.key, made.ca_pem, made.cert_pem, made.key_pem)
-    return secret_files(partition, agent, secret, OPERATOR_URL)
+    return secret_files(partition, agent, agent_credentials, OPERATOR_URL)
 
 
 def call_agent(credentials: OperatorCredentials, port: int, request: str, **kwargs: object):
