@@ -82,25 +82,32 @@ class ControlPlaneError(RuntimeError):
     """The control plane could not be built, started or reached."""
 
 
-def ensure_binaries() -> Path:
-    """Build (or reuse from the cache) the pinned binaries; returns their directory."""
+def run_build_script(script: Path, env: dict[str, str] | None = None) -> tuple[int, list[str]]:
+    """Run a hack/build-*.sh script (its log goes to our stderr): its exit code and the lines
+    it printed on stdout. An interrupt takes the whole build (go, apt, ...) down with us."""
     build = subprocess.Popen(
-        [str(BUILD_SCRIPT)],
+        [str(script)],
         cwd=REPO_ROOT,
+        env=env,
         stdout=subprocess.PIPE,
         text=True,
         start_new_session=True,
     )
     try:
         stdout, _ = build.communicate()
-    except BaseException:  # interrupted: take the whole build (go, compilers) down with us
+    except BaseException:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(build.pid, signal.SIGKILL)
         build.wait()
         raise
-    lines = stdout.strip().splitlines()
-    if build.returncode != 0 or not lines:
-        raise ControlPlaneError(f"{BUILD_SCRIPT} failed (exit code {build.returncode})")
+    return build.returncode, stdout.strip().splitlines()
+
+
+def ensure_binaries() -> Path:
+    """Build (or reuse from the cache) the pinned binaries; returns their directory."""
+    code, lines = run_build_script(BUILD_SCRIPT)
+    if code != 0 or not lines:
+        raise ControlPlaneError(f"{BUILD_SCRIPT} failed (exit code {code})")
     bin_dir = Path(lines[-1])
     missing = [b for b in BINARIES if not (bin_dir / b).is_file()]
     if missing:

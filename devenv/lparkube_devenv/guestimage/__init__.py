@@ -14,17 +14,16 @@ QEMU boots it with ``-kernel image.kernel -initrd <initrd_for_run(...)> -append 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from lparkube_agent import build as agent_build
+from lparkube_devenv.controlplane import run_build_script
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 BUILD_SCRIPT = REPO_ROOT / "hack" / "build-guest-image.sh"
@@ -100,26 +99,9 @@ def ensure_image(cache: Path | None = None) -> GuestImage:
 
 def _run_build(env: dict[str, str]) -> str:
     """The image directory the build script prints (its log goes to our stderr)."""
-    build = subprocess.Popen(
-        [str(BUILD_SCRIPT)],
-        cwd=REPO_ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        stdout, _ = build.communicate()
-    except BaseException:  # interrupted: take the whole build (apt, lz4) down with us
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(build.pid, signal.SIGKILL)
-        build.wait()
-        raise
-    lines = stdout.strip().splitlines()
-    if build.returncode != 0 or not lines:
-        raise GuestImageError(
-            f"{BUILD_SCRIPT} failed (exit code {build.returncode}); its messages are above"
-        )
+    code, lines = run_build_script(BUILD_SCRIPT, env)
+    if code != 0 or not lines:
+        raise GuestImageError(f"{BUILD_SCRIPT} failed (exit code {code}); its messages are above")
     return lines[-1]
 
 

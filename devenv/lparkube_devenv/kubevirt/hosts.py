@@ -298,19 +298,25 @@ def _patch_pod_status(ctl: Controller, pod: dict, status: dict) -> None:
         ctl.wrote()
 
 
+def _compute_status(pod: dict, state: dict, *, ready: bool) -> dict:
+    """The `compute` container's status as a kubelet reports it."""
+    return {
+        "name": COMPUTE,
+        "ready": ready,
+        "restartCount": 0,
+        "image": dig(pod, "spec", "containers", default=[{}])[0].get("image"),
+        "imageID": "",
+        "state": state,
+    }
+
+
 def _pod_waiting(ctl: Controller, pod: dict, reason: str, message: str) -> None:
     statuses = dig(pod, "status", "containerStatuses", default=[]) or []
     waiting = (statuses[0].get("state") or {}).get("waiting") if statuses else None
     if waiting == {"reason": "ContainerCreating", "message": message}:
         return
-    container = {
-        "name": COMPUTE,
-        "ready": False,
-        "restartCount": 0,
-        "image": dig(pod, "spec", "containers", default=[{}])[0].get("image"),
-        "imageID": "",
-        "state": {"waiting": {"reason": "ContainerCreating", "message": message}},
-    }
+    waiting = {"waiting": {"reason": "ContainerCreating", "message": message}}
+    container = _compute_status(pod, waiting, ready=False)
     _patch_pod_status(
         ctl,
         pod,
@@ -326,13 +332,8 @@ def _pod_waiting(ctl: Controller, pod: dict, reason: str, message: str) -> None:
 def _pod_running(ctl: Controller, pod: dict, address: str) -> None:
     now = now_iso()
     container = {
-        "name": COMPUTE,
-        "ready": True,
+        **_compute_status(pod, {"running": {"startedAt": now}}, ready=True),
         "started": True,
-        "restartCount": 0,
-        "image": dig(pod, "spec", "containers", default=[{}])[0].get("image"),
-        "imageID": "",
-        "state": {"running": {"startedAt": now}},
     }
     conditions = [
         {"type": kind, "status": "True", "lastTransitionTime": now}
@@ -358,19 +359,6 @@ def _pod_ended(
     ctl: Controller, pod: dict, phase: str, *, code: int, reason: str, message: str
 ) -> None:
     now = now_iso()
-    container = {
-        "name": COMPUTE,
-        "ready": False,
-        "restartCount": 0,
-        "image": dig(pod, "spec", "containers", default=[{}])[0].get("image"),
-        "imageID": "",
-        "state": {
-            "terminated": {
-                "exitCode": code,
-                "reason": reason,
-                "message": message,
-                "finishedAt": now,
-            }
-        },
-    }
+    terminated = {"exitCode": code, "reason": reason, "message": message, "finishedAt": now}
+    container = _compute_status(pod, {"terminated": terminated}, ready=False)
     _patch_pod_status(ctl, pod, {"phase": phase, "containerStatuses": [container]})
