@@ -8,7 +8,6 @@ its own try block.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -19,9 +18,10 @@ from typing import Any
 from kubernetes.client import ApiException
 
 from . import guest_lifecycle, migration, nodes, snapshots, vm, vmi
-from .api import QEMU, RESTORE, SIMULATED, SNAPSHOT, VM, VMI, VMIM, Kube, key, log, runtime_of
+from .api import QEMU, RESTORE, SIMULATED, SNAPSHOT, VM, VMI, VMIM, Kube, key, runtime_of
 from .hosts import Hosts, no_real_guests
 from .logic import POD_NETWORK, dig, is_final
+from .loop import PollingLoop
 from .virt_launcher import is_launcher
 
 
@@ -87,8 +87,10 @@ def _node_lifecycle(ctl: Controller, world: World, node: dict) -> None:
         ctl.wrote()
 
 
-class Controller:
+class Controller(PollingLoop):
     """Owns the loop thread; the reconcile steps live in vm, vmi, migration and snapshots."""
+
+    name = "kubevirt stand-in"
 
     def __init__(
         self,
@@ -99,32 +101,13 @@ class Controller:
         storage: Any = None,
         wall_clock: Callable[[], float] = time.time,
     ):
+        super().__init__()
         self.kube = kube
         self.settings = settings or Settings()
         self.hosts = hosts or Hosts(no_real_guests)  # the nodes' machines, for real guests
         self.storage = storage  # thin volumes and attachments (storage.py)
         self.wall_clock = wall_clock
         self.started_once: set[str] = set()  # VM UIDs that started (for runStrategy Once)
-        self._wake = threading.Event()
-        self._wrote = False
-        self._errors: dict[str, float] = {}
-
-    # --- loop ----------------------------------------------------------------------------------
-
-    def kick(self) -> None:
-        """Run the next pass now (called after the subresource API changed something)."""
-        self._wake.set()
-
-    def run(self, stop: threading.Event) -> None:
-        while not stop.is_set():
-            self._wrote = False
-            try:
-                self.tick()
-            except Exception as error:  # the API server may be restarting; keep going
-                self._report("tick", error)
-            delay = self.settings.busy_interval if self._wrote else self.settings.interval
-            self._wake.wait(delay)
-            self._wake.clear()
 
     def tick(self) -> None:
         world = self.observe()
@@ -166,17 +149,7 @@ class Controller:
             name = "/".join(key(obj)) if obj else step.__name__
             self._report(f"{step.__module__}.{step.__name__} {name}", error)
 
-    def _report(self, what: str, error: Exception) -> None:
-        """Log an error, at most once every 10 s per place (the loop retries anyway)."""
-        now = time.monotonic()
-        if now - self._errors.get(what, 0.0) > 10.0:
-            self._errors[what] = now
-            log.warning("kubevirt stand-in: %s: %s", what, error)
-
     # --- writes -------------------------------------------------------------------------------
-
-    def wrote(self) -> None:
-        self._wrote = True
 
     def patch(self, path: str, obj: dict, patch: dict, *, status: bool = False) -> bool:
         """Merge-patch obj guarded by its resourceVersion; False on a conflict (retried later)."""

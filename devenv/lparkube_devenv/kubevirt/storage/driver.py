@@ -21,6 +21,7 @@ from kubernetes.client import ApiException
 
 from ..api import Kube, log
 from ..logic import dig
+from ..loop import PollingLoop
 from . import attacher, provisioner, resizer
 from .attachlog import AttachLog
 from .backing import BackingError, BackingStore
@@ -57,10 +58,13 @@ class Backing(NamedTuple):
     access_modes: tuple[str, ...]
 
 
-class ThinStorage:
+class ThinStorage(PollingLoop):
     """Start with :meth:`start`; everything else may be called from any thread."""
 
+    name = "thin storage"
+
     def __init__(self, kubeconfig: Path, workdir: Path, settings: StorageSettings | None = None):
+        super().__init__()
         self.workdir = Path(workdir)
         self.settings = settings or StorageSettings()
         self.store = BackingStore(self.workdir / VOLUMES_DIR)
@@ -76,10 +80,7 @@ class ThinStorage:
         }
         self.refusals_seen: set[tuple] = set()
         self._warned: dict[str, str] = {}
-        self._errors: dict[str, float] = {}
         self._usage_at = 0.0
-        self._wake = threading.Event()
-        self._wrote = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -96,7 +97,9 @@ class ThinStorage:
         install(self.kube, DRIVERS_PATH, csi_driver())
         self.kubelets.register(self.kube, self.kube.items(NODES_PATH))
         self._stop.clear()
-        self._thread = threading.Thread(target=self.run, name="thin-storage", daemon=True)
+        self._thread = threading.Thread(
+            target=self.run, args=(self._stop,), name="thin-storage", daemon=True
+        )
         self._thread.start()
         log.info("thin storage: %s running, volumes under %s", DRIVER, self.store.root)
 
@@ -106,20 +109,6 @@ class ThinStorage:
         if self._thread:
             self._thread.join(timeout=10)
             self._thread = None
-
-    def kick(self) -> None:
-        self._wake.set()
-
-    def run(self) -> None:
-        while not self._stop.is_set():
-            self._wrote = False
-            try:
-                self.tick()
-            except Exception as error:  # the API server may be restarting; keep going
-                self._report("tick", error)
-            delay = self.settings.busy_interval if self._wrote else self.settings.interval
-            self._wake.wait(delay)
-            self._wake.clear()
 
     def tick(self) -> None:
         world = self.observe()
@@ -155,15 +144,6 @@ class ThinStorage:
         except Exception as error:
             name = dig(args[0], "metadata", "name", default="") if args else ""
             self._report(f"{step.__module__}.{step.__name__} {name}", error)
-
-    def _report(self, what: str, error: Exception) -> None:
-        now = time.monotonic()
-        if now - self._errors.get(what, 0.0) > 10.0:
-            self._errors[what] = now
-            log.warning("thin storage: %s: %s", what, error)
-
-    def wrote(self) -> None:
-        self._wrote = True
 
     def event(
         self, obj: dict, kind: str, reason: str, message: str, role: str, *, warning: bool = False
