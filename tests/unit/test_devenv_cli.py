@@ -67,3 +67,8 @@ def test_the_control_plane_banner_needs_no_lparkube_crds(tmp_path: Path) -> None
         f"export KUBECONFIG={cli.RUN_DIR / 'kubeconfig'}",
         "kubectl get namespaces,crds",
     ]
+
+
+def test_console_of_a_guest_that_does_not_run_says_so(tmp_path: Path, capsys) -> None:
+    assert cli.main(["console", "--run-dir", str(tmp_path), "default/web-1"]) == 1
+    assert "no real guest default/web-1 runs" in capsys.readouterr().err
