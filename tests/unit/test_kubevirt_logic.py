@@ -6,6 +6,7 @@ import ipaddress
 
 import pytest
 
+from lparkube_devenv import vmi_spec
 from lparkube_devenv.kubevirt import logic
 from lparkube_devenv.kubevirt.nodes import lifecycle_taints
 
@@ -134,8 +135,8 @@ def test_ip_allocation_exhausts_a_tiny_range() -> None:
 
 
 def test_mac_is_local_unicast_and_stable() -> None:
-    mac = logic.mac_address("uid/default")
-    assert mac == logic.mac_address("uid/default") and mac.startswith("02:")
+    mac = vmi_spec.mac_address("uid/default")
+    assert mac == vmi_spec.mac_address("uid/default") and mac.startswith("02:")
     assert len(mac.split(":")) == 6
 
 
@@ -253,9 +254,9 @@ def test_live_migratable_rules() -> None:
 
 
 def test_default_pod_network_and_missing_claims() -> None:
-    assert logic.networks_of({}) == [{"name": "default", "pod": {}}]
+    assert vmi_spec.networks_of({}) == [{"name": "default", "pod": {}}]
     off = {"domain": {"devices": {"autoattachPodInterface": False}}}
-    assert logic.networks_of(off) == []
+    assert vmi_spec.networks_of(off) == []
     spec = {"volumes": [{"name": "a", "persistentVolumeClaim": {"claimName": "x"}}]}
     assert logic.missing_claims(spec, ["y"]) == ["x"]
     assert logic.missing_claims(spec, ["x"]) == []
@@ -269,4 +270,4 @@ def test_small_helpers() -> None:
         False,
         "Snapshot is not supported for this volumeSource type [containerDisk]",
     )
-    assert logic.dig({"a": [1]}, "a", "b", default="x") == "x"
+    assert vmi_spec.dig({"a": [1]}, "a", "b", default="x") == "x"

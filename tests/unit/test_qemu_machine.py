@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from lparkube_devenv.kubevirt.logic import mac_address
 from lparkube_devenv.qemu.machine import (
     FIRMWARE_UUID_NAMESPACE,
     Backing,
@@ -29,6 +28,7 @@ from lparkube_devenv.qemu.machine import (
     qemu_argv,
     whole,
 )
+from lparkube_devenv.vmi_spec import mac_address
 
 GUEST_KERNEL = KernelBoot(Path("/img/vmlinuz"), Path("/img/initrd"), "console=ttyS0")
 RELAY = ("/venv/bin/python", "-m", "lparkube_devenv.qemu.relay")

@@ -5,12 +5,12 @@ Everything here takes and returns plain dicts and strings so it can be unit-test
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 from collections.abc import Iterable, Mapping
-from typing import Any
 
 from kubernetes.utils import parse_quantity
+
+from ..vmi_spec import dig, networks_of, stable_digest
 
 FINAL_PHASES = ("Succeeded", "Failed")
 VMI_STEPS = {
@@ -25,17 +25,6 @@ POD_NETWORK = ipaddress.ip_network("10.244.0.0/16")
 
 
 # --- small accessors ---------------------------------------------------------------------------
-
-
-def dig(obj: Any, *path: str, default: Any = None) -> Any:
-    """obj[p0][p1]..., tolerating missing keys and non-dict values anywhere on the way."""
-    for part in path:
-        if not isinstance(obj, Mapping):
-            return default
-        obj = obj.get(part)
-        if obj is None:
-            return default
-    return obj
 
 
 def phase(vmi: Mapping | None) -> str:
@@ -281,10 +270,6 @@ def choose_node(
 # --- addresses ---------------------------------------------------------------------------------
 
 
-def _digest(value: str) -> int:
-    return int.from_bytes(hashlib.sha256(value.encode()).digest()[:8], "big")
-
-
 def allocate_ip(seed: str, used: Iterable[str], network=POD_NETWORK) -> str:
     """A stable fake pod IP for seed (a VMI UID): hash into the range, probe past used ones.
 
@@ -292,19 +277,13 @@ def allocate_ip(seed: str, used: Iterable[str], network=POD_NETWORK) -> str:
     """
     taken = set(used)
     size = network.num_addresses
-    start = _digest(seed) % size
+    start = stable_digest(seed) % size
     for step in range(size):
         candidate = network.network_address + (start + step) % size
         if int(candidate) & 0xFF in (0, 255) or str(candidate) in taken:
             continue
         return str(candidate)
     raise RuntimeError(f"no free address left in {network}")
-
-
-def mac_address(seed: str) -> str:
-    """A stable locally administered unicast MAC for seed."""
-    raw = _digest(seed).to_bytes(8, "big")[:5]
-    return ":".join(f"{b:02x}" for b in (0x02, *raw))
 
 
 # --- VMI phases --------------------------------------------------------------------------------
@@ -322,16 +301,6 @@ def eviction_strategy(vmi: Mapping, vm: Mapping | None, default: str = "None") -
         or dig(vm, "spec", "template", "spec", "evictionStrategy")
         or default
     )
-
-
-def networks_of(spec: Mapping) -> list[dict]:
-    """The VMI's networks; the pod network named default when none are given."""
-    networks = [n for n in dig(spec, "networks", default=[]) or [] if isinstance(n, Mapping)]
-    if networks:
-        return [dict(n) for n in networks]
-    if dig(spec, "domain", "devices", "autoattachPodInterface") is False:
-        return []
-    return [{"name": "default", "pod": {}}]
 
 
 def live_migratable(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import uuid
 from typing import TYPE_CHECKING
 
+from ..vmi_spec import mac_address, networks_of
 from .api import AGENT_ANNOTATION, IP_ANNOTATION, LAUNCHER_IMAGE, QEMU, VMI, now_iso, runtime_of
 from .logic import (
     FINAL_PHASES,
@@ -20,9 +21,7 @@ from .logic import (
     disk_target,
     get_condition,
     live_migratable,
-    mac_address,
     missing_claims,
-    networks_of,
     next_phase,
     node_ready,
     phase,

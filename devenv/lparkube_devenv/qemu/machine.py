@@ -42,7 +42,7 @@ from typing import Any
 
 from kubernetes.utils import parse_quantity
 
-from ..kubevirt.logic import mac_address, networks_of
+from ..vmi_spec import mac_address, networks_of
 
 MACHINE_TYPE = "pc-q35-7.2"
 MACHINE_ALIASES = ("", "q35", MACHINE_TYPE)
