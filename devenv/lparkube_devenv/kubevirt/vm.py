@@ -12,7 +12,7 @@ from kubernetes.client import ApiException
 
 from . import guest_lifecycle
 from . import vmi as vmis
-from .api import VM, VMI, now_iso, parse_iso
+from .api import QEMU, VM, VMI, now_iso, parse_iso, runtime_of
 from .logic import (
     condition_true,
     dig,
@@ -87,7 +87,7 @@ def end_vmi(ctl: Controller, vmi: dict) -> None:
     if is_final(vmi):
         namespace, name = dig(vmi, "metadata", "namespace"), dig(vmi, "metadata", "name")
         ctl.delete(VMI.path(namespace, name), vmi)
-    elif ctl.hosts:
+    elif runtime_of(vmi, ctl.settings.guest_runtime) == QEMU:
         guest_lifecycle.request_stop(ctl, vmi)
     else:
         vmis.stop(ctl, vmi)
@@ -212,7 +212,7 @@ def handle_memory_dump(ctl: Controller, vm: dict, vmi: dict | None) -> bool:
     elif current == "InProgress":
         if vmi is None or phase(vmi) != "Running":
             update = {**request, "phase": "Failed", "message": "VMI is not running"}
-        elif ctl.hosts:
+        elif runtime_of(vmi, ctl.settings.guest_runtime) == QEMU:
             update = guest_lifecycle.dump_progress(ctl, vm, vmi, request)
         else:
             file_name = memory_dump_file(
