@@ -55,6 +55,11 @@ bench-save: $(STAMP) control-plane
 bench-gateway: $(STAMP) control-plane
 	$(PY) hack/bench_gateway.py $(BENCH_ARGS)
 
+# A real guest's boot: Partition created -> VMI Running -> Ready, median of 3 (a benchmark).
+.PHONY: bench-boot
+bench-boot: $(STAMP) control-plane guest-image
+	$(PY) hack/bench_boot.py $(BENCH_ARGS)
+
 # The operator image (needs a Docker engine). IMAGE names it; VERSION and REVISION become its
 # OCI labels. `make image-requirements` regenerates the image's hashed pins.
 IMAGE ?= lparkube:dev
