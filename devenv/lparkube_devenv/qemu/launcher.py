@@ -345,9 +345,9 @@ class QemuLauncher:
             self._update(watchdog=event.data.get("action"))
 
     def _stopped(self) -> None:
+        reason, self._expected_pause = self._expected_pause, None  # ours, consumed once
         if self.status.state != State.RUNNING:
             return
-        reason = self._expected_pause
         if reason is None:
             reason = (self.qmp.execute("query-status") or {}).get("status", "paused")
             if reason in ("shutdown", "guest-panicked"):
@@ -396,11 +396,7 @@ class QemuLauncher:
 
     def pause(self) -> Status:
         self._require(State.RUNNING, "pause")
-        self._expected_pause = "user"
-        try:
-            self.qmp.execute("stop")
-        finally:
-            self._expected_pause = None
+        self._stop_cpus("user")
         return self._transition(State.RUNNING, state=State.PAUSED, pause_reason="user")
 
     def unpause(self) -> Status:
@@ -477,12 +473,17 @@ class QemuLauncher:
                     self.unpause()
 
     def _pause_for_dump(self) -> None:
-        self._expected_pause = "dump"
+        self._stop_cpus("dump")
+        self._transition(State.RUNNING, state=State.PAUSED, pause_reason="dump")
+
+    def _stop_cpus(self, reason: str) -> None:
+        """QMP `stop`; the STOP event, whenever it comes, takes `reason` as the pause's."""
+        self._expected_pause = reason
         try:
             self.qmp.execute("stop")
-        finally:
+        except BaseException:
             self._expected_pause = None
-        self._transition(State.RUNNING, state=State.PAUSED, pause_reason="dump")
+            raise
 
     def _dump(self, path: Path, timeout: float) -> DumpResult:
         begun = time.monotonic()
