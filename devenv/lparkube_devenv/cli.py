@@ -211,23 +211,48 @@ def _documents(path: Path) -> list[dict]:
     return [d for d in yaml.safe_load_all(path.read_text()) if isinstance(d, dict)]
 
 
-def wait_for_agents(api_client: client.ApiClient, timeout: float) -> list[str]:
-    """Wait until every Partition's agent is connected; the names still waiting after it."""
+def wait_for_agents(api_client: client.ApiClient, timeout: float, saves: list[Path]) -> list[str]:
+    """Wait until every Partition's agent is connected, and those the example SaveEvents target
+    that lparkube made from a template (their cloud-init starts the application, nano) report
+    an application to save; the names still waiting after `timeout`."""
     custom = client.CustomObjectsApi(api_client)
+    targets = [(d.get("spec") or {}).get("targets") or {} for f in saves for d in _documents(f)]
     deadline = time.monotonic() + timeout
     while True:
         items = custom.list_cluster_custom_object("lparkube.io", "v1alpha1", "partitions")["items"]
         waiting = [
             f"{p['metadata']['namespace']}/{p['metadata']['name']}"
             for p in items
-            if not any(
-                c.get("type") == "AgentConnected" and c.get("status") == "True"
-                for c in (p.get("status") or {}).get("conditions") or []
+            if not _agent_ready(
+                p, needs_apps=_from_template(p) and any(_targeted(p, t) for t in targets)
             )
         ]
         if not waiting or time.monotonic() > deadline:
             return waiting
         time.sleep(1)
+
+
+def _agent_ready(partition: dict, *, needs_apps: bool) -> bool:
+    status = partition.get("status") or {}
+    connected = any(
+        c.get("type") == "AgentConnected" and c.get("status") == "True"
+        for c in status.get("conditions") or []
+    )
+    return connected and (not needs_apps or (status.get("agent") or {}).get("applications", 0) > 0)
+
+
+def _from_template(partition: dict) -> bool:
+    return "vmTemplate" in (partition.get("spec") or {})
+
+
+def _targeted(partition: dict, targets: dict) -> bool:
+    """The Partition is one of a SaveEvent's targets (by name or by matchLabels)."""
+    meta = partition["metadata"]
+    if meta["name"] in (targets.get("partitions") or []):
+        return True
+    wanted = (targets.get("selector") or {}).get("matchLabels") or {}
+    labels = meta.get("labels") or {}
+    return bool(wanted) and all(labels.get(k) == v for k, v in wanted.items())
 
 
 def usage(plane: LocalControlPlane, *, full: bool, real_guests: bool = True) -> str:
@@ -310,8 +335,8 @@ def _start_project(stack: ExitStack, plane: LocalControlPlane, workdir: Path) ->
     if missing:
         say(f"demo guests: an agent and an app per running Partition, under {workdir / 'guests'}")
         stack.callback(DemoGuests(api_client, workdir / "guests").start().stop)
-    if waiting := wait_for_agents(api_client, AGENTS_TIMEOUT):
-        say(f"WARNING: no agent connected for {', '.join(waiting)}; applying SaveEvents anyway")
+    if waiting := wait_for_agents(api_client, AGENTS_TIMEOUT, saves):
+        say(f"WARNING: no agent (or app) ready in {', '.join(waiting)}; applying SaveEvents anyway")
     apply_examples(kubectl, plane.kubeconfig, saves)
     return operator
 

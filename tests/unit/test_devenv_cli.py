@@ -72,3 +72,17 @@ def test_the_control_plane_banner_needs_no_lparkube_crds(tmp_path: Path) -> None
 def test_console_of_a_guest_that_does_not_run_says_so(tmp_path: Path, capsys) -> None:
     assert cli.main(["console", "--run-dir", str(tmp_path), "default/web-1"]) == 1
     assert "no real guest default/web-1 runs" in capsys.readouterr().err
+
+
+def test_make_run_waits_for_the_applications_the_example_saves_target() -> None:
+    web = {"metadata": {"name": "web-1", "labels": {"tier": "frontend"}}}
+    db = {"metadata": {"name": "db-1", "labels": {"tier": "backend"}}}
+    by_label = {"selector": {"matchLabels": {"tier": "frontend"}}}
+    assert cli._targeted(web, by_label) and not cli._targeted(db, by_label)
+    assert cli._targeted(db, {"partitions": ["db-1"]}) and not cli._targeted(web, {})
+    connected = {"conditions": [{"type": "AgentConnected", "status": "True"}]}
+    no_apps = {**web, "status": {**connected, "agent": {"applications": 0}}}
+    assert cli._agent_ready(no_apps, needs_apps=False)
+    assert not cli._agent_ready(no_apps, needs_apps=True)
+    assert cli._agent_ready({**web, "status": {**connected, "agent": {"applications": 1}}},
+                            needs_apps=True)  # fmt: skip
