@@ -244,3 +244,40 @@ def _alive(pid: int | None) -> bool:
             return stat.read().split()[2] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_stop_start_and_restart_act_on_the_qemu_process(guests: Guests) -> None:
+    vm = {
+        "apiVersion": "kubevirt.io/v1",
+        "kind": "VirtualMachine",
+        "metadata": {"name": "cycled"},
+        "spec": {"runStrategy": "Always", "template": vmi_manifest("cycled")},
+    }
+    vm["spec"]["template"].pop("apiVersion")
+    vm["spec"]["template"].pop("kind")
+    guests.kubevirt.kube.create(f"/apis/kubevirt.io/v1/namespaces/{guests.ns}/virtualmachines", vm)
+    guests.wait_phase("cycled", "Running")
+    console = guests.console("cycled")
+    # The stop below presses the ACPI power button: acpid must be there to hear it.
+    wait_for(lambda: console.run("pidof acpid").strip(), "acpid running", 60)
+    first = guests.kubevirt.guest(guests.ns, "cycled")
+    path = f"{SUB}/{guests.ns}/virtualmachines/cycled"
+    assert subresource(guests.api, "PUT", f"{path}/stop", {})[0] == 202
+    wait_for(lambda: first.launcher.status.exited, "QEMU exited", 60)
+    assert first.launcher.status.state == "shutdown"  # the guest powered off, no kill needed
+    wait_for(lambda: not guests.vmi("cycled"), "the VMI gone", 60)
+    assert subresource(guests.api, "PUT", f"{path}/start", {})[0] == 202
+    started = guests.wait_phase("cycled", "Running")
+    assert subresource(guests.api, "PUT", f"{path}/restart", {})[0] == 202
+    restarted = wait_for(
+        lambda: (
+            guests.phase("cycled") == "Running"
+            and guests.vmi("cycled")["metadata"]["uid"] != started["metadata"]["uid"]
+            and guests.vmi("cycled")
+        ),
+        "a new VMI running",
+        BOOT_TIMEOUT,
+    )
+    guest = guests.kubevirt.guest(guests.ns, "cycled")
+    assert guest is not None and guest.launcher.pid != first.launcher.pid
+    assert restarted["metadata"]["uid"] != started["metadata"]["uid"]
