@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from kubernetes.client import ApiException
@@ -54,6 +54,7 @@ class StandIn:
         allowed_names: tuple[str, ...] = ("front-proxy-client",),
         authorize: bool = True,
         host_services: Iterable[HostService] = (),
+        kernel_images: Mapping[str, Path] | None = None,
         guest_launcher: GuestFactory | None = None,
     ):
         self.kubeconfig = Path(kubeconfig)
@@ -73,6 +74,7 @@ class StandIn:
             self.workdir,
             self.guest_image.kernel_boot,
             services=self.host_services,
+            kernel_images=dict(kernel_images or {}),  # kernelBoot image -> its files here
         )
         self.hosts = Hosts(launcher)
         self.controller: Controller | None = None
