@@ -130,6 +130,10 @@ class SaveRun:
         self.completed_at: float | None = None
         self.done = threading.Event()
         self._apps: dict[tuple[int, str], dict] = {(a["pid"], a["name"]): a for a in saved}
+        # Outcomes (and the end) are journaled before anyone can see them: a result that was
+        # answered is never lost, so a save already reported is never repeated after a crash.
+        self._staged: dict[tuple[int, str], dict] = {}
+        self._completing: float | None = None
         self._lock = threading.Lock()
         self._on_change = on_change or (lambda: None)
 
@@ -147,22 +151,26 @@ class SaveRun:
         return body
 
     def record(self) -> RunRecord:
+        """What the journal keeps: everything seen, and what is about to be."""
         with self._lock:
+            completing = self._completing is not None
             return RunRecord(
                 asdict(self.request),
-                self.state,
+                COMPLETED if completing else self.state,
                 self.started_at,
-                self.completed_at,
-                list(self._apps.values()),
+                self._completing if completing else self.completed_at,
+                [*self._apps.values(), *self._staged.values()],
             )
 
     def _record(self, entry: dict) -> None:
         key = (entry["pid"], entry["name"])
         with self._lock:
-            if key in self._apps:
+            if key in self._apps or key in self._staged:
                 return  # the first outcome wins (a late thread loses)
-            self._apps[key] = entry
-        self._on_change()
+            self._staged[key] = entry
+        self._on_change()  # journaled first
+        with self._lock:
+            self._apps[key] = self._staged.pop(key)
 
     def execute(self, regs: list[Registration], save: SaveFn) -> None:
         mono_deadline = None
@@ -170,16 +178,21 @@ class SaveRun:
             mono_deadline = time.monotonic() + (self.request.deadline - time.time())
         for order, group in enumerate(priority_groups(regs), 1):
             with self._lock:
-                pending = [r for r in group if (r.pid, r.name) not in self._apps]
+                pending = [
+                    r
+                    for r in group
+                    if (r.pid, r.name) not in self._apps.keys() | self._staged.keys()
+                ]
             if pending:
                 self._run_group(order, pending, save, mono_deadline)
         self.finish()
 
     def finish(self) -> None:
         with self._lock:
-            self.state = COMPLETED
-            self.completed_at = time.time()
-        self._on_change()
+            self._completing = time.time()
+        self._on_change()  # journaled first
+        with self._lock:
+            self.state, self.completed_at = COMPLETED, self._completing
         self.done.set()
 
     def _run_group(

@@ -55,6 +55,26 @@ def run_with(regs: list[Registration], save, timeout: float = 1.0, deadline=None
     return run.result()
 
 
+def test_an_outcome_is_journaled_before_anyone_can_see_it() -> None:
+    """A caller that saw "Saved" and then lost the agent (killed) must find it in the journal:
+    otherwise the restarted agent saves the app again."""
+    seen_while_journaling: list[tuple[list, list]] = []
+    box: list[SaveRun] = []
+
+    def journal() -> None:
+        run = box[0]
+        shown = [a["name"] for a in run.result()["applications"]]
+        kept = [a["name"] for a in run.record().applications]
+        seen_while_journaling.append((shown, kept))
+
+    run = SaveRun(SaveRequest("e2", "Manual", 1.0, None, 0), on_change=journal)
+    box.append(run)
+    run.execute([reg("first", 1)], lambda r, ctx: Outcome(SAVED, "ok"))
+    assert seen_while_journaling[0] == ([], ["first"])  # kept, not yet shown
+    assert run.result()["state"] == "Completed"
+    assert [a["name"] for a in run.result()["applications"]] == ["first"]
+
+
 def test_run_orders_groups_and_reports_every_outcome() -> None:
     calls: list[tuple[str, float]] = []
     lock = threading.Lock()
