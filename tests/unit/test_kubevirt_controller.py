@@ -147,3 +147,19 @@ def test_converged_state_is_not_rewritten() -> None:
     status = kube.get(VMI.path("ns", "vm"))["status"]
     assert "guestOSInfo" not in status
     assert kube.get(VM.path("ns", "vm"))["status"]["printableStatus"] == "Paused"
+
+
+def test_a_memory_dump_goes_through_unmounting_as_kubevirts_does() -> None:
+    kube = cluster("node-a")
+    add_vm(kube, "vm")
+    controller = Controller(kube, Settings())  # type: ignore[arg-type]
+    passes(controller, 6)
+    request = {"claimName": "dump", "phase": "Associating"}
+    kube.merge_patch(VM.path("ns", "vm"), {"status": {"memoryDumpRequest": request}})
+    seen = []
+    for _ in range(8):
+        controller.tick()
+        phase = kube.get(VM.path("ns", "vm"))["status"]["memoryDumpRequest"]["phase"]
+        if not seen or seen[-1] != phase:
+            seen.append(phase)
+    assert seen == ["InProgress", "Unmounting", "Completed"]
