@@ -185,8 +185,20 @@ class Kube:
                 return False
             raise
 
-    def event(self, obj: dict, reason: str, message: str, kind_type: str = "Normal") -> None:
-        """Record a core/v1 Event about obj, as virt-controller does; failures only log."""
+    def event(
+        self,
+        obj: dict,
+        reason: str,
+        message: str,
+        kind_type: str = "Normal",
+        *,
+        component: str = "virt-controller",
+        kind: str | None = None,
+        api_version: str | None = None,
+    ) -> None:
+        """Record a core/v1 Event about obj, as virt-controller (or ``component``) does;
+        ``kind``/``api_version`` name objects that carry none (list items). Cluster-scoped
+        objects' events go to ``default``, as upstream recorders put them. Best effort."""
         meta = obj.get("metadata") or {}
         namespace = meta.get("namespace") or "default"
         stamp = now_iso()
@@ -195,16 +207,17 @@ class Kube:
             "kind": "Event",
             "metadata": {"generateName": f"{meta.get('name', 'object')}.", "namespace": namespace},
             "involvedObject": {
-                "apiVersion": obj.get("apiVersion"),
-                "kind": obj.get("kind"),
+                "apiVersion": api_version or obj.get("apiVersion"),
+                "kind": kind or obj.get("kind"),
                 "name": meta.get("name"),
-                "namespace": namespace,
+                "namespace": meta.get("namespace"),
                 "uid": meta.get("uid"),
+                "resourceVersion": meta.get("resourceVersion"),
             },
             "reason": reason,
             "message": message,
             "type": kind_type,
-            "source": {"component": "virt-controller"},
+            "source": {"component": component},
             "firstTimestamp": stamp,
             "lastTimestamp": stamp,
             "count": 1,

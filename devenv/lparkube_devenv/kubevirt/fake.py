@@ -84,5 +84,7 @@ class FakeKube:
         self.put(path, merge(current, patch))
         return copy.deepcopy(self.objects[path])
 
-    def event(self, obj: dict, reason: str, message: str, kind_type: str = "Normal") -> None:
+    def event(
+        self, obj: dict, reason: str, message: str, kind_type: str = "Normal", **_source: Any
+    ) -> None:
         self.events.append(reason)
