@@ -22,7 +22,7 @@ from .api import QEMU, RESTORE, SIMULATED, SNAPSHOT, VM, VMI, VMIM, Kube, key, r
 from .hosts import Hosts, no_real_guests
 from .logic import POD_NETWORK, dig, is_final
 from .loop import PollingLoop
-from .virt_launcher import is_launcher
+from .virt_launcher import LAUNCHER_PODS
 
 
 @dataclass
@@ -137,7 +137,7 @@ class Controller(PollingLoop):
             snapshots=items(SNAPSHOT.path()),
             restores=items(RESTORE.path()),
             pvcs={key(o): o for o in items("/api/v1/persistentvolumeclaims")},
-            launcher_pods=[p for p in items("/api/v1/pods") if is_launcher(p)],
+            launcher_pods=items(LAUNCHER_PODS),  # filtered by the API server
             pod_network=ip_network(self.settings.pod_network),
             guest_runtime=self.settings.guest_runtime,
         )

@@ -10,6 +10,7 @@ import copy
 import itertools
 import re
 from typing import Any
+from urllib.parse import unquote
 
 from kubernetes.client import ApiException
 
@@ -46,7 +47,22 @@ class FakeKube:
         return copy.deepcopy(found) if found else None
 
     def items(self, path: str) -> list[dict]:
-        """Objects directly under a collection path; without /namespaces/ across namespaces."""
+        """Objects directly under a collection path; without /namespaces/ across namespaces;
+        ``?labelSelector=key=value[,...]`` (equality only) filters them as the API server does."""
+        path, _, query = path.partition("?")
+        wanted = dict(
+            term.split("=", 1)
+            for term in unquote(query.removeprefix("labelSelector=")).split(",")
+            if "=" in term
+        )
+        return [
+            obj
+            for obj in self._items(path)
+            if all(((obj.get("metadata") or {}).get("labels") or {}).get(k) == v
+                   for k, v in wanted.items())
+        ]  # fmt: skip
+
+    def _items(self, path: str) -> list[dict]:
         depth = path.count("/") + 1
         found = []
         for stored, obj in self.objects.items():

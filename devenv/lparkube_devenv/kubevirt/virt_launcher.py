@@ -28,6 +28,7 @@ VMI_ID_LABEL = "vmi.kubevirt.io/id"
 DOMAIN_ANNOTATION = "kubevirt.io/domain"
 DEFAULT_CONTAINER_ANNOTATION = "kubectl.kubernetes.io/default-container"
 COMPUTE = "compute"
+LAUNCHER_PODS = f"/api/v1/pods?labelSelector={APP_LABEL}%3D{LAUNCHER_APP}"  # every namespace
 UNPAUSED_GATE = "kubevirt.io/virtual-machine-unpaused"
 DEFAULT_GRACE_SECONDS = 30
 GRACE_PADDING_SECONDS = 15
@@ -152,10 +153,6 @@ def launcher_pod(vmi: Mapping, node: str) -> dict:
         },
         "spec": pod_spec,
     }
-
-
-def is_launcher(pod: Mapping) -> bool:
-    return (dig(pod, "metadata", "labels", default={}) or {}).get(APP_LABEL) == LAUNCHER_APP
 
 
 def owned_by(pod: Mapping, vmi_uid: str) -> bool:
