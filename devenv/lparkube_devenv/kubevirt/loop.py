@@ -16,7 +16,7 @@ class PollingLoop:
     """Subclasses give `tick()`, a `settings` with `interval` and `busy_interval`, a `name`."""
 
     name = "loop"
-    log = logging.getLogger("lparkube_devenv.kubevirt")
+    logger = logging.getLogger("lparkube_devenv.kubevirt")
 
     def __init__(self) -> None:
         self._wake = threading.Event()
@@ -49,4 +49,4 @@ class PollingLoop:
         now = time.monotonic()
         if now - self._errors.get(what, 0.0) > 10.0:
             self._errors[what] = now
-            self.log.warning("%s: %s: %s", self.name, what, error)
+            self.logger.warning("%s: %s: %s", self.name, what, error)

@@ -183,7 +183,7 @@ def note_refusal(driver: ThinStorage, event: dict, world: StorageWorld) -> None:
     pod_namespace = dig(event, "involvedObject", "namespace")
     pod_name = dig(event, "involvedObject", "name")
     pod = driver.kube.get(f"/api/v1/namespaces/{pod_namespace}/pods/{pod_name}")
-    driver.log.append(
+    driver.attach_log.append(
         REFUSED,
         volume=volume_of_event(event),
         node=dig(pod, "spec", "nodeName", default="") or "",

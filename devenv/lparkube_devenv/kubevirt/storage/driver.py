@@ -68,7 +68,7 @@ class ThinStorage(PollingLoop):
         self.workdir = Path(workdir)
         self.settings = settings or StorageSettings()
         self.store = BackingStore(self.workdir / VOLUMES_DIR)
-        self.log = AttachLog(self.workdir / ATTACH_LOG)
+        self.attach_log = AttachLog(self.workdir / ATTACH_LOG)
         self.kube = Kube.from_kubeconfig(kubeconfig)  # the loop thread's own client
         self._api = Kube.from_kubeconfig(kubeconfig)  # for callers, one at a time
         self._api_lock = threading.Lock()
@@ -86,7 +86,7 @@ class ThinStorage(PollingLoop):
 
     @property
     def attach_log_path(self) -> Path:
-        return self.log.path
+        return self.attach_log.path
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -160,7 +160,7 @@ class ThinStorage(PollingLoop):
 
     def record(self, event: str, attachment: dict, volume: dict, message: str = "") -> None:
         node = dig(attachment, "spec", "nodeName", default="")
-        self.log.append(
+        self.attach_log.append(
             event,
             volume=dig(attachment, "spec", "source", "persistentVolumeName", default=""),
             node=node,
