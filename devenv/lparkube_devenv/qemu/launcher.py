@@ -386,11 +386,11 @@ class QemuLauncher:
             self._grace_timer.cancel()
         if crashed:
             log.info("QEMU %s ended (%s): %s", self.domain.name, code, self._log_tail(500))
-        self._update(state=state, exit_code=code, pause_reason=None)
-        self._events.put(None)
         if self._qmp is not None:
             self._qmp.close()
-        self._remove_sockets()
+        self._remove_sockets()  # before the final state: whoever waits for it finds them gone
+        self._update(state=state, exit_code=code, pause_reason=None)
+        self._events.put(None)
 
     # --- what we ask of QEMU ----------------------------------------------------------------
 
