@@ -4,8 +4,8 @@
 An LU is a PVC labelled ``lparkube.io/vios-cluster`` and ``lparkube.io/lu-purpose``. A claim:
 
 1. the Lease ``lu-<pvc>`` in the PVC's namespace, held by the Partition's uid for the pool's
-   lockTimeout: created, or replaced when it expired (resourceVersion precondition), so two
-   claimants of one LU cannot both hold it;
+   lockTimeout: created; one that ran out is deleted as read (resourceVersion precondition)
+   and created anew, so two claimants of one LU cannot both hold it;
 2. the PVC patched with the claim (label ``lparkube.io/partition``, annotation
    ``lparkube.io/claimed-by``) and, for Expand, the larger request, guarded by the
    resourceVersion the decision was made from (Create: the PVC is created with the claim);
@@ -51,7 +51,8 @@ VIOS_CLUSTER = ResourceRef("lparkube.io", "v1alpha1", "viosclusters")
 MANAGED_BY = {"app.kubernetes.io/managed-by": "lparkube"}
 MAX_ATTEMPTS = 64  # each conflict means another claimant won an LU: at most one per LU
 CONFLICT_PAUSE = 0.05  # seconds, times a random factor, before reading again
-CONFLICT, NOT_FOUND = 409, 404
+CONFLICT, NOT_FOUND, UNPROCESSABLE = 409, 404, 422  # 422: a JSON patch's test failed
+JSON_PATCH = "application/json-patch+json"
 # A test hook: called with (step, pvc name) once the claim is written and not yet committed.
 Hook = Callable[[str, str], Awaitable[None]]
 
@@ -316,29 +317,33 @@ class LogicalUnits:
         return ClaimedLU(name, request.namespace, size, lu.CREATE)
 
     async def _commit(self, namespace: str, pvc: dict[str, Any], uid: str) -> None:
-        """The claim is set up: mark it committed, guarded by the claim's own write."""
-        meta = pvc["metadata"]
+        """The claim is set up: mark it committed, only while it is still ours (a JSON patch
+        whose ``test`` the API server applies atomically with the ``add``: the PV binder's
+        own writes to the PVC do not get in the way, another claimant's claim does)."""
+        name = pvc["metadata"]["name"]
         if self.hook is not None:
-            await self.hook("claimed", meta["name"])
-        patch = {
-            "metadata": {
-                "resourceVersion": meta["resourceVersion"],
-                "annotations": {CLAIM_COMMITTED_ANNOTATION: uid},
-            }
-        }
-        await self._patch_pvc(namespace, meta["name"], patch)
+            await self.hook("claimed", name)
+        patch = [
+            {"op": "test", "path": f"/metadata/annotations/{_pointer(CLAIMED_BY_ANNOTATION)}",
+             "value": uid},
+            {"op": "add", "path": f"/metadata/annotations/{_pointer(CLAIM_COMMITTED_ANNOTATION)}",
+             "value": uid},
+        ]  # fmt: skip
+        await self._patch_pvc(namespace, name, patch, content_type=JSON_PATCH)
 
-    async def _patch_pvc(self, namespace: str, name: str, patch: dict[str, Any]) -> dict:
+    async def _patch_pvc(
+        self, namespace: str, name: str, patch: Any, content_type: str = MERGE_PATCH
+    ) -> dict:
         try:
             return await self._json(
                 self.kube.core.patch_namespaced_persistent_volume_claim,
                 name,
                 namespace,
                 patch,
-                _content_type=MERGE_PATCH,
+                _content_type=content_type,
             )
         except ApiException as error:
-            if error.status in (CONFLICT, NOT_FOUND):
+            if error.status in (CONFLICT, NOT_FOUND, UNPROCESSABLE):
                 raise ConflictError(name) from error
             raise
 
@@ -380,17 +385,20 @@ class LogicalUnits:
             lock = lease_expiry(lease)
             if lock is not None and lock[0] != request.partition_uid and lock[1] > self.clock():
                 raise ConflictError(name)
-            body = {**lease, "spec": {**(lease.get("spec") or {}), **encode_spec(record)}}
-            return await self._json(
-                self.coordination.replace_namespaced_lease, name, namespace, body
-            )
+            # Ran out, or ours: deleted (only as read) and made anew. Never updated, so the
+            # operator needs no right to take over any other Lease.
+            await self._drop_lease(namespace, pvc, lease, strict=True)
+            return await self._take_lease(request, pvc, None, lock_seconds)
         except ApiException as error:
             if error.status in (CONFLICT, NOT_FOUND):
                 raise ConflictError(name) from error
             raise
 
-    async def _drop_lease(self, namespace: str, pvc: str, lease: dict[str, Any]) -> None:
-        """Delete the claim Lease we wrote (not one someone has replaced since)."""
+    async def _drop_lease(
+        self, namespace: str, pvc: str, lease: dict[str, Any], *, strict: bool = False
+    ) -> None:
+        """Delete the claim Lease as read (not one someone has replaced since); ``strict``:
+        a Lease already gone or changed is a conflict."""
         options = {"preconditions": {"resourceVersion": lease["metadata"]["resourceVersion"]}}
         try:
             await self.kube.call(
@@ -402,6 +410,8 @@ class LogicalUnits:
         except ApiException as error:
             if error.status not in (CONFLICT, NOT_FOUND):
                 raise
+            if strict:
+                raise ConflictError(lease_name(pvc)) from error
 
     # --- release --------------------------------------------------------------------------
 
@@ -490,6 +500,11 @@ def new_name(pool: str, purpose: str) -> str:
     ``lu-<pvc>`` fits too)."""
     base = pool[:200].rstrip("-.")
     return f"{base}-{purpose}-{secrets.token_hex(4)}"
+
+
+def _pointer(key: str) -> str:
+    """An annotation key as a JSON pointer segment (RFC 6901)."""
+    return key.replace("~", "~0").replace("/", "~1")
 
 
 def _lease_of(
