@@ -47,7 +47,7 @@ async def reconcile_paging(kube: Kube, scope: PartitionScope) -> None:
     refused = paging.paging_refusal(given)
     if refused is None and scope.adoption:
         refused = paging.refusal(
-            "PagingNeedsTemplate",
+            partition_api.PAGING_NEEDS_TEMPLATE,
             "spec.paging attaches the LU to a VM lparkube creates (spec.vmTemplate); an "
             "adopted VM keeps its own disks",
         )

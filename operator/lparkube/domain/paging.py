@@ -24,7 +24,7 @@ from lparkube.domain.vios_cluster import is_ready
 PAGING_DISK = partition_api.PAGING_DISK
 PAGING_READY = partition_api.PAGING_READY
 MEMORY_FACTOR = 1.25  # the default size: the VM's memory x 1.25
-SIZE_UNKNOWN = "PagingSizeUnknown"
+SIZE_UNKNOWN = partition_api.PAGING_SIZE_UNKNOWN
 MIB = 1 << 20
 DEFAULT_INITIAL = "1Gi"
 DEFAULT_LOCK_TIMEOUT = "5m"

@@ -73,6 +73,8 @@ PAGING_READY = "PagingReady"
 PAGING_ATTACHED = "PagingAttached"  # True
 POOL_NOT_FOUND = "VIOSClusterNotFound"
 POOL_NOT_READY = "VIOSClusterNotReady"
+PAGING_SIZE_UNKNOWN = "PagingSizeUnknown"
+PAGING_NEEDS_TEMPLATE = "PagingNeedsTemplate"
 PAGING_NOT_READY = "PagingNotReady"  # Warning event, when PagingReady becomes False
 PAGING_DISK = "lparkube-paging"  # the VM's disk and volume, and the disk's serial
 
