@@ -90,7 +90,13 @@ def test_helm_install_runs_the_operator(kubectl: Kubectl, helm_release: Release)
     assert status["info"]["status"] == "deployed"
     deployment = get_json(kubectl, "-n", namespace, "deployment", release)
     assert deployment["status"].get("readyReplicas") == 1, "the single replica leads, so is Ready"
-    for crd in ("partitions", "saveevents", "conditionprofiles"):
+    for crd in (
+        "partitions",
+        "saveevents",
+        "conditionprofiles",
+        "viosclusters",
+        "hibernationimages",
+    ):
         kubectl("get", "crd", f"{crd}.lparkube.io")
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     assert container["image"] == IMAGE
@@ -334,6 +340,94 @@ def test_a_user_who_may_only_create_partitions_gets_no_vm(kubectl: Kubectl, tena
     assert "spec.vmTemplate: the operator creates a VirtualMachine from it" in str(refused.value)
     assert f"you ({user}) may not create virtualmachines.kubevirt.io" in str(refused.value)
     assert not kubectl("-n", tenant, "get", "partition,vm", "not-mine", "--ignore-not-found")
+
+
+def _pool(kubectl: Kubectl, name: str) -> dict[str, Any]:
+    return get_json(kubectl, "vioscluster", name)
+
+
+def test_a_vios_cluster_on_the_clusters_storage_gives_a_paging_lu(
+    kubectl: Kubectl, tenant: str
+) -> None:
+    """kind's default StorageClass (local-path) cannot expand: the pool says so; a class of the
+    same provisioner that allows expansion makes it Ready, and a Partition with spec.paging
+    gets its paging LU as the VM's disk lparkube-paging; deleting the Partition frees it."""
+    classes = get_json(kubectl, "storageclass")["items"]
+    default = next(
+        c for c in classes
+        if c["metadata"].get("annotations", {}).get("storageclass.kubernetes.io/is-default-class")
+        == "true"
+    )  # fmt: skip
+    pool = f"e2e-pool-{uuid.uuid4().hex[:4]}"
+    expanding = f"{pool}-expanding"
+    manifest = {
+        "apiVersion": "lparkube.io/v1alpha1",
+        "kind": "VIOSCluster",
+        "metadata": {"name": pool},
+        "spec": {
+            "storage": {
+                "storageClassName": default["metadata"]["name"],
+                "volumeMode": "Filesystem",  # local-path serves no block volumes
+            },
+            "thin": {"initialSize": "256Mi", "maxSize": "4Gi"},
+        },
+    }
+    kubectl("apply", "-f", "-", input=json.dumps(manifest))
+    try:
+        refused = wait_for(
+            "the pool's Ready=False, ExpansionNotAllowed",
+            lambda: (c := condition(_pool(kubectl, pool), "Ready")).get("reason")
+            == "ExpansionNotAllowed" and c,
+            timeout=60,
+        )  # fmt: skip
+        assert default["metadata"]["name"] in refused["message"]
+        storage_class = {
+            "apiVersion": "storage.k8s.io/v1",
+            "kind": "StorageClass",
+            "metadata": {"name": expanding},
+            "provisioner": default["provisioner"],
+            "volumeBindingMode": default.get("volumeBindingMode", "WaitForFirstConsumer"),
+            "allowVolumeExpansion": True,
+        }
+        kubectl("apply", "-f", "-", input=json.dumps(storage_class))
+        patch = {"spec": {"storage": {"storageClassName": expanding}}}
+        kubectl("patch", "vioscluster", pool, "--type=merge", "-p", json.dumps(patch))
+        ready = wait_for("the pool Ready", lambda: _when(_pool(kubectl, pool), "Ready"), timeout=60)
+        nodes = get_json(kubectl, "nodes")["items"]
+        assert ready["status"]["readyNodes"] == len(nodes)
+
+        partition = partition_manifest("paged-1", {"tier": "paged"})
+        partition["spec"]["vmTemplate"]["spec"]["runStrategy"] = "Halted"  # no second boot
+        partition["spec"]["viosClusterName"] = pool
+        partition["spec"]["paging"] = {}
+        kubectl("-n", tenant, "apply", "-f", "-", input=json.dumps(partition))
+        paged = wait_for(
+            "PagingReady on paged-1",
+            lambda: _when(get_json(kubectl, "-n", tenant, "partition", "paged-1"), "PagingReady"),
+            timeout=120,
+        )
+        claim = paged["status"]["paging"]["claimName"]
+        assert paged["status"]["paging"]["size"] == "1280Mi"  # 1Gi of memory x 1.25
+        vm = get_json(kubectl, "-n", tenant, "vm", "paged-1")
+        volumes = {v["name"]: v for v in vm["spec"]["template"]["spec"]["volumes"]}
+        assert volumes["lparkube-paging"]["persistentVolumeClaim"]["claimName"] == claim
+        pvc = get_json(kubectl, "-n", tenant, "pvc", claim)
+        assert pvc["metadata"]["labels"]["lparkube.io/vios-cluster"] == pool
+        assert pvc["metadata"]["labels"]["lparkube.io/partition"] == "paged-1"
+        wait_for(
+            "the pool counting the LU in use",
+            lambda: (_pool(kubectl, pool)["status"].get("logicalUnits") or {}).get("inUse") == 1,
+            timeout=60,
+        )
+
+        kubectl("-n", tenant, "delete", "partition", "paged-1", "--wait", "--timeout=3m")
+        freed = get_json(kubectl, "-n", tenant, "pvc", claim)
+        assert "lparkube.io/partition" not in freed["metadata"]["labels"], "released, kept"
+    finally:
+        kubectl("-n", tenant, "delete", "pvc", "-l", f"lparkube.io/vios-cluster={pool}",
+                "--wait=false")  # fmt: skip
+        kubectl("delete", "vioscluster", pool, "--ignore-not-found", "--wait", "--timeout=2m")
+        kubectl("delete", "storageclass", expanding, "--ignore-not-found")
 
 
 def test_helm_uninstall_cleans_up(kubectl: Kubectl, tenant: str, helm_release: Release) -> None:

@@ -52,8 +52,11 @@ def test_no_workload_or_namespace_writes(roles: dict[str, list[dict]]) -> None:
     assert {verb for resource, verb in core if resource == "nodes"} == {"list", "watch"}
 
 
-def test_leases_only_in_the_namespaced_role(roles: dict[str, list[dict]]) -> None:
-    assert not [g for g in grants(roles["ClusterRole"]) if g[1] == "leases"]
+def test_leases_are_taken_over_only_in_the_namespaced_role(roles: dict[str, list[dict]]) -> None:
+    """Cluster-wide, LU claim Leases are listed, created and deleted, never read one by one,
+    updated or patched: only the leader-election Role may renew (and so take over) a Lease."""
+    cluster = {g[2] for g in grants(roles["ClusterRole"]) if g[1] == "leases"}
+    assert cluster == {"list", "create", "delete"}
     assert {g[2] for g in grants(roles["Role"])} == {"get", "update", "create"}
 
 

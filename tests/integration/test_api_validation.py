@@ -258,6 +258,7 @@ def test_examples_are_accepted_and_listed_with_columns(kubectl, kubevirt, namesp
         assert "KERNEL" in wide
     finally:
         kubectl("delete", "conditionprofile", "datacenter", "--ignore-not-found")
+        kubectl("delete", "vioscluster", "thin", "--ignore-not-found", "--wait=false")
 
 
 def test_defaults_are_applied_by_the_api_server(kubectl, namespace: str) -> None:

@@ -7,9 +7,13 @@ from __future__ import annotations
 import pytest
 
 from lparkube.domain.logical_units import (
+    CLAIMING,
     CREATE,
+    DUMP,
     EXPAND,
+    FREE,
     HIBERNATION,
+    IN_USE,
     PAGING,
     REUSE,
     TOO_LARGE,
@@ -19,7 +23,10 @@ from lparkube.domain.logical_units import (
     LURefusal,
     LURequest,
     allocate,
+    format_size,
     lu_counts,
+    next_lock_expiry,
+    parse_size,
 )
 
 GI = 1 << 30
@@ -103,4 +110,80 @@ def test_counts_are_counts_and_bytes_never_a_list() -> None:
         unit("b", 2 * GI, claimed_by="p", lock_expires=NOW + 5),
         unit("c", 3 * GI, claimed_by="gone", lock_expires=NOW - 5),
     ]
-    assert lu_counts(units, NOW) == {"total": 3, "inUse": 1, "free": 2, "requestedBytes": 6 * GI}
+    counts = lu_counts(units, NOW)
+    by_purpose = counts.pop("byPurpose")
+    assert counts == {
+        "total": 3,
+        "inUse": 0,
+        "claiming": 1,
+        "free": 2,
+        "requestedBytes": 6 * GI,
+        "usedBytes": 2 * GI,
+    }
+    assert by_purpose[HIBERNATION] == counts
+    assert by_purpose[PAGING]["total"] == by_purpose[DUMP]["total"] == 0
+
+
+def test_counts_split_by_purpose_and_state() -> None:
+    units = [
+        unit("held", GI, purpose=PAGING, claimed_by="p"),  # committed: no lock
+        unit("locked", GI, purpose=PAGING, claimed_by="q", lock_expires=NOW + 1),
+        unit("dump", 4 * GI, purpose=DUMP),
+        unit("going", GI, purpose=DUMP, deleting=True),
+    ]
+    counts = lu_counts(units, NOW)
+    assert (counts["inUse"], counts["claiming"], counts["free"]) == (2, 1, 1)
+    assert counts["byPurpose"][PAGING] == {
+        "total": 2,
+        "inUse": 1,
+        "claiming": 1,
+        "free": 0,
+        "requestedBytes": 2 * GI,
+        "usedBytes": 2 * GI,
+    }
+    assert counts["byPurpose"][DUMP]["free"] == 1
+    assert counts["byPurpose"][DUMP]["usedBytes"] == GI
+
+
+def test_states_and_the_next_lock_expiry() -> None:
+    assert unit("a", GI).state(NOW) == FREE
+    assert unit("b", GI, claimed_by="p").state(NOW) == IN_USE
+    assert unit("c", GI, claimed_by="p", lock_expires=NOW + 3).state(NOW) == CLAIMING
+    assert unit("d", GI, claimed_by="p", lock_expires=NOW).state(NOW) == FREE
+    units = [
+        unit("x", GI, claimed_by="p", lock_expires=NOW + 9),
+        unit("y", GI, claimed_by="q", lock_expires=NOW + 2),
+        unit("z", GI, claimed_by="r", lock_expires=NOW - 2),
+    ]
+    assert next_lock_expiry(units, NOW) == NOW + 2
+    assert next_lock_expiry([unit("a", GI)], NOW) is None
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [
+        ("1Gi", GI),
+        ("1280Mi", 1280 << 20),
+        ("1.5Gi", 3 * GI // 2),
+        ("1G", 10**9),
+        ("500k", 500_000),
+        ("1073741824", GI),
+        (GI, GI),
+        ("0.5", 1),  # rounded up to a whole byte
+    ],
+)
+def test_sizes_are_read_as_kubernetes_quantities(text, size) -> None:
+    assert parse_size(text) == size
+
+
+@pytest.mark.parametrize("text", [None, "", "big", "-1Gi", "1Gb", "1e3"])
+def test_what_is_not_a_size_reads_as_none(text) -> None:
+    assert parse_size(text) is None
+
+
+def test_sizes_are_written_as_the_shortest_exact_quantity() -> None:
+    assert format_size(GI) == "1Gi"
+    assert format_size(1280 << 20) == "1280Mi"
+    assert format_size(3 * GI // 2) == "1536Mi"
+    assert format_size(1000) == "1000"
+    assert parse_size(format_size(5 * GI + 512)) == 5 * GI + 512

@@ -158,5 +158,7 @@ from lparkube.controllers import (  # noqa: E402, F401
     evacuation,
     networkpolicy,
     partition,
+    partition_paging,
     saveevent,
+    vioscluster,
 )

@@ -41,6 +41,12 @@ from lparkube.controllers.partition_objects import (
     release_adopted_vm,
     vm_problem,
 )
+from lparkube.controllers.partition_paging import (
+    paging_status,
+    reconcile_paging,
+    release_lus,
+    report_paging,
+)
 from lparkube.controllers.partition_scope import PartitionScope
 from lparkube.domain import partition as domain
 from lparkube.domain import partition_status as status_rules
@@ -148,7 +154,7 @@ async def reconcile_vm(kube: Kube, scope: PartitionScope) -> None:
         await ensure_created_vm(kube, scope)
 
 
-PHASES = (claim_vm, reconcile_agent_policy, reconcile_secret, reconcile_vm)
+PHASES = (claim_vm, reconcile_agent_policy, reconcile_secret, reconcile_paging, reconcile_vm)
 
 
 async def reconcile(
@@ -170,6 +176,7 @@ async def reconcile(
         kube, scope.namespace, scope.name, lambda current: scope_status(scope, current), partition
     )
     report_problem(scope, before)
+    report_paging(scope, before)
 
 
 def scope_status(scope: PartitionScope, current: dict) -> dict:
@@ -180,7 +187,7 @@ def scope_status(scope: PartitionScope, current: dict) -> dict:
         status["conditions"] = status_rules.conditions(
             current, scope.problem, status["agent"], now()
         )
-    return status
+    return paging_status(scope, status, now())
 
 
 def report_problem(scope: PartitionScope, before: dict | None) -> None:
@@ -251,6 +258,7 @@ async def partition_delete(body: kopf.Body, memo: Any, **_: Any) -> None:
         await release_adopted_vm(memo.kube, partition)
     else:
         await delete_owned_vm(memo.kube, partition)
+    await release_lus(memo.kube, partition)  # the paging LU: free again, or deleted
     memo.key_secrets.forget(partition)  # the garbage collector deletes the Secret
 
 

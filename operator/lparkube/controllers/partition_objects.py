@@ -125,7 +125,9 @@ async def check_claim(kube: Kube, scope: PartitionScope, vm: dict) -> None:
 async def ensure_created_vm(kube: Kube, scope: PartitionScope) -> None:
     """The Partition's own VM, created from the template when missing."""
     if scope.vm is None:
-        body = domain.vm_from_template(scope.partition, scope.agent)
+        if scope.vm_held:
+            return  # waiting for the paging LU (PagingReady says why)
+        body = domain.vm_from_template(scope.partition, scope.agent, scope.paging_claim)
         try:
             scope.vm = await kube.create(VIRTUAL_MACHINE, scope.namespace, body)
             message = f"Created VirtualMachine {scope.name}"
@@ -147,7 +149,7 @@ async def _apply_template(kube: Kube, scope: PartitionScope) -> None:
     """An edited vmTemplate reaches the VM; KubeVirt marks a running VM RestartRequired."""
 
     async def plan(vm: dict) -> dict | None:
-        return domain.template_patch(vm, scope.partition, scope.agent)
+        return domain.template_patch(vm, scope.partition, scope.agent, scope.paging_claim)
 
     try:
         patch = await _patch_vm(kube, scope, plan)

@@ -27,6 +27,12 @@ class PartitionScope:
     problem: Condition | None = None
     refused: bool = False  # the VM is another Partition's: status shows none of it
     operator_pods: OperatorPods | None = None  # who reaches the agent; None: no agent policy
+    # spec.paging: the LU the VM gets as disk lparkube-paging, and PagingReady (None: not
+    # evaluated, the stored one stays); without a claim yet a new VM is not created.
+    paging_claim: str | None = None
+    paging_size: int | None = None
+    paging_condition: Condition | None = None
+    vm_held: bool = False
 
     def __post_init__(self) -> None:
         self.agent = domain.agent_spec(self.name, self.spec)

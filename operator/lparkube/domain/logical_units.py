@@ -23,15 +23,18 @@ never deletes anything.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from decimal import Decimal
 
-PAGING = "paging"
-HIBERNATION = "hibernation"
-DUMP = "dump"
-PURPOSES = (PAGING, HIBERNATION, DUMP)
+from lparkube.api.v1alpha1.vioscluster import DUMP, HIBERNATION, LU_PURPOSES, PAGING
+
+PURPOSES = LU_PURPOSES
+__all__ = ["DUMP", "HIBERNATION", "PAGING", "PURPOSES"]
 
 REUSE, EXPAND, CREATE = "Reuse", "Expand", "Create"
+FREE, CLAIMING, IN_USE = "free", "claiming", "inUse"  # an LU's state
 TOO_LARGE = "LUTooLarge"
 UNKNOWN_PURPOSE = "UnknownPurpose"
 
@@ -56,6 +59,15 @@ class LogicalUnit:
         return self.claimed_by is None or (
             self.lock_expires is not None and self.lock_expires <= now
         )
+
+    def state(self, now: float) -> str:
+        """free; claiming (a claim under a live lock, not committed yet); or inUse (a
+        committed claim, or an LU being deleted)."""
+        if self.free(now):
+            return FREE
+        if self.lock_expires is not None and not self.deleting:
+            return CLAIMING
+        return IN_USE
 
 
 @dataclass(frozen=True)
@@ -126,16 +138,67 @@ def refuse(request: LURequest) -> LURefusal | None:
     return None
 
 
-def lu_counts(units: Iterable[LogicalUnit], now: float) -> dict[str, int]:
-    """The VIOSCluster's `status.logicalUnits`: counts and bytes, never a list."""
+def lu_counts(units: Iterable[LogicalUnit], now: float) -> dict:
+    """The VIOSCluster's `status.logicalUnits`: counts and bytes, never a list; the same per
+    purpose under ``byPurpose``."""
     listed = list(units)
-    free = sum(1 for u in listed if u.free(now))
+    counts = _counts(listed, now)
+    counts["byPurpose"] = {p: _counts([u for u in listed if u.purpose == p], now) for p in PURPOSES}
+    return counts
+
+
+def _counts(units: list[LogicalUnit], now: float) -> dict[str, int]:
+    states = [u.state(now) for u in units]
     return {
-        "total": len(listed),
-        "inUse": len(listed) - free,
-        "free": free,
-        "requestedBytes": sum(u.requested_bytes for u in listed),
+        "total": len(units),
+        "inUse": states.count(IN_USE),
+        "claiming": states.count(CLAIMING),
+        "free": states.count(FREE),
+        "requestedBytes": sum(u.requested_bytes for u in units),
+        "usedBytes": sum(
+            u.requested_bytes for u, s in zip(units, states, strict=True) if s != FREE
+        ),
     }
+
+
+def next_lock_expiry(units: Iterable[LogicalUnit], now: float) -> float | None:
+    """When the next live claim lock runs out (the counts change then), or None."""
+    return min(
+        (u.lock_expires for u in units if u.state(now) == CLAIMING and u.lock_expires),
+        default=None,
+    )
+
+
+# --- sizes -----------------------------------------------------------------------------------
+
+_QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)([KMGTPE]i|[kKMGTPE])?$")
+_BINARY = {"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "Ti": 1 << 40, "Pi": 1 << 50, "Ei": 1 << 60}
+_DECIMAL = {"k": 10**3, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18}
+
+
+def parse_size(text: str | int | None) -> int | None:
+    """Bytes from a Kubernetes quantity (`1Gi`, `1280Mi`, `1.5G`, `1073741824`), rounded up to
+    a whole byte; None when absent or not a size."""
+    if text is None:
+        return None
+    if isinstance(text, int):
+        return text
+    match = _QUANTITY.match(str(text).strip())
+    if not match:
+        return None
+    number, suffix = Decimal(match.group(1)), match.group(2) or ""
+    scale = _BINARY.get(suffix) or _DECIMAL.get(suffix) or 1
+    value = number * scale
+    return int(value) + (1 if value != int(value) else 0)
+
+
+def format_size(size_bytes: int) -> str:
+    """The shortest exact binary quantity (`1280Mi`, `2Gi`), else plain bytes."""
+    for suffix in ("Ei", "Pi", "Ti", "Gi", "Mi", "Ki"):
+        unit = _BINARY[suffix]
+        if size_bytes >= unit and size_bytes % unit == 0:
+            return f"{size_bytes // unit}{suffix}"
+    return str(size_bytes)
 
 
 def _same_place(unit: LogicalUnit, request: LURequest) -> bool:

@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from lparkube.domain import key_delivery
+from lparkube.domain import key_delivery, paging
 from lparkube.domain.clock import parse_duration
 
 API_VERSION = "lparkube.io/v1alpha1"
@@ -193,8 +193,11 @@ def data_digest(data: dict[str, str]) -> str:
 # --- the VirtualMachine --------------------------------------------------------------------
 
 
-def vm_from_template(partition: dict[str, Any], agent: AgentSpec) -> dict[str, Any]:
-    """The VM the Partition creates: its template, labelled, owned, with the key delivered."""
+def vm_from_template(
+    partition: dict[str, Any], agent: AgentSpec, paging_claim: str | None = None
+) -> dict[str, Any]:
+    """The VM the Partition creates: its template, labelled, owned, with the key delivered
+    and, given its claim, the paging LU as disk lparkube-paging."""
     meta = partition["metadata"]
     template = copy.deepcopy(partition["spec"]["vmTemplate"])
     labels = {**((template.get("metadata") or {}).get("labels") or {})}
@@ -202,6 +205,8 @@ def vm_from_template(partition: dict[str, Any], agent: AgentSpec) -> dict[str, A
     spec = key_delivery.with_key_delivery(
         template.get("spec") or {}, agent.key_delivery, agent.key_secret_name
     )
+    if paging_claim:
+        spec = paging.with_paging_disk(spec, paging_claim)
     pod_meta = spec.setdefault("template", {}).setdefault("metadata", {})
     pod_meta["labels"] = {**(pod_meta.get("labels") or {}), PARTITION_LABEL: meta["name"]}
     vm_meta: dict[str, Any] = {
@@ -226,7 +231,10 @@ def _managed(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def template_patch(
-    vm: dict[str, Any], partition: dict[str, Any], agent: AgentSpec
+    vm: dict[str, Any],
+    partition: dict[str, Any],
+    agent: AgentSpec,
+    paging_claim: str | None = None,
 ) -> dict[str, Any] | None:
     """The merge patch that brings an owned VM to an edited vmTemplate, or None if current.
 
@@ -235,7 +243,7 @@ def template_patch(
     filled in (defaults, firmware UUID) alone. The run strategy is not managed after creation:
     start, stop and restarts change it.
     """
-    desired = vm_from_template(partition, agent)
+    desired = vm_from_template(partition, agent, paging_claim)
     meta = vm.get("metadata") or {}
     current = meta.get("annotations") or {}
     wanted = desired["metadata"]["annotations"]
