@@ -1,0 +1,47 @@
+"""Steps several verbs take: make sure the named Partitions exist before creating anything,
+and wait for an object's verdict, then print it and give its exit code."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from lparkube.api.resource import CustomResource
+from lparkube.kubectl_plugin.verb import OK, NotFoundError, PluginError, Session, Verdict
+from lparkube.kubectl_plugin.waiting import Judge, ProgressLine, wait_for
+
+
+def check_partitions_exist(session: Session, kind: CustomResource, names: list[str]) -> None:
+    """PluginError naming every one of ``names`` that is not there (nothing is created then)."""
+    missing = []
+    for name in names:
+        try:
+            session.cluster.get(kind, session.namespace, name)
+        except NotFoundError as error:
+            missing.append(error.message)
+    if missing:
+        raise PluginError("; ".join(missing))
+
+
+def wait_and_report(
+    session: Session, kind: CustomResource, name: str, judge: Judge, timeout: timedelta
+) -> int:
+    """Wait for the verdict on ``kind/name``, print it (a failure and its details on stderr)
+    and return its exit code."""
+    progress = ProgressLine(session.out)
+    verdict = wait_for(
+        session.cluster, kind, session.namespace, name, judge, timeout=timeout, progress=progress
+    )
+    return report(session, verdict, already_shown=not progress.in_place)
+
+
+def report(session: Session, verdict: Verdict, already_shown: bool = False) -> int:
+    """The final line (unless the progress lines showed it already) and the details."""
+    stream = session.out if verdict.code == OK else session.err
+    if verdict.code != OK:
+        print(f"error: {verdict.line}", file=stream)
+    elif not already_shown:
+        print(verdict.line, file=stream)
+    for line in verdict.details:
+        print(f"  {line}", file=stream)
+    stream.flush()
+    return verdict.code

@@ -1,0 +1,126 @@
+"""``kubectl lparkube status``: one Partition on one screen — conditions, node, guest agent,
+paging LU and hibernation images — like ``kubectl describe``, but short."""
+
+from __future__ import annotations
+
+import argparse
+from datetime import datetime
+from typing import Any
+
+from lparkube.api.v1alpha1.partition import PARTITION
+from lparkube.domain.clock import utcnow
+from lparkube.kubectl_plugin.text import NONE, age, size, table
+from lparkube.kubectl_plugin.verb import OK, Session, Verb
+
+MESSAGE_WIDTH = 72  # condition messages are cut here, so a line fits a terminal
+LABEL_WIDTH = 12
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("partition", metavar="PARTITION", help="the Partition to show")
+
+
+def clip(text: str, width: int = MESSAGE_WIDTH) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def field(label: str, value: str) -> str:
+    return f"{label + ':':<{LABEL_WIDTH}} {value}"
+
+
+def vm_line(status: dict[str, Any]) -> str:
+    vm = status.get("vmName") or NONE
+    node = status.get("nodeName")
+    ips = [a.get("ip") for a in status.get("addresses") or [] if a.get("ip")]
+    text = f"{vm} on node {node}" if node else f"{vm} (not running on a node)"
+    return f"{text}, {', '.join(ips)}" if ips else text
+
+
+def condition_rows(conditions: list[dict[str, Any]], now: datetime) -> list[str]:
+    if not conditions:
+        return ["  none yet (the operator has not reconciled this Partition)"]
+    rows = [("TYPE", "STATUS", "REASON", "AGE", "MESSAGE")]
+    rows += [
+        (
+            c.get("type") or NONE,
+            c.get("status") or NONE,
+            c.get("reason") or NONE,
+            age(c.get("lastTransitionTime"), now),
+            clip(c.get("message") or ""),
+        )
+        for c in sorted(conditions, key=lambda c: c.get("type") or "")
+    ]
+    return table(rows)
+
+
+def agent_line(agent: dict[str, Any], now: datetime) -> str:
+    """Version, kernel, boot id, last heartbeat and registered applications."""
+    if not agent.get("lastHeartbeatTime") and not agent.get("version"):
+        return "no report yet"
+    parts = [
+        f"version {agent.get('version') or NONE}",
+        f"kernel {agent.get('kernelRelease') or NONE}",
+        f"boot {agent.get('bootId') or NONE}",
+        f"heartbeat {age(agent.get('lastHeartbeatTime'), now)} ago",
+        f"{agent.get('applications', 0)} applications",
+    ]
+    if agent.get("endpoint"):
+        parts.insert(0, f"at {agent['endpoint']}")
+    return ", ".join(parts)
+
+
+def paging_line(spec: dict[str, Any], status: dict[str, Any]) -> str:
+    """The paging LU the Partition has and what the agent says of its swap."""
+    paging = status.get("paging") or {}
+    reported = (status.get("agent") or {}).get("paging") or {}
+    if not paging and not reported:
+        if "paging" in spec:
+            return f"requested from {spec.get('viosClusterName') or NONE}, no LU yet"
+        return "none (spec.paging is not set: this partition cannot hibernate)"
+    parts = [f"LU {paging.get('claimName') or NONE} ({paging.get('size') or NONE})"]
+    if reported:
+        state = "active" if reported.get("active") else "inactive"
+        parts.append(
+            f"swap {state} on {reported.get('device') or NONE} "
+            f"({size(reported.get('swapBytes'))} of {size(reported.get('sizeBytes'))})"
+        )
+        if reported.get("message"):
+            parts.append(clip(reported["message"]))
+    return ", ".join(parts)
+
+
+def render(partition: dict[str, Any], now: datetime) -> list[str]:
+    """The screen for a Partition."""
+    meta = partition.get("metadata") or {}
+    spec = partition.get("spec") or {}
+    status = partition.get("status") or {}
+    lines = [
+        field("Partition", f"{meta.get('namespace')}/{meta.get('name')}"),
+        field("VM", vm_line(status)),
+        "Conditions:",
+        *condition_rows(status.get("conditions") or [], now),
+        field("Agent", agent_line(status.get("agent") or {}, now)),
+        field("Paging", paging_line(spec, status)),
+    ]
+    return lines
+
+
+def run(session: Session, args: argparse.Namespace) -> int:
+    partition = session.cluster.get(PARTITION, session.namespace, args.partition)
+    for line in render(partition, utcnow()):
+        session.say(line)
+    return OK
+
+
+VERB = Verb(
+    name="status",
+    summary="show a partition: conditions, node, guest agent, paging and hibernation images",
+    description="Show one Partition on one screen: its conditions, the node its VM runs on, "
+    "what its guest agent last reported (kernel, boot id, heartbeat), its paging LU and its "
+    "HibernationImages. Exit 1 when the Partition does not exist.",
+    examples="  kubectl lparkube status web-1\n  kubectl lparkube status db-1 -n shop",
+    add_arguments=add_arguments,
+    run=run,
+    waits=False,
+)
