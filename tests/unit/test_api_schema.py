@@ -88,6 +88,8 @@ def test_scopes_match_the_design() -> None:
         "Partition": "Namespaced",
         "SaveEvent": "Namespaced",
         "ConditionProfile": "Cluster",
+        "VIOSCluster": "Cluster",
+        "HibernationImage": "Namespaced",
     }
 
 

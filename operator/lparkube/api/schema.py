@@ -262,3 +262,13 @@ def conditions(description: str) -> Schema:
 def observed_generation() -> Schema:
     """status.observedGeneration: which spec the status describes."""
     return integer("The metadata.generation the operator last acted on.", minimum=0)
+
+
+# A non-negative size in bytes written as a Kubernetes quantity (`1Gi`, `512Mi`, `1500M`,
+# `1073741824`): no sign, no milli suffix, no exponent.
+SIZE_PATTERN = r"^[0-9]+(\.[0-9]+)?([KMGTPE]i|[kMGTPE])?$"
+
+
+def size(description: str, *, default: str | None = None) -> Schema:
+    """A size in bytes as a quantity string; CEL's quantity() reads it for comparisons."""
+    return string(description, pattern=SIZE_PATTERN, max_length=32, default=default)

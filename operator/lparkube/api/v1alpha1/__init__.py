@@ -2,7 +2,15 @@
 
 from lparkube.api.resource import CustomResource
 from lparkube.api.v1alpha1.conditionprofile import CONDITION_PROFILE
+from lparkube.api.v1alpha1.hibernationimage import HIBERNATION_IMAGE
 from lparkube.api.v1alpha1.partition import PARTITION
 from lparkube.api.v1alpha1.saveevent import SAVE_EVENT
+from lparkube.api.v1alpha1.vioscluster import VIOS_CLUSTER
 
-KINDS: tuple[CustomResource, ...] = (PARTITION, SAVE_EVENT, CONDITION_PROFILE)
+KINDS: tuple[CustomResource, ...] = (
+    PARTITION,
+    SAVE_EVENT,
+    CONDITION_PROFILE,
+    VIOS_CLUSTER,
+    HIBERNATION_IMAGE,
+)

@@ -13,6 +13,7 @@ from lparkube.api.schema import (
     obj,
     observed_generation,
     set_once,
+    size,
     string,
     string_map,
     timestamp,
@@ -67,6 +68,24 @@ AGENT_SPEC = obj(
     },
 )
 
+# Condition PagingReady (spec.paging) and its reasons; an event of the same name when it changes.
+PAGING_READY = "PagingReady"
+PAGING_ATTACHED = "PagingAttached"  # True
+POOL_NOT_FOUND = "VIOSClusterNotFound"
+POOL_NOT_READY = "VIOSClusterNotReady"
+PAGING_NOT_READY = "PagingNotReady"  # Warning event, when PagingReady becomes False
+PAGING_DISK = "lparkube-paging"  # the VM's disk and volume, and the disk's serial
+
+PAGING = obj(
+    "The swap (AMS paging) LU: a disk lparkube-paging (serial lparkube-paging) the guest uses "
+    "as swap and as its hibernation target.",
+    {
+        "size": size(
+            "The LU's size; the VM's memory x 1.25 when omitted. At most the pool's thin.maxSize."
+        ),
+    },
+)
+
 SPEC = obj(
     "The desired state of a Partition. Set exactly one of vmTemplate and vmName.",
     {
@@ -84,6 +103,11 @@ SPEC = obj(
             "draining node (VMIs with evictionStrategy External).",
             default=True,
         ),
+        "viosClusterName": name_ref(
+            "The VIOSCluster whose pool holds this partition's logical units (paging, "
+            "hibernation, dump)."
+        ),
+        "paging": PAGING,
     },
     rules=(
         Rule(
@@ -95,6 +119,11 @@ SPEC = obj(
             "a Partition cannot switch between vmTemplate and vmName after creation",
         ),
         set_once("agent.keySecretName", "spec.agent.keySecretName"),
+        Rule(
+            "!has(self.paging) || has(self.viosClusterName)",
+            "spec.paging needs spec.viosClusterName: the VIOSCluster the paging LU comes from",
+            field_path=".viosClusterName",
+        ),
     ),
 )
 
@@ -142,6 +171,13 @@ STATUS = obj(
         "nodeName": string("The node the VM runs on."),
         "addresses": array("The VM's addresses.", ADDRESS, max_items=16),
         "agent": AGENT_STATUS,
+        "paging": obj(
+            "The paging LU attached to the VM.",
+            {
+                "claimName": string("The LU's PersistentVolumeClaim."),
+                "size": string("The LU's storage request, as a quantity."),
+            },
+        ),
     },
 )
 

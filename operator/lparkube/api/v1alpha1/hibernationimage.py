@@ -1,0 +1,137 @@
+"""HibernationImage: a partition's memory state on its paging LU and its captured adapters."""
+
+from lparkube.api.resource import AGE_COLUMN, CustomResource, PrinterColumn, condition_column
+from lparkube.api.schema import (
+    array,
+    boolean,
+    conditions,
+    duration,
+    immutable,
+    integer,
+    name_ref,
+    obj,
+    observed_generation,
+    set_once,
+    string,
+    timestamp,
+)
+
+# Conditions.
+CAPTURED = "Captured"
+RESUMED = "Resumed"
+READY = "Ready"
+
+ADAPTER_TYPES = ["Disk", "Interface", "HostDevice"]
+
+SPEC = obj(
+    "Which partition to hibernate, from which pool, and whether to resume it.",
+    {
+        "partitionName": immutable(
+            name_ref("The Partition (in this namespace) to hibernate."),
+            "spec.partitionName",
+        ),
+        "viosClusterName": name_ref(
+            "The VIOSCluster whose LU holds the image; the Partition's spec.viosClusterName "
+            "when omitted. Immutable, set or not."
+        ),
+        "saveFirst": boolean(
+            "Save the partition's applications (a SaveEvent with reason Other) before suspending.",
+            default=True,
+        ),
+        "deadline": duration("The time allowed for the whole capture.", default="10m"),
+        "retainAfterResume": boolean(
+            "Keep the image (and its LU claimed) after a successful resume.", default=False
+        ),
+        "resume": boolean(
+            "Resume the partition from this image (what `kubectl lparkube resume` sets): the "
+            "VM starts again if its adapter configuration still matches the captured one.",
+            default=False,
+        ),
+    },
+    required=("partitionName",),
+    rules=(set_once("viosClusterName", "spec.viosClusterName"),),
+)
+
+LU = obj(
+    "The logical unit the image was written to (the partition's paging LU).",
+    {
+        "claimName": string("The LU's PersistentVolumeClaim."),
+        "requestedBytes": integer("The LU's storage request.", minimum=0),
+        "usedBytes": integer("Bytes of the image written to the LU.", minimum=0),
+    },
+)
+
+ADAPTER = obj(
+    "One I/O adapter of the VM as captured; its id stays stable across moves.",
+    {
+        "id": string("A stable identifier of the adapter.", min_length=1, max_length=253),
+        "type": string("What the adapter is.", enum=ADAPTER_TYPES),
+        "name": string("The adapter's name in the VirtualMachine (disk, interface, device)."),
+        "source": obj(
+            "What backs the adapter.",
+            {
+                "claimName": string("A disk's PersistentVolumeClaim."),
+                "network": string("An interface's network (pod or a Multus network)."),
+                "resource": string("A host device's resource name."),
+            },
+        ),
+        "clientNamespace": string("The namespace (tenant) the adapter belongs to."),
+    },
+    required=("id", "type"),
+)
+
+PROGRESS = obj(
+    "How far the capture is.",
+    {
+        "step": string("The step running now."),
+        "completedSteps": integer("Steps done.", minimum=0),
+        "totalSteps": integer("Steps in all.", minimum=0),
+        "bytesWritten": integer("Bytes of the image written so far.", minimum=0),
+    },
+)
+
+STATUS = obj(
+    "The captured image and the state of its capture and resume.",
+    {
+        "observedGeneration": observed_generation(),
+        "conditions": conditions(
+            "Captured (the image is complete and consistent), Resumed (the partition resumed "
+            "from it), Ready."
+        ),
+        "lu": LU,
+        "memoryBytes": integer("The guest's memory size when captured.", minimum=0),
+        "sourceNodeName": string("The node the partition ran on when captured."),
+        "capturedTime": timestamp("When the image was complete."),
+        "kernelRelease": string("The guest kernel release (uname -r) that wrote the image."),
+        "bootId": string(
+            "The guest's boot id when it hibernated; a resumed guest reports the same one, a "
+            "new boot another."
+        ),
+        "runStrategy": string(
+            "The VM's runStrategy before the operator halted it; restored on resume."
+        ),
+        "adapters": array(
+            "The VM's I/O adapters as captured.", ADAPTER, max_items=256, map_keys=["id"]
+        ),
+        "progress": PROGRESS,
+        "saveEvent": string("The SaveEvent run before suspending."),
+    },
+)
+
+HIBERNATION_IMAGE = CustomResource(
+    kind="HibernationImage",
+    plural="hibernationimages",
+    scope="Namespaced",
+    short_names=("hib",),
+    description="A partition's hibernation data: its memory written to its paging LU by an "
+    "in-guest suspend-to-disk, with the VM's I/O adapter configuration captured alongside.",
+    spec=SPEC,
+    status=STATUS,
+    columns=(
+        PrinterColumn("Partition", "string", ".spec.partitionName", "The Partition."),
+        condition_column("Captured", CAPTURED, "The image is complete."),
+        PrinterColumn("Size", "integer", ".status.lu.usedBytes", "Bytes of the image."),
+        PrinterColumn("Node", "string", ".status.sourceNodeName", "Where it was captured."),
+        AGE_COLUMN,
+    ),
+)
