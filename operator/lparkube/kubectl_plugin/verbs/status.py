@@ -7,10 +7,12 @@ import argparse
 from datetime import datetime
 from typing import Any
 
+from lparkube.api.v1alpha1.hibernationimage import HIBERNATION_IMAGE
 from lparkube.api.v1alpha1.partition import PARTITION
 from lparkube.domain.clock import utcnow
+from lparkube.kubectl_plugin.images import image_state
 from lparkube.kubectl_plugin.text import NONE, age, size, table
-from lparkube.kubectl_plugin.verb import OK, Session, Verb
+from lparkube.kubectl_plugin.verb import OK, PluginError, Session, Verb
 
 MESSAGE_WIDTH = 72  # condition messages are cut here, so a line fits a terminal
 LABEL_WIDTH = 12
@@ -90,8 +92,31 @@ def paging_line(spec: dict[str, Any], status: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
-def render(partition: dict[str, Any], now: datetime) -> list[str]:
-    """The screen for a Partition."""
+def image_rows(images: list[dict[str, Any]] | str, now: datetime) -> list[str]:
+    """The partition's HibernationImages, oldest first; a string says why there is no list."""
+    if isinstance(images, str):
+        return [f"  {images}"]
+    if not images:
+        return ["  none"]
+    rows = [("NAME", "STATE", "SIZE", "NODE", "AGE")]
+    for image in sorted(images, key=lambda i: (i.get("metadata") or {}).get("creationTimestamp")):
+        status = image.get("status") or {}
+        rows.append(
+            (
+                (image.get("metadata") or {}).get("name") or NONE,
+                image_state(image),
+                size((status.get("lu") or {}).get("usedBytes")),
+                status.get("sourceNodeName") or NONE,
+                age((image.get("metadata") or {}).get("creationTimestamp"), now),
+            )
+        )
+    return table(rows)
+
+
+def render(
+    partition: dict[str, Any], images: list[dict[str, Any]] | str, now: datetime
+) -> list[str]:
+    """The screen for a Partition and its HibernationImages (or why they are not listed)."""
     meta = partition.get("metadata") or {}
     spec = partition.get("spec") or {}
     status = partition.get("status") or {}
@@ -102,13 +127,21 @@ def render(partition: dict[str, Any], now: datetime) -> list[str]:
         *condition_rows(status.get("conditions") or [], now),
         field("Agent", agent_line(status.get("agent") or {}, now)),
         field("Paging", paging_line(spec, status)),
+        "Hibernation images:",
+        *image_rows(images, now),
     ]
     return lines
 
 
 def run(session: Session, args: argparse.Namespace) -> int:
     partition = session.cluster.get(PARTITION, session.namespace, args.partition)
-    for line in render(partition, utcnow()):
+    images: list[dict[str, Any]] | str
+    try:
+        found = session.cluster.list(HIBERNATION_IMAGE, session.namespace)
+        images = [i for i in found if (i.get("spec") or {}).get("partitionName") == args.partition]
+    except PluginError as error:  # an older lparkube without the kind, or no list permission
+        images = error.message
+    for line in render(partition, images, utcnow()):
         session.say(line)
     return OK
 
