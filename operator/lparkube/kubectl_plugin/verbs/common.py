@@ -25,22 +25,20 @@ def check_partitions_exist(session: Session, kind: CustomResource, names: list[s
 def wait_and_report(
     session: Session, kind: CustomResource, name: str, judge: Judge, timeout: timedelta
 ) -> int:
-    """Wait for the verdict on ``kind/name``, print it (a failure and its details on stderr)
-    and return its exit code."""
+    """Wait for the verdict on ``kind/name`` (its last progress line is the verdict's line),
+    then report it and return its exit code."""
     progress = ProgressLine(session.out)
     verdict = wait_for(
         session.cluster, kind, session.namespace, name, judge, timeout=timeout, progress=progress
     )
-    return report(session, verdict, already_shown=not progress.in_place)
+    return report(session, verdict)
 
 
-def report(session: Session, verdict: Verdict, already_shown: bool = False) -> int:
-    """The final line (unless the progress lines showed it already) and the details."""
+def report(session: Session, verdict: Verdict) -> int:
+    """A failure again as ``error: ...`` on stderr; the details (on stderr for a failure)."""
     stream = session.out if verdict.code == OK else session.err
     if verdict.code != OK:
         print(f"error: {verdict.line}", file=stream)
-    elif not already_shown:
-        print(verdict.line, file=stream)
     for line in verdict.details:
         print(f"  {line}", file=stream)
     stream.flush()
