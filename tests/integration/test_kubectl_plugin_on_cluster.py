@@ -435,6 +435,21 @@ def test_hibernate_no_wait_and_a_missing_partition(
     assert len(objects.list(HIBERNATION_IMAGE)) == 1
 
 
+def test_an_image_deleted_while_waiting_ends_the_wait_with_exit_1(
+    kubectl_lparkube, objects: Objects
+) -> None:
+    objects.partition("web-1")
+    run = kubectl_lparkube("hibernate", "web-1", "--name", "short-lived")
+    run.next_line()
+    run.next_line()
+    objects.custom.delete_namespaced_custom_object(
+        GROUP, VERSION, objects.namespace, HIBERNATION_IMAGE.plural, "short-lived"
+    )
+    code, rest, err = run.finish()
+    assert (code, rest) == (1, "")
+    assert err == f"error: hibernationimage.{GROUP}/short-lived was deleted while waiting\n"
+
+
 # --- resume -------------------------------------------------------------------------------------
 
 

@@ -418,6 +418,11 @@ def test_progress_lines_on_a_terminal_are_rewritten_in_place() -> None:
     progress.show("saved 2/2")
     progress.close()
     assert stream.getvalue() == "\r\x1b[Ksaved 0/2\r\x1b[Ksaved 2/2\n"
+    erased = io.StringIO()
+    progress = ProgressLine(erased, in_place=True)
+    progress.show("saved 1/2 (1 failed): Failed")
+    progress.close(keep=False)  # the error message says it again
+    assert erased.getvalue() == "\r\x1b[Ksaved 1/2 (1 failed): Failed\r\x1b[K"
 
 
 def test_status_screen_of_a_partition() -> None:

@@ -113,5 +113,5 @@ def main(
         print(f"error: {error.message}", file=err)
         return error.code
     except KeyboardInterrupt:
-        print("\ninterrupted: the operation goes on in the cluster", file=err)
+        print("interrupted: the operation goes on in the cluster", file=err)
         return INTERRUPTED

@@ -38,11 +38,13 @@ class ProgressLine:
             self.stream.write(f"{line}\n")
         self.stream.flush()
 
-    def close(self) -> None:
-        """End an in-place line, so what follows starts on a new one."""
+    def close(self, keep: bool = True) -> None:
+        """End an in-place line, so what follows starts on a new one; or erase it (``keep``
+        False: an error message follows that says it again)."""
         if self.in_place and self.last is not None:
-            self.stream.write("\n")
+            self.stream.write("\n" if keep else "\r\x1b[K")
             self.stream.flush()
+        self.last = None
 
 
 def wait_for(
@@ -57,34 +59,31 @@ def wait_for(
     clock: Callable[[], float] = time.monotonic,
 ) -> Verdict:
     """Judge the object until the verdict is final, or raise PluginError when ``timeout``
-    passes first or the object is deleted meanwhile."""
+    passes first or the object is deleted meanwhile. The caller closes ``progress``."""
     end = clock() + timeout.total_seconds()
-    try:
-        obj = cluster.get(kind, namespace, name)
-        while True:
-            verdict = judge(obj)
-            progress.show(verdict.line)
-            if verdict.done:
-                return verdict
-            remaining = end - clock()
-            if remaining <= 0:
-                raise PluginError(
-                    f"timed out after {go_duration(timeout)} waiting for {object_ref(kind, name)}"
-                    f" ({verdict.line}); it goes on: kubectl get {kind.plural} {name} "
-                    f"-n {namespace}"
-                )
-            version = (obj.get("metadata") or {}).get("resourceVersion") or ""
-            for event, changed in cluster.watch(kind, namespace, name, version, remaining):
-                if event == "DELETED":
-                    raise PluginError(f"{object_ref(kind, name)} was deleted while waiting")
-                if event in ("ADDED", "MODIFIED"):
-                    obj = changed
-                    verdict = judge(obj)
-                    progress.show(verdict.line)
-                    if verdict.done:
-                        return verdict
-                if clock() >= end:
-                    break
-            obj = cluster.get(kind, namespace, name)  # the watch ended: read it afresh
-    finally:
-        progress.close()
+    obj = cluster.get(kind, namespace, name)
+    while True:
+        verdict = judge(obj)
+        progress.show(verdict.line)
+        if verdict.done:
+            return verdict
+        remaining = end - clock()
+        if remaining <= 0:
+            raise PluginError(
+                f"timed out after {go_duration(timeout)} waiting for {object_ref(kind, name)}"
+                f" ({verdict.line}); it goes on: kubectl get {kind.plural} {name} "
+                f"-n {namespace}"
+            )
+        version = (obj.get("metadata") or {}).get("resourceVersion") or ""
+        for event, changed in cluster.watch(kind, namespace, name, version, remaining):
+            if event == "DELETED":
+                raise PluginError(f"{object_ref(kind, name)} was deleted while waiting")
+            if event in ("ADDED", "MODIFIED"):
+                obj = changed
+                verdict = judge(obj)
+                progress.show(verdict.line)
+                if verdict.done:
+                    return verdict
+            if clock() >= end:
+                break
+        obj = cluster.get(kind, namespace, name)  # the watch ended: read it afresh

@@ -28,9 +28,15 @@ def wait_and_report(
     """Wait for the verdict on ``kind/name`` (its last progress line is the verdict's line),
     then report it and return its exit code."""
     progress = ProgressLine(session.out)
-    verdict = wait_for(
-        session.cluster, kind, session.namespace, name, judge, timeout=timeout, progress=progress
-    )
+    try:
+        verdict = wait_for(
+            session.cluster, kind, session.namespace, name, judge, timeout=timeout,
+            progress=progress,
+        )  # fmt: skip
+    except BaseException:  # a timeout, an API error, Ctrl-C: the error message says it
+        progress.close(keep=False)
+        raise
+    progress.close(keep=verdict.code == OK)  # a failure is printed again, as an error
     return report(session, verdict)
 
 
