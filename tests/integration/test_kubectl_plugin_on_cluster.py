@@ -552,8 +552,9 @@ def test_status_shows_the_partition_and_its_hibernation_images(
     ]  # fmt: skip
     assert lines[6].startswith("Agent:       at 10.0.0.5:8443, version 0.1.0, kernel 6.1.0-28")
     assert lines[7] == "Paging:      LU lu-web-1 (1280Mi)"
-    assert lines[8] == "Hibernation images:"
-    assert [line.split()[:3] for line in lines[9:]] == [
+    assert lines[8] == "Hibernation: no run reported"
+    assert lines[9] == "Hibernation images:"
+    assert [line.split()[:3] for line in lines[10:]] == [
         ["NAME", "STATE", "SIZE"], ["web-1-img", "Captured", "1.0"],
     ]  # only web-1's  # fmt: skip
 

@@ -441,7 +441,15 @@ def test_status_screen_of_a_partition() -> None:
             ],
             "agent": {"version": "0.1.0", "kernelRelease": "6.1.0", "bootId": "b0",
                       "lastHeartbeatTime": "2026-12-01T11:59:48Z", "applications": 2,
-                      "endpoint": "10.0.0.5:8443"},
+                      "endpoint": "10.0.0.5:8443",
+                      "memory": {"totalBytes": 512 << 20, "availableBytes": 256 << 20},
+                      "paging": {"serial": "lparkube-paging", "device": "/dev/vdc",
+                                 "sizeBytes": 640 << 20, "swapBytes": 639 << 20,
+                                 "active": True, "message": ""},
+                      "hibernation": {"id": "u1", "state": "Resumed",
+                                      "requestedAt": "2026-12-01T11:50:00Z",
+                                      "resumedAt": "2026-12-01T11:55:00Z",
+                                      "imageBytes": 300 << 20, "message": ""}},
             "paging": {"claimName": "lu-7", "size": "1280Mi"},
         },
     }  # fmt: skip
@@ -457,16 +465,22 @@ def test_status_screen_of_a_partition() -> None:
     assert lines[5].split()[:4] == ["Ready", "True", "Ready", "5m"]
     assert lines[6] == (
         "Agent:       at 10.0.0.5:8443, version 0.1.0, kernel 6.1.0, boot b0, heartbeat 12s "
-        "ago, 2 applications"
+        "ago, 2 applications, memory 512.0 MiB (256.0 MiB free)"
     )
-    assert lines[7] == "Paging:      LU lu-7 (1280Mi)"
-    assert lines[8] == "Hibernation images:"
-    assert lines[9].split() == ["NAME", "STATE", "SIZE", "NODE", "AGE"]
-    assert lines[10].split() == ["web-1-x", "Captured", "300.0", "MiB", "node-a", "2m"]
+    assert lines[7] == (
+        "Paging:      LU lu-7 (1280Mi), swap active on /dev/vdc (639.0 MiB of 640.0 MiB)"
+    )
+    assert lines[8] == (
+        "Hibernation: last run Resumed, requested 10m ago, image 300.0 MiB, resumed 5m ago"
+    )
+    assert lines[9] == "Hibernation images:"
+    assert lines[10].split() == ["NAME", "STATE", "SIZE", "NODE", "AGE"]
+    assert lines[11].split() == ["web-1-x", "Captured", "300.0", "MiB", "node-a", "2m"]
     bare = {"metadata": {"namespace": "shop", "name": "db"}, "spec": {}, "status": {}}
     lines = status.render(bare, "the server does not serve hibernationimages", NOW)
     assert "VM:          - (not running on a node)" in lines
     assert "  none yet (the operator has not reconciled this Partition)" in lines
     assert "Agent:       no report yet" in lines
     assert "Paging:      none (spec.paging is not set: this partition cannot hibernate)" in lines
+    assert "Hibernation: no run reported" in lines
     assert lines[-1] == "  the server does not serve hibernationimages"

@@ -67,6 +67,11 @@ def agent_line(agent: dict[str, Any], now: datetime) -> str:
         f"heartbeat {age(agent.get('lastHeartbeatTime'), now)} ago",
         f"{agent.get('applications', 0)} applications",
     ]
+    memory = agent.get("memory") or {}
+    if memory:
+        parts.append(
+            f"memory {size(memory.get('totalBytes'))} ({size(memory.get('availableBytes'))} free)"
+        )
     if agent.get("endpoint"):
         parts.insert(0, f"at {agent['endpoint']}")
     return ", ".join(parts)
@@ -113,6 +118,23 @@ def image_rows(images: list[dict[str, Any]] | str, now: datetime) -> list[str]:
     return table(rows)
 
 
+def hibernation_line(agent: dict[str, Any], now: datetime) -> str:
+    """The agent's last hibernate run, as it reported it."""
+    run = agent.get("hibernation") or {}
+    if not run:
+        return "no run reported"
+    parts = [
+        f"last run {run.get('state') or NONE}",
+        f"requested {age(run.get('requestedAt'), now)} ago",
+        f"image {size(run.get('imageBytes'))}",
+    ]
+    if run.get("resumedAt"):
+        parts.append(f"resumed {age(run['resumedAt'], now)} ago")
+    if run.get("message"):
+        parts.append(clip(run["message"]))
+    return ", ".join(parts)
+
+
 def render(
     partition: dict[str, Any], images: list[dict[str, Any]] | str, now: datetime
 ) -> list[str]:
@@ -127,6 +149,7 @@ def render(
         *condition_rows(status.get("conditions") or [], now),
         field("Agent", agent_line(status.get("agent") or {}, now)),
         field("Paging", paging_line(spec, status)),
+        field("Hibernation", hibernation_line(status.get("agent") or {}, now)),
         "Hibernation images:",
         *image_rows(images, now),
     ]
