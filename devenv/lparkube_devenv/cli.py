@@ -199,10 +199,20 @@ def apply_examples(kubectl: str, kubeconfig: Path, files: list[Path]) -> None:
         say(f"WARNING: applying examples/ failed (exit {result.returncode}):\n{result.stderr}")
 
 
+# Examples that act on a running VM when applied: left for the user (`kubectl apply -f`, or
+# `kubectl lparkube hibernate`), never applied by make run itself.
+ON_DEMAND_KINDS = frozenset({"HibernationImage"})
+
+
 def split_examples(directory: Path) -> tuple[list[Path], list[Path]]:
-    """The example files, SaveEvents last: they save what the guests run, so they go in
-    once the demo guests' agents are connected."""
-    files = sorted(directory.glob("*.y*ml"))
+    """The example files make run applies, SaveEvents last: they save what the guests run, so
+    they go in once the demo guests' agents are connected. Files of ON_DEMAND_KINDS only are
+    left out."""
+    files = [
+        f
+        for f in sorted(directory.glob("*.y*ml"))
+        if not {d.get("kind") for d in _documents(f)} <= ON_DEMAND_KINDS
+    ]
     saves = [f for f in files if {d.get("kind") for d in _documents(f)} == {"SaveEvent"}]
     return [f for f in files if f not in saves], saves
 
