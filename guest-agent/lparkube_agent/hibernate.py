@@ -48,7 +48,7 @@ BUSY = "Busy"
 UNSUPPORTED = "Unsupported"
 MARGIN_BYTES = 16 * 1024 * 1024  # the image's metadata and what runs while it is made
 ANSWER_SECONDS = 2.0  # the answer goes out before the guest freezes (or after this, anyway)
-KEEP = 16
+KEEP = 64
 MAX_SERIAL = 64
 _NEED_TO_COPY = re.compile(r"Need to copy (\d+) pages")
 
