@@ -16,13 +16,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from kubernetes import client
+from partition_helpers import Partitions, partition_manifest
 
 from lparkube.adapters.agent_identity import OperatorCredentials
 from lparkube.adapters.guest_agent import AgentClient, AgentError, AgentTarget
 from lparkube_agent import protocol
 from lparkube_agent.fakeguest import MIB, PAGE, FakeGuest
 from lparkube_agent.fakeguest import main as fake_command
-from lparkube_agent.testing import AgentProcess, TLSMaterial, cli, start_app
+from lparkube_agent.testing import AgentProcess, TLSMaterial, cli, signed_request, start_app
+from lparkube_devenv.controlplane import free_port
+from lparkube_devenv.kubevirt import StandIn
 
 UNCHANGED_STATE = "freeze mem disk\n"
 UID = "test-uid"  # the partition uid agent_tls's certificates are made for
@@ -439,3 +443,62 @@ def test_the_operators_client_hibernates_and_reads_refusals(guest: Guest) -> Non
     assert first["state"] == "Hibernating" and again["state"] == "Resumed"
     assert (refused.reason, refused.refusal, refused.status) == ("refused", "Unsupported", 409)
     assert "suspend to disk" in str(refused)
+
+
+# --- through the operator's gateway into Partition status ---------------------------------
+
+
+@pytest.mark.usefixtures("operator")
+def test_the_gateway_writes_the_guest_facts_into_partition_status(
+    api_client: client.ApiClient,
+    kubevirt: StandIn,
+    namespace: str,
+    guest_agent,  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+) -> None:
+    parts = Partitions(api_client, kubevirt, namespace)
+    ip, port = "127.0.0.23", free_port()
+    parts.create(partition_manifest("hib-1", ip, port))
+    fake = FakeGuest(tmp_path / "guest")
+    agent = guest_agent(namespace, "hib-1", ip=ip, config=fake.config())
+
+    def reported(field: str):  # type: ignore[no-untyped-def]
+        return lambda: (parts.status("hib-1").get("agent") or {}).get(field)
+
+    def paging_on() -> dict | None:  # the first report may come before swapon is done
+        paging = reported("paging")()
+        return paging if paging and paging["active"] else None
+
+    paging = wait_for(paging_on, 30, "status.agent.paging active")
+    assert paging == {
+        "serial": "lparkube-paging",
+        "device": str(fake.disk),
+        "sizeBytes": 64 * MIB,
+        "swapBytes": 64 * MIB - PAGE,
+        "active": True,
+        "message": "",
+    }
+    status = parts.status("hib-1")["agent"]
+    assert status["bootId"] == fake.files.boot_id.read_text().strip()
+    assert status["memory"] == {"totalBytes": 512 * MIB, "availableBytes": 480 * MIB}
+
+    fifo(fake.files.power / "resume")  # the "kernel" holds the run at its first write
+    body = json.dumps({"id": "image-uid-1", "serial": "lparkube-paging"}).encode()
+    process = agent.process
+    answer = signed_request(
+        agent.ip, agent.port, process.key, partition=process.partition, method="POST",
+        path="/v1/hibernate", body=body, context=process.operator_context(),
+    )  # fmt: skip
+    assert answer[0] == 202
+    running = wait_for(reported("hibernation"), 30, "status.agent.hibernation")
+    assert (running["id"], running["state"]) == ("image-uid-1", "Hibernating")
+    fake.log_kernel("PM: hibernation: Need to copy 4242 pages")
+    read_fifo(fake.files.power / "resume", []).join(10)
+
+    def resumed() -> dict | None:
+        hibernation = reported("hibernation")()
+        return hibernation if hibernation and hibernation["state"] == "Resumed" else None
+
+    done = wait_for(resumed, 30, "Resumed in status")
+    assert done["imageBytes"] == 4242 * PAGE
+    assert done["resumedAt"] >= done["requestedAt"] and done["message"] == ""
