@@ -12,8 +12,9 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from kubernetes import client
@@ -25,21 +26,27 @@ from lparkube_agent import protocol
 from lparkube_agent.fakeguest import MIB, PAGE, FakeGuest
 from lparkube_agent.fakeguest import main as fake_command
 from lparkube_agent.testing import AgentProcess, TLSMaterial, cli, signed_request, start_app
-from lparkube_devenv.controlplane import free_port
+from lparkube_devenv.controlplane import free_port, wait_until
 from lparkube_devenv.kubevirt import StandIn
 
 UNCHANGED_STATE = "freeze mem disk\n"
 UID = "test-uid"  # the partition uid agent_tls's certificates are made for
 
 
-def wait_for(check, timeout: float = 10.0, what: str = "condition"):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+def wait_for(check: Callable[[], Any], what: str, timeout: float = 10.0) -> Any:
+    return wait_until(check, timeout, what, interval=0.05)
+
+
+def paging_report(fake: FakeGuest, size: int) -> dict:
+    """What the agent reports of a paging disk of ``size`` bytes that it made swap."""
+    return {
+        "serial": "lparkube-paging",
+        "device": str(fake.disk),
+        "sizeBytes": size,
+        "swapBytes": size - PAGE,  # the header page is not swap
+        "active": True,
+        "message": "",
+    }
 
 
 class Guest:
@@ -120,14 +127,7 @@ def test_a_blank_paging_disk_is_formatted_and_made_swap(guest: Guest) -> None:
     assert fake.signature() == b"SWAPSPACE2"
     assert fake.swap_bytes() == 64 * MIB - PAGE  # the header page is not swap
     report = guest.report()
-    assert report["paging"] == {
-        "serial": "lparkube-paging",
-        "device": str(fake.disk),
-        "sizeBytes": 64 * MIB,
-        "swapBytes": 64 * MIB - PAGE,
-        "active": True,
-        "message": "",
-    }
+    assert report["paging"] == paging_report(fake, 64 * MIB)
     assert report["bootId"] == fake.files.boot_id.read_text().strip()
     assert report["memory"] == {"totalBytes": 512 * MIB, "availableBytes": 480 * MIB}
     assert "hibernation" not in report
@@ -428,7 +428,7 @@ def test_the_operators_client_hibernates_and_reads_refusals(guest: Guest) -> Non
     async def calls() -> tuple[dict, dict, AgentError]:
         try:
             first = await client.hibernate(target, instruction, timeout=10)
-            await asyncio.to_thread(wait_for, lambda: fake.power("state") == "disk")
+            await asyncio.to_thread(wait_for, lambda: fake.power("state") == "disk", "disk")
             again = await client.hibernate(target, instruction, timeout=10)
             (fake.files.power / "state").write_text("freeze mem\n")
             try:
@@ -469,15 +469,7 @@ def test_the_gateway_writes_the_guest_facts_into_partition_status(
         paging = reported("paging")()
         return paging if paging and paging["active"] else None
 
-    paging = wait_for(paging_on, 30, "status.agent.paging active")
-    assert paging == {
-        "serial": "lparkube-paging",
-        "device": str(fake.disk),
-        "sizeBytes": 64 * MIB,
-        "swapBytes": 64 * MIB - PAGE,
-        "active": True,
-        "message": "",
-    }
+    assert wait_for(paging_on, "status.agent.paging active", 30) == paging_report(fake, 64 * MIB)
     status = parts.status("hib-1")["agent"]
     assert status["bootId"] == fake.files.boot_id.read_text().strip()
     assert status["memory"] == {"totalBytes": 512 * MIB, "availableBytes": 480 * MIB}
@@ -490,7 +482,7 @@ def test_the_gateway_writes_the_guest_facts_into_partition_status(
         path="/v1/hibernate", body=body, context=process.operator_context(),
     )  # fmt: skip
     assert answer[0] == 202
-    running = wait_for(reported("hibernation"), 30, "status.agent.hibernation")
+    running = wait_for(reported("hibernation"), "status.agent.hibernation", 30)
     assert (running["id"], running["state"]) == ("image-uid-1", "Hibernating")
     fake.log_kernel("PM: hibernation: Need to copy 4242 pages")
     read_fifo(fake.files.power / "resume", []).join(10)
@@ -499,6 +491,6 @@ def test_the_gateway_writes_the_guest_facts_into_partition_status(
         hibernation = reported("hibernation")()
         return hibernation if hibernation and hibernation["state"] == "Resumed" else None
 
-    done = wait_for(resumed, 30, "Resumed in status")
+    done = wait_for(resumed, "Resumed in status", 30)
     assert done["imageBytes"] == 4242 * PAGE
     assert done["resumedAt"] >= done["requestedAt"] and done["message"] == ""
