@@ -1,4 +1,5 @@
-"""The agent daemon: registration table, save runs, HTTP endpoint, reports, pruning.
+"""The agent daemon: registration table, save and hibernate runs, the paging device, HTTP
+endpoint, reports, pruning.
 
 `Agent` is importable and can run in-process (tests, benchmarks with many agents): every part
 is optional except the HTTP endpoint, and `port` tells where it listens when given port 0.
@@ -12,10 +13,13 @@ import threading
 from . import report as reports
 from . import tls
 from .config import Config
+from .guestfiles import boot_id, memory
+from .hibernate import HibernationStore, decode_run
 from .httpapi import AgentAPI, AgentHTTPServer
 from .inputtable import InputTable
 from .journal import Journal
 from .methods import Methods
+from .paging import Paging
 from .registry import Registration, Table
 from .regserver import RegistrationServer
 from .saves import SaveStore
@@ -26,6 +30,7 @@ log = logging.getLogger(__name__)
 PRUNE_SECONDS = 2.0
 TABLE_FILE = "registrations.json"
 JOURNAL_FILE = "saves.json"
+HIBERNATE_JOURNAL_FILE = "hibernations.json"
 
 
 class Agent:
@@ -39,7 +44,21 @@ class Agent:
         self.terminals = Terminals()
         self.methods = Methods(input_table or InputTable.load(config.input_table), self.terminals)
         self.saves = SaveStore(self._registrations, self.methods.save, journal=journal)
-        self.api = AgentAPI(config.key, config.partition, self.saves, self.report)
+        self.paging = Paging(config.files, config.swap_commands)
+        self.hibernations = HibernationStore(
+            config.files,
+            self.paging,
+            journal=Journal(
+                state_dir / HIBERNATE_JOURNAL_FILE if state_dir is not None else None,
+                decode_run,
+                "hibernate",
+            ),
+            busy=self.saves.running,
+            on_change=self._report_soon,
+        )
+        self.api = AgentAPI(
+            config.key, config.partition, self.saves, self.report, self.hibernations
+        )
         self.http = AgentHTTPServer(config.listen, self.api, tls.server_context(config.tls))
         self.registration: RegistrationServer | None = None
         if config.socket is not None:
@@ -48,7 +67,7 @@ class Agent:
         self._report_tls = tls.client_context(config.tls)
         if config.operator_url:
             self.reporter = reports.Reporter(self._push, config.report_interval)
-            self.table.listeners.append(lambda _removed: self.reporter and self.reporter.poke())
+            self.table.listeners.append(lambda _removed: self._report_soon())
         self.table.listeners.append(self._forget_terminals)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -60,6 +79,7 @@ class Agent:
     def start(self) -> None:
         self._spawn(self.http.serve_forever, "http")
         self._spawn(self._prune_loop, "pruner")
+        self._spawn(self._enable_paging, "paging")
         if self.registration:
             self.registration.start()
         if self.reporter:
@@ -79,7 +99,26 @@ class Agent:
 
     def report(self) -> dict:
         apps = [r.summary() for r in self._registrations()]
-        return reports.build_report(self.config.vmcoreinfo, apps)
+        body = reports.build_report(self.config.vmcoreinfo, apps, self.config.files.proc)
+        guest = {
+            "bootId": boot_id(self.config.files),
+            "memory": memory(self.config.files),
+            "paging": self.paging.report(),
+            "hibernation": self.hibernations.last(),
+        }
+        body.update({k: v for k, v in guest.items() if v is not None})  # all optional
+        return body
+
+    def _report_soon(self) -> None:
+        if self.reporter:
+            self.reporter.poke()
+
+    def _enable_paging(self) -> None:
+        try:
+            self.paging.enable()
+        except Exception:
+            log.exception("enabling the paging device failed")
+        self._report_soon()
 
     def _registrations(self) -> list[Registration]:
         self.table.prune()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent
 INTERPRETER = "/usr/bin/env python3"
-EXCLUDED = {"testing.py"}  # test helpers stay out of the guest
+EXCLUDED = {"testing.py", "fakeguest.py"}  # test helpers stay out of the guest
 
 
 def build(target: Path) -> Path:

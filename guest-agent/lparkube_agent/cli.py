@@ -61,6 +61,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--key-file", help="partition key file (default: 'key' beside config)")
     serve.add_argument("--input-table", help=f"input table ({configs.DEFAULT_INPUT_TABLE})")
     serve.add_argument("--vmcoreinfo", help=f"VMCOREINFO file ({configs.DEFAULT_VMCOREINFO})")
+    serve.add_argument("--sysfs", help="where sysfs is (/sys): power, block devices")
+    serve.add_argument("--procfs", help="where procfs is (/proc): meminfo, swaps, boot id")
+    serve.add_argument("--devfs", help="where devfs is (/dev): the paging disk, kmsg")
+    for command in ("mkswap", "swapon", "swapoff"):
+        serve.add_argument(f"--{command}", help=f"the {command} command line ({command})")
     serve.add_argument("--log-level", default="INFO")
 
     reg = sub.add_parser("register", help="register a process with a save method", parents=client)
@@ -134,6 +139,12 @@ def _serve(args: argparse.Namespace) -> int:
         "keyFile": _abs(args.key_file),
         "inputTable": _abs(args.input_table),
         "vmcoreinfo": _abs(args.vmcoreinfo),
+        "sysfs": _abs(args.sysfs),
+        "procfs": _abs(args.procfs),
+        "devfs": _abs(args.devfs),
+        "mkswap": args.mkswap,
+        "swapon": args.swapon,
+        "swapoff": args.swapoff,
     }
     found = [Path(p) for p in args.config if Path(p).exists()]
     if not found:

@@ -9,11 +9,15 @@ file or on the command line, so tests run unprivileged in temporary directories.
 from __future__ import annotations
 
 import json
+import shlex
 import string
 from dataclasses import dataclass
+from dataclasses import field as default_of
 from pathlib import Path
 
 from . import protocol
+from .guestfiles import GuestFiles
+from .paging import SwapCommands
 from .tls import TLSFiles
 
 DEFAULT_LISTEN = "0.0.0.0:8443"
@@ -35,6 +39,9 @@ class Config:
     socket: Path | None = Path(DEFAULT_SOCKET)
     input_table: Path | None = Path(DEFAULT_INPUT_TABLE)
     vmcoreinfo: Path = Path(DEFAULT_VMCOREINFO)
+    # Where /sys, /proc and /dev are, and the swap commands: a test's fake tree and scripts.
+    files: GuestFiles = default_of(default_factory=GuestFiles)
+    swap_commands: SwapCommands = default_of(default_factory=SwapCommands)
 
 
 def parse_listen(text: object) -> tuple[str, int]:
@@ -77,6 +84,29 @@ def tls_files(data: dict, base: Path) -> TLSFiles:
     return TLSFiles(paths["caFile"], paths["tlsCertFile"], paths["tlsKeyFile"])
 
 
+def guest_files(data: dict, base: Path) -> GuestFiles:
+    """The roots ``sysfs``, ``procfs`` and ``devfs`` (default /sys, /proc, /dev)."""
+    default = GuestFiles()
+    return GuestFiles(
+        _path(data, "sysfs", str(default.sys), base) or default.sys,
+        _path(data, "procfs", str(default.proc), base) or default.proc,
+        _path(data, "devfs", str(default.dev), base) or default.dev,
+    )
+
+
+def swap_commands(data: dict) -> SwapCommands:
+    """``mkswap``, ``swapon``, ``swapoff``: each a command line (string or list), the device
+    appended as its last argument."""
+    commands = {}
+    for name, default in vars(SwapCommands()).items():
+        value = data.get(name, list(default))
+        argv = shlex.split(value) if isinstance(value, str) else value
+        if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
+            raise ValueError(f"{name} must be a command line such as {default[0]!r}")
+        commands[name] = tuple(argv)
+    return SwapCommands(**commands)
+
+
 def _path(data: dict, name: str, default: str | None, base: Path) -> Path | None:
     value = data.get(name, default)
     if value is None or value == "":
@@ -116,4 +146,6 @@ def load(path: Path, overrides: dict | None = None) -> Config:
         socket=_path(data, "socket", DEFAULT_SOCKET, base),
         input_table=_path(data, "inputTable", DEFAULT_INPUT_TABLE, base),
         vmcoreinfo=_path(data, "vmcoreinfo", DEFAULT_VMCOREINFO, base) or Path("/nonexistent"),
+        files=guest_files(data, base),
+        swap_commands=swap_commands(data),
     )

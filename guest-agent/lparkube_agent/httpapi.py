@@ -1,4 +1,5 @@
-"""The agent's HTTPS endpoint for the operator: POST /v1/save and GET /v1/report.
+"""The agent's HTTPS endpoint for the operator: POST /v1/save, POST /v1/hibernate and
+GET /v1/report.
 
 Only the operator gets through the TLS handshake (its client certificate, from the CA the
 guest pins, naming the operator; ``tls``). Every request is authenticated (protocol.Verifier)
@@ -26,19 +27,40 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
 
 from . import protocol, tls
+from .hibernate import (
+    HIBERNATING,
+    UNSUPPORTED,
+    HibernationStore,
+    RefusedError,
+    parse_hibernate_request,
+)
 from .saves import BusyError, SaveStore, parse_save_request
 from .version import VERSION
 
 log = logging.getLogger(__name__)
 
 SAVE_PATH = "/v1/save"
+HIBERNATE_PATH = "/v1/hibernate"
 REPORT_PATH = "/v1/report"
-ROUTES = {SAVE_PATH: "POST", REPORT_PATH: "GET"}
+ROUTES = {SAVE_PATH: "POST", HIBERNATE_PATH: "POST", REPORT_PATH: "GET"}
 STATUS_OF = {"oversized": 413, "malformed": 400}
 
 
 def error_body(reason: str, message: str) -> dict:
     return {"error": reason, "message": message}
+
+
+def refusal_body(refusal: RefusedError) -> dict:
+    """A signed 409's body: the guest cannot do it now, and why (docs/agent-protocol.md)."""
+    return {"error": "refused", "reason": refusal.reason, "message": str(refusal)}
+
+
+def nothing() -> None:
+    """What runs after an answer, for most answers."""
+
+
+# An answer: status, body, and what to do once it is written (a hibernation starts only then).
+Answer = tuple[int, dict, Callable[[], None]]
 
 
 class AgentAPI:
@@ -50,33 +72,52 @@ class AgentAPI:
         partition: str,
         saves: SaveStore,
         report: Callable[[], dict],
+        hibernations: HibernationStore | None = None,
     ) -> None:
         self.key = key
         self.partition = partition
         self.verifier = protocol.Verifier(key, partition)
         self.saves = saves
         self.report = report
+        self.hibernations = hibernations
 
-    def dispatch(self, method: str, path: str, body: bytes) -> tuple[int, dict]:
+    def dispatch(self, method: str, path: str, body: bytes) -> Answer:
         if path not in ROUTES:
-            return 404, error_body("not-found", f"no such path; use {', '.join(ROUTES)}")
+            return 404, error_body("not-found", f"no such path; use {', '.join(ROUTES)}"), nothing
         if ROUTES[path] != method:
-            return 405, error_body("method-not-allowed", f"use {ROUTES[path]} {path}")
+            return 405, error_body("method-not-allowed", f"use {ROUTES[path]} {path}"), nothing
         if path == REPORT_PATH:
-            return 200, self.report()
+            return 200, self.report(), nothing
+        if path == HIBERNATE_PATH:
+            return self._hibernate(body)
         return self._save(body)
 
-    def _save(self, body: bytes) -> tuple[int, dict]:
+    def _save(self, body: bytes) -> Answer:
         try:
             request = parse_save_request(json.loads(body))
         except Exception as error:  # bad JSON, wrong types, absurd nesting: all malformed
-            return 400, error_body("malformed", f"invalid save instruction: {error}")
+            return 400, error_body("malformed", f"invalid save instruction: {error}"), nothing
         try:
             run, _ = self.saves.submit(request)
         except BusyError as error:
-            return 503, error_body("busy", str(error))
+            return 503, error_body("busy", str(error)), nothing
         finished = run.done.wait(request.wait)
-        return (200 if finished else 202), run.result()
+        return (200 if finished else 202), run.result(), nothing
+
+    def _hibernate(self, body: bytes) -> Answer:
+        """202 once a new run is journaled (it starts once the answer is out), the kept run's
+        state for a known id (200 when it ended), a signed 409 refusal otherwise."""
+        try:
+            request = parse_hibernate_request(json.loads(body))
+        except Exception as error:  # as for saves: anything unparsable is malformed
+            return 400, error_body("malformed", f"invalid hibernate instruction: {error}"), nothing
+        try:
+            if self.hibernations is None:
+                raise RefusedError(UNSUPPORTED, "this agent was started without hibernation")
+            run, start = self.hibernations.submit(request)
+        except RefusedError as refusal:
+            return 409, refusal_body(refusal), nothing
+        return (202 if run.state == HIBERNATING else 200), run.result(), start
 
 
 @dataclass(frozen=True)
@@ -266,8 +307,11 @@ class Handler(BaseHTTPRequestHandler):
                 status = STATUS_OF.get(error.reason, 401)
                 self._reply(status, error_body(error.reason, str(error)), None)
                 return
-            status, payload = api.dispatch(self.command, self.path, body)
-            self._reply(status, payload, signed)
+            status, payload, then = api.dispatch(self.command, self.path, body)
+            try:
+                self._reply(status, payload, signed)
+            finally:
+                then()
         except (OSError, socket.timeout):
             self.close_connection = True
         except Exception:

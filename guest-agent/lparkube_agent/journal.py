@@ -1,19 +1,21 @@
-"""The save runs on disk, so that an agent restart repeats no application's save.
+"""Runs on disk, so that an agent restart repeats no application's save and no hibernation.
 
 The operator re-sends an instruction (same id) after its own restart or a lost answer and
-expects the agent to attach rather than save again. In memory that holds only while the agent
-lives; the journal keeps each run's request, state and per-application outcomes in the state
-directory (written atomically after every change), so a restarted agent answers a finished
-id with the kept result and, for a run it was killed in, saves only the apps with no outcome.
+expects the agent to attach rather than run it again. In memory that holds only while the agent
+lives; a journal keeps each run in the state directory (written atomically after every change),
+so a restarted agent answers a finished id with the kept result. Save runs keep their request,
+state and per-application outcomes (a run the agent was killed in saves only the apps with no
+outcome); hibernate runs keep theirs (hibernate.py), each journal with its own record decoder.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 from .state import atomic_write_json, read_json
 
@@ -53,31 +55,48 @@ def _record(data: object) -> RunRecord:
     return record
 
 
-class Journal:
-    """Run records by id, newest last; ``path`` None keeps nothing (in-process agents)."""
+class Record(Protocol):
+    def to_json(self) -> dict[str, Any]: ...
 
-    def __init__(self, path: Path | None) -> None:
+
+Kept = TypeVar("Kept", bound=Record)
+
+
+class Journal(Generic[Kept]):
+    """Run records by id, newest last; ``path`` None keeps nothing (in-process agents).
+    ``decode`` reads one record back (ValueError or TypeError when it is malformed); by
+    default a save run's."""
+
+    def __init__(
+        self,
+        path: Path | None,
+        decode: Callable[[object], Kept] = _record,  # type: ignore[assignment]
+        what: str = "save",
+    ) -> None:
         self.path = path
+        self._decode = decode
+        self._what = what
         self._lock = threading.Lock()
 
-    def load(self) -> list[RunRecord]:
+    def load(self) -> list[Kept]:
         """The kept records; unreadable ones are logged and dropped, never fatal."""
         data = read_json(self.path) if self.path is not None else None
         items = data.get("runs") if isinstance(data, dict) else None
         records = []
         for item in items if isinstance(items, list) else []:
             try:
-                records.append(_record(item))
+                records.append(self._decode(item))
             except (TypeError, ValueError) as error:
-                log.warning("dropping an unreadable save record from %s: %s", self.path, error)
+                what, path = self._what, self.path
+                log.warning("dropping an unreadable %s record from %s: %s", what, path, error)
         return records
 
-    def write(self, records: list[RunRecord]) -> None:
+    def write(self, records: list[Kept]) -> None:
         if self.path is None:
             return
         with self._lock:
             payload = {"version": VERSION, "runs": [r.to_json() for r in records]}
             try:
                 atomic_write_json(self.path, payload)
-            except OSError as error:  # a full disk must not stop the save itself
-                log.error("cannot write the save journal %s: %s", self.path, error)
+            except OSError as error:  # a full disk must not stop the run itself
+                log.error("cannot write the %s journal %s: %s", self._what, self.path, error)

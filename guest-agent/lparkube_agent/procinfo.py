@@ -185,10 +185,10 @@ def peer_of(sock: socket.socket) -> Peer:
     return Peer(*struct.unpack("3i", raw))
 
 
-def boot_time() -> float | None:
+def boot_time(proc: Path = PROC) -> float | None:
     """Seconds since the epoch at which the kernel booted (btime in /proc/stat)."""
     try:
-        for line in (PROC / "stat").read_text().splitlines():
+        for line in (proc / "stat").read_text().splitlines():
             if line.startswith("btime "):
                 return float(line.split()[1])
     except (OSError, ValueError):

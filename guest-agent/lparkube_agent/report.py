@@ -49,9 +49,12 @@ def read_vmcoreinfo(path: Path) -> dict | None:
         return None
 
 
-def build_report(vmcoreinfo_path: Path, applications: list[dict]) -> dict:
-    """The report body (docs/agent-protocol.md)."""
-    boot = procinfo.boot_time()
+def build_report(
+    vmcoreinfo_path: Path, applications: list[dict], proc: Path = procinfo.PROC
+) -> dict:
+    """The report body (docs/agent-protocol.md) without the guest's optional facts (bootId,
+    memory, paging, hibernation: the agent adds those it has)."""
+    boot = procinfo.boot_time(proc)
     return {
         "agentVersion": VERSION,
         "bootTime": iso(boot) if boot is not None else None,

@@ -71,13 +71,21 @@ def _number(data: dict, name: str, low: float, high: float, default: float) -> f
     return float(value)
 
 
-def parse_save_request(data: object) -> SaveRequest:
-    """The instruction from its JSON; ValueError names the field to fix."""
+def instruction_id(data: object) -> str:
+    """The id of an instruction (save or hibernate) from its JSON body; ValueError if the body
+    is not an object or the id is not 1..MAX_ID printable characters."""
     if not isinstance(data, dict):
         raise ValueError("the body must be a JSON object")
     ident = data.get("id")
     if not isinstance(ident, str) or not 0 < len(ident) <= MAX_ID or not ident.isprintable():
         raise ValueError(f"id must be a string of 1..{MAX_ID} printable characters")
+    return ident
+
+
+def parse_save_request(data: object) -> SaveRequest:
+    """The instruction from its JSON; ValueError names the field to fix."""
+    ident = instruction_id(data)
+    assert isinstance(data, dict)
     reason = data.get("reason", "Other")
     if not isinstance(reason, str) or not 0 < len(reason) <= 64 or not reason.isprintable():
         raise ValueError("reason must be a short string such as Thermal")
@@ -274,6 +282,11 @@ class SaveStore:
             run.state = COMPLETED
             run.done.set()
             self._finished[request.id] = run
+
+    def running(self) -> bool:
+        """True while a save run is under way (a hibernation then waits: Busy)."""
+        with self._lock:
+            return bool(self._running)
 
     def submit(self, request: SaveRequest) -> tuple[SaveRun, bool]:
         """The run for this id, started if new; the bool says whether it is new."""

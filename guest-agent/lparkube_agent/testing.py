@@ -204,6 +204,11 @@ class AgentProcess:
             raise AssertionError(f"save answered {status}: {answer}")
         return answer
 
+    def hibernate(self, ident: str, serial: str = "lparkube-paging", **extra) -> tuple[int, dict]:
+        """A signed hibernate instruction; its (verified) status and body."""
+        body = json.dumps({"id": ident, "serial": serial, **extra}).encode()
+        return self.request("POST", "/v1/hibernate", body)
+
 
 def signed_request(
     host: str,

@@ -1,6 +1,8 @@
 """Fuzz the agent's HTTP endpoint: 10,000+ requests, random ones and mutations of valid signed
-ones, over real connections to a real agent process. Nothing that is not validly signed and
-fresh may be accepted, everything that is must be, and the agent must survive all of it.
+ones (reports, saves and hibernations), over real connections to a real agent process in a
+fake guest tree. Nothing that is not validly signed and fresh may be accepted, everything that
+is must be (a hibernation may be refused, signed, as Busy), the agent must survive all of it,
+and no hibernation may run twice or for a request that was refused.
 
 Set LPARKUBE_FUZZ_SEED to replay a run; the seed is printed (pytest shows it on failure).
 """
@@ -20,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lparkube_agent import protocol
+from lparkube_agent.fakeguest import FakeGuest
 from lparkube_agent.testing import (
     AgentProcess,
     ReceivedBytes,
@@ -86,6 +89,7 @@ class Case:
     signed: protocol.Signed | None
     oneshot: bool = False
     save_id: str | None = None
+    hibernate_id: str | None = None
 
 
 @dataclass
@@ -94,6 +98,7 @@ class Tally:
     accepted: Counter = field(default_factory=Counter)
     wrong: list[str] = field(default_factory=list)
     ids: set[str] = field(default_factory=set)
+    hibernate_ids: set[str] = field(default_factory=set)  # answered Hibernating or Resumed
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -113,14 +118,18 @@ class Fuzzer:
         body: bytes | None = None,
         route: tuple[str, str] | None = None,
     ) -> tuple[Request, str | None]:
+        """A signed request and the id of the save or hibernation it asks for."""
         rng = self.rng
-        save_id = None
+        ident = None
         if route is None:
-            route = ("GET", "/v1/report") if rng.random() < 0.4 else ("POST", "/v1/save")
+            route = rng.choices(ROUTES, (4, 4, 2))[0]
         method, path = route
-        if body is None and method == "POST":
-            save_id = f"fuzz-{rng.randrange(IDS)}"
-            body = json.dumps({"id": save_id, "reason": "Manual", "waitSeconds": 0}).encode()
+        if body is None and path == "/v1/save":
+            ident = f"fuzz-{rng.randrange(IDS)}"
+            body = json.dumps({"id": ident, "reason": "Manual", "waitSeconds": 0}).encode()
+        elif body is None and path == "/v1/hibernate":
+            ident = f"fuzz-hibernate-{rng.randrange(IDS)}"
+            body = json.dumps({"id": ident, "serial": "lparkube-paging"}).encode()
         body = body or b""
         message = protocol.Message(
             protocol.TO_AGENT, method, path, partition or self.agent.partition, body
@@ -129,7 +138,15 @@ class Fuzzer:
         headers = [("Host", "agent"), ("Content-Type", "application/json")]
         headers.append(("Content-Length", str(len(body))))
         headers += list(signed.headers().items())
-        return Request(method, path, body, headers, signed), save_id
+        return Request(method, path, body, headers, signed), ident
+
+    def _accepted(self, kind: str, request: Request, ident: str | None) -> Case:
+        case = Case(kind, request.render()[0], True, request.signed)
+        if request.path == "/v1/hibernate":
+            case.hibernate_id = ident
+        else:
+            case.save_id = ident
+        return case
 
     def case(self) -> Case:
         kinds = list(MUTATIONS)
@@ -142,28 +159,26 @@ class Fuzzer:
     # --- accepted: validly signed and fresh, however the HTTP framing varies ---------------
 
     def valid(self) -> Case:
-        request, save_id = self.request()
-        return Case("valid", request.render()[0], True, request.signed, save_id=save_id)
+        return self._accepted("valid", *self.request())
 
     def reorder(self) -> Case:
-        request, save_id = self.request()
+        request, ident = self.request()
         self.rng.shuffle(request.headers)
-        return Case("reorder", request.render()[0], True, request.signed, save_id=save_id)
+        return self._accepted("reorder", request, ident)
 
     def header_case(self) -> Case:
-        request, save_id = self.request()
+        request, ident = self.request()
         request.headers = [(self._recase(n), v) for n, v in request.headers]
-        return Case("header-case", request.render()[0], True, request.signed, save_id=save_id)
+        return self._accepted("header-case", request, ident)
 
     def extra_header(self) -> Case:
-        request, save_id = self.request()
+        request, ident = self.request()
         junk = "".join(self.rng.choice("abcdefXYZ0123 -_/") for _ in range(20)).strip() or "x"
         request.headers.insert(self.rng.randrange(len(request.headers) + 1), ("X-Fuzz", junk))
-        return Case("extra-header", request.render()[0], True, request.signed, save_id=save_id)
+        return self._accepted("extra-header", request, ident)
 
     def fresh_skew(self) -> Case:
-        request, save_id = self.request(skew=self.rng.uniform(-50, 50))
-        return Case("fresh-skew", request.render()[0], True, request.signed, save_id=save_id)
+        return self._accepted("fresh-skew", *self.request(skew=self.rng.uniform(-50, 50)))
 
     # --- refused ----------------------------------------------------------------------------
 
@@ -206,15 +221,20 @@ class Fuzzer:
         return self._refused("duplicate-header", request)
 
     def bad_body(self) -> Case:
-        body = self.rng.choice(
-            [b"", b"{", b"[]", b'{"id": 1}', b'{"id": "x", "waitSeconds": -1}', b"\xff\xfe"]
-        )
-        return self._refused("bad-body", self.request(body=body, route=("POST", "/v1/save"))[0])
+        route = self.rng.choice(ROUTES[1:])
+        bodies = [b"", b"{", b"[]", b'{"id": 1}', b"\xff\xfe"]
+        if route[1] == "/v1/save":
+            bodies.append(b'{"id": "x", "waitSeconds": -1}')
+        else:  # a hibernation needs the paging disk's serial, and a deadline is a time
+            bodies += [b'{"id": "x"}', b'{"id": "x", "serial": 7}', b'{"id": "x", "serial": ""}']
+            bodies.append(b'{"id": "x", "serial": "lparkube-paging", "deadline": "soon"}')
+        return self._refused("bad-body", self.request(body=self.rng.choice(bodies), route=route)[0])
 
     def wrong_route(self) -> Case:
         route = self.rng.choice(
-            [("GET", "/v1/save"), ("POST", "/v1/report"), ("GET", "/"), ("POST", "/v1/save/")]
-        )
+            [("GET", "/v1/save"), ("POST", "/v1/report"), ("GET", "/"), ("POST", "/v1/save/"),
+             ("GET", "/v1/hibernate"), ("PUT", "/v1/hibernate"), ("POST", "/v1/hibernate/")]
+        )  # fmt: skip
         return self._refused("wrong-route", self.request(route=route, body=b"{}")[0])
 
     def flip(self) -> Case:
@@ -236,7 +256,7 @@ class Fuzzer:
 
     def oversized(self) -> Case:
         body = b'{"id": "huge", "pad": "' + b"x" * (protocol.MAX_BODY_BYTES + 1) + b'"}'
-        request, _ = self.request(body=body, route=("POST", "/v1/save"))
+        request, _ = self.request(body=body, route=self.rng.choice(ROUTES[1:]))
         return Case("oversized", request.render()[0], False, None, oneshot=True)
 
     def garbage(self) -> Case:
@@ -244,7 +264,8 @@ class Fuzzer:
         if rng.random() < 0.5:
             data = bytes(rng.randrange(256) for _ in range(rng.randrange(300)))
         else:
-            head = [f"{rng.choice(['GET', 'POST', 'PUT', 'get'])} /v1/save HTTP/1.1"]
+            path = rng.choice(["/v1/save", "/v1/hibernate"])
+            head = [f"{rng.choice(['GET', 'POST', 'PUT', 'get'])} {path} HTTP/1.1"]
             for name in rng.sample(SIGNATURE_HEADERS, rng.randrange(5)):
                 head.append(f"{name}: {rng.getrandbits(256):x}")
             data = ("\r\n".join(head) + "\r\n\r\n").encode()
@@ -257,6 +278,7 @@ class Fuzzer:
         return "".join(c.upper() if self.rng.random() < 0.5 else c.lower() for c in name)
 
 
+ROUTES = [("GET", "/v1/report"), ("POST", "/v1/save"), ("POST", "/v1/hibernate")]
 MUTATIONS: dict[str, tuple[Callable[[Fuzzer], Case], int]] = {
     "valid": (Fuzzer.valid, 8),
     "reorder": (Fuzzer.reorder, 4),
@@ -331,7 +353,9 @@ def worker(agent: AgentProcess, seed: int, count: int, tally: Tally) -> None:
         for _ in range(count):
             case = fuzzer.case()
             status, headers, body = conn.exchange(case.data, case.oneshot)
-            accepted = status in (200, 202)
+            # Past authentication a hibernation may be refused (409, signed): Busy while another
+            # runs or a save does. Only an authenticated request can get that far.
+            accepted = status in (200, 202) or (status == 409 and case.hibernate_id is not None)
             problem = None
             if accepted != case.accept:
                 problem = f"{case.kind}: answered {status} {body[:120]!r} to {case.data[:300]!r}"
@@ -350,6 +374,8 @@ def worker(agent: AgentProcess, seed: int, count: int, tally: Tally) -> None:
                     tally.wrong.append(problem)
                 if accepted and case.save_id:
                     tally.ids.add(case.save_id)
+                if status in (200, 202) and case.hibernate_id:
+                    tally.hibernate_ids.add(case.hibernate_id)
     finally:
         conn.close()
 
@@ -357,7 +383,8 @@ def worker(agent: AgentProcess, seed: int, count: int, tally: Tally) -> None:
 def test_fuzz_the_agent_endpoint(tmp_path: Path, agent_tls: TLSMaterial) -> None:
     seed = int(os.environ.get("LPARKUBE_FUZZ_SEED") or random.SystemRandom().getrandbits(32))
     print(f"fuzz seed: {seed} (LPARKUBE_FUZZ_SEED={seed} replays this run)")
-    agent = AgentProcess(tmp_path, tls_material=agent_tls).start()
+    guest = FakeGuest(tmp_path / "guest", mem_available=480 * 2**20)  # 32 MiB of 64 in use
+    agent = AgentProcess(tmp_path, config=guest.config(), tls_material=agent_tls).start()
     out = tmp_path / "saves.log"
     # A socket app writes one line per save (signals could coalesce and hide a save).
     app, path = start_app("socket", "saver", out)
@@ -387,6 +414,15 @@ def test_fuzz_the_agent_endpoint(tmp_path: Path, agent_tls: TLSMaterial) -> None
             assert agent.save(ident, wait=20)["state"] == "Completed"
         assert agent.request("GET", "/v1/report")[0] == 200
         assert len(lines(out)) == len(tally.ids), f"seed {seed}: saves ran that were refused"
+        # Every hibernation answered as a run suspended once, and no other one at all.
+        log = agent.log_path.read_text()
+        suspended = Counter(
+            line.split("hibernate run ", 1)[1].split(":", 1)[0]
+            for line in log.splitlines()
+            if ": suspending to " in line
+        )
+        assert tally.hibernate_ids, f"seed {seed}: no hibernation was accepted"
+        assert suspended == dict.fromkeys(tally.hibernate_ids, 1), f"seed {seed}: {suspended}"
     finally:
         app.kill()
         app.wait()

@@ -24,6 +24,7 @@ from lparkube.adapters.agent_identity import OperatorCredentials, agent_server_n
 from lparkube_agent import protocol
 
 SAVE_PATH = "/v1/save"
+HIBERNATE_PATH = "/v1/hibernate"
 REPORT_PATH = "/v1/report"
 REPORT_TIMEOUT = 10.0
 MAX_WAIT_SECONDS = 25
@@ -45,13 +46,18 @@ class AgentTarget:
 
 
 class AgentError(Exception):
-    """A call failed; ``reason`` is ``unreachable``, ``rejected``, ``bad-response`` or
-    ``timeout``."""
+    """A call failed; ``reason`` is ``unreachable``, ``rejected``, ``refused``,
+    ``bad-response`` or ``timeout``. ``refused`` is the agent's signed 409: it cannot do it
+    now, ``refusal`` says why (for a hibernation: ``NoPagingDevice``, ``SwapInactive``,
+    ``TooSmall``, ``Busy`` or ``Unsupported``)."""
 
-    def __init__(self, reason: str, message: str, *, status: int | None = None) -> None:
+    def __init__(
+        self, reason: str, message: str, *, status: int | None = None, refusal: str | None = None
+    ) -> None:
         super().__init__(message)
         self.reason = reason
         self.status = status
+        self.refusal = refusal
 
 
 class AgentClient:
@@ -115,6 +121,17 @@ class AgentClient:
             if on_progress is not None:
                 on_progress(result)
             await asyncio.sleep(min(POLL_PAUSE, max(0.0, deadline - loop.time())))
+
+    async def hibernate(self, target: AgentTarget, instruction: dict, *, timeout: float) -> dict:
+        """Instruct a hibernation once (``POST /v1/hibernate``, body ``{id, serial, deadline}``)
+        and return the run's verified state: ``Hibernating`` for a run the agent journaled
+        (the guest then writes its image and powers off: no later answer comes from it),
+        or, for an id it knows, that run's state (``Resumed``, ``Failed``). Sending the same
+        id again never hibernates twice. A signed refusal raises ``AgentError`` ``refused``
+        with the agent's reason in ``refusal``; an unverified answer is ``unreachable``."""
+        payload = json.dumps(instruction).encode()
+        _, result = await self._call(target, "POST", HIBERNATE_PATH, payload, timeout)
+        return result
 
     async def report(self, target: AgentTarget) -> dict:
         """The agent's current report (``GET /v1/report``)."""
@@ -184,6 +201,10 @@ def _verified(
             f"{where}: the answer from {target.endpoint} failed verification ({exc.reason})",
             status=status,
         ) from exc
+    refusal = _refusal(body) if status == 409 else None
+    if refusal is not None:
+        reason, detail = refusal
+        raise AgentError("refused", f"{where}: {detail}", status=status, refusal=reason)
     if 400 <= status < 500:
         detail = _error_text(body)
         raise AgentError("rejected", f"{where}: agent answered {status} {detail}", status=status)
@@ -196,6 +217,20 @@ def _verified(
     if not isinstance(result, dict):
         raise AgentError("bad-response", f"{where}: answer is not a JSON object", status=status)
     return status, result
+
+
+def _refusal(body: bytes) -> tuple[str, str] | None:
+    """(reason, message) of a verified ``{"error": "refused", "reason", "message"}``."""
+    try:
+        error = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if not isinstance(error, dict) or error.get("error") != "refused":
+        return None
+    reason, message = error.get("reason"), error.get("message")
+    if not isinstance(reason, str) or not reason.isascii() or not 0 < len(reason) <= 64:
+        return None
+    return reason, message[:512] if isinstance(message, str) else ""
 
 
 def _error_text(body: bytes) -> str:

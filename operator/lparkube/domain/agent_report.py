@@ -1,23 +1,31 @@
 """What a guest agent reports to the gateway, validated before anything is written.
 
 The body is signed, but a signature proves only who sent it, not that it is well formed: a
-report that does not match the documented shape is refused as a whole, so status never holds
-half of a bad report.
+report whose core fields do not match the documented shape is refused as a whole, so status
+never holds half of a bad report. The guest's optional facts (``bootId``, ``memory``,
+``paging``, ``hibernation``; docs/agent-protocol.md) are each taken or left on their own: one
+that is malformed is left out, as if the agent had not sent it, and never fails the report.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from lparkube.domain.clock import rfc3339
 
 MAX_TEXT = 256
+MAX_MESSAGE = 1024
+MAX_BOOT_ID = 64
+MAX_BYTES = 2**63 - 1
 MAX_APPLICATIONS = 1024
 HEX_ADDRESS = re.compile(r"^0x[0-9a-fA-F]{1,16}$")
+HIBERNATION_STATES = ("Hibernating", "Resumed", "Failed")
+Fact = TypeVar("Fact")
 
 
 @dataclass(frozen=True)
@@ -29,17 +37,79 @@ class Vmcoreinfo:
 
 
 @dataclass(frozen=True)
+class Memory:
+    """The guest's memory (/proc/meminfo MemTotal and MemAvailable)."""
+
+    total_bytes: int
+    available_bytes: int
+
+    def status(self) -> dict[str, Any]:
+        return {"totalBytes": self.total_bytes, "availableBytes": self.available_bytes}
+
+
+@dataclass(frozen=True)
+class Paging:
+    """The paging disk as the agent found it: its size, its swap area's, whether it is on."""
+
+    serial: str
+    device: str
+    size_bytes: int
+    swap_bytes: int
+    active: bool
+    message: str
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "serial": self.serial,
+            "device": self.device,
+            "sizeBytes": self.size_bytes,
+            "swapBytes": self.swap_bytes,
+            "active": self.active,
+            "message": self.message,
+        }
+
+
+@dataclass(frozen=True)
+class Hibernation:
+    """The agent's last hibernate run."""
+
+    id: str
+    state: str
+    requested_at: datetime | None
+    resumed_at: datetime | None
+    image_bytes: int | None
+    message: str
+
+    def status(self) -> dict[str, Any]:
+        """Every field, absent ones as None: a newer run clears what an older one set."""
+        return {
+            "id": self.id,
+            "state": self.state,
+            "requestedAt": rfc3339(self.requested_at) if self.requested_at else None,
+            "resumedAt": rfc3339(self.resumed_at) if self.resumed_at else None,
+            "imageBytes": self.image_bytes,
+            "message": self.message,
+        }
+
+
+@dataclass(frozen=True)
 class AgentReport:
-    """One heartbeat: who the agent is, what kernel it runs, what is registered."""
+    """One heartbeat: who the agent is, what kernel it runs, what is registered, and the
+    guest's optional facts (None: not reported, or malformed)."""
 
     version: str
     boot_time: datetime | None
     kernel_release: str
     vmcoreinfo: Vmcoreinfo | None
     applications: int
+    boot_id: str | None = None
+    memory: Memory | None = None
+    paging: Paging | None = None
+    hibernation: Hibernation | None = None
 
     def status(self, received: datetime) -> dict[str, Any]:
-        """The Partition's status.agent fields this report sets; received is the heartbeat."""
+        """The Partition's status.agent fields this report sets; received is the heartbeat.
+        An optional fact the report lacks is None, so it is removed from status."""
         return {
             "version": self.version,
             "lastHeartbeatTime": rfc3339(received),
@@ -51,6 +121,10 @@ class AgentReport:
                 else None
             ),
             "applications": self.applications,
+            "bootId": self.boot_id,
+            "memory": self.memory.status() if self.memory else None,
+            "paging": self.paging.status() if self.paging else None,
+            "hibernation": self.hibernation.status() if self.hibernation else None,
         }
 
 
@@ -73,6 +147,90 @@ def parse_report(body: bytes) -> AgentReport:
         kernel_release=_text(data, "kernelRelease"),
         vmcoreinfo=_vmcoreinfo(data.get("vmcoreinfo")),
         applications=len(applications),
+        boot_id=_optional(_boot_id, data.get("bootId")),
+        memory=_optional(_memory, data.get("memory")),
+        paging=_optional(_paging, data.get("paging")),
+        hibernation=_optional(_hibernation, data.get("hibernation")),
+    )
+
+
+def _optional(parse: Callable[[Any], Fact], value: Any) -> Fact | None:
+    """An optional fact: None when it is missing or malformed (the rest of the report holds)."""
+    if value is None:
+        return None
+    try:
+        return parse(value)
+    except (ValueError, TypeError, OverflowError):
+        return None
+
+
+def _boot_id(value: Any) -> str:
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_BOOT_ID or not value.isprintable():
+        raise ValueError(f"bootId must be 1..{MAX_BOOT_ID} printable characters")
+    return value
+
+
+def _bytes(data: dict[str, Any], field: str) -> int:
+    value = data.get(field)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_BYTES:
+        raise ValueError(f"{field} must be a byte count")
+    return value
+
+
+def _string(data: dict[str, Any], field: str, limit: int = MAX_TEXT) -> str:
+    value = data.get(field, "")
+    if not isinstance(value, str) or len(value) > limit:
+        raise ValueError(f"{field} must be a string of at most {limit} characters")
+    return value
+
+
+def _message(data: dict[str, Any]) -> str:
+    """A message for people: any string, cut to MAX_MESSAGE."""
+    value = data.get("message", "")
+    if not isinstance(value, str):
+        raise ValueError("message must be a string")
+    return value[:MAX_MESSAGE]
+
+
+def _object(value: Any, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ValueError(f"{what} must be an object")
+    return value
+
+
+def _memory(value: Any) -> Memory:
+    data = _object(value, "memory")
+    return Memory(_bytes(data, "totalBytes"), _bytes(data, "availableBytes"))
+
+
+def _paging(value: Any) -> Paging:
+    data = _object(value, "paging")
+    active = data.get("active")
+    if not isinstance(active, bool):
+        raise ValueError("paging.active must be true or false")
+    return Paging(
+        serial=_string(data, "serial", 64),
+        device=_string(data, "device"),
+        size_bytes=_bytes(data, "sizeBytes"),
+        swap_bytes=_bytes(data, "swapBytes"),
+        active=active,
+        message=_message(data),
+    )
+
+
+def _hibernation(value: Any) -> Hibernation:
+    data = _object(value, "hibernation")
+    ident, state = _string(data, "id"), data.get("state")
+    if not ident or state not in HIBERNATION_STATES:
+        raise ValueError("hibernation needs an id and a state")
+    image = data.get("imageBytes")
+    return Hibernation(
+        id=ident,
+        state=state,
+        requested_at=_time(data.get("requestedAt")),
+        resumed_at=_time(data.get("resumedAt")),
+        image_bytes=None if image is None else _bytes(data, "imageBytes"),
+        message=_message(data),
     )
 
 

@@ -158,6 +158,54 @@ AGENT_STATUS = obj(
             },
         ),
         "applications": integer("Applications registered with the agent.", minimum=0),
+        "bootId": string(
+            "The guest kernel's boot id (/proc/sys/kernel/random/boot_id): the same after a "
+            "resume from hibernation, new at every boot.",
+            max_length=64,
+        ),
+        "memory": obj(
+            "The guest's memory, from /proc/meminfo.",
+            {
+                "totalBytes": integer("MemTotal, in bytes.", minimum=0),
+                "availableBytes": integer("MemAvailable, in bytes.", minimum=0),
+            },
+        ),
+        "paging": obj(
+            "The paging disk (serial lparkube-paging) as the agent found it: the swap device "
+            "and hibernation target.",
+            {
+                "serial": string("The disk's serial.", max_length=64),
+                "device": string("The guest's device node, e.g. /dev/vdc.", max_length=256),
+                "sizeBytes": integer("The disk's size in bytes.", minimum=0),
+                "swapBytes": integer(
+                    "The swap area's size (/proc/swaps); below sizeBytes after the LU grew, "
+                    "until the area is re-made.",
+                    minimum=0,
+                ),
+                "active": boolean("The disk is swap now."),
+                "message": string(
+                    "Why it is not swap (a hibernation image on it, a failed swapon), or empty.",
+                    max_length=1024,
+                ),
+            },
+        ),
+        "hibernation": obj(
+            "The agent's last hibernate run.",
+            {
+                "id": string("The run's id: the HibernationImage's uid.", max_length=256),
+                "state": string(
+                    "Hibernating (the image is being written), Resumed (the guest was "
+                    "restored from it) or Failed.",
+                    enum=["Hibernating", "Resumed", "Failed"],
+                ),
+                "requestedAt": timestamp("When the agent accepted the run."),
+                "resumedAt": timestamp("When the guest ran again after the image."),
+                "imageBytes": integer(
+                    "What the kernel said it copied into the image, in bytes.", minimum=0
+                ),
+                "message": string("Why the run failed, or empty.", max_length=1024),
+            },
+        ),
     },
 )
 

@@ -1,0 +1,198 @@
+"""A fake guest for tests of the real agent process (not part of the zipapp): /sys, /proc and
+/dev as plain files in a temporary directory, and mkswap, swapon and swapoff that act on them
+as the kernel and util-linux/busybox would.
+
+The paging disk is a sparse file linked from dev/disk/by-id/virtio-lparkube-paging, with its
+MAJ:MIN and size in sys/block/<name>. ``mkswap`` writes a version-1 swap header (its last page
+number, and ``SWAPSPACE2`` at the end of the first page); ``swapon`` refuses a device without
+that signature or already on, and lists it in proc/swaps with the size its header gives (so a
+grown disk keeps its old area until mkswap runs again); ``swapoff`` removes it. Every command
+run is appended to ``commands.log`` so a test can tell what the agent ran.
+
+    python -m lparkube_agent.fakeguest {mkswap,swapon,swapoff} --root ROOT DEVICE
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import struct
+import sys
+from pathlib import Path
+
+from .guestfiles import GuestFiles, swap_areas
+from .paging import SERIAL, SIGNATURE_BYTES, SWAP_SIGNATURE
+
+MIB = 1024 * 1024
+PAGE = os.sysconf("SC_PAGE_SIZE")
+HEADER_VERSION_AT = 1024  # after the boot block: version, last_page, nr_badpages (u32 each)
+SWAPS_HEADING = "Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority\n"
+
+
+class FakeGuest:
+    """The fake tree under ``root``; its methods change it as the guest's kernel would."""
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        disk_bytes: int | None = 64 * MIB,
+        mem_total: int = 512 * MIB,
+        mem_available: int = 480 * MIB,
+        numbers: str = "252:32",
+        boot_id: str = "4f1c2f5e-0c1d-4d38-9a55-2b1c1f3e5a77",
+    ) -> None:
+        root = root.resolve()  # the agent resolves the disk's link: paths compare equal
+        self.root = root
+        self.files = GuestFiles(root / "sys", root / "proc", root / "dev")
+        self.disk = self.files.dev / "vdc"
+        self.log = root / "commands.log"
+        self.numbers = numbers
+        for directory in (self.files.power, self.files.proc / "sys/kernel/random"):
+            directory.mkdir(parents=True, exist_ok=True)
+        self.files.dev.mkdir(parents=True, exist_ok=True)
+        self.files.boot_id.write_text(boot_id + "\n")
+        self.files.swaps.write_text(SWAPS_HEADING)
+        self.files.kmsg.write_text("")
+        self.set_memory(mem_total, mem_available)
+        (self.files.power / "state").write_text("freeze mem disk\n")
+        (self.files.power / "disk").write_text("[platform] shutdown reboot suspend test_resume\n")
+        (self.files.power / "resume").write_text("0:0\n")
+        if disk_bytes is not None:
+            self.attach(disk_bytes)
+
+    def config(self) -> dict:
+        """The agent's configuration fields that point it at this tree and these commands."""
+        command = f"{sys.executable} -m lparkube_agent.fakeguest"
+        return {
+            "sysfs": str(self.files.sys),
+            "procfs": str(self.files.proc),
+            "devfs": str(self.files.dev),
+            **{c: f"{command} {c} --root {self.root}" for c in ("mkswap", "swapon", "swapoff")},
+        }
+
+    def attach(self, disk_bytes: int) -> None:
+        """The paging disk, blank (all zeros)."""
+        with self.disk.open("wb") as handle:
+            handle.truncate(disk_bytes)
+        block = self.files.block(self.disk.name)
+        block.mkdir(parents=True, exist_ok=True)
+        (block / "dev").write_text(self.numbers + "\n")
+        self.grow(disk_bytes)
+        link = self.files.disk_by_serial(SERIAL)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        if not os.path.lexists(link):
+            link.symlink_to(os.path.relpath(self.disk, link.parent))
+
+    def grow(self, disk_bytes: int) -> None:
+        """The LU expanded: a larger disk, its data kept."""
+        with self.disk.open("r+b") as handle:
+            handle.truncate(disk_bytes)
+        (self.files.block(self.disk.name) / "size").write_text(f"{disk_bytes // 512}\n")
+
+    def set_memory(self, total: int, available: int) -> None:
+        free = max(0, available - 16 * MIB)
+        lines = [("MemTotal", total), ("MemFree", free), ("MemAvailable", available)]
+        text = "".join(f"{name}:{value // 1024:>16} kB\n" for name, value in lines)
+        self.files.meminfo.write_text(text + "SwapTotal:              0 kB\n")
+
+    def signature(self) -> bytes:
+        with self.disk.open("rb") as handle:
+            handle.seek(PAGE - SIGNATURE_BYTES)
+            return handle.read(SIGNATURE_BYTES)
+
+    def write_signature(self, signature: bytes) -> None:
+        """Put these bytes where the signature goes (S1SUSPEND: a hibernation image)."""
+        with self.disk.open("r+b") as handle:
+            handle.seek(PAGE - SIGNATURE_BYTES)
+            handle.write(signature.ljust(SIGNATURE_BYTES, b"\0"))
+
+    def swap_bytes(self) -> int | None:
+        """The paging disk's swap area size in proc/swaps, None if it is not on."""
+        sizes = [a.size_bytes for a in swap_areas(self.files) if a.path == str(self.disk)]
+        return sizes[0] if sizes else None
+
+    def commands(self) -> list[str]:
+        """The commands the agent ran, by name, in order."""
+        if not self.log.exists():
+            return []
+        return [json.loads(line)[0] for line in self.log.read_text().splitlines()]
+
+    def log_kernel(self, text: str) -> None:
+        """A kernel message, as /dev/kmsg shows it (the next sequence number)."""
+        lines = self.files.kmsg.read_text().splitlines()
+        seq = len(lines)
+        with self.files.kmsg.open("a") as handle:
+            handle.write(f"6,{seq},{seq * 1000},-;{text}\n")
+
+    def power(self, name: str) -> str:
+        """The content of sys/power/<name> (what the agent wrote last)."""
+        return (self.files.power / name).read_text()
+
+
+# --- the commands ------------------------------------------------------------------------
+
+
+def _mkswap(guest: GuestFiles, device: Path) -> int:
+    size = device.stat().st_size
+    pages = size // PAGE
+    if pages < 10:
+        print(f"mkswap: {device}: swap area needs at least 10 pages", file=sys.stderr)
+        return 1
+    if any(a.path == str(device) for a in swap_areas(guest)):
+        print(f"mkswap: {device}: is in use as swap", file=sys.stderr)
+        return 1
+    with device.open("r+b") as handle:
+        handle.seek(HEADER_VERSION_AT)
+        handle.write(struct.pack("<III", 1, pages - 1, 0))
+        handle.seek(PAGE - SIGNATURE_BYTES)
+        handle.write(SWAP_SIGNATURE)
+    return 0
+
+
+def _swapon(guest: GuestFiles, device: Path) -> int:
+    with device.open("rb") as handle:
+        handle.seek(HEADER_VERSION_AT)
+        _, last_page, _ = struct.unpack("<III", handle.read(12))
+        handle.seek(PAGE - SIGNATURE_BYTES)
+        signature = handle.read(SIGNATURE_BYTES)
+    if signature != SWAP_SIGNATURE:
+        print(f"swapon: {device}: swapon failed: Invalid argument", file=sys.stderr)
+        return 255
+    if any(a.path == str(device) for a in swap_areas(guest)):
+        print(f"swapon: {device}: swapon failed: Device or resource busy", file=sys.stderr)
+        return 255
+    kib = last_page * PAGE // 1024
+    with guest.swaps.open("a") as handle:
+        handle.write(f"{device}\t\t\t\tpartition\t{kib}\t\t0\t\t-2\n")
+    return 0
+
+
+def _swapoff(guest: GuestFiles, device: Path) -> int:
+    lines = guest.swaps.read_text().splitlines(keepends=True)
+    kept = [line for line in lines if line.split()[:1] != [str(device)]]
+    if len(kept) == len(lines):
+        print(f"swapoff: {device}: swapoff failed: Invalid argument", file=sys.stderr)
+        return 255
+    guest.swaps.write_text("".join(kept))
+    return 0
+
+
+COMMANDS = {"mkswap": _mkswap, "swapon": _swapon, "swapoff": _swapoff}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lparkube_agent.fakeguest")
+    parser.add_argument("command", choices=sorted(COMMANDS))
+    parser.add_argument("--root", required=True, type=Path)
+    parser.add_argument("device", type=Path)
+    args = parser.parse_args(argv)
+    with (args.root / "commands.log").open("a") as log:
+        log.write(json.dumps([args.command, str(args.device)]) + "\n")
+    guest = GuestFiles(args.root / "sys", args.root / "proc", args.root / "dev")
+    return COMMANDS[args.command](guest, args.device)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
