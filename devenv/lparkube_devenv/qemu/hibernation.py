@@ -24,7 +24,7 @@ from pathlib import Path
 
 from .console import SerialConsole
 from .launcher import QemuLauncher, Status
-from .machine import Backing, Disk, Domain, KernelBoot
+from .machine import Backing, Disk, Domain, KernelBoot, Network, Nic
 
 PAGING_SERIAL = "lparkube-paging"  # the paging LU's disk serial (docs/api.md, Partition)
 PAGING_DEVICE = f"/dev/disk/by-id/virtio-{PAGING_SERIAL}"
@@ -36,6 +36,8 @@ PAGE_SIZE = 4096  # x86-64
 KERNEL_INFO_LEVEL = 7  # console log level that lets KERN_INFO (6) through, as swsusp's lines are
 PROBE_INTERVAL = 0.5
 SWAP_MAGIC, SWAP_MAGIC_OFFSET = "SWAPSPACE2", PAGE_SIZE - 10  # a swap area's first page ends so
+HIBERNATE_MAGIC = "S1SUSPEND"  # ... and so while it holds a hibernation image (kernel/power/swap.c)
+RESUME_FAILED = "lparkube-guest: resume: the hibernation image on"
 
 
 def paging_disk(path: Path, size: int) -> Disk:
@@ -48,16 +50,29 @@ def paging_disk(path: Path, size: int) -> Disk:
 
 
 def guest_domain(
-    kernel_boot: KernelBoot, disks: tuple[Disk, ...], memory_mib: int = 512, name: str = "hib"
+    kernel_boot: KernelBoot,
+    disks: tuple[Disk, ...],
+    memory_mib: int = 512,
+    name: str = "hib",
+    nics: tuple[Nic, ...] = (),
 ) -> Domain:
-    """A one-vCPU guest without a NIC booting ``kernel_boot`` with ``disks``."""
+    """A one-vCPU guest booting ``kernel_boot`` with ``disks`` (and ``nics``, none by default)."""
     return Domain(
         name=f"realguest_{name}",
         uuid="5b0f3c0e-7d1a-4a43-9a65-0c1ad7e5f001",
         memory_mib=memory_mib,
         disks=disks,
+        nics=nics,
         kernel_boot=kernel_boot,
     )
+
+
+def swap_signature(path: Path) -> str:
+    """The signature ending the paging disk's first page: SWAPSPACE2 (a swap area),
+    S1SUSPEND (a hibernation image waiting to be restored), or whatever else is there."""
+    with Path(path).open("rb") as disk:
+        disk.seek(SWAP_MAGIC_OFFSET)
+        return disk.read(10).rstrip(b"\0").decode(errors="replace")
 
 
 def disk_usage(path: Path) -> int:
@@ -103,10 +118,12 @@ def wait_responsive(console: SerialConsole, timeout: float, since: int = 0) -> N
                 ) from None
 
 
-def start(domain: Domain, run_dir: Path, timeout: float) -> RunningGuest:
+def start(
+    domain: Domain, run_dir: Path, timeout: float, network: Network | None = None
+) -> RunningGuest:
     """Start a QEMU process for ``domain`` in ``run_dir``; return once its console's shell
     answers (a cold boot, or a boot that restored a hibernation image)."""
-    launcher = QemuLauncher(domain, run_dir)
+    launcher = QemuLauncher(domain, run_dir, network=network)
     started = time.monotonic()
     launcher.start()
     console = SerialConsole(launcher.files.serial_socket, launcher.files.serial_log)
