@@ -262,3 +262,16 @@ def test_an_image_for_another_memory_size_is_not_restored_and_the_boot_goes_on(
     # the kernel put the swap signature back when it found the image: never tried again
     assert hibernation.swap_signature(paging.backing.path) == hibernation.SWAP_MAGIC
     assert "/dev/vd" in hibernation.enable_swap(second.console)
+
+
+def test_without_swap_on_the_paging_disk_the_kernel_refuses_to_hibernate(
+    kernel_boot, guests, tmp_path
+) -> None:
+    paging = hibernation.paging_disk(tmp_path / "paging.img", 64 * MIB)
+    domain = hibernation.guest_domain(kernel_boot, (paging,), name="noswap")
+    guest = hibernation.start(domain, tmp_path / "run", BOOT_TIMEOUT)
+    guests.append(guest)
+    with pytest.raises(hibernation.HibernateError, match="swap"):
+        hibernation.hibernate(guest, HIBERNATE_TIMEOUT)
+    assert guest.launcher.status.state == State.RUNNING  # the guest goes on, nothing written
+    assert hibernation.swap_signature(paging.backing.path) == ""

@@ -40,6 +40,13 @@ HIBERNATE_MAGIC = "S1SUSPEND"  # ... and so while it holds a hibernation image (
 RESUME_FAILED = "lparkube-guest: resume: the hibernation image on"
 
 
+HIBERNATE_RETURNED = "lparkube-hibernate-returned-1"
+
+
+class HibernateError(RuntimeError):
+    """The guest's kernel did not hibernate (the write to /sys/power/state returned)."""
+
+
 def paging_disk(path: Path, size: int) -> Disk:
     """A new, empty, sparse file as the paging LU: a virtio disk with the paging serial."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -173,8 +180,17 @@ def hibernate(guest: RunningGuest, timeout: float, device: str = PAGING_DEVICE) 
     )
     since = console.mark()
     begun = time.monotonic()
-    console.send_line("echo disk >/sys/power/state")
-    status = guest.launcher.wait_for(lambda s: s.exited, timeout)
+    # The write returns in this QEMU process only when the hibernation failed (a restored
+    # guest returns from it in the next process): then the marker shows, with the errno.
+    console.send_line("echo disk >/sys/power/state; echo lparkube-hibernate-returned-$((0+1)) $?")
+    deadline = begun + timeout
+    while not guest.launcher.status.exited:
+        if HIBERNATE_RETURNED in console.text(since):
+            raise HibernateError(f"the guest did not hibernate: {console.text(since)[-2000:]}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"QEMU still runs {timeout:g} s after the hibernation began")
+        time.sleep(0.05)
+    status = guest.launcher.wait_for(lambda s: s.exited, 10)
     seconds = time.monotonic() - begun
     text = console.text(since)
     guest.console.close()
