@@ -188,6 +188,36 @@ def test_thin_volume_grows_and_stays_thin_after_a_boot(guests: Guests) -> None:
     guests.delete("thin-user")
 
 
+def test_an_expanded_claim_grows_the_running_guest_s_disk(guests: Guests) -> None:
+    """KubeVirt's ExpandDisks: the resizer grows the volume, then the running guest's disk is
+    resized through QMP block_resize and the guest's kernel sees the new capacity."""
+    disk = "/dev/disk/by-id/virtio-data"
+    guests.claim("grown", "ReadWriteOnce", size="64Mi")
+    guests.create(vmi_manifest("grower", claim="grown"))
+    guests.wait_phase("grower", "Running")
+    console = guests.console("grower")
+    console.wait_for("# ", 60)
+    assert console.run(f"blockdev --getsize64 {disk}").strip() == str(64 << 20)
+    console.run(f"printf 'kept across the resize' | dd of={disk} bs=512 conv=notrunc,fsync")
+    core = client.CoreV1Api(guests.api)
+    patch = {"spec": {"resources": {"requests": {"storage": "192Mi"}}}}
+    core.patch_namespaced_persistent_volume_claim("grown", guests.ns, patch)
+    wait_for(
+        lambda: console.run(f"blockdev --getsize64 {disk}").strip() == str(192 << 20),
+        "the guest sees its disk at 192Mi",
+        60,
+    )
+    claim = core.read_namespaced_persistent_volume_claim("grown", guests.ns)
+    assert claim.status.capacity["storage"] == "192Mi"
+    backing = guests.kubevirt.storage.backing(guests.ns, "grown").path
+    assert backing.stat().st_size == 192 << 20
+    assert "capacity change" in console.run("dmesg | grep vd")  # the kernel was told
+    assert console.run(f"head -c 22 {disk}") == "kept across the resize"
+    launcher = guests.kubevirt.guest(guests.ns, "grower").launcher
+    assert launcher.disk_capacity("data") == 192 << 20
+    guests.delete("grower")
+
+
 @pytest.fixture
 def lost_node(kubevirt: StandIn) -> Iterator[str]:
     """A node of its own, so powering it off disturbs no other test."""

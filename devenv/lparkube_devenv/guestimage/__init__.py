@@ -32,7 +32,11 @@ ROOTFS = PACKAGE_DIR / "rootfs"
 NOCLOUD_APPLIER = PACKAGE_DIR / "nocloud.py"
 
 # quiet: the kernel's boot messages cost ~0.7 s on an emulated serial port; errors still show.
-DEFAULT_CMDLINE = "console=ttyS0 quiet"
+# hibernate=nocompress: a hibernation image goes to the paging LU page for page (no LZO), so
+# the LU holds at least what the kernel said it copied ("Need to copy N pages").
+# no_console_suspend: the console keeps printing while devices are suspended for hibernation,
+# so the console log shows the image being written (when the log level lets it through).
+DEFAULT_CMDLINE = "console=ttyS0 quiet hibernate=nocompress no_console_suspend"
 AGENT_PATH = "usr/local/bin/lparkube-agent"
 NOCLOUD_PATH = "usr/lib/lparkube-guest/nocloud.py"
 # Modes are set here, not taken from the package's files (an installed wheel may lose them).

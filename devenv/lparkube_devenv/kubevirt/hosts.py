@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from ipaddress import ip_network
 from pathlib import Path
@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from kubernetes.client import ApiException
 
+from ..qemu.machine import whole
 from .api import IP_ANNOTATION, log, now_iso
 from .logic import allocate_ip, dig
 from .nodes import NODES_PATH, set_ready
@@ -59,6 +60,8 @@ class Guest(Protocol):
     def memory_dump(self, path: Path) -> None: ...  # starts dump-guest-memory (ELF)
 
     def dump_state(self) -> str: ...  # active, completed, failed (QMP query-dump)
+
+    def expand_disks(self, capacities: Mapping[str, int]) -> list[str]: ...  # disk -> bytes
 
 
 GuestFactory = Callable[[dict, dict, str], Guest]  # (vmi, pod, node) -> a started guest
@@ -178,6 +181,7 @@ class Hosts:
             return
         if guest is not None:
             self._report_end(ctl, pod, guest)
+            self._expand_disks(world, uid, guest)
             return
         current = dig(pod, "status", "phase")
         if current == "Running":  # its guest died unreported (power loss, a stand-in restart)
@@ -221,6 +225,17 @@ class Hosts:
             self.node_of_pod[uid] = node
         _pod_running(ctl, pod, address)
 
+    def _expand_disks(self, world: World, pod_uid: str, guest: Guest) -> None:
+        """virt-launcher's sync with ExpandDisks: a running guest's PVC disks follow their
+        claims' grown capacity (the volume was expanded first, by the resizer)."""
+        if guest.state() in ENDED:
+            return
+        vmi_uid = self.vmi_of_pod.get(pod_uid)
+        vmi = next((v for v in world.vmis.values() if dig(v, "metadata", "uid") == vmi_uid), None)
+        capacities = claim_disk_capacities(vmi, world.pvcs) if vmi is not None else {}
+        if capacities:
+            guest.expand_disks(capacities)
+
     def _report_end(self, ctl: Controller, pod: dict, guest: Guest) -> None:
         state = guest.state()
         if state not in ENDED:
@@ -263,6 +278,28 @@ _REASONS = {
     "panicked": "GuestPanicked",
     "crashed": "Error",
 }
+
+
+def claim_disk_capacities(vmi: dict, pvcs: Mapping[tuple[str, str], dict]) -> dict[str, int]:
+    """Each writable disk of the VMI backed by a PVC (or a DataVolume's PVC), and the capacity
+    its claim reports (``status.capacity.storage``), in bytes: what the guest's disk may grow to.
+    A claim not found or without a capacity gives nothing for its disk."""
+    namespace = dig(vmi, "metadata", "namespace")
+    spec = vmi.get("spec") or {}
+    volumes = {v.get("name"): v for v in spec.get("volumes") or []}
+    capacities = {}
+    for disk in dig(spec, "domain", "devices", "disks", default=[]) or []:
+        name = disk.get("name")
+        volume = volumes.get(name) or {}
+        source = volume.get("persistentVolumeClaim") or {}
+        claim = source.get("claimName") or (volume.get("dataVolume") or {}).get("name")
+        readonly = source.get("readOnly") or (disk.get("disk") or {}).get("readonly")
+        if not claim or readonly or "cdrom" in disk or "lun" in disk:
+            continue
+        size = dig(pvcs.get((namespace, claim)) or {}, "status", "capacity", "storage")
+        if size:
+            capacities[name] = whole(size)
+    return capacities
 
 
 def guest_address(world: World, vmi: dict, network: str) -> str:

@@ -12,6 +12,7 @@ agent gateway), then runs it as a `QemuLauncher` whose state the VMI follows (`Q
 from __future__ import annotations
 
 import base64
+import logging
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -20,11 +21,13 @@ from typing import Any
 
 from .. import guestimage
 from ..qemu import machine, relay, volumes
-from ..qemu.launcher import QemuLauncher, State
+from ..qemu.launcher import LaunchError, QemuLauncher, State
+from ..qemu.qmp import QmpClosedError, QmpError
 from .api import Kube
 from .hosts import VolumeNotReadyError
 from .logic import dig
 
+log = logging.getLogger(__name__)
 FILESYSTEM_DISK = "disk.img"  # the image KubeVirt keeps in a Filesystem-mode PVC
 DEFAULT_AGENT_PORTS = (8443,)  # forwarded when an interface lists no ports
 
@@ -66,6 +69,7 @@ class QemuGuest:
         self._stopping = False
         self._dump: str | None = None  # None, active, completed, failed: <why>
         self._lock = threading.Lock()
+        self._capacities: dict[str, int] = {}  # disk name -> bytes the guest sees (QMP)
 
     @property
     def console(self) -> Path:
@@ -101,6 +105,38 @@ class QemuGuest:
 
     def reboot_soft(self) -> None:
         self.launcher.reboot_soft()
+
+    def expand_disks(self, capacities: Mapping[str, int]) -> list[str]:
+        """KubeVirt's ExpandDisks, online: each disk whose volume now offers more than the
+        guest sees is resized in place (``block_resize``); a volume never shrinks a disk.
+        The disks resized; a disk QEMU could not resize now is tried again next time."""
+        if self.launcher.status.state not in (State.RUNNING, State.PAUSED):
+            return []
+        resized = []
+        for disk, wanted in capacities.items():
+            size = wanted - wanted % 512
+            try:
+                current = self._capacities.get(disk)
+                if current is None:
+                    current = self._capacities[disk] = self.launcher.disk_capacity(disk)
+                if size <= current:
+                    continue
+                self.launcher.block_resize(disk, size)
+            except (LaunchError, QmpError, QmpClosedError, TimeoutError) as error:
+                log.warning(
+                    "QEMU %s: disk %s not resized: %s", self.launcher.domain.name, disk, error
+                )
+                continue
+            log.info(
+                "QEMU %s: disk %s resized %d -> %d bytes",
+                self.launcher.domain.name,
+                disk,
+                current,
+                size,
+            )
+            self._capacities[disk] = size
+            resized.append(disk)
+        return resized
 
     def memory_dump(self, path: Path) -> None:
         with self._lock:

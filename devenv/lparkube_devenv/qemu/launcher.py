@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from . import accel as accel_probe
-from .machine import Domain, Network, RunFiles, hosts_text, qemu_argv
+from .machine import Domain, Network, RunFiles, disk_node_name, hosts_text, qemu_argv
 from .qmp import Event, QmpClient, QmpClosedError, QmpError
 
 log = logging.getLogger(__name__)
@@ -53,6 +53,7 @@ SOCKET_PATH_MAX = 100  # sun_path holds 108 bytes; keep a margin
 SETPRIV = "setpriv"
 DUMP_POLL = 0.2
 DUMP_FD = "dump"  # the name the dump file's descriptor has inside QEMU
+SECTOR = 512  # block_resize sizes are whole sectors
 CTRL_ALT_DELETE = [{"type": "qcode", "data": key} for key in ("ctrl", "alt", "delete")]
 
 
@@ -453,6 +454,33 @@ class QemuLauncher:
     def send_ctrl_alt_del(self) -> None:
         self._require(State.RUNNING, "send Ctrl-Alt-Del")
         self.qmp.execute("send-key", {"keys": CTRL_ALT_DELETE})
+
+    def disk_capacity(self, disk: str) -> int:
+        """The size in bytes the guest sees for the Domain's disk named ``disk``: the virtual
+        size of its format node (QMP ``query-named-block-nodes``)."""
+        node = self._disk_node(disk)
+        for found in self.qmp.execute("query-named-block-nodes", {"flat": True}) or []:
+            if found.get("node-name") == node:
+                return int(found["image"]["virtual-size"])
+        raise LaunchError(f"QEMU {self.domain.name} has no block node {node} for disk {disk!r}")
+
+    def block_resize(self, disk: str, size: int) -> None:
+        """Grow a disk of the running guest to ``size`` bytes, as libvirt's
+        ``virDomainBlockResize`` (KubeVirt's ExpandDisks) does: QMP ``block_resize`` of the
+        disk's format node, which truncates its file up to that size when it is shorter; the
+        guest's virtio-blk device is told of the new capacity at once (a config change)."""
+        status = self.status.state
+        if status not in (State.RUNNING, State.PAUSED):
+            raise LaunchError(f"cannot resize a disk of QEMU {self.domain.name}: it is {status}")
+        if size <= 0 or size % SECTOR:
+            raise ValueError(f"a disk size must be a positive multiple of {SECTOR} bytes: {size}")
+        self.qmp.execute("block_resize", {"node-name": self._disk_node(disk), "size": size})
+
+    def _disk_node(self, disk: str) -> str:
+        for index, candidate in enumerate(self.domain.disks):
+            if candidate.name == disk:
+                return disk_node_name(index)
+        raise LaunchError(f"QEMU {self.domain.name} has no disk {disk!r}")
 
     def memory_dump(self, path: Path, timeout: float = 600.0) -> DumpResult:
         """Dump guest memory as virt-launcher does: ``virDomainCoreDumpWithFormat(RAW,

@@ -594,11 +594,17 @@ def _disk_args(domain: Domain) -> list[str]:
             driver = "ide-cd" if disk.device == "cdrom" else "ide-hd"
             device = f"{driver},bus=ide.{sata_port}"
             sata_port += 1
-        device += f",drive=disk{index},id=ua-{disk.name},serial={disk.serial}"
+        device += f",drive={disk_node_name(index)},id=ua-{disk.name},serial={disk.serial}"
         if disk.boot_order is not None:
             device += f",bootindex={disk.boot_order}"
         args += ["-device", device]
     return args
+
+
+def disk_node_name(index: int) -> str:
+    """The node name of the format (raw/qcow2) node of the Domain's disk at ``index``: what
+    the guest's device is attached to, and what QMP ``block_resize`` names."""
+    return f"disk{index}"
 
 
 def _blockdev_args(index: int, disk: Disk) -> list[str]:
@@ -610,7 +616,7 @@ def _blockdev_args(index: int, disk: Disk) -> list[str]:
         f"read-only={readonly}{discard}{locking}"
     )
     format_node = (
-        f"driver={disk.backing.format},file=file{index},node-name=disk{index},"
+        f"driver={disk.backing.format},file=file{index},node-name={disk_node_name(index)},"
         f"read-only={readonly}{discard}"
     )
     return ["-blockdev", file_node, "-blockdev", format_node]

@@ -9,6 +9,11 @@ no file system of its own to grow), ``status.capacity``, the resize conditions a
 allocatedResourceStatuses entry cleared, the annotation
 ``volume.kubernetes.io/node-expansion-not-required: "true"`` and the event
 ``VolumeResizeSuccessful``.
+
+A running guest using the claim as a disk sees the new size only after that: the node's
+virt-handler pass (``hosts.Hosts._expand_disks``, KubeVirt's ExpandDisks) compares the claim's
+``status.capacity`` with the guest's disk and resizes it through QMP ``block_resize``, so the
+volume is always at least as large as the disk the guest is shown.
 """
 
 from __future__ import annotations
