@@ -135,6 +135,11 @@ def test_report_connects_the_agent_and_keeps_the_vm_condition() -> None:
         "kernelRelease": "6.1.0",
         "vmcoreinfo": {"address": "0x1f5c8b000", "size": 4096},
         "applications": 2,
+        # guest facts the report lacks are cleared (null in the merge patch)
+        "bootId": None,
+        "memory": None,
+        "paging": None,
+        "hibernation": None,
     }
     assert cond(after, "AgentConnected")["status"] == TRUE
     assert cond(after, "VMReady")["status"] == TRUE
