@@ -171,21 +171,21 @@ def test_adapters_are_every_disk_and_interface_with_what_a_restore_needs() -> No
         "id": "disk/root",
         "type": "Disk",
         "name": "root",
-        "source": "containerDisk/debian:12",
+        "source": {"volume": "containerDisk/debian:12"},
         "bus": "virtio",
         "serial": "",
         "bootOrder": 1,
         "clientNamespace": "tenant-a",
     }
-    assert adapters["disk/lparkube-paging"]["source"] == "persistentVolumeClaim/lu-1"
+    assert adapters["disk/lparkube-paging"]["source"] == {"claimName": "lu-1"}
     assert adapters["disk/lparkube-paging"]["serial"] == "lparkube-paging"
     assert adapters["disk/seed"]["bus"] == "cdrom/sata"
-    assert adapters["disk/seed"]["source"] == "cloudInitNoCloud"
+    assert adapters["disk/seed"]["source"] == {"volume": "cloudInitNoCloud"}
     nic = adapters["interface/default"]
     assert (nic["macAddress"], nic["model"], nic["source"]) == (
         "02:00:00:aa:bb:cc",
         "virtio",
-        "pod",
+        {"network": "pod"},
     )
 
 
@@ -232,8 +232,7 @@ def test_each_kind_of_change_is_named() -> None:
 
     assert changed(serial) == ["disk/root serial changed from '' to 'other'"]
     assert changed(claim) == [
-        "disk/lparkube-paging source changed from 'persistentVolumeClaim/lu-1' to "
-        "'persistentVolumeClaim/lu-2'"
+        "disk/lparkube-paging source changed from {'claimName': 'lu-1'} to {'claimName': 'lu-2'}"
     ]
     assert changed(memory) == ["memory changed from '512Mi' to '1Gi'"]
     assert changed(mac) == ["interface/default macAddress changed from 'm1' to 'm2'"]

@@ -25,6 +25,7 @@ from lparkube.adapters.kubeconfig import load_configuration
 
 T = TypeVar("T")
 MERGE_PATCH = "application/merge-patch+json"
+JSON_PATCH = "application/json-patch+json"
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,7 @@ class ResourceRef:
 PARTITION = ResourceRef("lparkube.io", "v1alpha1", "partitions")
 SAVE_EVENT = ResourceRef("lparkube.io", "v1alpha1", "saveevents")
 CONDITION_PROFILE = ResourceRef("lparkube.io", "v1alpha1", "conditionprofiles")
+HIBERNATION_IMAGE = ResourceRef("lparkube.io", "v1alpha1", "hibernationimages")
 VIRTUAL_MACHINE = ResourceRef("kubevirt.io", "v1", "virtualmachines")
 VIRTUAL_MACHINE_INSTANCE = ResourceRef("kubevirt.io", "v1", "virtualmachineinstances")
 VIRTUAL_MACHINE_SNAPSHOT = ResourceRef("snapshot.kubevirt.io", "v1beta1", "virtualmachinesnapshots")
@@ -185,6 +187,38 @@ class Kube:
             patch,
             _content_type=MERGE_PATCH,
         )
+
+    async def json_patch(
+        self, ref: ResourceRef, namespace: str, name: str, operations: list[dict]
+    ) -> dict:
+        """A JSON patch (RFC 6902) of a namespaced object: its ``test`` operations make it a
+        precondition (the API server answers 422 when one fails)."""
+        return await self.call(
+            self.custom.patch_namespaced_custom_object,
+            ref.group,
+            ref.version,
+            namespace,
+            ref.plural,
+            name,
+            operations,
+            _content_type=JSON_PATCH,
+        )
+
+    async def get_claim(self, namespace: str, name: str) -> dict | None:
+        """A PersistentVolumeClaim as the API server's JSON, or None."""
+        path = f"/api/v1/namespaces/{namespace}/persistentvolumeclaims/{name}"
+        try:
+            return await self.call(self._request, "GET", path, None)
+        except ApiException as error:
+            if not_found(error):
+                return None
+            raise
+
+    async def request_claim_size(self, namespace: str, name: str, size: str) -> None:
+        """Ask for a larger claim (the StorageClass must allow expansion)."""
+        path = f"/api/v1/namespaces/{namespace}/persistentvolumeclaims/{name}"
+        payload = json.dumps({"spec": {"resources": {"requests": {"storage": size}}}}).encode()
+        await self.call(self._send, "PATCH", path, payload, MERGE_PATCH)
 
     def _patch_method(self, cluster: bool, status: bool) -> Callable[..., dict]:
         custom = self.custom

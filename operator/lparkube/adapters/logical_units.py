@@ -33,7 +33,7 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from lparkube.adapters.kube import MERGE_PATCH, Kube, ResourceRef
+from lparkube.adapters.kube import JSON_PATCH, MERGE_PATCH, Kube, ResourceRef
 from lparkube.adapters.lease import decode_spec, encode_spec
 from lparkube.api.v1alpha1.vioscluster import (
     CLAIM_COMMITTED_ANNOTATION,
@@ -52,7 +52,6 @@ MANAGED_BY = {"app.kubernetes.io/managed-by": "lparkube"}
 MAX_ATTEMPTS = 64  # each conflict means another claimant won an LU: at most one per LU
 CONFLICT_PAUSE = 0.05  # seconds, times a random factor, before reading again
 CONFLICT, NOT_FOUND, UNPROCESSABLE = 409, 404, 422  # 422: a JSON patch's test failed
-JSON_PATCH = "application/json-patch+json"
 # A test hook: called with (step, pvc name) once the claim is written and not yet committed.
 Hook = Callable[[str, str], Awaitable[None]]
 

@@ -156,6 +156,7 @@ from lparkube.controllers import (  # noqa: E402, F401
     agent_gateway,
     conditionprofile,
     evacuation,
+    hibernationimage,
     networkpolicy,
     partition,
     partition_paging,

@@ -20,14 +20,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from lparkube.api.v1alpha1.hibernationimage import CAPTURED, READY, RESUMED
 from lparkube.domain.clock import parse_duration, parse_time
 from lparkube.domain.conditions import Condition
 
-# --- names (docs/api.md, "HibernationImage") ---------------------------------------------------
+# --- names (docs/api.md, "HibernationImage"); the conditions are the API's --------------------
 
-CAPTURED = "Captured"
-RESUMED = "Resumed"
-READY = "Ready"
+__all__ = ["CAPTURED", "READY", "RESUMED"]
 
 # capture steps, in order (status.progress.step)
 VALIDATING = "Validating"
@@ -224,12 +223,17 @@ def image_bytes_needed(memory_bytes: int) -> int:
     return memory_bytes + IMAGE_MARGIN_BYTES
 
 
-def past_deadline(image: Mapping[str, Any], now: datetime) -> bool:
+def deadline_time(image: Mapping[str, Any]) -> datetime | None:
+    """When the capture must be done: creation + spec.deadline (None: no creation time)."""
     created = parse_time(_get(image, "metadata", "creationTimestamp"))
     if created is None:
-        return False
-    deadline = parse_duration(_get(image, "spec", "deadline"), DEFAULT_DEADLINE)
-    return now >= created + deadline
+        return None
+    return created + parse_duration(_get(image, "spec", "deadline"), DEFAULT_DEADLINE)
+
+
+def past_deadline(image: Mapping[str, Any], now: datetime) -> bool:
+    deadline = deadline_time(image)
+    return deadline is not None and now >= deadline
 
 
 # --- the I/O adapter configuration -------------------------------------------------------------
@@ -239,27 +243,28 @@ def _template_spec(vm: Mapping[str, Any] | None) -> Mapping[str, Any]:
     return _get(vm, "spec", "template", "spec") or {}
 
 
-def _volume_source(volume: Mapping[str, Any] | None) -> str:
-    """Where a disk's data comes from, as one stable string."""
+def _volume_source(volume: Mapping[str, Any] | None) -> dict[str, str]:
+    """Where a disk's data comes from: its claim, else its volume's kind and name."""
     volume = volume or {}
+    if "persistentVolumeClaim" in volume:
+        return {"claimName": (volume.get("persistentVolumeClaim") or {}).get("claimName", "")}
     for key, field_ in (
-        ("persistentVolumeClaim", "claimName"),
         ("dataVolume", "name"),
         ("secret", "secretName"),
         ("configMap", "name"),
         ("containerDisk", "image"),
     ):
         if key in volume:
-            return f"{key}/{(volume.get(key) or {}).get(field_, '')}"
+            return {"volume": f"{key}/{(volume.get(key) or {}).get(field_, '')}"}
     kinds = sorted(k for k in volume if k != "name")
-    return kinds[0] if kinds else ""
+    return {"volume": kinds[0]} if kinds else {}
 
 
-def _network_source(network: Mapping[str, Any] | None) -> str:
+def _network_source(network: Mapping[str, Any] | None) -> dict[str, str]:
     network = network or {}
     if "multus" in network:
-        return f"multus/{(network.get('multus') or {}).get('networkName', '')}"
-    return "pod" if "pod" in network else ""
+        return {"network": f"multus/{(network.get('multus') or {}).get('networkName', '')}"}
+    return {"network": "pod"} if "pod" in network else {}
 
 
 def _disk_bus(disk: Mapping[str, Any]) -> str:

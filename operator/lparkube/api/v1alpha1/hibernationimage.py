@@ -22,6 +22,8 @@ RESUMED = "Resumed"
 READY = "Ready"
 
 ADAPTER_TYPES = ["Disk", "Interface", "HostDevice"]
+# On a VM the operator holds stopped for an image: the runStrategy it had before.
+RUN_STRATEGY_ANNOTATION = "lparkube.io/run-strategy-before-hibernation"
 
 SPEC = obj(
     "Which partition to hibernate, from which pool, and whether to resume it.",
@@ -71,13 +73,32 @@ ADAPTER = obj(
             "What backs the adapter.",
             {
                 "claimName": string("A disk's PersistentVolumeClaim."),
-                "network": string("An interface's network (pod or a Multus network)."),
+                "volume": string(
+                    "A disk's other volume source, as kind/name (containerDisk/IMAGE, "
+                    "secret/NAME, cloudInitNoCloud, ...)."
+                ),
+                "network": string("An interface's network (pod or multus/NAME)."),
                 "resource": string("A host device's resource name."),
             },
         ),
+        "bus": string("A disk's bus (virtio, sata, scsi; cdrom/BUS or lun/BUS for those)."),
+        "serial": string("A disk's serial number, as the guest sees it."),
+        "bootOrder": integer("A disk's boot order (0: none).", minimum=0),
+        "macAddress": string("An interface's MAC address."),
+        "model": string("An interface's model (virtio, e1000, ...)."),
         "clientNamespace": string("The namespace (tenant) the adapter belongs to."),
     },
     required=("id", "type"),
+)
+
+MACHINE = obj(
+    "What a restore needs identical besides the adapters, each as KubeVirt's spec has it.",
+    {
+        "machineType": string("spec.domain.machine.type."),
+        "firmware": string("spec.domain.firmware (bootloader, kernel boot, ...), as JSON."),
+        "memory": string("The guest memory (spec.domain.memory.guest or the request)."),
+        "cpu": string("The CPU topology and count, as JSON."),
+    },
 )
 
 PROGRESS = obj(
@@ -113,8 +134,15 @@ STATUS = obj(
         "adapters": array(
             "The VM's I/O adapters as captured.", ADAPTER, max_items=256, map_keys=["id"]
         ),
+        "machine": MACHINE,
         "progress": PROGRESS,
         "saveEvent": string("The SaveEvent run before suspending."),
+        "requestedTime": timestamp("When the agent took the hibernate instruction."),
+        "imageBytes": integer(
+            "The image's size as the guest's kernel copied it (reported after resume).", minimum=0
+        ),
+        "resumeStartedTime": timestamp("When the operator started the VM to resume it."),
+        "resumedTime": timestamp("When the resume ended (Resumed True or False)."),
     },
 )
 
