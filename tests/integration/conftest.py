@@ -385,3 +385,19 @@ def apps() -> Iterator[list[subprocess.Popen]]:
     for proc in started:
         proc.kill()
         proc.wait()
+
+
+@pytest.fixture
+def vios_pool(api_client: client.ApiClient) -> Iterator[str]:
+    """A VIOSCluster on the stand-in's thin StorageClass (defaults otherwise), deleted after."""
+    name = f"hib-{uuid.uuid4().hex[:6]}"
+    body = {
+        "apiVersion": "lparkube.io/v1alpha1",
+        "kind": "VIOSCluster",
+        "metadata": {"name": name},
+        "spec": {"storage": {"storageClassName": "lparkube-thin"}},
+    }
+    custom = client.CustomObjectsApi(api_client)
+    custom.create_cluster_custom_object("lparkube.io", "v1alpha1", "viosclusters", body)
+    yield name
+    custom.delete_cluster_custom_object("lparkube.io", "v1alpha1", "viosclusters", name)

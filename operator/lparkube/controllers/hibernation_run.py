@@ -190,6 +190,7 @@ class HibernationRun:
 
     def save_event(self, scope: HibernationScope) -> dict[str, Any]:
         return {
+            "kind": "SaveEvent",
             "metadata": {
                 "name": save_event_name(self.name),
                 "labels": {PARTITION_LABEL: self.partition_name},
@@ -313,6 +314,9 @@ class HibernationRun:
         if condition.reason == h.IN_PROGRESS:
             return
         scope.status["resumedTime"] = rfc3339(scope.now)
+        copied = scope.view.agent_hibernation.get("imageBytes")
+        if isinstance(copied, int) and copied > 0:  # known once the restored kernel logged it
+            scope.status["imageBytes"] = copied
         scope.conditions.append(Condition.of(h.READY, False, h.RESUMED, "the image was used"))
         event = "Normal" if condition.status == "True" else "Warning"
         scope.events.append((event, condition.reason, condition.message))
