@@ -3,9 +3,8 @@
 
     make bench-boot [BENCH_ARGS="--repeat 3 --delivery SecretVolume"]
 
-On a local control plane started here: the KubeVirt stand-in with real guests (QEMU, the Debian
-guest image), the real operator (`lparkube run`, admin credentials) whose agent gateway the
-guests reach by its Service name. Each run creates one Partition, waits until its VMI is
+On a local cluster of real guests with the real operator (lparkube_devenv.realguest_cluster).
+Each run creates one Partition, waits until its VMI is
 Running (QEMU runs the guest) and the Partition is Ready (the agent inside reported over TLS),
 then deletes it and waits until its guest is gone, so runs never share the two cores. Prints
 each run and the medians.
@@ -16,22 +15,18 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from kubernetes import client, config
+from kubernetes import client
 
-from lparkube_devenv.controlplane import LocalControlPlane, free_port, install_crds, wait_until
-from lparkube_devenv.kubevirt import VMI, Settings, StandIn
-from lparkube_devenv.kubevirt.api import QEMU
-from lparkube_devenv.kubevirt.qemu_guest import HostService
+from lparkube_devenv.controlplane import wait_until
+from lparkube_devenv.kubevirt import VMI, StandIn
+from lparkube_devenv.realguest_cluster import real_guest_cluster
 
-REPO = Path(__file__).resolve().parents[1]
 GROUP, VERSION = "lparkube.io", "v1alpha1"
-GATEWAY_SERVICE = "lparkube-agent-gateway.lparkube-bench.svc"
 TIMEOUT = 300.0
 
 
@@ -82,38 +77,9 @@ def one_boot(
     return running, total
 
 
-def start_operator(kubeconfig: Path, port: int, log: Path) -> subprocess.Popen:
-    exe = str(Path(sys.executable).with_name("lparkube"))
-    argv = [
-        exe, "run", "--kubeconfig", str(kubeconfig), "--health-address", f"127.0.0.1:{free_port()}",
-        "--metrics-address", "0", "--agent-gateway-address", f"127.0.0.1:{port}",
-        "--agent-gateway-url", f"https://{GATEWAY_SERVICE}:{port}", "--lease-namespace", "default",
-    ]  # fmt: skip
-    env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
-    with log.open("ab") as out:
-        return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
-
-
 def bench(args: argparse.Namespace, workdir: Path) -> list[tuple[float, float]]:
-    port = free_port()
-    plane = LocalControlPlane(workdir / "control-plane")
-    with plane, config.new_client_from_config(config_file=str(plane.kubeconfig)) as api:
-        install_crds(api, REPO / "crds")
-        standin = StandIn(
-            plane.kubeconfig,
-            workdir / "kubevirt",
-            plane.front_proxy_ca,
-            settings=Settings(guest_runtime=QEMU),
-            host_services=[HostService(GATEWAY_SERVICE, port)],
-        )
-        with standin:
-            standin.guest_image.get()  # built, or taken from the cache, before any timing
-            operator = start_operator(plane.kubeconfig, port, workdir / "operator.log")
-            try:
-                return [boot_and_report(standin, api, args, index) for index in range(args.repeat)]
-            finally:
-                operator.terminate()
-                operator.wait(30)
+    with real_guest_cluster(workdir) as (standin, api):
+        return [boot_and_report(standin, api, args, index) for index in range(args.repeat)]
 
 
 def boot_and_report(

@@ -2,19 +2,18 @@
 ``kubectl`` finding it on PATH (``kubectl lparkube ...``), against the real API server with the
 project's CRDs.
 
-No operator runs here. Where a test checks the plugin's *waiting* (progress lines as status
-changes, the exit code a final condition gives), the test itself plays the controller: it
-patches the object's status subresource the way the operator's docs say it will be written
-(docs/api.md, docs/saving.md). These tests cover the plugin's side only; the real hibernation
-controller's end-to-end test with a real guest comes with that controller.
+No operator runs here: the module has a control plane of its own (the session's runs the
+operator, which would write the statuses these tests write). Where a test checks the plugin's
+*waiting* (progress lines as status changes, the exit code a final condition gives), the test
+itself plays the controller: it patches the object's status subresource the way the operator's
+docs say it will be written (docs/api.md, docs/saving.md). The plugin with the real operator:
+test_kubectl_plugin_with_operator.py.
 """
 
 from __future__ import annotations
 
-import os
 import queue
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -23,6 +22,7 @@ from typing import Any
 
 import pytest
 import yaml
+from kubectl_plugin_helpers import EXECUTABLE, plugin_env, run_plugin
 from kubernetes import client, config
 
 from lparkube.adapters.kube import MERGE_PATCH
@@ -38,7 +38,6 @@ from lparkube_devenv.controlplane import (
     install_crds,
 )
 
-EXECUTABLE = Path(sys.executable).with_name("kubectl-lparkube")
 VERBS = ("save", "hibernate", "resume", "status")
 NOW = "2026-12-01T12:00:00Z"
 LINE_TIMEOUT = 20.0
@@ -47,16 +46,27 @@ LINE_TIMEOUT = 20.0
 # --- running the plugin -------------------------------------------------------------------------
 
 
-def plugin_env(kubeconfig: Path | None = None) -> dict[str, str]:
-    """The environment of a user whose PATH has the installed plugin (the venv's bin)."""
-    env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
-    env["PATH"] = f"{EXECUTABLE.parent}{os.pathsep}{env.get('PATH', '')}"
-    if kubeconfig is not None:
-        env["KUBECONFIG"] = str(kubeconfig)
-    return env
+@pytest.fixture(scope="module")
+def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalControlPlane]:
+    """This module's control plane, with lparkube's CRDs and no operator."""
+    with LocalControlPlane(tmp_path_factory.mktemp("plugin-plane")) as plane:
+        with config.new_client_from_config(config_file=str(plane.kubeconfig)) as api:
+            install_crds(api, REPO_ROOT / "crds")
+        yield plane
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
+def kubeconfig(control_plane: LocalControlPlane) -> Path:
+    return control_plane.kubeconfig
+
+
+@pytest.fixture(scope="module")
+def api_client(kubeconfig: Path) -> Iterator[client.ApiClient]:
+    with config.new_client_from_config(config_file=str(kubeconfig)) as api:
+        yield api
+
+
+@pytest.fixture(scope="module")
 def kubectl_exe(control_plane: LocalControlPlane) -> str:
     return find_tool("kubectl", control_plane.bin_dir)
 
@@ -123,14 +133,7 @@ def context_kubeconfig(kubeconfig: Path, namespace: str, tmp_path: Path) -> Path
 @pytest.fixture
 def plugin(kubeconfig: Path) -> Callable[..., subprocess.CompletedProcess]:
     """``plugin(*args)``: the installed executable with --kubeconfig, run to its end."""
-
-    def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-        argv = [str(EXECUTABLE), *args, "--kubeconfig", str(kubeconfig)]
-        return subprocess.run(
-            argv, capture_output=True, text=True, timeout=timeout, env=plugin_env(), check=False
-        )
-
-    return run
+    return lambda *args, timeout=60: run_plugin(kubeconfig, *args, timeout=timeout)
 
 
 @pytest.fixture
@@ -641,28 +644,3 @@ def test_a_missing_crd_is_named_with_what_to_install(
         "Hibernation images:",
         "  the server does not serve hibernationimages.lparkube.io (lparkube.io/v1alpha1): " + hint,
     ]
-
-
-# --- with the real operator ---------------------------------------------------------------------
-
-
-@pytest.mark.usefixtures("operator")
-def test_save_with_the_real_operator_and_real_agents(fleet, plugin, namespace: str) -> None:
-    """No test plays a controller here: the session's operator runs the SaveEvents and real
-    guest agents save real applications; the plugin reads what the operator writes."""
-    fleet.partition("web-1", "node-a", [("first", 10, 0.0), ("second", 20, 0.0)])
-    gone = fleet.partition("gone", "node-b", [("lost", 10, 0.0)])
-    done = plugin("save", "web-1", "-n", namespace, "--timeout", "60s")
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert done.stdout.splitlines()[-1] == (
-        "saved 1/1: Succeeded: 1 of 1 partitions saved, 0 failed; 2 of 2 applications saved"
-    )
-    assert [app for app, _ in fleet.written("web-1")] == ["first", "second"]
-
-    gone.stop()
-    fleet.parts.wait_condition("gone", "AgentConnected", "False", timeout=15)
-    failed = plugin("save", "web-1", "gone", "-n", namespace, "--timeout", "60s")
-    assert failed.returncode == 1, failed.stdout + failed.stderr
-    lines = failed.stderr.splitlines()
-    assert lines[0].startswith("error: saved 1/2 (1 failed): PartiallySucceeded: 1 of 2")
-    assert lines[1].startswith(f"  partition {namespace}/gone: Unreachable: ")
