@@ -78,8 +78,17 @@ def image(name: str = "web-hib", **status: object) -> dict:
     }
 
 
+def persistent_vm() -> dict:
+    """vm() with its root on a PVC: a containerDisk does not outlive the VMI."""
+    machine = vm()
+    volumes = machine["spec"]["template"]["spec"]["volumes"]
+    volumes[0] = {"name": "root", "persistentVolumeClaim": {"claimName": "root"}}
+    return machine
+
+
 def view(**changes: object) -> h.HibernationView:
-    fields = {"image": image(), "partition": partition(), "vm": vm(), "vmi": vmi(), **changes}
+    base = {"image": image(), "partition": partition(), "vm": persistent_vm(), "vmi": vmi()}
+    fields = {**base, **changes}
     return h.HibernationView(**fields)
 
 
@@ -88,6 +97,18 @@ def view(**changes: object) -> h.HibernationView:
 
 def test_a_running_partition_with_an_active_paging_lu_may_hibernate() -> None:
     assert h.capture_refusal(view()) is None
+
+
+def test_a_disk_that_does_not_outlive_the_vmi_is_refused() -> None:
+    refusal = h.capture_refusal(view(vm=vm()))  # root: a containerDisk
+    assert refusal.reason == h.EPHEMERAL_DISK
+    assert "root (containerDisk)" in refusal.message
+    machine = persistent_vm()
+    spec = machine["spec"]["template"]["spec"]
+    spec["volumes"].append({"name": "scratch", "emptyDisk": {"capacity": "1Gi"}})
+    assert h.capture_refusal(view(vm=machine)) is None  # a volume no disk uses is harmless
+    spec["domain"]["devices"]["disks"].append({"name": "scratch", "disk": {}})
+    assert "scratch (emptyDisk)" in h.capture_refusal(view(vm=machine)).message
 
 
 @pytest.mark.parametrize(
@@ -288,7 +309,7 @@ def test_progress_counts_steps() -> None:
 
 
 def resumable(**status: object) -> dict:
-    machine = vm()
+    machine = persistent_vm()
     adapters = h.capture_adapters(machine, None)
     base = {
         "conditions": captured(),
@@ -304,7 +325,7 @@ def test_a_captured_image_with_the_same_configuration_may_resume() -> None:
 
 
 def test_a_changed_configuration_refuses_the_resume_naming_it() -> None:
-    edited = vm()
+    edited = persistent_vm()
     edited["spec"]["template"]["spec"]["domain"]["memory"]["guest"] = "1Gi"
     refusal = h.resume_refusal(view(image=resumable(), vm=edited, vmi=None))
     assert refusal.reason == h.ADAPTER_CONFIGURATION_CHANGED

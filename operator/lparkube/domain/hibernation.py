@@ -46,6 +46,7 @@ RESUME_STEPS = (CHECKING_ADAPTERS, STARTING, RESTORING)
 PARTITION_NOT_FOUND = "PartitionNotFound"
 PARTITION_DELETING = "PartitionDeleting"
 NO_PAGING_LU = "NoPagingLU"
+EPHEMERAL_DISK = "EphemeralDisk"
 PAGING_INACTIVE = "PagingInactive"
 AGENT_NOT_CONNECTED = "AgentNotConnected"
 VM_NOT_RUNNING = "VMNotRunning"
@@ -199,10 +200,34 @@ def _holds_the_partition(image: Mapping[str, Any]) -> bool:
     return captured.get("status") != "False" or captured.get("reason") == IN_PROGRESS
 
 
+# Volumes whose content KubeVirt makes anew for each VMI: a restored kernel would find them
+# changed under its page cache and mounted filesystems.
+EPHEMERAL_VOLUMES = ("containerDisk", "emptyDisk", "ephemeral")
+
+
+def _disks_persist(view: HibernationView) -> Refusal | None:
+    spec = _template_spec(view.vm)
+    disks = {d.get("name") for d in _get(spec, "domain", "devices", "disks") or []}
+    lost = sorted(
+        f"{v.get('name')} ({kind})"
+        for v in spec.get("volumes") or []
+        for kind in EPHEMERAL_VOLUMES
+        if kind in v and v.get("name") in disks
+    )
+    if lost:
+        return Refusal(
+            EPHEMERAL_DISK,
+            f"disk {', '.join(lost)} does not outlive the VMI: the restored kernel would find "
+            "it changed; put it on a PersistentVolumeClaim or DataVolume",
+        )
+    return None
+
+
 CAPTURE_CHECKS: tuple[Callable[[HibernationView], Refusal | None], ...] = (
     _partition_exists,
     _no_other_image,
     _has_paging_lu,
+    _disks_persist,
     _vm_running,
     _agent_connected,
     _paging_active,
