@@ -342,6 +342,45 @@ def test_a_user_who_may_only_create_partitions_gets_no_vm(kubectl: Kubectl, tena
     assert not kubectl("-n", tenant, "get", "partition,vm", "not-mine", "--ignore-not-found")
 
 
+def _hibernate(kubectl: Kubectl, namespace: str, name: str, partition: str) -> dict[str, Any]:
+    """A HibernationImage of `partition`, once its Captured condition is final."""
+    image = {
+        "apiVersion": "lparkube.io/v1alpha1",
+        "kind": "HibernationImage",
+        "metadata": {"name": name},
+        "spec": {"partitionName": partition},
+    }
+    kubectl("-n", namespace, "apply", "-f", "-", input=json.dumps(image))
+
+    def final() -> dict[str, Any] | None:
+        found = get_json(kubectl, "-n", namespace, "hibernationimage", name)
+        captured = condition(found, "Captured")
+        done = captured.get("status") == "True" or captured.get("reason") not in (
+            None,
+            "InProgress",
+        )
+        return found if done else None
+
+    return wait_for(f"{name}'s Captured condition", final, timeout=120)
+
+
+def test_hibernating_a_partition_without_a_paging_lu_is_refused_and_it_keeps_running(
+    kubectl: Kubectl, tenant: str
+) -> None:
+    before = get_json(kubectl, "-n", tenant, "vmi", PARTITION)["metadata"]["uid"]
+    image = _hibernate(kubectl, tenant, "no-paging", PARTITION)
+    refused = condition(image, "Captured")
+    assert (refused["status"], refused["reason"]) == ("False", "NoPagingLU"), refused
+    vmi = get_json(kubectl, "-n", tenant, "vmi", PARTITION)
+    assert vmi["metadata"]["uid"] == before and vmi["status"]["phase"] == "Running"
+    vm = get_json(kubectl, "-n", tenant, "vm", PARTITION)
+    assert vm["spec"]["runStrategy"] == "Always"
+    assert "lparkube.io/run-strategy-before-hibernation" not in vm["metadata"].get(
+        "annotations", {}
+    )
+    kubectl("-n", tenant, "delete", "hibernationimage", "no-paging")
+
+
 def _pool(kubectl: Kubectl, name: str) -> dict[str, Any]:
     return get_json(kubectl, "vioscluster", name)
 
@@ -420,6 +459,12 @@ def test_a_vios_cluster_on_the_clusters_storage_gives_a_paging_lu(
             timeout=60,
         )
 
+        # Its root is a containerDisk, made anew for each VMI: hibernation refuses it.
+        refused = condition(_hibernate(kubectl, tenant, "paged-1-image", "paged-1"), "Captured")
+        assert (refused["status"], refused["reason"]) == ("False", "EphemeralDisk"), refused
+        assert "rootdisk (containerDisk)" in refused["message"]
+        kubectl("-n", tenant, "delete", "hibernationimage", "paged-1-image")
+
         kubectl("-n", tenant, "delete", "partition", "paged-1", "--wait", "--timeout=3m")
         freed = get_json(kubectl, "-n", tenant, "pvc", claim)
         assert "lparkube.io/partition" not in freed["metadata"]["labels"], "released, kept"
@@ -432,7 +477,8 @@ def test_a_vios_cluster_on_the_clusters_storage_gives_a_paging_lu(
 
 def test_helm_uninstall_cleans_up(kubectl: Kubectl, tenant: str, helm_release: Release) -> None:
     # Partitions go first, while the operator still runs to release their finalizers.
-    kubectl("-n", tenant, "delete", "saveevents,partitions", "--all", "--wait", "--timeout=5m")
+    kubectl("-n", tenant, "delete", "hibernationimages,saveevents,partitions", "--all", "--wait",
+            "--timeout=5m")  # fmt: skip
     owned = f"lparkube.io/partition={PARTITION}"
     wait_for(
         "the Partition's VM, VMI, key Secret and agent NetworkPolicy to be deleted",
