@@ -87,7 +87,6 @@ CLAIM_PENDING = "ClaimPending"  # False: a claim is not bound yet
 BACKING_REPLACED_EVENT = "BackingStorageReplaced"  # Normal
 BACKING_RESIZED_EVENT = "BackingStorageResized"  # Normal
 BACKING_LOST_EVENT = "BackingStorageLost"  # Warning
-STORAGE_NOT_DELIVERED_EVENT = "StorageChangeNotDelivered"  # Warning, once per change
 MAX_DISKS = 64
 
 PAGING = obj(
