@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 CHANGES = ("Replaced", "Resized", "Lost")
 LOST = "Lost"
 MAX_DISKS = 64
-KEEP = 16
+KEEP = 64  # ids remembered: the operator only ever resends its latest change
 VIRTIO_SERIAL_BYTES = 20  # VIRTIO_BLK_ID_BYTES: what the guest's kernel keeps of a serial
 MAX_MESSAGE = 200
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,252}$")  # a path component, never "..": safe
@@ -142,7 +142,8 @@ class StorageStore:
             known = self._runs.get(request.id)
             if known is not None:
                 return known, False
-            run = StorageRun(request.id, time.time(), [self._look(d) for d in request.disks])
+            looked = [self._look(request.id, d) for d in request.disks]
+            run = StorageRun(request.id, time.time(), looked)
             runs = {**self._runs, run.id: run}
             kept = list(runs.values())[-KEEP:]
             self._journal.write(kept)
@@ -150,13 +151,13 @@ class StorageStore:
         self._on_change()
         return run, True
 
-    def _look(self, disk: DiskChange) -> dict:
+    def _look(self, ident: str, disk: DiskChange) -> dict:
         """Find, rescan (unless lost) and measure one disk; what was found, for the answer."""
         found = self._device(disk)
         result = {"serial": disk.serial, "device": "", "sizeBytes": 0, "rescanned": False}
         if found is None:
-            log.warning("storage change %s of disk %s: no such disk in the guest", disk.change,
-                        disk.serial)  # fmt: skip
+            log.warning("storage change %s: %s of disk %s: no such disk in the guest", ident,
+                        disk.change, disk.serial)  # fmt: skip
             return {**result, "message": f"no disk with serial {disk.serial} in the guest"}
         result["device"] = str(found)
         block = self.files.block(found.name)
@@ -177,8 +178,8 @@ class StorageStore:
         if size is None:
             message = (message + "; " if message else "") + "its size is unreadable"
         rescanned = ", rescanned" if result["rescanned"] else ""
-        log.info("storage change %s of disk %s (%s): %d bytes%s", disk.change, disk.serial,
-                 found, result["sizeBytes"], rescanned)  # fmt: skip
+        log.info("storage change %s: %s of disk %s (%s): %d bytes%s", ident, disk.change,
+                 disk.serial, found, result["sizeBytes"], rescanned)  # fmt: skip
         return {**result, "message": message[:MAX_MESSAGE]}
 
     def _device(self, disk: DiskChange) -> Path | None:

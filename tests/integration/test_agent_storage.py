@@ -90,7 +90,7 @@ def test_a_change_rescans_what_can_be_and_reads_every_size(guest: Guest) -> None
     assert guest.fake.rescans("sdb") == "1"
     assert [run["id"] for run in guest.journal()] == ["sc-1"]
     assert guest.report()["storage"] == answer
-    assert "storage change Resized of disk scsi-data" in guest.agent.log_path.read_text()
+    assert "storage change sc-1: Resized of disk scsi-data" in guest.agent.log_path.read_text()
 
 
 def test_a_known_id_is_answered_from_the_journal_and_nothing_is_done_again(guest: Guest) -> None:
