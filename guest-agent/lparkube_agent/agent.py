@@ -1,5 +1,5 @@
-"""The agent daemon: registration table, save and hibernate runs, the paging device, HTTP
-endpoint, reports, pruning.
+"""The agent daemon: registration table, save and hibernate runs, storage changes, the paging
+device, HTTP endpoint, reports, pruning.
 
 `Agent` is importable and can run in-process (tests, benchmarks with many agents): every part
 is optional except the HTTP endpoint, and `port` tells where it listens when given port 0.
@@ -23,6 +23,8 @@ from .paging import Paging
 from .registry import Registration, Table
 from .regserver import RegistrationServer
 from .saves import SaveStore
+from .storage import StorageStore
+from .storage import decode_run as decode_storage_run
 from .terminals import Terminals
 
 log = logging.getLogger(__name__)
@@ -31,6 +33,7 @@ PRUNE_SECONDS = 2.0
 TABLE_FILE = "registrations.json"
 JOURNAL_FILE = "saves.json"
 HIBERNATE_JOURNAL_FILE = "hibernations.json"
+STORAGE_JOURNAL_FILE = "storage.json"
 
 
 class Agent:
@@ -56,8 +59,22 @@ class Agent:
             busy=self.saves.running,
             on_change=self._report_soon,
         )
+        self.storage = StorageStore(
+            config.files,
+            journal=Journal(
+                state_dir / STORAGE_JOURNAL_FILE if state_dir is not None else None,
+                decode_storage_run,
+                "storage",
+            ),
+            on_change=self._report_soon,
+        )
         self.api = AgentAPI(
-            config.key, config.partition, self.saves, self.report, self.hibernations
+            config.key,
+            config.partition,
+            self.saves,
+            self.report,
+            self.hibernations,
+            storage=self.storage,
         )
         self.http = AgentHTTPServer(config.listen, self.api, tls.server_context(config.tls))
         self.registration: RegistrationServer | None = None
@@ -105,6 +122,7 @@ class Agent:
             "memory": memory(self.config.files),
             "paging": self.paging.report(),
             "hibernation": self.hibernations.last(),
+            "storage": self.storage.last(),
         }
         body.update({k: v for k, v in guest.items() if v is not None})  # all optional
         return body

@@ -91,6 +91,35 @@ class FakeGuest:
             handle.truncate(disk_bytes)
         (self.files.block(self.disk.name) / "size").write_text(f"{disk_bytes // 512}\n")
 
+    def attach_data_disk(
+        self, serial: str, disk_bytes: int, *, node: str = "vdb", rescan: bool = False
+    ) -> Path:
+        """Another disk, linked from dev/disk/by-id/virtio-<serial> (cut to 20 bytes, as the
+        kernel keeps a virtio serial); ``rescan``: it has sys/block/<node>/device/rescan, as a
+        SCSI disk has. Returns the device node."""
+        device = self.files.dev / node
+        with device.open("wb") as handle:
+            handle.truncate(disk_bytes)
+        block = self.files.block(node)
+        (block / "device").mkdir(parents=True, exist_ok=True)
+        (block / "dev").write_text(f"252:{16 * (ord(node[-1]) - ord('a'))}\n")
+        (block / "size").write_text(f"{disk_bytes // 512}\n")
+        if rescan:
+            (block / "device/rescan").write_text("")
+        link = self.files.disk_by_serial(serial[:20])
+        link.parent.mkdir(parents=True, exist_ok=True)
+        if not os.path.lexists(link):
+            link.symlink_to(os.path.relpath(device, link.parent))
+        return device
+
+    def resize_data_disk(self, node: str, disk_bytes: int) -> None:
+        """The host changed the disk's capacity: what the kernel shows in sys/block/<node>."""
+        (self.files.block(node) / "size").write_text(f"{disk_bytes // 512}\n")
+
+    def rescans(self, node: str) -> str:
+        """What was written to sys/block/<node>/device/rescan."""
+        return (self.files.block(node) / "device/rescan").read_text()
+
     def set_memory(self, total: int, available: int) -> None:
         free = max(0, available - 16 * MIB)
         lines = [("MemTotal", total), ("MemFree", free), ("MemAvailable", available)]

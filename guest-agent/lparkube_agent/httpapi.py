@@ -1,5 +1,5 @@
-"""The agent's HTTPS endpoint for the operator: POST /v1/save, POST /v1/hibernate and
-GET /v1/report.
+"""The agent's HTTPS endpoint for the operator: POST /v1/save, POST /v1/hibernate,
+POST /v1/storage and GET /v1/report.
 
 Only the operator gets through the TLS handshake (its client certificate, from the CA the
 guest pins, naming the operator; ``tls``). Every request is authenticated (protocol.Verifier)
@@ -35,14 +35,16 @@ from .hibernate import (
     parse_hibernate_request,
 )
 from .saves import BusyError, SaveStore, parse_save_request
+from .storage import StorageStore, parse_storage_request
 from .version import VERSION
 
 log = logging.getLogger(__name__)
 
 SAVE_PATH = "/v1/save"
 HIBERNATE_PATH = "/v1/hibernate"
+STORAGE_PATH = "/v1/storage"
 REPORT_PATH = "/v1/report"
-ROUTES = {SAVE_PATH: "POST", HIBERNATE_PATH: "POST", REPORT_PATH: "GET"}
+ROUTES = {SAVE_PATH: "POST", HIBERNATE_PATH: "POST", STORAGE_PATH: "POST", REPORT_PATH: "GET"}
 STATUS_OF = {"oversized": 413, "malformed": 400}
 
 
@@ -73,6 +75,8 @@ class AgentAPI:
         saves: SaveStore,
         report: Callable[[], dict],
         hibernations: HibernationStore | None = None,
+        *,
+        storage: StorageStore | None = None,
     ) -> None:
         self.key = key
         self.partition = partition
@@ -80,6 +84,7 @@ class AgentAPI:
         self.saves = saves
         self.report = report
         self.hibernations = hibernations
+        self.storage = storage
 
     def dispatch(self, method: str, path: str, body: bytes) -> Answer:
         if path not in ROUTES:
@@ -90,6 +95,8 @@ class AgentAPI:
             return 200, self.report(), nothing
         if path == HIBERNATE_PATH:
             return self._hibernate(body)
+        if path == STORAGE_PATH:
+            return self._storage(body)
         return self._save(body)
 
     def _save(self, body: bytes) -> Answer:
@@ -118,6 +125,18 @@ class AgentAPI:
         except RefusedError as refusal:
             return 409, refusal_body(refusal), nothing
         return (202 if run.state == HIBERNATING else 200), run.result(), start
+
+    def _storage(self, body: bytes) -> Answer:
+        """200 with what the guest found of each disk: done now, or kept for a known id."""
+        try:
+            request = parse_storage_request(json.loads(body))
+        except Exception as error:  # as for saves: anything unparsable is malformed
+            return 400, error_body("malformed", f"invalid storage change: {error}"), nothing
+        if self.storage is None:
+            refusal = RefusedError(UNSUPPORTED, "this agent was started without storage changes")
+            return 409, refusal_body(refusal), nothing
+        run, _ = self.storage.submit(request)
+        return 200, run.result(), nothing
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
 """Fuzz the agent's HTTP endpoint: 10,000+ requests, random ones and mutations of valid signed
-ones (reports, saves and hibernations), over real connections to a real agent process in a
-fake guest tree. Nothing that is not validly signed and fresh may be accepted, everything that
-is must be (a hibernation may be refused, signed, as Busy), the agent must survive all of it,
-and no hibernation may run twice or for a request that was refused.
+ones (reports, saves, hibernations and storage changes), over real connections to a real agent
+process in a fake guest tree. Nothing that is not validly signed and fresh may be accepted,
+everything that is must be (a hibernation may be refused, signed, as Busy), the agent must
+survive all of it, and no hibernation or storage change may run twice or for a request that
+was refused.
 
 Set LPARKUBE_FUZZ_SEED to replay a run; the seed is printed (pytest shows it on failure).
 """
@@ -90,6 +91,7 @@ class Case:
     oneshot: bool = False
     save_id: str | None = None
     hibernate_id: str | None = None
+    storage_id: str | None = None
 
 
 @dataclass
@@ -99,6 +101,7 @@ class Tally:
     wrong: list[str] = field(default_factory=list)
     ids: set[str] = field(default_factory=set)
     hibernate_ids: set[str] = field(default_factory=set)  # answered Hibernating or Resumed
+    storage_ids: set[str] = field(default_factory=set)  # storage changes answered
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -122,7 +125,7 @@ class Fuzzer:
         rng = self.rng
         ident = None
         if route is None:
-            route = rng.choices(ROUTES, (4, 4, 2))[0]
+            route = rng.choices(ROUTES, (4, 4, 2, 2))[0]
         method, path = route
         if body is None and path == "/v1/save":
             ident = f"fuzz-{rng.randrange(IDS)}"
@@ -130,6 +133,10 @@ class Fuzzer:
         elif body is None and path == "/v1/hibernate":
             ident = f"fuzz-hibernate-{rng.randrange(IDS)}"
             body = json.dumps({"id": ident, "serial": "lparkube-paging"}).encode()
+        elif body is None and path == "/v1/storage":
+            ident = f"fuzz-storage-{rng.randrange(IDS)}"
+            disks = [{"serial": "data", "name": "data", "change": rng.choice(STORAGE_CHANGES)}]
+            body = json.dumps({"id": ident, "disks": disks}).encode()
         body = body or b""
         message = protocol.Message(
             protocol.TO_AGENT, method, path, partition or self.agent.partition, body
@@ -144,6 +151,8 @@ class Fuzzer:
         case = Case(kind, request.render()[0], True, request.signed)
         if request.path == "/v1/hibernate":
             case.hibernate_id = ident
+        elif request.path == "/v1/storage":
+            case.storage_id = ident
         else:
             case.save_id = ident
         return case
@@ -225,6 +234,10 @@ class Fuzzer:
         bodies = [b"", b"{", b"[]", b'{"id": 1}', b"\xff\xfe"]
         if route[1] == "/v1/save":
             bodies.append(b'{"id": "x", "waitSeconds": -1}')
+        elif route[1] == "/v1/storage":  # disks: 1..64 of {serial, name, change}
+            bodies += [b'{"id": "x"}', b'{"id": "x", "disks": []}', b'{"id": "x", "disks": [7]}']
+            bodies.append(b'{"id": "x", "disks": [{"serial": "../sdb", "change": "Lost"}]}')
+            bodies.append(b'{"id": "x", "disks": [{"serial": "data", "change": "Grown"}]}')
         else:  # a hibernation needs the paging disk's serial, and a deadline is a time
             bodies += [b'{"id": "x"}', b'{"id": "x", "serial": 7}', b'{"id": "x", "serial": ""}']
             bodies.append(b'{"id": "x", "serial": "lparkube-paging", "deadline": "soon"}')
@@ -233,7 +246,8 @@ class Fuzzer:
     def wrong_route(self) -> Case:
         route = self.rng.choice(
             [("GET", "/v1/save"), ("POST", "/v1/report"), ("GET", "/"), ("POST", "/v1/save/"),
-             ("GET", "/v1/hibernate"), ("PUT", "/v1/hibernate"), ("POST", "/v1/hibernate/")]
+             ("GET", "/v1/hibernate"), ("PUT", "/v1/hibernate"), ("POST", "/v1/hibernate/"),
+             ("GET", "/v1/storage"), ("POST", "/v1/storage/")]
         )  # fmt: skip
         return self._refused("wrong-route", self.request(route=route, body=b"{}")[0])
 
@@ -264,7 +278,7 @@ class Fuzzer:
         if rng.random() < 0.5:
             data = bytes(rng.randrange(256) for _ in range(rng.randrange(300)))
         else:
-            path = rng.choice(["/v1/save", "/v1/hibernate"])
+            path = rng.choice(["/v1/save", "/v1/hibernate", "/v1/storage"])
             head = [f"{rng.choice(['GET', 'POST', 'PUT', 'get'])} {path} HTTP/1.1"]
             for name in rng.sample(SIGNATURE_HEADERS, rng.randrange(5)):
                 head.append(f"{name}: {rng.getrandbits(256):x}")
@@ -278,7 +292,13 @@ class Fuzzer:
         return "".join(c.upper() if self.rng.random() < 0.5 else c.lower() for c in name)
 
 
-ROUTES = [("GET", "/v1/report"), ("POST", "/v1/save"), ("POST", "/v1/hibernate")]
+ROUTES = [
+    ("GET", "/v1/report"),
+    ("POST", "/v1/save"),
+    ("POST", "/v1/hibernate"),
+    ("POST", "/v1/storage"),
+]
+STORAGE_CHANGES = ("Replaced", "Resized", "Lost")
 MUTATIONS: dict[str, tuple[Callable[[Fuzzer], Case], int]] = {
     "valid": (Fuzzer.valid, 8),
     "reorder": (Fuzzer.reorder, 4),
@@ -376,6 +396,8 @@ def worker(agent: AgentProcess, seed: int, count: int, tally: Tally) -> None:
                     tally.ids.add(case.save_id)
                 if status in (200, 202) and case.hibernate_id:
                     tally.hibernate_ids.add(case.hibernate_id)
+                if accepted and case.storage_id:
+                    tally.storage_ids.add(case.storage_id)
     finally:
         conn.close()
 
@@ -384,6 +406,7 @@ def test_fuzz_the_agent_endpoint(tmp_path: Path, agent_tls: TLSMaterial) -> None
     seed = int(os.environ.get("LPARKUBE_FUZZ_SEED") or random.SystemRandom().getrandbits(32))
     print(f"fuzz seed: {seed} (LPARKUBE_FUZZ_SEED={seed} replays this run)")
     guest = FakeGuest(tmp_path / "guest", mem_available=480 * 2**20)  # 32 MiB of 64 in use
+    guest.attach_data_disk("data", 2**20, node="sdb", rescan=True)
     agent = AgentProcess(tmp_path, config=guest.config(), tls_material=agent_tls).start()
     out = tmp_path / "saves.log"
     # A socket app writes one line per save (signals could coalesce and hide a save).
@@ -423,6 +446,14 @@ def test_fuzz_the_agent_endpoint(tmp_path: Path, agent_tls: TLSMaterial) -> None
         )
         assert tally.hibernate_ids, f"seed {seed}: no hibernation was accepted"
         assert suspended == dict.fromkeys(tally.hibernate_ids, 1), f"seed {seed}: {suspended}"
+        # Every storage change answered was handled once (found, rescanned unless lost).
+        changed = Counter(
+            line.split("storage change ", 1)[1].split(":", 1)[0]
+            for line in log.splitlines()
+            if "storage change fuzz-" in line and " of disk data (" in line
+        )
+        assert tally.storage_ids, f"seed {seed}: no storage change was accepted"
+        assert changed == dict.fromkeys(tally.storage_ids, 1), f"seed {seed}: {changed}"
     finally:
         app.kill()
         app.wait()

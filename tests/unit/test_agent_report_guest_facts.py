@@ -114,3 +114,37 @@ def test_a_newer_run_clears_what_the_older_one_set_and_a_gone_disk_clears_paging
     }
     assert patch["paging"] is None and patch["memory"] is None
     assert "bootId" not in patch  # unchanged
+
+
+STORAGE = {
+    "id": "sc-1",
+    "at": "2026-11-21T22:10:00Z",
+    "disks": [
+        {"serial": "data", "device": "/dev/sdb", "sizeBytes": 2**31, "rescanned": True,
+         "message": ""},
+        {"serial": "gone", "device": "", "sizeBytes": 0, "rescanned": False, "message": "x" * 2000},
+    ],
+}  # fmt: skip
+
+
+def test_the_last_storage_change_reaches_status() -> None:
+    body = json.dumps({"agentVersion": "0.1.0", "storage": STORAGE}).encode()
+    status = parse_report(body).status(datetime(2026, 11, 21, tzinfo=UTC))
+    assert status["storage"]["id"] == "sc-1"
+    assert status["storage"]["disks"][0] == STORAGE["disks"][0]
+    assert len(status["storage"]["disks"][1]["message"]) == 1024
+
+
+@pytest.mark.parametrize(
+    "storage",
+    [
+        {"disks": []},
+        {"id": "sc-1", "disks": "data"},
+        {"id": "sc-1", "disks": [{"serial": "d", "sizeBytes": -1, "rescanned": False}]},
+        {"id": "sc-1", "disks": [{"serial": "d", "sizeBytes": 1, "rescanned": "yes"}]},
+        {"id": "sc-1", "disks": [{"serial": "d", "sizeBytes": 1, "rescanned": True}] * 65},
+    ],
+)
+def test_a_malformed_storage_fact_is_left_out(storage: dict) -> None:
+    report = parse_report(json.dumps({"agentVersion": "0.1.0", "storage": storage}).encode())
+    assert report.storage is None and report.version == "0.1.0"

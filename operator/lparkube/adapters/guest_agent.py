@@ -25,6 +25,7 @@ from lparkube_agent import protocol
 
 SAVE_PATH = "/v1/save"
 HIBERNATE_PATH = "/v1/hibernate"
+STORAGE_PATH = "/v1/storage"
 REPORT_PATH = "/v1/report"
 REPORT_TIMEOUT = 10.0
 MAX_WAIT_SECONDS = 25
@@ -131,6 +132,19 @@ class AgentClient:
         with the agent's reason in ``refusal``; an unverified answer is ``unreachable``."""
         payload = json.dumps(instruction).encode()
         _, result = await self._call(target, "POST", HIBERNATE_PATH, payload, timeout)
+        return result
+
+    async def storage_changed(
+        self, target: AgentTarget, body: dict, *, timeout: float = REPORT_TIMEOUT
+    ) -> dict:
+        """Tell the agent that disks' backing storage changed (``POST /v1/storage``, body
+        ``{id, disks: [{serial, name, change}]}``) and return its verified answer: each disk
+        as the guest found it (``{serial, device, sizeBytes, rescanned, message}``). The
+        agent acts on an id once; sending it again returns the kept answer."""
+        payload = json.dumps(body).encode()
+        status, result = await self._call(target, "POST", STORAGE_PATH, payload, timeout)
+        if status != 200:
+            raise AgentError("bad-response", f"{target.partition}: storage answered {status}")
         return result
 
     async def report(self, target: AgentTarget) -> dict:

@@ -214,6 +214,15 @@ class Kube:
                 return None
             raise
 
+    async def get_volume(self, name: str) -> dict | None:
+        """A PersistentVolume as the API server's JSON, or None."""
+        try:
+            return await self.call(self._request, "GET", f"/api/v1/persistentvolumes/{name}", None)
+        except ApiException as error:
+            if not_found(error):
+                return None
+            raise
+
     async def request_claim_size(self, namespace: str, name: str, size: str) -> None:
         """Ask for a larger claim (the StorageClass must allow expansion)."""
         path = f"/api/v1/namespaces/{namespace}/persistentvolumeclaims/{name}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from collections.abc import Iterable
 from typing import Any
 
@@ -118,6 +119,7 @@ def operator_state(memo: Any, **_: Any) -> None:
     memo.agents_lost = set()  # ... whose VM runs but whose agent went silent
     memo.profile_wakers = {}  # ConditionProfile name -> the Event that wakes its evaluation
     memo.evacuation_saves = set()  # (namespace, SaveEvent name) made or met for an evacuation
+    memo.storage_locks = weakref.WeakValueDictionary()  # (namespace, name) -> a Partition's lock
 
 
 @kopf.on.cleanup()
@@ -160,6 +162,7 @@ from lparkube.controllers import (  # noqa: E402, F401
     networkpolicy,
     partition,
     partition_paging,
+    partition_storage,
     saveevent,
     vioscluster,
 )

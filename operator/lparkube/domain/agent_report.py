@@ -3,8 +3,9 @@
 The body is signed, but a signature proves only who sent it, not that it is well formed: a
 report whose core fields do not match the documented shape is refused as a whole, so status
 never holds half of a bad report. The guest's optional facts (``bootId``, ``memory``,
-``paging``, ``hibernation``; docs/agent-protocol.md) are each taken or left on their own: one
-that is malformed is left out, as if the agent had not sent it, and never fails the report.
+``paging``, ``hibernation``, ``storage``; docs/agent-protocol.md) are each taken or left on
+their own: one that is malformed is left out, as if the agent had not sent it, and never fails
+the report.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ MAX_BYTES = 2**63 - 1
 MAX_APPLICATIONS = 1024
 HEX_ADDRESS = re.compile(r"^0x[0-9a-fA-F]{1,16}$")
 HIBERNATION_STATES = ("Hibernating", "Resumed", "Failed")
+MAX_STORAGE_DISKS = 64
 Fact = TypeVar("Fact")
 
 
@@ -93,6 +95,37 @@ class Hibernation:
 
 
 @dataclass(frozen=True)
+class StorageDisk:
+    """One disk of the last storage change, as the guest found it."""
+
+    serial: str
+    device: str
+    size_bytes: int
+    rescanned: bool
+    message: str
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "serial": self.serial,
+            "device": self.device,
+            "sizeBytes": self.size_bytes,
+            "rescanned": self.rescanned,
+            "message": self.message,
+        }
+
+
+@dataclass(frozen=True)
+class Storage:
+    """What the agent did for the last storage change it was told of."""
+
+    id: str
+    disks: tuple[StorageDisk, ...]
+
+    def status(self) -> dict[str, Any]:
+        return {"id": self.id, "disks": [d.status() for d in self.disks]}
+
+
+@dataclass(frozen=True)
 class AgentReport:
     """One heartbeat: who the agent is, what kernel it runs, what is registered, and the
     guest's optional facts (None: not reported, or malformed)."""
@@ -106,6 +139,7 @@ class AgentReport:
     memory: Memory | None = None
     paging: Paging | None = None
     hibernation: Hibernation | None = None
+    storage: Storage | None = None
 
     def status(self, received: datetime) -> dict[str, Any]:
         """The Partition's status.agent fields this report sets; received is the heartbeat.
@@ -125,6 +159,7 @@ class AgentReport:
             "memory": self.memory.status() if self.memory else None,
             "paging": self.paging.status() if self.paging else None,
             "hibernation": self.hibernation.status() if self.hibernation else None,
+            "storage": self.storage.status() if self.storage else None,
         }
 
 
@@ -151,6 +186,7 @@ def parse_report(body: bytes) -> AgentReport:
         memory=_optional(_memory, data.get("memory")),
         paging=_optional(_paging, data.get("paging")),
         hibernation=_optional(_hibernation, data.get("hibernation")),
+        storage=_optional(_storage, data.get("storage")),
     )
 
 
@@ -232,6 +268,28 @@ def _hibernation(value: Any) -> Hibernation:
         image_bytes=None if image is None else _bytes(data, "imageBytes"),
         message=_message(data),
     )
+
+
+def _storage(value: Any) -> Storage:
+    data = _object(value, "storage")
+    ident, disks = _string(data, "id", 64), data.get("disks")
+    if not ident or not isinstance(disks, list) or len(disks) > MAX_STORAGE_DISKS:
+        raise ValueError(f"storage needs an id and at most {MAX_STORAGE_DISKS} disks")
+    parsed = []
+    for disk in disks:
+        entry = _object(disk, "storage.disks[]")
+        if not isinstance(entry.get("rescanned"), bool):
+            raise ValueError("storage.disks[].rescanned must be true or false")
+        parsed.append(
+            StorageDisk(
+                serial=_string(entry, "serial", 253),
+                device=_string(entry, "device"),
+                size_bytes=_bytes(entry, "sizeBytes"),
+                rescanned=entry["rescanned"],
+                message=_message(entry),
+            )
+        )
+    return Storage(ident, tuple(parsed))
 
 
 def _text(data: dict[str, Any], field: str) -> str:

@@ -78,6 +78,17 @@ PAGING_NEEDS_TEMPLATE = "PagingNeedsTemplate"
 PAGING_NOT_READY = "PagingNotReady"  # Warning event, when PagingReady becomes False
 PAGING_DISK = "lparkube-paging"  # the VM's disk and volume, and the disk's serial
 
+# Condition StorageReady (the storage behind the VM's claim-backed disks) and its reasons; the
+# events of a disk whose backing changed (domain/backing_storage.py decides; docs/api.md).
+STORAGE_READY = "StorageReady"
+STORAGE_BOUND = "Bound"  # True
+BACKING_LOST = "BackingLost"  # False: a claim or volume is gone (the disks named)
+CLAIM_PENDING = "ClaimPending"  # False: a claim is not bound yet
+BACKING_REPLACED_EVENT = "BackingStorageReplaced"  # Normal
+BACKING_RESIZED_EVENT = "BackingStorageResized"  # Normal
+BACKING_LOST_EVENT = "BackingStorageLost"  # Warning
+MAX_DISKS = 64
+
 PAGING = obj(
     "The swap (AMS paging) LU: a disk lparkube-paging (serial lparkube-paging) the guest uses "
     "as swap and as its hibernation target.",
@@ -189,6 +200,26 @@ AGENT_STATUS = obj(
                 ),
             },
         ),
+        "storage": obj(
+            "What the agent did for the last storage change it was told of (POST /v1/storage).",
+            {
+                "id": string("The change's id.", max_length=64),
+                "disks": array(
+                    "Each disk of the change as the guest found it.",
+                    obj(
+                        "One disk.",
+                        {
+                            "serial": string("The disk's serial.", max_length=253),
+                            "device": string("The guest's device node, or empty.", max_length=256),
+                            "sizeBytes": integer("Its size now, in bytes.", minimum=0),
+                            "rescanned": boolean("The agent asked the kernel to rescan it."),
+                            "message": string("What the agent found.", max_length=1024),
+                        },
+                    ),
+                    max_items=MAX_DISKS,
+                ),
+            },
+        ),
         "hibernation": obj(
             "The agent's last hibernate run.",
             {
@@ -209,13 +240,55 @@ AGENT_STATUS = obj(
     },
 )
 
+DISK_STATUS = obj(
+    "The storage that last backed one claim-backed disk of the VM.",
+    {
+        "name": string("The VM's disk (and volume) name.", max_length=253),
+        "serial": string("The disk's serial: its own, else its name.", max_length=253),
+        "claimName": string("The PersistentVolumeClaim (a DataVolume's has its name)."),
+        "claimUid": string("The claim's uid when it was recorded.", max_length=64),
+        "volumeName": string("The PersistentVolume the claim was bound to.", max_length=253),
+        "capacityBytes": integer("The claim's capacity, in bytes.", minimum=0),
+        "phase": string(
+            "Bound; Lost (the claim or its volume is gone); Pending (never bound yet).",
+            enum=["Bound", "Lost", "Pending"],
+        ),
+    },
+    required=("name",),
+)
+
+STORAGE_CHANGE = obj(
+    "The last change of the disks' backing storage, and whether the guest agent was told.",
+    {
+        "id": string("The change's id: the agent acts on an id once.", max_length=64),
+        "disks": array(
+            "The disks that changed.",
+            obj(
+                "One disk's change.",
+                {
+                    "name": string("The disk's name.", max_length=253),
+                    "serial": string("The disk's serial.", max_length=253),
+                    "change": string("What changed.", enum=["Replaced", "Resized", "Lost"]),
+                },
+            ),
+            max_items=MAX_DISKS,
+        ),
+        "delivered": boolean("The guest agent answered for this change (POST /v1/storage)."),
+        "message": string(
+            "What the agent did (rescanned, re-read), or why it could not be told yet.",
+            max_length=1024,
+        ),
+    },
+)
+
 STATUS = obj(
     "The observed state of a Partition, mirrored from KubeVirt and the guest agent.",
     {
         "observedGeneration": observed_generation(),
         "conditions": conditions(
             "Ready (VM running and agent connected), VMReady (the VMI runs and is ready), "
-            "AgentConnected (the guest agent reported within heartbeatTimeout)."
+            "AgentConnected (the guest agent reported within heartbeatTimeout), StorageReady "
+            "(every claim-backed disk's claim is bound to a volume)."
         ),
         "vmName": string("The VirtualMachine this Partition manages."),
         "nodeName": string("The node the VM runs on."),
@@ -228,6 +301,13 @@ STATUS = obj(
                 "size": string("The LU's storage request, as a quantity."),
             },
         ),
+        "disks": array(
+            "The storage behind the VM's claim-backed disks, as last recorded.",
+            DISK_STATUS,
+            max_items=MAX_DISKS,
+            map_keys=["name"],
+        ),
+        "storageChange": STORAGE_CHANGE,
     },
 )
 
