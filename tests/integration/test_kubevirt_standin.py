@@ -494,3 +494,34 @@ def test_standalone_vmi_runs_and_missing_pvc_blocks_start(
 
     cluster.kube.delete(VM.path(cluster.ns, "needs-pvc"))
     wait_for(lambda: cluster.vmi("needs-pvc") is None, "VMI removed with its VM")
+
+
+def test_a_data_volume_template_becomes_the_vms_pvc(
+    cluster: Cluster, api_client: client.ApiClient
+) -> None:
+    """CDI's part: the DataVolume's PVC, blank, owned by the VM, with the template's request."""
+    manifest = vm_manifest("dv-root", "Always")
+    spec = manifest["spec"]["template"]["spec"]
+    spec["volumes"][0] = {"name": "root", "dataVolume": {"name": "dv-root-disk"}}
+    manifest["spec"]["dataVolumeTemplates"] = [
+        {
+            "metadata": {"name": "dv-root-disk", "labels": {"disk": "root"}},
+            "spec": {
+                "source": {"registry": {"url": "docker://quay.io/containerdisks/fedora:41"}},
+                "storage": {"resources": {"requests": {"storage": "3Gi"}}},
+            },
+        }
+    ]
+    vm = cluster.create_vm(manifest)
+    path = f"/api/v1/namespaces/{cluster.ns}/persistentvolumeclaims/dv-root-disk"
+    pvc = wait_for(lambda: cluster.kube.get(path), "the DataVolume's PVC")
+    assert pvc["spec"]["resources"]["requests"]["storage"] == "3Gi"
+    assert pvc["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert pvc["metadata"]["labels"] == {"disk": "root"}
+    [owner] = pvc["metadata"]["ownerReferences"]
+    assert (owner["kind"], owner["uid"], owner["controller"]) == (
+        "VirtualMachine",
+        vm["metadata"]["uid"],
+        True,
+    )
+    cluster.running_vmi("dv-root")

@@ -48,10 +48,46 @@ def reconcile(ctl: Controller, world: World, vm: dict) -> None:
     # conflict on the resourceVersion, so the pass ends after the first one.
     if handle_requests(ctl, vm, vmi):
         return
+    ensure_data_volume_claims(ctl, world, vm)
     act(ctl, vm, vmi, strategy)
     if handle_memory_dump(ctl, vm, vmi):
         return
     update_status(ctl, vm, vmi, strategy)
+
+
+def ensure_data_volume_claims(ctl: Controller, world: World, vm: dict) -> None:
+    """CDI's part, played: each of the VM's dataVolumeTemplates becomes its PVC (the DataVolume's
+    name, its storage request), blank — no import runs; real guests boot the guest image."""
+    namespace = dig(vm, "metadata", "namespace")
+    for template in dig(vm, "spec", "dataVolumeTemplates", default=[]) or []:
+        name = dig(template, "metadata", "name")
+        if not name or (namespace, name) in world.pvcs:
+            continue
+        ctl.create(
+            f"/api/v1/namespaces/{namespace}/persistentvolumeclaims",
+            data_volume_claim(vm, template),
+        )
+
+
+def data_volume_claim(vm: dict, template: dict) -> dict:
+    """The PVC of a dataVolumeTemplate: `spec.storage` (or the older `spec.pvc`), owned by the
+    VM as KubeVirt owns the DataVolume (deleted with it)."""
+    spec = dig(template, "spec", "storage") or dig(template, "spec", "pvc") or {}
+    claim = {
+        "accessModes": spec.get("accessModes") or ["ReadWriteOnce"],
+        "resources": spec.get("resources") or {},
+        **{k: spec[k] for k in ("volumeMode", "storageClassName") if spec.get(k)},
+    }
+    owner = {
+        "apiVersion": "kubevirt.io/v1",
+        "kind": "VirtualMachine",
+        "name": dig(vm, "metadata", "name"),
+        "uid": dig(vm, "metadata", "uid"),
+        "controller": True,
+    }
+    labels = dig(template, "metadata", "labels", default={}) or {}
+    metadata = {"name": dig(template, "metadata", "name"), "ownerReferences": [owner]}
+    return {"metadata": {**metadata, **({"labels": labels} if labels else {})}, "spec": claim}
 
 
 def act(ctl: Controller, vm: dict, vmi: dict | None, strategy: str) -> None:
