@@ -6,7 +6,6 @@ refusal, and requests that must change nothing."""
 from __future__ import annotations
 
 import asyncio
-import http.client
 import json
 import os
 import signal
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from agent_requests import post_raw, signed_headers
 from kubernetes import client
 from partition_helpers import Partitions, partition_manifest
 
@@ -338,20 +338,11 @@ def test_a_save_under_way_makes_hibernation_busy(guest: Guest, tmp_path: Path) -
 
 
 def raw(agent: AgentProcess, body: bytes, headers: dict[str, str]) -> tuple[int, dict]:
-    conn = http.client.HTTPSConnection(
-        "127.0.0.1", agent.port, timeout=20, context=agent.operator_context()
-    )
-    try:
-        conn.request("POST", "/v1/hibernate", body, headers)
-        response = conn.getresponse()
-        return response.status, json.loads(response.read() or b"{}")
-    finally:
-        conn.close()
+    return post_raw(agent, "/v1/hibernate", body, headers)
 
 
 def signed(agent: AgentProcess, body: bytes, skew: float = 0.0) -> dict[str, str]:
-    message = protocol.Message(protocol.TO_AGENT, "POST", "/v1/hibernate", agent.partition, body)
-    return protocol.sign(agent.key, message, now=time.time() + skew).headers()
+    return signed_headers(agent, "/v1/hibernate", body, skew)
 
 
 GOOD = json.dumps({"id": "uid-1", "serial": "lparkube-paging"}).encode()

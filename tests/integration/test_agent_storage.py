@@ -7,13 +7,13 @@ test_partition_storage.py."""
 from __future__ import annotations
 
 import asyncio
-import http.client
 import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from agent_requests import post_raw, signed_headers
 
 from lparkube.adapters.agent_identity import OperatorCredentials
 from lparkube.adapters.guest_agent import AgentClient, AgentTarget
@@ -149,20 +149,11 @@ def test_the_operators_client_tells_the_agent(guest: Guest) -> None:
 
 
 def raw(agent: AgentProcess, body: bytes, headers: dict[str, str]) -> tuple[int, dict]:
-    conn = http.client.HTTPSConnection(
-        "127.0.0.1", agent.port, timeout=20, context=agent.operator_context()
-    )
-    try:
-        conn.request("POST", PATH, body, headers)
-        response = conn.getresponse()
-        return response.status, json.loads(response.read() or b"{}")
-    finally:
-        conn.close()
+    return post_raw(agent, PATH, body, headers)
 
 
 def signed(agent: AgentProcess, body: bytes, skew: float = 0.0) -> dict[str, str]:
-    message = protocol.Message(protocol.TO_AGENT, "POST", PATH, agent.partition, body)
-    return protocol.sign(agent.key, message, now=time.time() + skew).headers()
+    return signed_headers(agent, PATH, body, skew)
 
 
 GOOD = json.dumps(
