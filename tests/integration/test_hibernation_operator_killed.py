@@ -4,12 +4,12 @@ nor written twice, and the VM is never left running with a half-written image ma
 For each capture step in turn the operator is killed as soon as the image's
 status.progress.step shows it (Validating: as soon as the image exists; "instructed": as soon
 as the agent journaled the run, which may be before the operator recorded it), and started
-again. The guest is held at its first kernel write until the operator is down, then suspends
-and powers off (sleeper_helpers.FakeKernel): when the agent took the instruction the power-off
-happens while no operator runs. The run must end Captured and Hibernated (the VM halted, its
-VMI gone), the agent must have hibernated exactly once (its journal, the fake kernel's
-writes), one SaveEvent at most, and at no moment may the image be Captured while the VMI runs
-or before the kernel got `disk`.
+again. The guest is held at its first kernel write (sleeper_helpers.FakeKernel) until the
+restarted operator has watched it writing its image for a while, then suspends and powers off;
+killed once the agent took the instruction, the guest powers off while no operator runs.
+The run must end Captured and Hibernated (the VM halted, its VMI gone), the agent must have
+hibernated exactly once (its journal, the fake kernel's writes), one SaveEvent at most, and at
+no moment may the image be Captured while the VMI runs or before the kernel got `disk`.
 
 The cheap tier: simulated VMIs, real agents over fake guest trees; an operator process of this
 module's own (the session operator is stopped meanwhile: only one operator may run the images).
@@ -30,7 +30,7 @@ from partition_helpers import Partitions, wait_for
 from saving_helpers import save_events
 from sleeper_helpers import FakeKernel, Sleepers, run_strategy_annotation, step_of, wait_step
 
-from lparkube.controllers.hibernation_run import HIBERNATED
+from lparkube.controllers.hibernation_run import HIBERNATED, POLL_SECONDS
 from lparkube.domain import hibernation as h
 from lparkube_devenv.controlplane import wait_until
 from lparkube_devenv.kubevirt import StandIn
@@ -122,6 +122,12 @@ class Invariant:
                 self.violations.append(f"Captured at step {step}: VMI {phase}, kernel {suspended}")
 
 
+def agent_run(parts: Partitions) -> str | None:
+    """The state of the agent's hibernate run as the Partition's status shows it."""
+    agent = parts.status("sleeper").get("agent") or {}
+    return (agent.get("hibernation") or {}).get("state")
+
+
 def kill_when(
     point: str, images: Images, journal: Callable[[], list], operator: OperatorProcess
 ) -> str:
@@ -142,9 +148,9 @@ def test_the_operator_killed_at_a_capture_step_converges(
     parts: Partitions,
     images: Images,
 ) -> None:
-    hold = threading.Event()  # the guest waits at its first kernel write until the kill...
+    hold = threading.Event()  # the guest waits at its first kernel write...
     if point == h.CAPTURED:
-        hold.set()  # ...unless the kill comes after it powered off
+        hold.set()  # ...not when the kill comes after it powered off
     sleeper = sleepers.create("sleeper", hold=hold)
     kernel = sleeper.kernel
     assert kernel is not None
@@ -155,8 +161,8 @@ def test_the_operator_killed_at_a_capture_step_converges(
         images.create("sleeper-1", "sleeper", saveFirst=save_first)
         try:
             killed_at = kill_when(point, images, sleeper.journal, crashing_operator)
-            hold.set()
-            if sleeper.journal():  # the agent had the run: its guest goes off, no operator up
+            if point == INSTRUCTED:  # the guest goes off while no operator runs
+                hold.set()
                 wait_for(kernel.suspended.is_set, "the guest suspended")
                 wait_for(
                     lambda: parts.vmi("sleeper")["status"]["phase"] == "Succeeded",
@@ -164,6 +170,13 @@ def test_the_operator_killed_at_a_capture_step_converges(
                 )
         finally:
             crashing_operator.start()
+        if not hold.is_set():
+            # The restarted operator sees the guest writing its image (the agent reports
+            # the run, the VMI runs) for a while: it must wait, not call it Captured.
+            wait_for(lambda: agent_run(parts) == "Hibernating", "the agent reporting the run")
+            time.sleep(POLL_SECONDS + 0.5)  # at least one pass of the run sees it
+            assert condition(images.get("sleeper-1"), "Captured")["reason"] == h.IN_PROGRESS
+            hold.set()
         image = images.wait("sleeper-1", "Captured", CONVERGE_TIMEOUT)
         captured = condition(image, "Captured")
         assert captured["status"] == "True", (killed_at, image["status"])
