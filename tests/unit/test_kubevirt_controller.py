@@ -3,7 +3,7 @@ objects never stop the loop."""
 
 from __future__ import annotations
 
-from lparkube_devenv.kubevirt.api import AGENT_ANNOTATION, VM, VMI, VMIM
+from lparkube_devenv.kubevirt.api import AGENT_ANNOTATION, POWER_ANNOTATION, VM, VMI, VMIM
 from lparkube_devenv.kubevirt.controller import Controller, Settings
 from lparkube_devenv.kubevirt.fake import FakeKube
 from lparkube_devenv.kubevirt.nodes import node_labels, node_status
@@ -163,3 +163,33 @@ def test_a_memory_dump_goes_through_unmounting_as_kubevirts_does() -> None:
         if not seen or seen[-1] != phase:
             seen.append(phase)
     assert seen == ["InProgress", "Unmounting", "Completed"]
+
+
+def test_a_guest_that_powers_itself_off_ends_its_vmi_and_the_run_strategy_decides() -> None:
+    """StandIn.power_off_guest's annotation: the Running VMI Succeeds (with the stopped
+    conditions and a Stopped event); Manual leaves it so, Always starts a new VMI."""
+    kube = cluster("node-a")
+    controller = Controller(kube, Settings())  # type: ignore[arg-type]
+    add_vm(kube, "manual", "Manual")
+    add_vm(kube, "always")
+    kube.merge_patch(VM.path("ns", "manual"), {"status": {"stateChangeRequests": [
+        {"action": "Start"}]}})  # fmt: skip
+    passes(controller, 8)
+    first = {n: kube.get(VMI.path("ns", n))["metadata"]["uid"] for n in ("manual", "always")}
+    off = {"metadata": {"annotations": {POWER_ANNOTATION: "off"}}}
+    for name in ("manual", "always"):
+        assert kube.get(VMI.path("ns", name))["status"]["phase"] == "Running"
+        kube.merge_patch(VMI.path("ns", name), off)
+    controller.tick()
+    ended = kube.get(VMI.path("ns", "manual"))
+    assert ended["status"]["phase"] == "Succeeded"
+    conditions = {c["type"]: c for c in ended["status"]["conditions"]}
+    assert "AgentConnected" not in conditions and conditions["Ready"]["status"] == "False"
+    assert "Stopped" in kube.events
+    passes(controller, 8)
+    assert kube.get(VMI.path("ns", "manual"))["metadata"]["uid"] == first["manual"]
+    assert kube.get(VMI.path("ns", "manual"))["status"]["phase"] == "Succeeded"
+    assert kube.get(VM.path("ns", "manual"))["status"]["printableStatus"] == "Stopped"
+    again = kube.get(VMI.path("ns", "always"))
+    assert again["metadata"]["uid"] != first["always"]
+    assert again["status"]["phase"] == "Running"  # a new guest: the annotation was the old VMI's

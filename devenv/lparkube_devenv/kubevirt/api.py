@@ -33,6 +33,7 @@ LAUNCHER_IMAGE = f"quay.io/kubevirt/virt-launcher:{KUBEVIRT_VERSION}"
 STANDIN_PREFIX = "kubevirt-standin.lparkube.io/"
 AGENT_ANNOTATION = STANDIN_PREFIX + "guest-agent"  # "connected" (default) or "disconnected"
 IP_ANNOTATION = STANDIN_PREFIX + "ip-address"  # reported pod-network IP instead of a fake one
+POWER_ANNOTATION = STANDIN_PREFIX + "guest-power"  # "off": the simulated guest powered itself off
 RUNTIME_ANNOTATION = STANDIN_PREFIX + "runtime"  # SIMULATED or QEMU (a real guest)
 SIMULATED, QEMU = "simulated", "qemu"
 

@@ -20,6 +20,7 @@ from .actions import Actions
 from .api import (
     AGENT_ANNOTATION,
     NAMESPACE,
+    POWER_ANNOTATION,
     SERVICE_NAME,
     SUBRESOURCE_GROUP,
     SUBRESOURCE_VERSION,
@@ -214,6 +215,17 @@ class StandIn:
         value = "connected" if connected else "disconnected"
         self.kube.merge_patch(
             VMI.path(namespace, name), {"metadata": {"annotations": {AGENT_ANNOTATION: value}}}
+        )
+        if self.controller:
+            self.controller.kick()
+
+    def power_off_guest(self, namespace: str, name: str) -> None:
+        """The simulated guest of a Running VMI powers itself off (a shutdown or a suspend to
+        disk from inside): within a pass its VMI turns Succeeded, as KubeVirt shows a guest's
+        own power-off, and the VM's run strategy decides what follows (Always: a new VMI;
+        Manual, Halted: none). A real guest (QEMU) powers off by itself."""
+        self.kube.merge_patch(
+            VMI.path(namespace, name), {"metadata": {"annotations": {POWER_ANNOTATION: "off"}}}
         )
         if self.controller:
             self.controller.kick()

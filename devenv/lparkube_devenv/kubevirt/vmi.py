@@ -2,7 +2,9 @@
 
 Pending -> Scheduling -> Scheduled (node chosen) -> Running (addresses, conditions), one step per
 pass. Running VMIs follow their node: a node that is no longer Ready fails them. Tests may flip
-the guest agent with the AGENT_ANNOTATION annotation or report another IP with IP_ANNOTATION.
+the guest agent with the AGENT_ANNOTATION annotation or report another IP with IP_ANNOTATION;
+POWER_ANNOTATION "off" is the guest powering itself off (a shutdown or a suspend to disk from
+inside): the VMI Succeeds, as a real guest's does.
 """
 
 from __future__ import annotations
@@ -11,7 +13,16 @@ import uuid
 from typing import TYPE_CHECKING
 
 from ..vmi_spec import mac_address, networks_of
-from .api import AGENT_ANNOTATION, IP_ANNOTATION, LAUNCHER_IMAGE, QEMU, VMI, now_iso, runtime_of
+from .api import (
+    AGENT_ANNOTATION,
+    IP_ANNOTATION,
+    LAUNCHER_IMAGE,
+    POWER_ANNOTATION,
+    QEMU,
+    VMI,
+    now_iso,
+    runtime_of,
+)
 from .logic import (
     FINAL_PHASES,
     allocate_ip,
@@ -60,7 +71,10 @@ def reconcile(ctl: Controller, world: World, vmi: dict) -> None:
         fail(ctl, vmi, "NodeUnresponsive", f"virt-handler on node {node_name} is not responsive")
         return
     if current == "Running":
-        refresh(ctl, world, vmi)
+        if powered_off(vmi):
+            stop(ctl, vmi)
+        else:
+            refresh(ctl, world, vmi)
         return
     step = next_phase(current)
     if step == "Pending":
@@ -71,6 +85,12 @@ def reconcile(ctl: Controller, world: World, vmi: dict) -> None:
         schedule(ctl, world, vmi)
     elif step == "Running":
         start(ctl, world, vmi)
+
+
+def powered_off(vmi: dict) -> bool:
+    """The simulated guest powered itself off (POWER_ANNOTATION "off" on the VMI)."""
+    annotations = dig(vmi, "metadata", "annotations", default={}) or {}
+    return annotations.get(POWER_ANNOTATION) == "off"
 
 
 def orphaned(world: World, vmi: dict) -> bool:
