@@ -36,6 +36,23 @@ STEP_POLL = 0.02  # seconds: a capture step lasts about a second (the run's pass
 _ips = (f"127.0.{a}.{b}" for a, b in itertools.product(range(70, 80), range(2, 250)))
 
 
+def with_persistent_root(manifest: dict) -> dict:
+    """The VM's root disk on a DataVolume instead of a containerDisk, which KubeVirt makes anew
+    for every VMI and hibernation therefore refuses (EphemeralDisk)."""
+    name = manifest["metadata"]["name"]
+    vm = manifest["spec"]["vmTemplate"]["spec"]
+    storage = {"resources": {"requests": {"storage": "1Gi"}}}
+    vm["dataVolumeTemplates"] = [
+        {"metadata": {"name": f"{name}-root"}, "spec": {"storage": storage}}
+    ]
+    volumes = vm["template"]["spec"]["volumes"]
+    vm["template"]["spec"]["volumes"] = [
+        {"name": v["name"], "dataVolume": {"name": f"{name}-root"}} if "containerDisk" in v else v
+        for v in volumes
+    ]
+    return manifest
+
+
 class FakeKernel:
     """The guest kernel's part of a suspend to disk, in a thread (see the module docstring).
 
@@ -145,7 +162,7 @@ class Sleepers:
         """A Partition (with a paging LU from the pool unless ``paging`` is False) whose VM
         runs and whose agent is connected and, with paging, reports the LU as its swap."""
         ip, port = next(_ips), free_port()
-        manifest = partition_manifest(name, ip, port)
+        manifest = with_persistent_root(partition_manifest(name, ip, port))
         if paging:
             manifest["spec"]["viosClusterName"] = self.pool
             manifest["spec"]["paging"] = {}

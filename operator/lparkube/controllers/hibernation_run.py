@@ -110,7 +110,15 @@ class HibernationRun:
                 scope.events.clear()  # the VM moved under us: read again, decide again
                 continue
             await self.write(scope)
+            await self.pause(stopped)
+
+    @staticmethod
+    async def pause(stopped: kopf.DaemonStopped | None) -> None:
+        """Until the next pass, or until kopf stops the daemon (the image deleted)."""
+        if stopped is None:
             await asyncio.sleep(POLL_SECONDS)
+        else:
+            await stopped.wait(POLL_SECONDS)
 
     # --- reading and writing once per pass ------------------------------------------------------
 
