@@ -7,6 +7,7 @@ as a Ctrl-C in the terminal of ``make run`` does.
 
 from __future__ import annotations
 
+import signal
 import sys
 import time
 from pathlib import Path
@@ -17,6 +18,9 @@ from lparkube_devenv.guests import DemoGuests
 
 
 def main(kubeconfig: str, namespace: str, root: str) -> int:
+    # Ctrl-C raises KeyboardInterrupt even when this process started with SIGINT ignored (a
+    # shell's background job, e.g. the test run started with `&`), as in a terminal.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     with config.new_client_from_config(config_file=kubeconfig) as api_client:
         guests = DemoGuests(api_client, Path(root), namespace=namespace).start()
         try:
