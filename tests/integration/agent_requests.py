@@ -40,3 +40,23 @@ def signed_headers(
     """The operator's signature headers for POST ``path`` with ``body``, ``skew`` seconds off."""
     message = protocol.Message(protocol.TO_AGENT, "POST", path, agent.partition, body)
     return protocol.sign(agent.key, message, now=time.time() + skew).headers()
+
+
+# Refusals of a request's headers, the same at every signed endpoint: (case, status, error).
+HEADER_CASES = [
+    ("unsigned", 401, "unsigned"),
+    ("wrong-key", 401, "bad-signature"),
+    ("stale-past", 401, "stale"),
+    ("stale-future", 401, "stale"),
+]
+
+
+def headers_for(case: str, agent: AgentProcess, path: str, body: bytes) -> dict[str, str]:
+    """The headers a HEADER_CASES case sends with ``body``; any other case: rightly signed."""
+    if case == "unsigned":
+        return {}
+    if case == "wrong-key":
+        message = protocol.Message(protocol.TO_AGENT, "POST", path, agent.partition, body)
+        return protocol.sign(protocol.new_key(), message).headers()
+    skew = {"stale-past": -61.0, "stale-future": 61.0}.get(case, 0.0)
+    return signed_headers(agent, path, body, skew)

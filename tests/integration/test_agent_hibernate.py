@@ -16,13 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from agent_requests import post_raw, signed_headers
+from agent_requests import HEADER_CASES, headers_for, post_raw, signed_headers
 from kubernetes import client
 from partition_helpers import Partitions, partition_manifest
 
 from lparkube.adapters.agent_identity import OperatorCredentials
 from lparkube.adapters.guest_agent import AgentClient, AgentError, AgentTarget
-from lparkube_agent import protocol
 from lparkube_agent.fakeguest import MIB, PAGE, FakeGuest
 from lparkube_agent.fakeguest import main as fake_command
 from lparkube_agent.testing import AgentProcess, TLSMaterial, cli, signed_request, start_app
@@ -351,10 +350,7 @@ GOOD = json.dumps({"id": "uid-1", "serial": "lparkube-paging"}).encode()
 @pytest.mark.parametrize(
     ("case", "status", "error"),
     [
-        ("unsigned", 401, "unsigned"),
-        ("wrong-key", 401, "bad-signature"),
-        ("stale-past", 401, "stale"),
-        ("stale-future", 401, "stale"),
+        *HEADER_CASES,
         ("oversized", 413, "oversized"),
         ("not-json", 400, "malformed"),
         ("no-serial", 400, "malformed"),
@@ -374,13 +370,7 @@ def test_bad_requests_are_rejected_with_no_side_effect(
         "bad-deadline": b'{"id": "uid-1", "serial": "lparkube-paging", "deadline": "soon"}',
         "no-id": b'{"serial": "lparkube-paging"}',
     }.get(case, GOOD)
-    other_key = protocol.Message(protocol.TO_AGENT, "POST", "/v1/hibernate", agent.partition, body)
-    headers = {
-        "unsigned": {},
-        "wrong-key": protocol.sign(protocol.new_key(), other_key).headers(),
-        "stale-past": signed(agent, body, -61),
-        "stale-future": signed(agent, body, 61),
-    }.get(case, signed(agent, body))
+    headers = headers_for(case, agent, "/v1/hibernate", body)
     assert raw(agent, body, headers)[:1] == (status,)
     assert raw(agent, body, headers)[1]["error"] in (error, "replayed")
     assert_untouched(guest, fake)

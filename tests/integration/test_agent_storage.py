@@ -13,11 +13,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from agent_requests import post_raw, signed_headers
+from agent_requests import HEADER_CASES, headers_for, post_raw, signed_headers
 
 from lparkube.adapters.agent_identity import OperatorCredentials
 from lparkube.adapters.guest_agent import AgentClient, AgentTarget
-from lparkube_agent import protocol
 from lparkube_agent.fakeguest import MIB, FakeGuest
 from lparkube_agent.testing import AgentProcess, TLSMaterial
 from lparkube_devenv.controlplane import wait_until
@@ -168,10 +167,7 @@ def with_disks(*disks: object) -> bytes:
 @pytest.mark.parametrize(
     ("case", "status", "error"),
     [
-        ("unsigned", 401, "unsigned"),
-        ("wrong-key", 401, "bad-signature"),
-        ("stale-past", 401, "stale"),
-        ("stale-future", 401, "stale"),
+        *HEADER_CASES,
         ("oversized", 413, "oversized"),
         ("not-json", 400, "malformed"),
         ("no-id", 400, "malformed"),
@@ -197,13 +193,7 @@ def test_bad_requests_are_rejected_with_no_side_effect(
         "path-serial": with_disks({**one, "serial": "../../sdb"}),
         "disk-not-object": with_disks("scsi-data"),
     }.get(case, GOOD)
-    other = protocol.Message(protocol.TO_AGENT, "POST", PATH, agent.partition, body)
-    headers = {
-        "unsigned": {},
-        "wrong-key": protocol.sign(protocol.new_key(), other).headers(),
-        "stale-past": signed(agent, body, -61),
-        "stale-future": signed(agent, body, 61),
-    }.get(case, signed(agent, body))
+    headers = headers_for(case, agent, PATH, body)
     answer = raw(agent, body, headers)
     assert answer[0] == status and answer[1]["error"] == error
     assert_untouched(guest)
