@@ -68,7 +68,7 @@ class HibernationScope:
     """What one pass read, and the status it will write."""
 
     view: h.HibernationView
-    paging_claim: dict[str, Any] | None  # the PVC of the LU the image goes to
+    paging_claim: dict[str, Any] | None  # the LU's PVC (read in the PreparingLU step only)
     now: datetime
     status: dict[str, Any] = field(default_factory=dict)
     conditions: list[Condition] = field(default_factory=list)
@@ -131,19 +131,26 @@ class HibernationRun:
         vm_name = ((partition or {}).get("status") or {}).get("vmName") or name
         vm = await self.kube.get(VIRTUAL_MACHINE, ns, vm_name) if partition else None
         vmi = await self.kube.get(VIRTUAL_MACHINE_INSTANCE, ns, vm_name) if partition else None
-        images = await self.kube.list(HIBERNATION_IMAGE, ns)
-        siblings = [
+        status = dict(image.get("status") or {})
+        step = step_of(status)
+        siblings = await self.siblings() if step == h.VALIDATING else []
+        save_name = save_event_name(self.name)
+        save = await self.kube.get(SAVE_EVENT, ns, save_name) if step == h.SAVING else None
+        claim = (status.get("lu") or {}).get("claimName")
+        reading_lu = claim and step == h.PREPARING_LU
+        paging_claim = await self.kube.get_claim(ns, claim) if reading_lu else None
+        view = h.HibernationView(image, partition, vm, vmi, tuple(siblings), save)
+        return HibernationScope(view, paging_claim, self.now(), status)
+
+    async def siblings(self) -> list[dict[str, Any]]:
+        """The other images of this partition (only the Validating step asks)."""
+        images = await self.kube.list(HIBERNATION_IMAGE, self.namespace)
+        return [
             i
             for i in images
             if i["metadata"]["uid"] != self.uid
-            and (i.get("spec") or {}).get("partitionName") == name
+            and (i.get("spec") or {}).get("partitionName") == self.partition_name
         ]
-        save = await self.kube.get(SAVE_EVENT, ns, save_event_name(self.name))
-        status = dict(image.get("status") or {})
-        claim = (status.get("lu") or {}).get("claimName")
-        paging_claim = await self.kube.get_claim(ns, claim) if claim else None
-        view = h.HibernationView(image, partition, vm, vmi, tuple(siblings), save)
-        return HibernationScope(view, paging_claim, self.now(), status)
 
     async def write(self, scope: HibernationScope) -> None:
         stored = scope.view.status
