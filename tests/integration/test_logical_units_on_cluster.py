@@ -98,6 +98,11 @@ def test_a_free_lu_too_small_is_expanded_and_release_without_reuse_deletes(
 ) -> None:
     units = LogicalUnits(kube)
     small = run(units.allocate(request(namespace, pool, 128 * MI, "uid-a"), "a", STORAGE, 30))
+    wait_until(
+        lambda: pvcs(api_client, namespace, pool)[0].status.phase == "Bound",
+        30,
+        "the thin volume bound (only a bound claim can grow)",
+    )
 
     async def reuse(_: str) -> bool:
         return True

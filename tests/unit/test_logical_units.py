@@ -59,6 +59,12 @@ def test_without_one_that_fits_the_largest_free_lu_is_expanded() -> None:
     assert allocate(request(GI), units, NOW) == Allocation(EXPAND, GI, units[1])
 
 
+def test_a_free_lu_whose_claim_is_not_bound_yet_is_reused_but_never_expanded() -> None:
+    pending = unit("pending", GI // 2, bound=False)
+    assert allocate(request(GI // 4), [pending], NOW) == Allocation(REUSE, GI // 4, pending)
+    assert allocate(request(GI), [pending], NOW) == Allocation(CREATE, GI)
+
+
 def test_with_no_free_lu_a_new_one_of_at_least_the_initial_size_is_created() -> None:
     taken = unit("taken", 4 * GI, claimed_by="other", lock_expires=NOW + 60)
     assert allocate(request(GI // 2), [taken], NOW) == Allocation(CREATE, GI)

@@ -136,6 +136,7 @@ def to_unit(
         claimed_by=claimed_by,
         lock_expires=expires,
         deleting=bool(meta.get("deletionTimestamp")),
+        bound=(pvc.get("status") or {}).get("phase") == "Bound",
     )
 
 
@@ -342,7 +343,10 @@ class LogicalUnits:
                 _content_type=content_type,
             )
         except ApiException as error:
-            if error.status in (CONFLICT, NOT_FOUND, UNPROCESSABLE):
+            # 422 is a failed ``test`` only for a JSON patch; for a merge patch it is Invalid
+            lost = (CONFLICT, NOT_FOUND, UNPROCESSABLE) if content_type == JSON_PATCH else (
+                CONFLICT, NOT_FOUND)  # fmt: skip
+            if error.status in lost:
                 raise ConflictError(name) from error
             raise
 

@@ -13,7 +13,8 @@ The choice for a request, in order:
 1. the LU this partition already holds for this purpose (allocating twice is allocating once);
 2. refusals: a size the pool cannot hold;
 3. with reuse on, the smallest free LU of the namespace, pool and purpose that holds the size;
-4. with reuse on, the largest free one, expanded to the size (the least growth: it is thin);
+4. with reuse on, the largest free one whose PVC is Bound, expanded to the size (the least
+   growth: it is thin; the API server lets only a bound claim grow);
 5. a new LU of `max(size, initial size)`.
 
 "Free" is: unclaimed, or claimed under a lock that has expired (its holder died mid-way). A
@@ -51,6 +52,7 @@ class LogicalUnit:
     claimed_by: str | None = None  # the claiming Partition's uid
     lock_expires: float | None = None  # when the claim's Lease runs out (monotonic or wall)
     deleting: bool = False
+    bound: bool = True  # its PVC is Bound: only a bound PVC's request can grow
 
     def free(self, now: float) -> bool:
         """Nobody holds it: never claimed, or its holder's lock has run out."""
@@ -116,8 +118,9 @@ def allocate(
     fitting = [u for u in free if u.requested_bytes >= request.size_bytes]
     if fitting:
         return Allocation(REUSE, request.size_bytes, min(fitting, key=_size_then_name))
-    if free:
-        largest = max(free, key=_size_then_name)
+    growable = [u for u in free if u.bound]
+    if growable:
+        largest = max(growable, key=_size_then_name)
         return Allocation(EXPAND, request.size_bytes, largest)
     return Allocation(CREATE, max(request.size_bytes, request.initial_bytes))
 
