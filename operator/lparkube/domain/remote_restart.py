@@ -986,7 +986,11 @@ def verify(
     image: Mapping[str, Any] | None = None,
 ) -> Verification:
     """VMI Running on the target, the agent's first report since the start connected, and for a
-    resume the image's boot id."""
+    resume the image's boot id. A VMI made before the start (the source's, not yet deleted) is
+    not the target's: it is waited out, never judged."""
+    created = parse_time(_get(vmi, "metadata", "creationTimestamp"))
+    if vmi is not None and started is not None and created is not None and created < started:
+        return Verification(message=f"waiting for a new VMI on {target} (the old one is there)")
     phase = _get(vmi, "status", "phase")
     node = _get(vmi, "status", "nodeName")
     if phase == "Failed" or (phase == "Running" and node != target):
