@@ -219,6 +219,28 @@ def operator(
     chart_identity.remove_cluster_objects(api_client, identity)
 
 
+@pytest.fixture(scope="module")
+def crashing_operator(
+    operator: OperatorProcess, kubevirt: StandIn, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
+    """An operator of the module's own, to kill or stop: the same identity, Lease and gateway
+    port as the session operator, which is stopped (SIGTERM) meanwhile and started again after
+    the module (only one operator may run the operations)."""
+    operator.stop()
+    mine = OperatorProcess(
+        operator.kubeconfig,
+        operator.lease_namespace,
+        operator.identity_secret,
+        tmp_path_factory.mktemp("crashing-operator"),
+        gateway_port=kubevirt.host_service(GATEWAY_SERVICE).port,
+    )
+    try:
+        yield mine.start()
+    finally:
+        mine.stop()
+        operator.start()
+
+
 class GuestAgent:
     """A real ``lparkube-agent serve`` with the config and key the operator generated."""
 
