@@ -403,3 +403,21 @@ def test_conditions_follow_the_steps() -> None:
 def test_every_reason_is_unique_and_camel_case() -> None:
     assert len(set(api.FAILURE_REASONS)) == len(api.FAILURE_REASONS)
     assert all(r[0].isupper() and r.isalnum() for r in api.FAILURE_REASONS)
+
+
+@pytest.mark.parametrize(
+    ("record", "action"),
+    [
+        (None, rr.CREATE),
+        (LeaseRecord("tok", 60, NOW, NOW - timedelta(seconds=5)), rr.KEEP),
+        (LeaseRecord("tok", 60, NOW, NOW - timedelta(seconds=30)), rr.RENEW),
+        (LeaseRecord("tok", 60, NOW, NOW - timedelta(minutes=5)), rr.RENEW),
+        (LeaseRecord("tok", 10, NOW, NOW), rr.RENEW),  # lockTimeout grew
+        (LeaseRecord("other", 60, NOW, NOW), rr.REFUSE),
+        (LeaseRecord("other", 60, NOW, NOW - timedelta(minutes=2)), rr.TAKE_OVER),
+        (LeaseRecord("", 60, NOW, NOW), rr.TAKE_OVER),
+    ],
+    ids=["none", "fresh", "third gone", "ours expired", "shorter", "live", "expired", "free"],
+)
+def test_lock_action(record: LeaseRecord | None, action: str) -> None:
+    assert rr.lock_action(record, "tok", NOW, 60) == action

@@ -744,6 +744,23 @@ def lease_live(record: LeaseRecord, now: datetime) -> bool:
     return expiry is not None and now < expiry
 
 
+CREATE, KEEP, RENEW, TAKE_OVER, REFUSE = "Create", "Keep", "Renew", "TakeOver", "Refuse"
+
+
+def lock_action(record: LeaseRecord | None, token: str, now: datetime, seconds: float) -> str:
+    """What to do with one lock's Lease: Create (none), Keep (ours, fresh), Renew (ours, a
+    third of its time gone, or run out with nobody else in it), TakeOver (another holder's
+    ran out), Refuse (another holder's is live). Renewing and taking over are a delete as read
+    and a create: no Lease is ever updated."""
+    if record is None:
+        return CREATE
+    if record.holder == token:
+        renewed = record.renew_time or record.acquire_time
+        fresh = renewed is not None and now - renewed < timedelta(seconds=seconds / 3)
+        return KEEP if fresh and record.duration_seconds >= round(seconds) else RENEW
+    return REFUSE if lease_live(record, now) else TAKE_OVER
+
+
 def status_locks(locks: Sequence[Lock], expires: datetime) -> list[dict[str, Any]]:
     return [
         {
