@@ -17,7 +17,10 @@ import chart_identity
 import pytest
 from agent_tls import cluster_credentials, standalone_credentials, tls_material
 from kubernetes import client
+from partition_helpers import Partitions
+from remote_restart_helpers import NodePool, node_pool
 from saving_helpers import Fleet
+from sleeper_helpers import Sleepers
 
 from lparkube.adapters.agent_identity import OperatorCredentials
 from lparkube_agent.testing import AgentProcess, TLSMaterial
@@ -423,3 +426,26 @@ def vios_pool(api_client: client.ApiClient) -> Iterator[str]:
     custom.create_cluster_custom_object("lparkube.io", "v1alpha1", "viosclusters", body)
     yield name
     custom.delete_cluster_custom_object("lparkube.io", "v1alpha1", "viosclusters", name)
+
+
+@pytest.fixture
+def parts(api_client: client.ApiClient, kubevirt: StandIn, namespace: str) -> Partitions:
+    """Partition, VM and VMI reads of the test's namespace."""
+    return Partitions(api_client, kubevirt, namespace)
+
+
+@pytest.fixture
+def sleepers(
+    parts: Partitions, guest_agent: GuestAgentFactory, tmp_path: Path, vios_pool: str
+) -> Iterator[Sleepers]:
+    """Partitions with real agents over fake guest trees (sleeper_helpers), in the namespace."""
+    made = Sleepers(parts, guest_agent, tmp_path, vios_pool)
+    yield made
+    made.close()
+
+
+@pytest.fixture
+def nodes(kubevirt: StandIn) -> Iterator[NodePool]:
+    """Stand-in nodes of the test's own (remote_restart_helpers.NodePool), removed after."""
+    with node_pool(kubevirt) as pool:
+        yield pool

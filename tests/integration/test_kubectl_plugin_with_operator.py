@@ -4,19 +4,17 @@ controller here, the plugin reads what the operator writes."""
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from kubectl_plugin_helpers import run_plugin
-from kubernetes import client
 from partition_helpers import Partitions
 from remote_restart_helpers import get_restart, halt, leases_of, node_pool
 from sleeper_helpers import Sleepers
 
 from lparkube.api.v1alpha1 import remoterestart as rr
 from lparkube.kubectl_plugin.restarts import NOT_STARTED
-from lparkube_devenv.kubevirt import StandIn
 
 pytestmark = pytest.mark.usefixtures("operator")
 
@@ -44,18 +42,6 @@ def test_save_with_the_real_operator_and_real_agents(fleet, plugin, namespace: s
     lines = failed.stderr.splitlines()
     assert lines[0].startswith("error: saved 1/2 (1 failed): PartiallySucceeded: 1 of 2")
     assert lines[1].startswith(f"  partition {namespace}/gone: Unreachable: ")
-
-
-@pytest.fixture
-def parts(api_client: client.ApiClient, kubevirt: StandIn, namespace: str) -> Partitions:
-    return Partitions(api_client, kubevirt, namespace)
-
-
-@pytest.fixture
-def sleepers(parts: Partitions, guest_agent, tmp_path: Path, vios_pool: str) -> Iterator[Sleepers]:  # type: ignore[no-untyped-def]
-    made = Sleepers(parts, guest_agent, tmp_path, vios_pool)
-    yield made
-    made.close()
 
 
 def test_restart_with_the_real_operator_prints_its_steps_and_exits_0_or_1(

@@ -23,9 +23,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 from conftest import OperatorProcess
@@ -39,7 +38,6 @@ from remote_restart_helpers import (
     get_restart,
     halt,
     leases_of,
-    node_pool,
     patch_restart,
     step_states,
     wait_step,
@@ -52,30 +50,11 @@ from sleeper_helpers import Sleepers, with_persistent_root
 from lparkube.api.v1alpha1 import remoterestart as api
 from lparkube.domain.conditions import TRUE
 from lparkube_devenv.controlplane import free_port, wait_until
-from lparkube_devenv.kubevirt import StandIn
 from lparkube_devenv.kubevirt.storage import two_writers
 
 KILL_INTERVAL = 0.002  # seconds between reads while waiting for a kill point
 CONVERGE_TIMEOUT = 60.0
 LOCK_TIMEOUT = 5  # seconds, spec.lockTimeout
-
-
-@pytest.fixture
-def parts(api_client: client.ApiClient, kubevirt: StandIn, namespace: str) -> Partitions:
-    return Partitions(api_client, kubevirt, namespace)
-
-
-@pytest.fixture
-def nodes(kubevirt: StandIn) -> Iterator[NodePool]:
-    with node_pool(kubevirt) as pool:
-        yield pool
-
-
-@pytest.fixture
-def sleepers(parts: Partitions, guest_agent, tmp_path: Path, vios_pool: str) -> Iterator[Sleepers]:  # type: ignore[no-untyped-def]
-    made = Sleepers(parts, guest_agent, tmp_path, vios_pool)
-    yield made
-    made.close()
 
 
 class Watch:

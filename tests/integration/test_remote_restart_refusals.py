@@ -16,7 +16,6 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -220,24 +219,6 @@ def test_a_restart_that_fails_validation_ends_restart_failed_touching_nothing(
 
 
 # --- refusals that need a guest ---------------------------------------------------------------
-
-
-@pytest.fixture
-def parts(api_client: client.ApiClient, kubevirt: StandIn, namespace: str) -> Partitions:
-    return Partitions(api_client, kubevirt, namespace)
-
-
-@pytest.fixture
-def sleepers(parts: Partitions, guest_agent, tmp_path: Path, vios_pool: str) -> Iterator[Sleepers]:  # type: ignore[no-untyped-def]
-    made = Sleepers(parts, guest_agent, tmp_path, vios_pool)
-    yield made
-    made.close()
-
-
-@pytest.fixture
-def nodes(kubevirt: StandIn) -> Iterator[NodePool]:
-    with node_pool(kubevirt) as pool:
-        yield pool
 
 
 def has_volume(vm: dict | None, name: str) -> bool:
