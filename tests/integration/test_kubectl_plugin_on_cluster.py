@@ -618,9 +618,8 @@ def test_restart_from_an_image_no_wait_and_what_is_refused_before_creating(
 ) -> None:
     objects.partition("web-1")
     captured_image(objects, "web-1-img")
-    began = time.monotonic()
     done = plugin("restart", "web-1", "--from", "web-1-img", "-n", namespace, "--no-wait")
-    assert done.returncode == 0 and time.monotonic() - began < 15, done.stderr
+    assert done.returncode == 0, done.stderr  # returned: no operator runs, a wait never would
     name = created_name(done.stdout.strip(), REMOTE_RESTART)
     assert objects.get(REMOTE_RESTART, name)["spec"] == {
         "partitionName": "web-1", "hibernationImageName": "web-1-img", "deadline": "15m",

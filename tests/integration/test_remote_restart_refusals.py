@@ -274,7 +274,7 @@ def test_a_source_neither_stopped_nor_fenced_ends_source_not_stopped_at_the_dead
     target = nodes.add()
     before = world_snapshot(parts.kubevirt, api_client, parts.namespace, "stuck")
     create_restart(api_client, parts.namespace, "stuck-move", "stuck", targetNodeName=target,
-                   deadline="8s")  # fmt: skip
+                   deadline="12s")  # fmt: skip
     waiting = wait_waiting(api_client, parts.namespace, "stuck-move", api.WAITING_FOR_SOURCE_STOP)
     locked = condition(waiting, api.LOCKED)
     assert locked["status"] == "False"
