@@ -200,8 +200,8 @@ def apply_examples(kubectl: str, kubeconfig: Path, files: list[Path]) -> None:
 
 
 # Examples that act on a running VM when applied: left for the user (`kubectl apply -f`, or
-# `kubectl lparkube hibernate`), never applied by make run itself.
-ON_DEMAND_KINDS = frozenset({"HibernationImage"})
+# `kubectl lparkube hibernate`, `kubectl lparkube restart`), never applied by make run itself.
+ON_DEMAND_KINDS = frozenset({"HibernationImage", "RemoteRestart"})
 
 
 def split_examples(directory: Path) -> tuple[list[Path], list[Path]]:

@@ -191,3 +191,17 @@ TRIGGER_FIRINGS = Counter(
     ["trigger", "reason"],
     registry=REGISTRY,
 )
+
+REMOTE_RESTARTS = Counter(
+    "lparkube_remote_restarts",
+    "RemoteRestarts that reached a termination state, by result (RestartSucceeded, RestartFailed).",
+    ["result"],
+    registry=REGISTRY,
+)
+REMOTE_RESTART_STEP_SECONDS = Histogram(
+    "lparkube_remote_restart_step_seconds",
+    "Time from a RemoteRestart step's start to its end, by step.",
+    ["step"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900),
+    registry=REGISTRY,
+)

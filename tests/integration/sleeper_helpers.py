@@ -158,11 +158,16 @@ class Sleepers:
         power_states: str = "freeze mem disk",
         kernel: bool = True,
         hold: threading.Event | None = None,
+        node_selector: dict[str, str] | None = None,
     ) -> Sleeper:
         """A Partition (with a paging LU from the pool unless ``paging`` is False) whose VM
-        runs and whose agent is connected and, with paging, reports the LU as its swap."""
+        runs (on a node with ``node_selector``'s labels, if given) and whose agent is connected
+        and, with paging, reports the LU as its swap."""
         ip, port = next(_ips), free_port()
         manifest = with_persistent_root(partition_manifest(name, ip, port))
+        if node_selector:
+            template = manifest["spec"]["vmTemplate"]["spec"]["template"]["spec"]
+            template["nodeSelector"] = dict(node_selector)
         if paging:
             manifest["spec"]["viosClusterName"] = self.pool
             manifest["spec"]["paging"] = {}

@@ -28,6 +28,12 @@ SAVE_EVENT = {
     "metadata": {"name": "s"},
     "spec": {"reason": "Manual", "targets": {"all": True}},
 }
+RESTART = {
+    "apiVersion": "lparkube.io/v1alpha1",
+    "kind": "RemoteRestart",
+    "metadata": {"name": "r"},
+    "spec": {"partitionName": "p"},
+}
 PROFILE = {
     "apiVersion": "lparkube.io/v1alpha1",
     "kind": "ConditionProfile",
@@ -110,6 +116,20 @@ INVALID_CREATES = {
         variant(SAVE_EVENT, snapshotAfterSave=True),
         "spec.snapshotAfterSave",
     ),
+    "restart-no-partition": (variant(RESTART, partitionName=None), "spec.partitionName"),
+    "restart-target-and-selector": (
+        variant(RESTART, targetNodeName="b", targetNodeSelector={"rack": "r1"}),
+        "set at most one of spec.targetNodeName and spec.targetNodeSelector",
+    ),
+    "restart-deadline-not-duration": (
+        variant(RESTART, deadline="ten minutes"),
+        "spec.deadline must be a Go duration",
+    ),
+    "restart-lock-timeout-not-duration": (
+        variant(RESTART, lockTimeout="5 min"),
+        "spec.lockTimeout must be a Go duration",
+    ),
+    "restart-stop-unknown": (variant(RESTART, stop="Now"), "spec.stop"),
     "profile-no-rules": (variant(PROFILE, rules=[]), "spec.rules"),
     "profile-two-triggers": (
         variant(PROFILE, rules=[rule(cordon=True, taint={"key": "k"})]),
@@ -161,7 +181,7 @@ def test_invalid_spec_is_rejected_naming_the_field(case: str, kubectl, namespace
     assert result.returncode != 0, f"{case} was accepted"
     assert "is invalid" in result.stderr or "unknown field" in result.stderr, result.stderr
     assert field in result.stderr, result.stderr
-    listed = kubectl("get", "partitions,saveevents", "-n", namespace, "-o", "name")
+    listed = kubectl("get", "partitions,saveevents,remoterestarts", "-n", namespace, "-o", "name")
     assert listed.stdout.strip() == ""
     profiles = kubectl("get", "conditionprofiles", "-o", "name")
     assert "invalid-profile" not in profiles.stdout
@@ -199,6 +219,21 @@ INVALID_UPDATES = {
         variant(PARTITION, agent={"keySecretName": "k1"}),
         {"spec": {"agent": {"keySecretName": None}}},
         "spec.agent.keySecretName is immutable",
+    ),
+    "restart-partition-changed": (
+        RESTART,
+        {"spec": {"partitionName": "q"}},
+        "spec.partitionName is immutable",
+    ),
+    "restart-image-set-later": (
+        RESTART,
+        {"spec": {"hibernationImageName": "img"}},
+        "spec.hibernationImageName is immutable",
+    ),
+    "restart-image-changed": (
+        variant(RESTART, hibernationImageName="img"),
+        {"spec": {"hibernationImageName": "img-2"}},
+        "spec.hibernationImageName is immutable",
     ),
     "saveevent-spec-changed": (
         SAVE_EVENT,

@@ -90,6 +90,7 @@ def test_scopes_match_the_design() -> None:
         "ConditionProfile": "Cluster",
         "VIOSCluster": "Cluster",
         "HibernationImage": "Namespaced",
+        "RemoteRestart": "Namespaced",
     }
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import urllib.parse
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -213,6 +214,13 @@ class Kube:
             if not_found(error):
                 return None
             raise
+
+    async def list_path(self, path: str, **query: str) -> list[dict]:
+        """The items of a list on a raw API path (`/api/v1/nodes`, a group's), with query
+        parameters such as labelSelector or fieldSelector."""
+        params = urllib.parse.urlencode({k: v for k, v in query.items() if v})
+        answer = await self.call(self._request, "GET", f"{path}?{params}" if params else path, None)
+        return list((answer or {}).get("items") or [])
 
     async def get_volume(self, name: str) -> dict | None:
         """A PersistentVolume as the API server's JSON, or None."""

@@ -163,6 +163,7 @@ from lparkube.controllers import (  # noqa: E402, F401
     partition,
     partition_paging,
     partition_storage,
+    remoterestart,
     saveevent,
     vioscluster,
 )
