@@ -25,7 +25,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from . import vmi as vmis
-from .api import now_iso, parse_iso
+from .api import now_iso
 from .hosts import ENDED
 from .logic import (
     FINAL_PHASES,
@@ -42,7 +42,7 @@ from .virt_launcher import grace_seconds, launcher_pod, owned_by, pod_alive
 if TYPE_CHECKING:
     from .controller import Controller, World
 
-NODE_UNRESPONSIVE = "NodeUnresponsive"
+NODE_UNRESPONSIVE = vmis.NODE_UNRESPONSIVE
 FINALIZER = (
     "kubevirt.io/foregroundDeleteVirtualMachine"  # KubeVirt's VirtualMachineInstanceFinalizer
 )
@@ -207,7 +207,7 @@ def _follow(ctl: Controller, world: World, vmi: dict, pod: dict | None) -> None:
         vmis.fail(ctl, vmi, "PodDown", "the virt-launcher pod no longer exists")
         return
     node = dig(vmi, "status", "nodeName")
-    if _node_unresponsive(ctl, world.nodes.get(node)) and not pod_alive(pod):
+    if vmis.node_unresponsive(ctl, world.nodes.get(node)) and not pod_alive(pod):
         vmis.fail(ctl, vmi, NODE_UNRESPONSIVE, f"virt-handler on node {node} is not responsive")
         return
     if not ctl.hosts.host(node).powered:
@@ -240,16 +240,6 @@ def _sync_paused(ctl: Controller, world: World, vmi: dict, paused: bool) -> None
         ctl.patch(vmis.path_of(vmi), vmi, {"status": {"conditions": conditions}})
         return
     vmis.refresh(ctl, world, vmi)
-
-
-def _node_unresponsive(ctl: Controller, node: dict | None) -> bool:
-    """KubeVirt's isNodeUnresponsive: no node, or a virt-handler heartbeat past the timeout."""
-    if node is None:
-        return True
-    stamp = parse_iso(dig(node, "metadata", "annotations", "kubevirt.io/heartbeat"))
-    if stamp is None:
-        return False
-    return ctl.wall_clock() - stamp.timestamp() > ctl.settings.heartbeat_timeout
 
 
 def _delete_pods(ctl: Controller, pods: list[dict]) -> None:
