@@ -986,9 +986,16 @@ def verify(
     image: Mapping[str, Any] | None = None,
 ) -> Verification:
     """VMI Running on the target, the agent's first report since the start connected, and for a
-    resume the image's boot id."""
+    resume the image's boot id. A VMI created before the start is the source's, not the
+    target's: on a node lost and then fenced it turns Failed only when its pod is force-deleted,
+    as the volumes are released, so it may still be there when the start is requested; the VM
+    deletes it and creates the target's."""
     phase = _get(vmi, "status", "phase")
     node = _get(vmi, "status", "nodeName")
+    created = parse_time(_get(vmi, "metadata", "creationTimestamp"))
+    if created is not None and started is not None and created < started:
+        where = f" on node {node}" if node else ""
+        return Verification(message=f"waiting for the source's VMI ({phase}{where}) to go")
     if phase == "Failed" or (phase == "Running" and node != target):
         where = f" on node {node}" if node else ""
         return Verification(
