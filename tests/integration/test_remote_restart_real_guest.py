@@ -1,22 +1,38 @@
-"""A partition's guest restarted on another node, with the real operator, the stand-in's QEMU
-guests and the real agent: the ground a RemoteRestart stands on.
+"""RemoteRestarts of real guests (issue 13's acceptance at the real-guest tier): the real
+operator, the stand-in's QEMU guests and the real agent, on nodes of the test's own.
 
-* Hibernated on node A (a HibernationImage), the VM pinned to node B and the image resumed: the
-  new QEMU process runs on B, its kernel restores the image from the paging LU, which detached
-  from A before it attached on B: the same boot id, the counter's process going on.
-* Running from its disk on node A when A loses power: the disk stays attached to A, so nothing
-  on B can take it (Multi-Attach) until A is fenced with the out-of-service taint; then the VM,
-  pinned to B, boots on B from the same disk and finds what it wrote there on A.
+* A guest hibernated on node A (a HibernationImage) is resumed on node B by a RemoteRestart
+  from that image: the new QEMU process runs on B and its kernel restores the image from the
+  paging LU, which detached from A before it attached on B: the same boot id, the counter's
+  process going on in memory, every step Done, RestartSucceeded/0, no lock left.
+* A guest running from its disk on node A when A loses power: a RemoteRestart from disk waits
+  (and says so) while A is not fenced; the disk stays attached to A and the VMI stays as KubeVirt
+  keeps it. Once A has the out-of-service taint the guest boots on B from the same disk and finds
+  what it wrote there on A.
 
 The attach log never shows a single-node volume attached on two nodes.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
-from hibernation_helpers import Images, condition
+from hibernation_helpers import Images
+from hibernation_helpers import condition as image_condition
 from kubernetes import client
 from partition_helpers import Partitions, wait_for
+from remote_restart_helpers import (
+    NodePool,
+    assert_terminated,
+    condition,
+    create_restart,
+    events_of,
+    leases_of,
+    node_pool,
+    wait_terminated,
+    wait_waiting,
+)
 from test_hibernation_real_guest import (
     HIBERNATE_TIMEOUT,
     console_of,
@@ -24,19 +40,17 @@ from test_hibernation_real_guest import (
     sleeper_partition,
     start_counter,
 )
-from test_partition_real_guest import BOOT_TIMEOUT, data_claim, real_guest_partition, with_data_disk
+from test_partition_real_guest import BOOT_TIMEOUT, data_claim, with_data_disk
 
-from lparkube_devenv.kubevirt import VM, StandIn
-from lparkube_devenv.kubevirt.nodes import NODES_PATH
+from lparkube.api.v1alpha1 import remoterestart as api
+from lparkube_devenv.kubevirt import StandIn
 from lparkube_devenv.kubevirt.storage import two_writers
 from lparkube_devenv.kubevirt.storage.attachlog import read_entries
 
 pytestmark = pytest.mark.realguest
 
-OUT_OF_SERVICE = {"key": "node.kubernetes.io/out-of-service", "value": "nodeshutdown"}
 MARKER = "written on the first node"
 DATA_DISK = "/dev/disk/by-id/virtio-data"
-VMIS = "/apis/kubevirt.io/v1/namespaces/{}/virtualmachineinstances"
 
 
 @pytest.fixture
@@ -45,38 +59,27 @@ def parts(api_client: client.ApiClient, kubevirt: StandIn, namespace: str) -> Pa
 
 
 @pytest.fixture
-def lost_nodes(kubevirt: StandIn, healthy_nodes):
-    """Nodes a test powered off: powered on again (and made healthy) afterwards."""
-    lost: list[str] = []
-    yield lost
-    for name in lost:
-        kubevirt.power_on_node(name)
-        node = kubevirt.kube.get(f"{NODES_PATH}/{name}")
-        kept = [t for t in node["spec"].get("taints") or [] if t["key"] != OUT_OF_SERVICE["key"]]
-        kubevirt.kube.merge_patch(f"{NODES_PATH}/{name}", {"spec": {"taints": kept or None}})
+def nodes(kubevirt: StandIn) -> Iterator[NodePool]:
+    with node_pool(kubevirt) as pool:
+        yield pool
 
 
-def pin(parts: Partitions, name: str, node: str) -> None:
-    """What a RemoteRestart does to place the VM: kubernetes.io/hostname merged into the VM
-    template's nodeSelector."""
-    selector = {"kubernetes.io/hostname": node}
-    patch = {"spec": {"template": {"spec": {"nodeSelector": selector}}}}
-    parts.kubevirt.kube.merge_patch(VM.path(parts.namespace, name), patch)
-
-
-def launcher_pods(parts: Partitions, name: str, uid: str | None = None) -> list[dict]:
-    """The launcher pods of a VMI (by default the current one of that name)."""
-    uid = uid or (parts.vmi(name) or {}).get("metadata", {}).get("uid")
-    pods = parts.kubevirt.kube.items(f"/api/v1/namespaces/{parts.namespace}/pods")
-    return [
-        p
-        for p in pods
-        if uid and p["metadata"].get("labels", {}).get("kubevirt.io/created-by") == uid
-    ]
+def on_pool(partition: dict, nodes: NodePool) -> dict:
+    """The partition's VM runs only on the test's own nodes."""
+    spec = partition["spec"]["vmTemplate"]["spec"]["template"]["spec"]
+    spec["nodeSelector"] = dict(nodes.selector)
+    return partition
 
 
 def launcher_nodes(parts: Partitions, name: str) -> set[str]:
-    return {p["spec"].get("nodeName") for p in launcher_pods(parts, name)}
+    """The nodes of the launcher pods of the VM's current VMI."""
+    uid = (parts.vmi(name) or {}).get("metadata", {}).get("uid")
+    pods = parts.kubevirt.kube.items(f"/api/v1/namespaces/{parts.namespace}/pods")
+    return {
+        p["spec"].get("nodeName")
+        for p in pods
+        if uid and p["metadata"].get("labels", {}).get("kubevirt.io/created-by") == uid
+    }
 
 
 def volume_of(parts: Partitions, claim: str) -> str:
@@ -93,27 +96,45 @@ def attach_history(kubevirt: StandIn, volume: str) -> list[tuple[str, str]]:
     ]
 
 
-def other_node(kubevirt: StandIn, node: str) -> str:
-    return next(n for n in kubevirt.node_names if n != node)
+def assert_all_done(restart: dict, unused: str) -> None:
+    """RestartSucceeded/0, every step Done but the one this kind of restart skips, nothing
+    left locked."""
+    assert_terminated(restart, api.RESTART_SUCCEEDED)
+    statuses = {s["name"]: s["status"] for s in restart["status"]["steps"]}
+    assert statuses == {**dict.fromkeys(api.STEPS, api.DONE), unused: api.SKIPPED}, statuses
+    assert restart["status"].get("locks") in (None, [])
+    assert {a["state"] for a in restart["status"]["adapters"]} == {api.ADAPTER_RELEASED}
 
 
-def test_a_guest_hibernated_on_one_node_resumes_on_another(
+def assert_released(
+    parts: Partitions, api_client: client.ApiClient, restart: dict, name: str
+) -> dict:
+    """No Lease of the operation left; the VM no longer held (its own nodeSelector back)."""
+    assert leases_of(api_client, restart["metadata"]["uid"]) == []
+    vm = parts.vm(name)
+    assert api.HOLD_ANNOTATION not in (vm["metadata"].get("annotations") or {})
+    assert api.OPERATION_TOKEN_LABEL not in (vm["metadata"].get("labels") or {})
+    return vm
+
+
+def test_a_guest_hibernated_on_one_node_is_resumed_on_another_by_a_remote_restart(
     operator,
     parts: Partitions,
-    kubevirt: StandIn,
     api_client: client.ApiClient,
     vios_pool: str,
+    nodes: NodePool,
 ) -> None:
-    parts.create(sleeper_partition("roamer", vios_pool))
+    kubevirt = parts.kubevirt
+    source = nodes.add()
+    parts.create(on_pool(sleeper_partition("roamer", vios_pool), nodes))
     status = parts.wait_condition("roamer", "Ready", "True", timeout=BOOT_TIMEOUT)
     wait_for(
         lambda: (parts.status("roamer").get("agent") or {}).get("paging", {}).get("active"),
         "the paging LU is the guest's swap",
         120,
     )
+    assert parts.vmi("roamer")["status"]["nodeName"] == source
     boot_id = parts.status("roamer")["agent"]["bootId"]
-    source = parts.vmi("roamer")["status"]["nodeName"]
-    target = other_node(kubevirt, source)
     paging = volume_of(parts, status["paging"]["claimName"])
     with console_of(kubevirt, parts.namespace, "roamer") as tty:
         start_counter(tty)
@@ -123,24 +144,35 @@ def test_a_guest_hibernated_on_one_node_resumes_on_another(
             30,
         )
         pid, before = counter(tty)
-
     images = Images(api_client, parts.namespace)
     images.create("roamer-1", "roamer", saveFirst=False)
     image = images.wait("roamer-1", "Captured", HIBERNATE_TIMEOUT)
-    assert condition(image, "Captured")["status"] == "True", image["status"]
+    assert image_condition(image, "Captured")["status"] == "True", image["status"]
     wait_for(lambda: parts.vmi("roamer") is None, "the VMI gone (the VM halted)", 120)
+    target = nodes.add()
 
-    pin(parts, "roamer", target)
-    images.resume("roamer-1")
-    image = images.wait("roamer-1", "Resumed", BOOT_TIMEOUT)
-    assert condition(image, "Resumed")["status"] == "True", condition(image, "Resumed")
+    create_restart(
+        api_client,
+        parts.namespace,
+        "roamer-move",
+        "roamer",
+        hibernationImageName="roamer-1",
+        targetNodeName=target,
+    )
+    done = wait_terminated(api_client, parts.namespace, "roamer-move", BOOT_TIMEOUT)
+    assert_all_done(done, api.BOOTING)
+    assert (done["status"]["sourceNodeName"], done["status"]["targetNodeName"]) == (source, target)
+    vm = assert_released(parts, api_client, done, "roamer")
+    assert vm["spec"]["template"]["spec"]["nodeSelector"] == nodes.selector
     assert parts.vmi("roamer")["status"]["nodeName"] == target
     assert launcher_nodes(parts, "roamer") == {target}
+    resumed = image_condition(images.get("roamer-1"), "Resumed")
+    assert (resumed["status"], resumed["reason"]) == ("True", "ImageRestored")
     assert parts.status("roamer")["agent"]["bootId"] == boot_id
     with console_of(kubevirt, parts.namespace, "roamer") as tty:
         assert tty.run("cat /proc/sys/kernel/random/boot_id").strip() == boot_id
         same_pid, after = counter(tty)
-        assert same_pid == pid and after >= before
+        assert same_pid == pid and after >= before  # the same process, its count in memory
     history = attach_history(kubevirt, paging)
     assert history[-3:] == [("attach", source), ("detach", source), ("attach", target)], history
     assert two_writers(kubevirt.storage.attach_log_path) == []
@@ -148,79 +180,61 @@ def test_a_guest_hibernated_on_one_node_resumes_on_another(
     wait_for(lambda: kubevirt.guest(parts.namespace, "roamer") is None, "guest gone", 120)
 
 
-def test_a_guest_whose_node_lost_power_boots_from_its_disk_elsewhere_once_fenced(
+def test_a_guest_whose_node_lost_power_is_restarted_from_its_disk_once_the_node_is_fenced(
     operator,
     parts: Partitions,
     api_client: client.ApiClient,
-    lost_nodes: list[str],
     vios_pool: str,
+    nodes: NodePool,
 ) -> None:
     kubevirt = parts.kubevirt
+    source = nodes.add()
     data_claim(api_client, parts.namespace, "stranded-disk", "64Mi")
-    parts.create(with_data_disk(sleeper_partition("stranded", vios_pool), "stranded-disk"))
+    partition = with_data_disk(sleeper_partition("stranded", vios_pool), "stranded-disk")
+    parts.create(on_pool(partition, nodes))
     parts.wait_condition("stranded", "Ready", "True", timeout=BOOT_TIMEOUT)
     first = parts.vmi("stranded")
-    source = first["status"]["nodeName"]
-    target = other_node(kubevirt, source)
+    assert first["status"]["nodeName"] == source
     disk = volume_of(parts, "stranded-disk")
     with console_of(kubevirt, parts.namespace, "stranded") as tty:
         tty.run(f"printf '{MARKER}' | dd of={DATA_DISK} conv=fsync 2>/dev/null; echo written")
+    target = nodes.add()
+    nodes.power_off(source)
 
-    lost_nodes.append(source)
-    assert kubevirt.power_off_node(source) == 1
-    pin(parts, "stranded", target)
-    # A VMI of its own asks B for the same disk: refused while A may still write it.
-    intruder = intruder_vmi("intruder", target, "stranded-disk")
-    intruder_uid = kubevirt.kube.create(VMIS.format(parts.namespace), intruder)["metadata"]["uid"]
-    wait_for(lambda: multi_attach(parts, "intruder"), "the intruder waiting on Multi-Attach", 60)
-    assert parts.vmi("stranded")["metadata"]["uid"] == first["metadata"]["uid"]
-    assert parts.vmi("stranded")["status"]["phase"] == "Running"  # KubeVirt waits for a fence
-    kubevirt.kube.delete(f"{VMIS.format(parts.namespace)}/intruder")
-    wait_for(
-        lambda: not launcher_pods(parts, "intruder", intruder_uid), "the intruder's pod gone", 60
+    create_restart(api_client, parts.namespace, "stranded-move", "stranded", targetNodeName=target)
+    waiting = wait_waiting(
+        api_client, parts.namespace, "stranded-move", api.WAITING_FOR_SOURCE_STOP
     )
+    locked = condition(waiting, api.LOCKED)
+    assert locked["status"] == "False"
+    assert source in locked["message"] and api.FENCE_TAINT_TEXT in locked["message"], locked
+    assert not waiting["status"].get("terminationState")
+    warning = ("Warning", api.WAITING_FOR_SOURCE_STOP_EVENT)
+    wait_for(
+        lambda: warning in events_of(api_client, parts.namespace, "stranded-move"),
+        "the WaitingForSourceStop event",
+    )
+    # Nothing moved: the VMI is as KubeVirt keeps it on a lost node, the disk stays on A.
+    vmi = parts.vmi("stranded")
+    assert (vmi["metadata"]["uid"], vmi["status"]["phase"]) == (first["metadata"]["uid"], "Running")
     assert ("attach", target) not in attach_history(kubevirt, disk)
 
-    node = kubevirt.kube.get(f"{NODES_PATH}/{source}")
-    taints = [*(node["spec"].get("taints") or []), {**OUT_OF_SERVICE, "effect": "NoExecute"}]
-    kubevirt.kube.merge_patch(f"{NODES_PATH}/{source}", {"spec": {"taints": taints}})
-    wait_for(
-        lambda: (
-            (parts.vmi("stranded") or {}).get("metadata", {}).get("uid") != first["metadata"]["uid"]
-            and (parts.vmi("stranded") or {}).get("status", {}).get("phase") == "Running"
-        ),
-        "a new VMI running",
-        BOOT_TIMEOUT,
-    )
-    assert parts.vmi("stranded")["status"]["nodeName"] == target
+    nodes.fence(source)
+    done = wait_terminated(api_client, parts.namespace, "stranded-move", BOOT_TIMEOUT)
+    assert_all_done(done, api.RESTORING_MEMORY)
+    assert (done["status"]["sourceNodeName"], done["status"]["targetNodeName"]) == (source, target)
+    vm = assert_released(parts, api_client, done, "stranded")
+    assert vm["spec"]["template"]["spec"]["nodeSelector"] == nodes.selector
+    assert vm["spec"]["runStrategy"] == "Always"
+    vmi = parts.vmi("stranded")
+    assert vmi["metadata"]["uid"] != first["metadata"]["uid"]
+    assert (vmi["status"]["phase"], vmi["status"]["nodeName"]) == ("Running", target)
     assert launcher_nodes(parts, "stranded") == {target}
     with console_of(kubevirt, parts.namespace, "stranded") as tty:
         read = tty.run(f"dd if={DATA_DISK} bs={len(MARKER)} count=1 2>/dev/null; echo")
-        assert MARKER in read, read
+        assert MARKER in read, read  # booted from the same disk
     history = attach_history(kubevirt, disk)
     assert history[-3:] == [("attach", source), ("detach", source), ("attach", target)], history
     assert two_writers(kubevirt.storage.attach_log_path) == []
     parts.delete("stranded")
     wait_for(lambda: kubevirt.guest(parts.namespace, "stranded") is None, "guest gone", 120)
-
-
-def intruder_vmi(name: str, node: str, claim: str) -> dict:
-    spec = real_guest_partition(name, "SecretVolume")["spec"]["vmTemplate"]["spec"]["template"]
-    spec["spec"]["nodeSelector"] = {"kubernetes.io/hostname": node}
-    spec["spec"]["domain"]["devices"]["disks"] = [{"name": "data", "disk": {"bus": "virtio"}}]
-    spec["spec"]["volumes"] = [{"name": "data", "persistentVolumeClaim": {"claimName": claim}}]
-    metadata = {"name": name, **spec["metadata"]}
-    return {
-        "apiVersion": "kubevirt.io/v1",
-        "kind": "VirtualMachineInstance",
-        "metadata": metadata,
-        "spec": spec["spec"],
-    }
-
-
-def multi_attach(parts: Partitions, name: str) -> bool:
-    vmi = parts.vmi(name) or {}
-    return any(
-        c.get("type") == "Synchronized" and c.get("reason") == "MultiAttach"
-        for c in (vmi.get("status") or {}).get("conditions") or []
-    )
