@@ -5,7 +5,8 @@ restart from a hibernation image and from disk on a fenced node.
     make bench-remote-restart [BENCH_ARGS="--repeat 3"]
 
 On a local cluster of real guests with the real operator (lparkube_devenv.realguest_cluster):
-one 512 MiB Partition with a paging LU from a VIOSCluster boots the guest image. Each run
+the Partition of `make bench-hibernation-image` (512 MiB, a paging LU from a VIOSCluster) boots
+the guest image. Each run
 restarts it on another node with a RemoteRestart and times, from the client, polling the
 RemoteRestart every 0.05 s:
 
@@ -34,64 +35,29 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench_hibernation_image import (  # the same guest and pool (this script's directory)
+    GROUP,
+    NAMESPACE,
+    PARTITION,
+    TIMEOUT,
+    VERSION,
+    condition,
+    partition,
+    pool,
+    swap_on,
+)
 from kubernetes import client
 
 from lparkube.api.v1alpha1 import remoterestart as rr
 from lparkube_devenv.controlplane import wait_until
 from lparkube_devenv.kubevirt import VMI, StandIn
-from lparkube_devenv.kubevirt.api import RUNTIME_ANNOTATION
 from lparkube_devenv.kubevirt.nodes import NODES_PATH
 from lparkube_devenv.realguest_cluster import real_guest_cluster
 
-GROUP, VERSION = "lparkube.io", "v1alpha1"
-NAMESPACE, PARTITION, POOL = "default", "mover", "bench"
-TIMEOUT = 300.0
 POLL = 0.05
 GOAL = 1.0
 NODE_MONITOR_GRACE = 2.0  # a powered-off node turns NotReady after this (Kubernetes: 40 s)
 FENCE = {"key": rr.OUT_OF_SERVICE_TAINT, "value": "nodeshutdown", "effect": "NoExecute"}
-
-
-def pool() -> dict:
-    return {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "VIOSCluster",
-        "metadata": {"name": POOL},
-        "spec": {"storage": {"storageClassName": "lparkube-thin"}},
-    }
-
-
-def partition() -> dict:
-    template = {
-        "metadata": {"annotations": {RUNTIME_ANNOTATION: "qemu"}},
-        "spec": {
-            "domain": {"memory": {"guest": "512Mi"}, "devices": {}},
-            "networks": [{"name": "default", "pod": {}}],
-        },
-    }
-    return {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "Partition",
-        "metadata": {"name": PARTITION},
-        "spec": {
-            "vmTemplate": {"spec": {"runStrategy": "Always", "template": template}},
-            "viosClusterName": POOL,
-            "paging": {},
-        },
-    }
-
-
-def condition(obj: dict, type_: str) -> dict:
-    found = (obj.get("status") or {}).get("conditions") or []
-    return next((c for c in found if c["type"] == type_), {})
-
-
-def swap_on(custom: client.CustomObjectsApi) -> bool:
-    obj = custom.get_namespaced_custom_object(GROUP, VERSION, NAMESPACE, "partitions", PARTITION)
-    ready = condition(obj, "Ready").get("status") == "True"
-    return ready and bool(
-        ((obj.get("status") or {}).get("agent") or {}).get("paging", {}).get("active")
-    )
 
 
 @dataclass
