@@ -114,9 +114,13 @@ FORBIDDEN: dict[str, Attributes] = {
     "update partitions (only patch)": {
         "verb": "update", "group": "lparkube.io", "resource": "partitions",
     },
-    "start VMs (virt-api subresources)": {
+    "stop VMs (virt-api subresources; only start is granted)": {
         "verb": "update", "group": "subresources.kubevirt.io",
-        "resource": "virtualmachines", "subresource": "start", "namespace": "default",
+        "resource": "virtualmachines", "subresource": "stop", "namespace": "default",
+    },
+    "migrate VMs (virt-api subresources)": {
+        "verb": "update", "group": "subresources.kubevirt.io",
+        "resource": "virtualmachines", "subresource": "migrate", "namespace": "default",
     },
     "delete VMIs": {
         "verb": "delete", "group": "kubevirt.io", "resource": "virtualmachineinstances",

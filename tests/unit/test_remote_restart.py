@@ -329,6 +329,14 @@ VERIFY_CASES = {
         vmi("b"), partition(heard="2026-12-01T11:59:00Z"), None, "agent's first report",
     ),
     "resumed same boot": (vmi("b"), partition(), IMAGE, "done"),
+    "the source's failed VMI, made before the start": (
+        {**vmi("a", "Failed"), "metadata": {"creationTimestamp": "2026-12-01T11:00:00Z"}},
+        partition(), None, "waiting for a new VMI",
+    ),
+    "a new failed VMI": (
+        {**vmi("b", "Failed"), "metadata": {"creationTimestamp": "2026-12-01T12:00:00Z"}},
+        partition(), None, api.TARGET_START_FAILED,
+    ),
     "resumed other boot": (vmi("b"), partition(boot="b2"), IMAGE, api.BOOT_ID_CHANGED),
 }  # fmt: skip
 

@@ -49,6 +49,7 @@ REMOTE_RESTART = ResourceRef("lparkube.io", "v1alpha1", api.PLURAL)
 VIOS_CLUSTER = ResourceRef("lparkube.io", "v1alpha1", "viosclusters")
 NETWORK_ATTACHMENT = ResourceRef("k8s.cni.cncf.io", "v1", "network-attachment-definitions")
 LIVE_PODS = "status.phase!=Succeeded,status.phase!=Failed"
+START_STEPS = frozenset({api.RESTORING_MEMORY, api.BOOTING})
 
 
 @dataclass
@@ -168,14 +169,16 @@ class RemoteRestartRun:
         scope.status["conditions"] = merge(stored.get("conditions"), desired, generation, scope.now)
         scope.status["observedGeneration"] = generation
         scope.status["progress"] = rr.progress(scope.steps)
-        if scope.status != stored:
-            await self.kube.patch(
-                REMOTE_RESTART, self.namespace, self.name, {"status": scope.status}, status=True
-            )
+        # Events are queued first: the terminal write makes kopf stop (and may cancel) this
+        # daemon while the patch is still awaited.
         for type_, reason, message in scope.events:
             kopf.event(dict(scope.restart), type=type_, reason=reason, message=message)
             if scope.partition is not None:
                 kopf.event(dict(scope.partition), type=type_, reason=reason, message=message)
+        if scope.status != stored:
+            await self.kube.patch(
+                REMOTE_RESTART, self.namespace, self.name, {"status": scope.status}, status=True
+            )
 
     # --- the pass -------------------------------------------------------------------------------
 
@@ -192,6 +195,8 @@ class RemoteRestartRun:
             step = scope.step
             await PHASES[step](self, scope)
             if scope.terminated or scope.waiting is not None or scope.step == step:
+                return
+            if step in START_STEPS:  # the VM starts now: what this pass read is stale
                 return
 
     def begin(self, scope: RestartScope) -> None:

@@ -19,10 +19,10 @@ def _unfinished(status: Mapping[str, Any], **_: Any) -> bool:
     return unfinished(dict(status or {}))
 
 
-# The pass that terminates the operation writes the status, which ends the `when` filter, and
-# then posts its events: without a cancellation backoff kopf cancels the daemon at once on that
-# status change, often before the events are posted (RestartSucceeded lost). With it, kopf only
-# sets `stopped` first, and the daemon ends by itself after its last pass.
+# The pass that terminates the operation writes the status, which ends the `when` filter:
+# without a cancellation backoff kopf cancels the daemon at once on that status change, in the
+# middle of its last pass. With it, kopf only sets `stopped` first, and the daemon ends by
+# itself after that pass.
 @kopf.daemon(
     GROUP,
     VERSION,

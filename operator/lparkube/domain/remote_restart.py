@@ -416,16 +416,19 @@ def _vios_node(inp: Input, node: Mapping[str, Any]) -> Refusal | None:
     return None
 
 
+def _missing_labels(
+    node: Mapping[str, Any], wanted: Mapping[str, str], reason: str, what: str
+) -> Refusal | None:
+    wrong = sorted(k for k, v in wanted.items() if _labels(node).get(k) != v)
+    if not wrong:
+        return None
+    labels = ", ".join(f"{k}={wanted[k]}" for k in wrong)
+    return Refusal(reason, f"node {_name(node)} does not have {what} {labels}")
+
+
 def _node_selector(inp: Input, node: Mapping[str, Any]) -> Refusal | None:
     wanted = inp.vm_spec.get("nodeSelector") or {}
-    wrong = sorted(k for k, v in wanted.items() if _labels(node).get(k) != v)
-    if wrong:
-        return Refusal(
-            api.NODE_SELECTOR_MISMATCH,
-            f"node {_name(node)} does not have the VM's nodeSelector "
-            + ", ".join(f"{k}={wanted[k]}" for k in wrong),
-        )
-    return None
+    return _missing_labels(node, wanted, api.NODE_SELECTOR_MISMATCH, "the VM's nodeSelector")
 
 
 def _affinity(inp: Input, node: Mapping[str, Any]) -> Refusal | None:
@@ -459,14 +462,7 @@ def _taints(inp: Input, node: Mapping[str, Any]) -> Refusal | None:
 
 def _target_selector(inp: Input, node: Mapping[str, Any]) -> Refusal | None:
     wanted = inp.spec.get("targetNodeSelector") or {}
-    wrong = sorted(k for k, v in wanted.items() if _labels(node).get(k) != v)
-    if wrong:
-        return Refusal(
-            api.TARGET_SELECTOR_MISMATCH,
-            f"node {_name(node)} does not have spec.targetNodeSelector "
-            + ", ".join(f"{k}={wanted[k]}" for k in wrong),
-        )
-    return None
+    return _missing_labels(node, wanted, api.TARGET_SELECTOR_MISMATCH, "spec.targetNodeSelector")
 
 
 def _memory(inp: Input, node: Mapping[str, Any]) -> Refusal | None:
@@ -986,16 +982,13 @@ def verify(
     image: Mapping[str, Any] | None = None,
 ) -> Verification:
     """VMI Running on the target, the agent's first report since the start connected, and for a
-    resume the image's boot id. A VMI created before the start is the source's, not the
-    target's: on a node lost and then fenced it turns Failed only when its pod is force-deleted,
-    as the volumes are released, so it may still be there when the start is requested; the VM
-    deletes it and creates the target's."""
+    resume the image's boot id. A VMI made before the start (the source's, not yet deleted) is
+    not the target's: it is waited out, never judged."""
+    created = parse_time(_get(vmi, "metadata", "creationTimestamp"))
+    if vmi is not None and started is not None and created is not None and created < started:
+        return Verification(message=f"waiting for a new VMI on {target} (the old one is there)")
     phase = _get(vmi, "status", "phase")
     node = _get(vmi, "status", "nodeName")
-    created = parse_time(_get(vmi, "metadata", "creationTimestamp"))
-    if created is not None and started is not None and created < started:
-        where = f" on node {node}" if node else ""
-        return Verification(message=f"waiting for the source's VMI ({phase}{where}) to go")
     if phase == "Failed" or (phase == "Running" and node != target):
         where = f" on node {node}" if node else ""
         return Verification(
