@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,9 +22,11 @@ import pytest
 import yaml
 from e2e_cluster import (
     CLUSTER_NAME,
+    CONTROL_PLANE_TAINT,
     IMAGE,
     IMAGE_REPOSITORY,
     IMAGE_TAG,
+    KIND_CONFIG,
     KIND_NODE_IMAGE,
     KUBEVIRT_RELEASE,
     KUBEVIRT_VERSION,
@@ -31,6 +34,7 @@ from e2e_cluster import (
     REQUIRED_ENV,
     SYSTEM_NAMESPACE,
     Kubectl,
+    KubectlPlugin,
     Release,
     Tools,
     docker_problem,
@@ -85,8 +89,11 @@ def tools() -> Tools:
 
 
 @pytest.fixture(scope="session")
-def kind_cluster(request: pytest.FixtureRequest, tools: Tools) -> Iterator[KindCluster]:
-    """A one-node kind cluster at the pinned node image (reused if it already exists)."""
+def kind_cluster(
+    request: pytest.FixtureRequest, tools: Tools, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[KindCluster]:
+    """A two-node kind cluster at the pinned node image (reused if it already exists), guests
+    schedulable on both nodes."""
     name = request.config.getoption("cluster_name")
     cluster = KindCluster(
         CLUSTER_NAME if name == "pytest-kind" else name,
@@ -94,7 +101,14 @@ def kind_cluster(request: pytest.FixtureRequest, tools: Tools) -> Iterator[KindC
         kind_path=tools.kind,
         kubectl_path=Path(tools.kubectl),
     )
-    cluster.create()
+    config_file = tmp_path_factory.mktemp("kind") / "cluster.yaml"
+    config_file.write_text(yaml.safe_dump(KIND_CONFIG))
+    cluster.create(config_file)
+    subprocess.run(  # fails harmlessly where the taint is gone already (a reused cluster)
+        [tools.kubectl, f"--kubeconfig={cluster.kubeconfig_path}", "taint", "nodes", "--all",
+         f"{CONTROL_PLANE_TAINT}-"],
+        capture_output=True, timeout=60, check=False,
+    )  # fmt: skip
     yield cluster
     if not request.config.getoption("keep_cluster"):
         cluster.delete()
@@ -107,6 +121,22 @@ def kubectl(kind_cluster: KindCluster, tools: Tools) -> Kubectl:
     def call(*args: str, input: str | None = None, timeout: float = 600) -> str:
         argv = [tools.kubectl, f"--kubeconfig={kind_cluster.kubeconfig_path}", *args]
         return run(argv, input=input, timeout=timeout)
+
+    return call
+
+
+@pytest.fixture(scope="session")
+def kubectl_lparkube(kind_cluster: KindCluster, tools: Tools) -> KubectlPlugin:
+    """``kubectl_lparkube(*args, timeout=600)``: ``kubectl lparkube ARGS`` as a user runs it
+    (the installed plugin on PATH, KUBECONFIG the kind cluster's), run to its end."""
+
+    def call(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+        env = {**os.environ, "KUBECONFIG": str(kind_cluster.kubeconfig_path)}
+        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+        return subprocess.run(
+            [tools.kubectl, "lparkube", *args],
+            capture_output=True, text=True, timeout=timeout, env=env, check=False,
+        )  # fmt: skip
 
     return call
 

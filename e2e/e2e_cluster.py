@@ -29,6 +29,14 @@ KIND_NODE_IMAGE = (
     "kindest/node:v1.33.1@sha256:050072256b9a903bd914c0b2866828150cb229cea0efe5892e2b644d5dd3b34f"
 )
 CLUSTER_NAME = "lparkube-e2e"
+# Two nodes, both running guests: a RemoteRestart moves a partition from one to the other. kind
+# keeps the control-plane taint once a cluster has workers; the fixture removes it.
+KIND_CONFIG = {
+    "kind": "Cluster",
+    "apiVersion": "kind.x-k8s.io/v1alpha4",
+    "nodes": [{"role": "control-plane"}, {"role": "worker"}],
+}
+CONTROL_PLANE_TAINT = "node-role.kubernetes.io/control-plane:NoSchedule"
 KUBEVIRT_VERSION = "v1.6.3"
 KUBEVIRT_RELEASE = f"https://github.com/kubevirt/kubevirt/releases/download/{KUBEVIRT_VERSION}"
 
@@ -42,6 +50,7 @@ SYSTEM_NAMESPACE = "lparkube-system"
 GATEWAY_URL = f"http://{RELEASE}-agent-gateway.{SYSTEM_NAMESPACE}.svc.cluster.local:8081"
 
 Kubectl = Callable[..., str]
+KubectlPlugin = Callable[..., subprocess.CompletedProcess]
 T = TypeVar("T")
 
 

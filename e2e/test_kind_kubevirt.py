@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import base64
 import json
+import subprocess
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -18,6 +20,7 @@ from e2e_cluster import (
     GATEWAY_URL,
     IMAGE,
     Kubectl,
+    KubectlPlugin,
     Release,
     condition,
     get_json,
@@ -26,6 +29,7 @@ from e2e_cluster import (
 from e2e_guest import AGENT_PORT, APP_NAME, HTTP_PORT, SAVED_FILE, partition_manifest
 from pytest_kind import KindCluster
 
+from lparkube.api.v1alpha1.remoterestart import STEPS as RESTART_STEPS
 from lparkube_devenv.controlplane import REPO_ROOT
 
 PARTITION = "notes-1"
@@ -36,6 +40,7 @@ AGENT_POLICY = f"{PARTITION}-agent-ingress"
 AGENT_CONNECT_TIMEOUT = 25 * 60  # pulling Fedora and booting it under emulation takes minutes
 SAVE_TIMEOUT = 5 * 60
 CLEANUP_TIMEOUT = 5 * 60
+RESTART_TIMEOUT = 35 * 60  # the guest boots again on the target, under emulation
 CLUSTER_SCOPED = (
     "clusterrole,clusterrolebinding,validatingadmissionpolicy,validatingadmissionpolicybinding"
 )
@@ -96,6 +101,7 @@ def test_helm_install_runs_the_operator(kubectl: Kubectl, helm_release: Release)
         "conditionprofiles",
         "viosclusters",
         "hibernationimages",
+        "remoterestarts",
     ):
         kubectl("get", "crd", f"{crd}.lparkube.io")
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
@@ -385,18 +391,34 @@ def _pool(kubectl: Kubectl, name: str) -> dict[str, Any]:
     return get_json(kubectl, "vioscluster", name)
 
 
+def _default_storage_class(kubectl: Kubectl) -> dict[str, Any]:
+    classes = get_json(kubectl, "storageclass")["items"]
+    return next(
+        c for c in classes
+        if c["metadata"].get("annotations", {}).get("storageclass.kubernetes.io/is-default-class")
+        == "true"
+    )  # fmt: skip
+
+
+def _expanding_class(default: dict[str, Any], name: str) -> dict[str, Any]:
+    """A StorageClass of the default's provisioner that allows volume expansion."""
+    return {
+        "apiVersion": "storage.k8s.io/v1",
+        "kind": "StorageClass",
+        "metadata": {"name": name},
+        "provisioner": default["provisioner"],
+        "volumeBindingMode": default.get("volumeBindingMode", "WaitForFirstConsumer"),
+        "allowVolumeExpansion": True,
+    }
+
+
 def test_a_vios_cluster_on_the_clusters_storage_gives_a_paging_lu(
     kubectl: Kubectl, tenant: str
 ) -> None:
     """kind's default StorageClass (local-path) cannot expand: the pool says so; a class of the
     same provisioner that allows expansion makes it Ready, and a Partition with spec.paging
     gets its paging LU as the VM's disk lparkube-paging; deleting the Partition frees it."""
-    classes = get_json(kubectl, "storageclass")["items"]
-    default = next(
-        c for c in classes
-        if c["metadata"].get("annotations", {}).get("storageclass.kubernetes.io/is-default-class")
-        == "true"
-    )  # fmt: skip
+    default = _default_storage_class(kubectl)
     pool = f"e2e-pool-{uuid.uuid4().hex[:4]}"
     expanding = f"{pool}-expanding"
     manifest = {
@@ -420,15 +442,7 @@ def test_a_vios_cluster_on_the_clusters_storage_gives_a_paging_lu(
             timeout=60,
         )  # fmt: skip
         assert default["metadata"]["name"] in refused["message"]
-        storage_class = {
-            "apiVersion": "storage.k8s.io/v1",
-            "kind": "StorageClass",
-            "metadata": {"name": expanding},
-            "provisioner": default["provisioner"],
-            "volumeBindingMode": default.get("volumeBindingMode", "WaitForFirstConsumer"),
-            "allowVolumeExpansion": True,
-        }
-        kubectl("apply", "-f", "-", input=json.dumps(storage_class))
+        kubectl("apply", "-f", "-", input=json.dumps(_expanding_class(default, expanding)))
         patch = {"spec": {"storage": {"storageClassName": expanding}}}
         kubectl("patch", "vioscluster", pool, "--type=merge", "-p", json.dumps(patch))
         ready = wait_for("the pool Ready", lambda: _when(_pool(kubectl, pool), "Ready"), timeout=60)
@@ -475,10 +489,144 @@ def test_a_vios_cluster_on_the_clusters_storage_gives_a_paging_lu(
         kubectl("delete", "storageclass", expanding, "--ignore-not-found")
 
 
+@pytest.fixture(scope="module")
+def restart_pool(kubectl: Kubectl, tenant: str) -> Iterator[str]:
+    """A VIOSCluster of every node (no nodeSelector) on an expanding class of the default
+    StorageClass's provisioner: the targets a RemoteRestart may pick from."""
+    pool = f"e2e-restart-{uuid.uuid4().hex[:4]}"
+    expanding = f"{pool}-expanding"
+    default = _default_storage_class(kubectl)
+    kubectl("apply", "-f", "-", input=json.dumps(_expanding_class(default, expanding)))
+    manifest = {
+        "apiVersion": "lparkube.io/v1alpha1",
+        "kind": "VIOSCluster",
+        "metadata": {"name": pool},
+        "spec": {"storage": {"storageClassName": expanding, "volumeMode": "Filesystem"}},
+    }
+    kubectl("apply", "-f", "-", input=json.dumps(manifest))
+    wait_for("the restart pool Ready", lambda: _when(_pool(kubectl, pool), "Ready"), timeout=60)
+    yield pool
+    kubectl("-n", tenant, "delete", "remoterestarts", "--all", "--wait", "--timeout=2m")
+    kubectl("delete", "vioscluster", pool, "--ignore-not-found", "--wait", "--timeout=2m")
+    kubectl("delete", "storageclass", expanding, "--ignore-not-found")
+
+
+def _node_names(kubectl: Kubectl) -> list[str]:
+    nodes = sorted(n["metadata"]["name"] for n in get_json(kubectl, "nodes")["items"])
+    assert len(nodes) >= 2, f"a restart needs two nodes; the cluster has {nodes}"
+    return nodes
+
+
+def _restart_of(kubectl: Kubectl, namespace: str, done: subprocess.CompletedProcess) -> dict:
+    """The RemoteRestart the plugin created (its first line names it)."""
+    first = done.stdout.splitlines()[0]
+    assert first.startswith("remoterestart.lparkube.io/") and first.endswith(" created"), first
+    name = first.removeprefix("remoterestart.lparkube.io/").removesuffix(" created")
+    return get_json(kubectl, "-n", namespace, "remoterestart", name)
+
+
+def _token_leases(kubectl: Kubectl, namespace: str, token: str) -> list[str]:
+    selector = f"lparkube.io/operation-token={token}"
+    leases = get_json(kubectl, "-n", namespace, "leases", "-l", selector)["items"]
+    return [lease["metadata"]["name"] for lease in leases]
+
+
+def test_a_restart_to_a_node_the_vms_node_selector_excludes_is_refused_touching_nothing(
+    kubectl: Kubectl, kubectl_lparkube: KubectlPlugin, tenant: str, restart_pool: str
+) -> None:
+    """Validation comes before anything is touched: a target outside the VM's own nodeSelector
+    ends RestartFailed/1 (NodeSelectorMismatch) at once; the VM and the Leases are as before."""
+    home, elsewhere = _node_names(kubectl)[:2]
+    manifest = partition_manifest("pinned-1", {"tier": "pinned"})
+    vm_spec = manifest["spec"]["vmTemplate"]["spec"]
+    vm_spec["runStrategy"] = "Halted"  # no second guest to boot: validation is the point
+    vm_spec["template"]["spec"]["nodeSelector"] = {"kubernetes.io/hostname": home}
+    kubectl("-n", tenant, "apply", "-f", "-", input=json.dumps(manifest))
+    wait_for(
+        "pinned-1's VM",
+        lambda: condition(get_json(kubectl, "-n", tenant, "partition", "pinned-1"), "VMReady"),
+        timeout=120,
+    )
+
+    def kept() -> tuple[Any, ...]:
+        vm = get_json(kubectl, "-n", tenant, "vm", "pinned-1")
+        leases = get_json(kubectl, "-n", tenant, "leases")["items"]
+        return (
+            vm["spec"], vm["metadata"].get("labels"), vm["metadata"].get("annotations"),
+            sorted((lease["metadata"]["name"], lease["spec"]) for lease in leases),
+        )  # fmt: skip
+
+    before = kept()
+    done = kubectl_lparkube("restart", "pinned-1", "--to", elsewhere, "--vios-cluster",
+                            restart_pool, "-n", tenant, "--timeout", "3m")  # fmt: skip
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert done.stderr.startswith("error: RestartFailed: NodeSelectorMismatch: "), done.stderr
+    assert any(line.startswith("Validating Failed") for line in done.stdout.splitlines())
+    restart = _restart_of(kubectl, tenant, done)
+    status = restart["status"]
+    assert (status["terminationState"], status["terminationCode"]) == ("RestartFailed", 1)
+    assert condition(restart, "Complete")["reason"] == "NodeSelectorMismatch"
+    assert kept() == before
+    assert _token_leases(kubectl, tenant, restart["metadata"]["uid"]) == []
+    kubectl("-n", tenant, "delete", "partition", "pinned-1", "--wait", "--timeout=3m")
+
+
+def test_a_restart_from_disk_boots_the_stopped_partition_on_the_named_node(
+    kubectl: Kubectl, kubectl_lparkube: KubectlPlugin, tenant: str, restart_pool: str
+) -> None:
+    """notes-1 is stopped on its node (its VMI gone: proven stopped); a RemoteRestart to the
+    other node boots it there from disk: every step Done (RestoringMemory Skipped),
+    RestartSucceeded/0, its agent back with a new boot id, no lock left, the VM unpinned."""
+    vmi = get_json(kubectl, "-n", tenant, "vmi", PARTITION)
+    source = vmi["status"]["nodeName"]
+    target = next(node for node in _node_names(kubectl) if node != source)
+    boot_before = _partition(kubectl, tenant)["status"]["agent"]["bootId"]
+    halt = {"spec": {"runStrategy": "Halted"}}
+    kubectl("-n", tenant, "patch", "vm", PARTITION, "--type=merge", "-p", json.dumps(halt))
+    wait_for(
+        "notes-1's VMI gone",
+        lambda: not get_json(kubectl, "-n", tenant, "vmi", "--field-selector",
+                             f"metadata.name={PARTITION}")["items"],
+        timeout=5 * 60,
+    )  # fmt: skip
+
+    done = kubectl_lparkube("restart", PARTITION, "--to", target, "--vios-cluster", restart_pool,
+                            "--deadline", "30m", "-n", tenant, "--timeout", "32m",
+                            timeout=RESTART_TIMEOUT)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[-1].startswith(f"RestartSucceeded: partition {PARTITION} runs on node {target}")
+    for line in ("RestoringMemory Skipped", "Booting Done", "Verifying Done", "Unlocking Done"):
+        assert any(shown.startswith(line) for shown in lines), (line, lines)
+    restart = _restart_of(kubectl, tenant, done)
+    status = restart["status"]
+    assert (status["terminationState"], status["terminationCode"]) == ("RestartSucceeded", 0)
+    assert status["targetNodeName"] == target
+    assert {s["name"]: s["status"] for s in status["steps"]} == {
+        **{name: "Done" for name in RESTART_STEPS}, "RestoringMemory": "Skipped",
+    }  # fmt: skip
+    assert _token_leases(kubectl, tenant, restart["metadata"]["uid"]) == []
+
+    running = get_json(kubectl, "-n", tenant, "vmi", PARTITION)
+    assert (running["status"]["phase"], running["status"]["nodeName"]) == ("Running", target)
+    partition = wait_for(
+        "notes-1's agent reporting from its new boot",
+        lambda: (p := _when(_partition(kubectl, tenant), "AgentConnected"))
+        and p["status"]["agent"]["bootId"] != boot_before and p,
+        timeout=AGENT_CONNECT_TIMEOUT,
+    )  # fmt: skip
+    assert partition["status"]["nodeName"] == target
+    vm = get_json(kubectl, "-n", tenant, "vm", PARTITION)
+    assert "lparkube.io/restart-hold" not in vm["metadata"].get("annotations", {})
+    assert "lparkube.io/operation-token" not in vm["metadata"].get("labels", {})
+    selector = vm["spec"]["template"]["spec"].get("nodeSelector") or {}
+    assert "kubernetes.io/hostname" not in selector, "the pin is gone with the hold"
+
+
 def test_helm_uninstall_cleans_up(kubectl: Kubectl, tenant: str, helm_release: Release) -> None:
     # Partitions go first, while the operator still runs to release their finalizers.
-    kubectl("-n", tenant, "delete", "hibernationimages,saveevents,partitions", "--all", "--wait",
-            "--timeout=5m")  # fmt: skip
+    kubectl("-n", tenant, "delete", "remoterestarts,hibernationimages,saveevents,partitions",
+            "--all", "--wait", "--timeout=5m")  # fmt: skip
     owned = f"lparkube.io/partition={PARTITION}"
     wait_for(
         "the Partition's VM, VMI, key Secret and agent NetworkPolicy to be deleted",

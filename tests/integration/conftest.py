@@ -17,7 +17,10 @@ import chart_identity
 import pytest
 from agent_tls import cluster_credentials, standalone_credentials, tls_material
 from kubernetes import client
+from partition_helpers import Partitions
+from remote_restart_helpers import NodePool, node_pool
 from saving_helpers import Fleet
+from sleeper_helpers import Sleepers
 
 from lparkube.adapters.agent_identity import OperatorCredentials
 from lparkube_agent.testing import AgentProcess, TLSMaterial
@@ -219,6 +222,28 @@ def operator(
     chart_identity.remove_cluster_objects(api_client, identity)
 
 
+@pytest.fixture(scope="module")
+def crashing_operator(
+    operator: OperatorProcess, kubevirt: StandIn, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
+    """An operator of the module's own, to kill or stop: the same identity, Lease and gateway
+    port as the session operator, which is stopped (SIGTERM) meanwhile and started again after
+    the module (only one operator may run the operations)."""
+    operator.stop()
+    mine = OperatorProcess(
+        operator.kubeconfig,
+        operator.lease_namespace,
+        operator.identity_secret,
+        tmp_path_factory.mktemp("crashing-operator"),
+        gateway_port=kubevirt.host_service(GATEWAY_SERVICE).port,
+    )
+    try:
+        yield mine.start()
+    finally:
+        mine.stop()
+        operator.start()
+
+
 class GuestAgent:
     """A real ``lparkube-agent serve`` with the config and key the operator generated."""
 
@@ -401,3 +426,26 @@ def vios_pool(api_client: client.ApiClient) -> Iterator[str]:
     custom.create_cluster_custom_object("lparkube.io", "v1alpha1", "viosclusters", body)
     yield name
     custom.delete_cluster_custom_object("lparkube.io", "v1alpha1", "viosclusters", name)
+
+
+@pytest.fixture
+def parts(api_client: client.ApiClient, kubevirt: StandIn, namespace: str) -> Partitions:
+    """Partition, VM and VMI reads of the test's namespace."""
+    return Partitions(api_client, kubevirt, namespace)
+
+
+@pytest.fixture
+def sleepers(
+    parts: Partitions, guest_agent: GuestAgentFactory, tmp_path: Path, vios_pool: str
+) -> Iterator[Sleepers]:
+    """Partitions with real agents over fake guest trees (sleeper_helpers), in the namespace."""
+    made = Sleepers(parts, guest_agent, tmp_path, vios_pool)
+    yield made
+    made.close()
+
+
+@pytest.fixture
+def nodes(kubevirt: StandIn) -> Iterator[NodePool]:
+    """Stand-in nodes of the test's own (remote_restart_helpers.NodePool), removed after."""
+    with node_pool(kubevirt) as pool:
+        yield pool

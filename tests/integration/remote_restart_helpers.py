@@ -12,9 +12,10 @@ from contextlib import contextmanager
 from typing import Any
 
 from kubernetes import client
-from partition_helpers import GROUP, VERSION, wait_for
+from partition_helpers import GROUP, VERSION, Partitions, wait_for
 
 from lparkube.api.v1alpha1 import remoterestart as api
+from lparkube_devenv.controlplane import wait_until
 from lparkube_devenv.kubevirt import VM, StandIn
 from lparkube_devenv.kubevirt.nodes import NODES_PATH, ensure_nodes
 
@@ -223,3 +224,62 @@ def node_pool(kubevirt: StandIn, node_monitor_grace: float = 2.0) -> Iterator[No
     finally:
         kubevirt.settings.node_monitor_grace = saved
         pool.close()
+
+
+# --- steps, and waiting for a step (the refusal and killed-operator tests) ----------------------
+
+STEP_POLL = 0.02  # seconds: a step may last a single pass of the operation (about a second)
+
+
+def step_states(restart: dict) -> dict[str, str]:
+    """Every step's status, by name."""
+    return {s["name"]: s["status"] for s in (restart.get("status") or {}).get("steps") or []}
+
+
+def wait_step(
+    api_client: client.ApiClient, namespace: str, name: str, wanted: str, timeout: float = 60.0
+) -> dict:
+    """The RemoteRestart once status.step is ``wanted`` or a later step, or it terminated
+    (polled every 20 ms: a pass may run several steps, and one may last a single pass)."""
+    order = api.STEPS.index(wanted)
+
+    def reached() -> dict | None:
+        restart = get_restart(api_client, namespace, name)
+        status = restart.get("status") or {}
+        at = status.get("step")
+        if status.get("terminationState") or (at in api.STEPS and api.STEPS.index(at) >= order):
+            return restart
+        return None
+
+    return wait_until(reached, timeout, f"RemoteRestart {name} at {wanted}", interval=STEP_POLL)
+
+
+def wait_vm_and_claims(
+    kubevirt: StandIn, api_client: client.ApiClient, namespace: str, vm: str, timeout: float = 30
+) -> dict:
+    """world_snapshot once the VM exists and every claim of it is Bound."""
+
+    def settled() -> dict | None:
+        if kubevirt.kube.get(VM.path(namespace, vm)) is None:
+            return None
+        try:
+            snapshot = world_snapshot(kubevirt, api_client, namespace, vm)
+        except client.ApiException as error:
+            if error.status == 404:  # a claim not made yet
+                return None
+            raise
+        claims = snapshot["claims"].values()
+        return snapshot if claims and all(c[0] == "Bound" for c in claims) else None
+
+    return wait_for(settled, f"VM {vm} and its claims Bound", timeout)
+
+
+def halt(parts: Partitions, name: str) -> str:
+    """Stop the VM (runStrategy Halted) and wait until its VMI is gone: the source proven
+    stopped. The node it ran on."""
+    node = parts.vmi(name)["status"]["nodeName"]
+    parts.kubevirt.kube.merge_patch(
+        VM.path(parts.namespace, name), {"spec": {"runStrategy": "Halted"}}
+    )
+    wait_for(lambda: parts.vmi(name) is None, f"{name}'s VMI gone")
+    return node

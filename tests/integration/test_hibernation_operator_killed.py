@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import GATEWAY_SERVICE, OperatorProcess
+from conftest import OperatorProcess
 from hibernation_helpers import Images, condition
 from kubernetes import client
 from partition_helpers import Partitions, wait_for
@@ -38,27 +38,6 @@ from lparkube_devenv.kubevirt import StandIn
 INSTRUCTED = "instructed"  # not a step: the agent journaled the run (Suspending's call went out)
 KILL_POINTS = (*h.CAPTURE_STEPS[:5], INSTRUCTED, h.POWERING_OFF, h.CAPTURED)
 CONVERGE_TIMEOUT = 60.0
-
-
-@pytest.fixture(scope="module")
-def crashing_operator(
-    operator: OperatorProcess, kubevirt: StandIn, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[OperatorProcess]:
-    """An operator of this module's own, to kill: the same identity, Lease and gateway port as
-    the session operator, which is stopped (SIGTERM) meanwhile and started again after."""
-    operator.stop()
-    mine = OperatorProcess(
-        operator.kubeconfig,
-        operator.lease_namespace,
-        operator.identity_secret,
-        tmp_path_factory.mktemp("crashing-operator"),
-        gateway_port=kubevirt.host_service(GATEWAY_SERVICE).port,
-    )
-    try:
-        yield mine.start()
-    finally:
-        mine.stop()
-        operator.start()
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ test_kubectl_plugin_with_operator.py.
 from __future__ import annotations
 
 import queue
+import re
 import subprocess
 import threading
 import time
@@ -27,8 +28,10 @@ from kubernetes import client, config
 
 from lparkube.adapters.kube import MERGE_PATCH
 from lparkube.api.resource import GROUP, VERSION
+from lparkube.api.v1alpha1 import remoterestart as rr
 from lparkube.api.v1alpha1.hibernationimage import HIBERNATION_IMAGE
 from lparkube.api.v1alpha1.partition import PARTITION
+from lparkube.api.v1alpha1.remoterestart import REMOTE_RESTART
 from lparkube.api.v1alpha1.saveevent import SAVE_EVENT
 from lparkube_devenv.controlplane import (
     REPO_ROOT,
@@ -38,7 +41,7 @@ from lparkube_devenv.controlplane import (
     install_crds,
 )
 
-VERBS = ("save", "hibernate", "resume", "status")
+VERBS = ("save", "hibernate", "resume", "restart", "status")
 NOW = "2026-12-01T12:00:00Z"
 LINE_TIMEOUT = 20.0
 
@@ -524,6 +527,142 @@ def test_resume_needs_a_captured_image_that_exists(
     )
 
 
+# --- restart ------------------------------------------------------------------------------------
+
+
+def rr_steps(**states: str | tuple[str, str]) -> list[dict[str, Any]]:
+    """Every step in order, as the controller lists them: ``Validating="Done"`` or
+    ``Validating=("Failed", message)``; the others Pending."""
+    steps = []
+    for name in rr.STEPS:
+        state = states.get(name, rr.PENDING)
+        status, message = state if isinstance(state, tuple) else (state, "")
+        steps.append({"name": name, "status": status, "message": message,
+                      **({"startTime": NOW} if status != rr.PENDING else {})})  # fmt: skip
+    return steps
+
+
+def test_restart_prints_each_step_as_it_changes_and_exits_0_on_restart_succeeded(
+    kubectl_lparkube, objects: Objects
+) -> None:
+    """Plays the RemoteRestart controller: the test writes the status the operator would."""
+    objects.partition("web-1")
+    run = kubectl_lparkube("restart", "web-1", "--to", "node-b", "--deadline", "5m")
+    name = created_name(run.next_line(), REMOTE_RESTART)
+    assert re.fullmatch(r"web-1-restart-[a-z]{5}", name), name
+    assert objects.get(REMOTE_RESTART, name)["spec"] == {
+        "partitionName": "web-1", "targetNodeName": "node-b", "deadline": "5m",
+    }  # fmt: skip
+    assert run.next_line() == "waiting for the operator to start the restart"
+
+    running = [condition("Complete", "False", "InProgress", "validating")]
+    objects.patch_status(REMOTE_RESTART, name, {
+        "step": rr.VALIDATING, "steps": rr_steps(Validating="Running"), "conditions": running,
+    })  # fmt: skip
+    assert run.next_line() == "Validating Running"
+    waiting = "node node-a is NotReady and not fenced: taint it"
+    objects.patch_status(REMOTE_RESTART, name, {
+        "step": rr.LOCKING_ADAPTERS, "sourceNodeName": "node-a", "targetNodeName": "node-b",
+        "steps": rr_steps(Validating=("Done", "target node-b"),
+                          LockingAdapters=("Running", waiting)),
+    })  # fmt: skip
+    assert [run.next_line(), run.next_line()] == [
+        "Validating Done target node-b",
+        f"LockingAdapters Running {waiting}",
+    ]
+    objects.patch_status(REMOTE_RESTART, name, {"progress": {"completedSteps": 1}})  # no step
+    assert run.running()
+
+    done = {n: rr.DONE for n in rr.STEPS}
+    objects.patch_status(REMOTE_RESTART, name, {
+        "step": rr.UNLOCKING, "terminationState": rr.RESTART_SUCCEEDED, "terminationCode": 0,
+        "steps": rr_steps(**{**done, rr.VALIDATING: (rr.DONE, "target node-b"),
+                             rr.RESTORING_MEMORY: rr.SKIPPED}),
+        "conditions": [condition("Complete", "True", "RestartSucceeded", "runs on node-b")],
+    })  # fmt: skip
+    rest = [run.next_line() for _ in range(len(rr.STEPS) - 1)]
+    assert rest == [
+        "LockingAdapters Done", "GatheringConfiguration Done", "ConfiguringTargetAdapters Done",
+        "CheckingAdapters Done", "RestoringMemory Skipped", "Booting Done", "Verifying Done",
+        "Unlocking Done",
+    ]  # fmt: skip
+    assert (
+        run.next_line()
+        == "RestartSucceeded: partition web-1 runs on node node-b (from node node-a)"
+    )
+    assert run.finish() == (0, "", "")
+
+
+def test_restart_exits_1_on_restart_failed_with_the_cause(
+    kubectl_lparkube, objects: Objects
+) -> None:
+    """Plays the RemoteRestart controller: the test writes the status the operator would."""
+    objects.partition("web-1")
+    run = kubectl_lparkube("restart", "web-1", "--to", "node-c")
+    name = created_name(run.next_line(), REMOTE_RESTART)
+    run.next_line()
+    why = "node node-c is not Ready (KubeletNotReady)"
+    objects.patch_status(REMOTE_RESTART, name, {
+        "step": rr.VALIDATING, "steps": rr_steps(Validating=("Failed", why)),
+        "terminationState": rr.RESTART_FAILED, "terminationCode": 1,
+        "conditions": [condition("Complete", "False", "TargetNotReady", why)],
+    })  # fmt: skip
+    assert run.next_line() == f"Validating Failed {why}"
+    assert run.next_line() == f"RestartFailed: TargetNotReady: {why}"
+    code, rest, err = run.finish()
+    assert (code, rest, err) == (1, "", f"error: RestartFailed: TargetNotReady: {why}\n")
+
+
+def test_restart_from_an_image_no_wait_and_what_is_refused_before_creating(
+    plugin, objects: Objects, namespace: str
+) -> None:
+    objects.partition("web-1")
+    captured_image(objects, "web-1-img")
+    done = plugin("restart", "web-1", "--from", "web-1-img", "-n", namespace, "--no-wait")
+    assert done.returncode == 0, done.stderr  # returned: no operator runs, a wait never would
+    name = created_name(done.stdout.strip(), REMOTE_RESTART)
+    assert objects.get(REMOTE_RESTART, name)["spec"] == {
+        "partitionName": "web-1", "hibernationImageName": "web-1-img", "deadline": "15m",
+    }  # fmt: skip
+
+    missing = plugin("restart", "ghost", "-n", namespace)
+    assert missing.returncode == 1
+    assert missing.stderr.strip() == (
+        f'error: partitions.lparkube.io "ghost" not found in namespace "{namespace}"'
+    )
+    no_image = plugin("restart", "web-1", "--from", "nope", "-n", namespace)
+    assert no_image.returncode == 1
+    assert no_image.stderr.strip() == (
+        f'error: hibernationimages.lparkube.io "nope" not found in namespace "{namespace}"'
+    )
+    assert [r["metadata"]["name"] for r in objects.list(REMOTE_RESTART)] == [name]
+
+
+def test_a_restart_that_never_ends_times_out_and_status_shows_it_under_way(
+    plugin, objects: Objects, namespace: str
+) -> None:
+    objects.partition("web-1")
+    done = plugin("restart", "web-1", "-n", namespace, "--timeout", "2s")
+    assert done.returncode == 1
+    name = created_name(done.stdout.splitlines()[0], REMOTE_RESTART)
+    assert done.stderr.strip() == (
+        f"error: timed out after 2s waiting for remoterestart.lparkube.io/{name} (waiting for the "
+        f"operator to start the restart); it goes on: kubectl get remoterestarts {name} "
+        f"-n {namespace}"
+    )
+    objects.patch_status(REMOTE_RESTART, name, {
+        "step": rr.LOCKING_ADAPTERS, "sourceNodeName": "node-a", "targetNodeName": "node-b",
+        "steps": rr_steps(Validating="Done", LockingAdapters="Running"),
+        "progress": {"completedSteps": 1, "totalSteps": 8},
+    })  # fmt: skip
+    shown = plugin("status", "web-1", "-n", namespace)
+    assert shown.returncode == 0, shown.stderr
+    [line] = [line for line in shown.stdout.splitlines() if line.startswith("Restart:")]
+    assert line.startswith(
+        f"Restart:     {name} at LockingAdapters Running (1/8), node-a -> node-b, "
+    ), line
+
+
 # --- status -------------------------------------------------------------------------------------
 
 
@@ -556,8 +695,9 @@ def test_status_shows_the_partition_and_its_hibernation_images(
     assert lines[6].startswith("Agent:       at 10.0.0.5:8443, version 0.1.0, kernel 6.1.0-28")
     assert lines[7] == "Paging:      LU lu-web-1 (1280Mi)"
     assert lines[8] == "Hibernation: no run reported"
-    assert lines[9] == "Hibernation images:"
-    assert [line.split()[:3] for line in lines[10:]] == [
+    assert lines[9] == "Restart:     none under way"
+    assert lines[10] == "Hibernation images:"
+    assert [line.split()[:3] for line in lines[11:]] == [
         ["NAME", "STATE", "SIZE"], ["web-1-img", "Captured", "1.0"],
     ]  # only web-1's  # fmt: skip
 
@@ -638,8 +778,14 @@ def test_a_missing_crd_is_named_with_what_to_install(
     resumed = plugin_there("resume", "img")
     assert resumed.returncode == 1
     assert "does not serve hibernationimages.lparkube.io" in resumed.stderr
+    restarted = plugin_there("restart", "web-1")
+    assert restarted.returncode == 1
+    assert "does not serve remoterestarts.lparkube.io" in restarted.stderr
     shown = plugin_there("status", "web-1")  # the Partition still shows; its images cannot
     assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.splitlines()[-3].startswith(
+        "Restart:     the server does not serve remoterestarts.lparkube.io"
+    )
     assert shown.stdout.splitlines()[-2:] == [
         "Hibernation images:",
         "  the server does not serve hibernationimages.lparkube.io (lparkube.io/v1alpha1): " + hint,

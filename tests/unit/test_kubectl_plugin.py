@@ -57,8 +57,8 @@ def condition(type_: str, status: str, reason: str, message: str = "", generatio
 # --- the command line ---------------------------------------------------------------------------
 
 
-def test_the_verbs_are_save_hibernate_resume_status() -> None:
-    assert [v.name for v in VERBS] == ["save", "hibernate", "resume", "status"]
+def test_the_verbs_are_save_hibernate_resume_restart_status() -> None:
+    assert [v.name for v in VERBS] == ["save", "hibernate", "resume", "restart", "status"]
 
 
 @pytest.mark.parametrize("verb", [v.name for v in VERBS])
@@ -473,9 +473,10 @@ def test_status_screen_of_a_partition() -> None:
     assert lines[8] == (
         "Hibernation: last run Resumed, requested 10m ago, image 300.0 MiB, resumed 5m ago"
     )
-    assert lines[9] == "Hibernation images:"
-    assert lines[10].split() == ["NAME", "STATE", "SIZE", "NODE", "AGE"]
-    assert lines[11].split() == ["web-1-x", "Captured", "300.0", "MiB", "node-a", "2m"]
+    assert lines[9] == "Restart:     none under way"
+    assert lines[10] == "Hibernation images:"
+    assert lines[11].split() == ["NAME", "STATE", "SIZE", "NODE", "AGE"]
+    assert lines[12].split() == ["web-1-x", "Captured", "300.0", "MiB", "node-a", "2m"]
     bare = {"metadata": {"namespace": "shop", "name": "db"}, "spec": {}, "status": {}}
     lines = status.render(bare, "the server does not serve hibernationimages", NOW)
     assert "VM:          - (not running on a node)" in lines

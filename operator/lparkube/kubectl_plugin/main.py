@@ -33,8 +33,8 @@ def build_parser(verbs: Sequence[Verb] = VERBS) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
         description=wrapped(
-            "Save, hibernate and resume lparkube Partitions (KubeVirt VMs), and show where "
-            "they stand. Run 'kubectl lparkube VERB --help' for a verb's options."
+            "Save, hibernate, resume and restart lparkube Partitions (KubeVirt VMs), and show "
+            "where they stand. Run 'kubectl lparkube VERB --help' for a verb's options."
         ),
         epilog=wrapped(EXIT_CODES_HELP),
         formatter_class=argparse.RawDescriptionHelpFormatter,

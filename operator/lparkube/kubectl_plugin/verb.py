@@ -9,7 +9,7 @@ listed in ``verbs.VERBS``; nothing else changes.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TextIO
@@ -46,24 +46,28 @@ class NotFoundError(PluginError):
 @dataclass(frozen=True)
 class Verdict:
     """What a verb makes of the object it waits for: still going (``done`` False, ``line``
-    the progress to show), or finished with an exit code, a line and detail lines."""
+    the progress to show), or finished with an exit code, a line and detail lines.
+
+    ``log``: what happened so far, in order (an operation's steps, one line each); a waiting
+    verb prints each of its lines once, the first time it appears, before the progress line."""
 
     done: bool
     line: str
     code: int = OK
     details: tuple[str, ...] = ()
+    log: tuple[str, ...] = ()
 
     @classmethod
-    def going(cls, line: str) -> Verdict:
-        return cls(False, line)
+    def going(cls, line: str, *, log: Sequence[str] = ()) -> Verdict:
+        return cls(False, line, log=tuple(log))
 
     @classmethod
-    def succeeded(cls, line: str, *details: str) -> Verdict:
-        return cls(True, line, OK, details)
+    def succeeded(cls, line: str, *details: str, log: Sequence[str] = ()) -> Verdict:
+        return cls(True, line, OK, details, tuple(log))
 
     @classmethod
-    def failed(cls, line: str, *details: str) -> Verdict:
-        return cls(True, line, FAILED, details)
+    def failed(cls, line: str, *details: str, log: Sequence[str] = ()) -> Verdict:
+        return cls(True, line, FAILED, details, tuple(log))
 
 
 def condition_of(obj: dict[str, Any] | None, type_: str) -> dict[str, Any] | None:

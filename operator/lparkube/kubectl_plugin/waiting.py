@@ -9,7 +9,7 @@ printed once, so a log shows every step.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any, TextIO
 
@@ -21,15 +21,35 @@ Judge = Callable[[dict[str, Any]], Verdict]
 
 
 class ProgressLine:
-    """Shows progress lines: in place on a terminal, else one line per change."""
+    """Shows progress lines: in place on a terminal, else one line per change; and log lines
+    (a verdict's ``log``), each once, always on a line of its own above the progress line."""
 
     def __init__(self, stream: TextIO, in_place: bool | None = None) -> None:
         self.stream = stream
         self.in_place = stream.isatty() if in_place is None else in_place
         self.last: str | None = None
+        self.logged: set[str] = set()
+
+    def verdict(self, verdict: Verdict) -> None:
+        """The verdict's new log lines, then its progress line."""
+        self.log(verdict.log)
+        self.show(verdict.line)
+
+    def log(self, lines: Sequence[str]) -> None:
+        """Print the lines not printed before, in order; a progress line shown in place is
+        erased first and shown again by the next ``show``."""
+        new = [line for line in dict.fromkeys(lines) if line not in self.logged]
+        if not new:
+            return
+        if self.in_place and self.last is not None:
+            self.stream.write("\r\x1b[K")
+        self.stream.write("".join(f"{line}\n" for line in new))
+        self.stream.flush()
+        self.logged.update(new)
+        self.last = None
 
     def show(self, line: str) -> None:
-        if line == self.last:
+        if line == self.last or line in self.logged:  # a logged line says it already
             return
         self.last = line
         if self.in_place:
@@ -64,7 +84,7 @@ def wait_for(
     obj = cluster.get(kind, namespace, name)
     while True:
         verdict = judge(obj)
-        progress.show(verdict.line)
+        progress.verdict(verdict)
         if verdict.done:
             return verdict
         remaining = end - clock()
@@ -81,7 +101,7 @@ def wait_for(
             if event in ("ADDED", "MODIFIED"):
                 obj = changed
                 verdict = judge(obj)
-                progress.show(verdict.line)
+                progress.verdict(verdict)
                 if verdict.done:
                     return verdict
             if clock() >= end:

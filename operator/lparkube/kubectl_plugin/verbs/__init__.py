@@ -2,6 +2,6 @@
 here that defines ``VERB`` (a ``lparkube.kubectl_plugin.verb.Verb``) and one line below."""
 
 from lparkube.kubectl_plugin.verb import Verb
-from lparkube.kubectl_plugin.verbs import hibernate, resume, save, status
+from lparkube.kubectl_plugin.verbs import hibernate, restart, resume, save, status
 
-VERBS: tuple[Verb, ...] = (save.VERB, hibernate.VERB, resume.VERB, status.VERB)
+VERBS: tuple[Verb, ...] = (save.VERB, hibernate.VERB, resume.VERB, restart.VERB, status.VERB)

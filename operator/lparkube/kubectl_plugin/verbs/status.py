@@ -1,16 +1,21 @@
 """``kubectl lparkube status``: one Partition on one screen — conditions, node, guest agent,
-paging LU and hibernation images — like ``kubectl describe``, but short."""
+paging LU, a remote restart under way and hibernation images — like ``kubectl describe``, but
+short."""
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+from lparkube.api.resource import CustomResource
 from lparkube.api.v1alpha1.hibernationimage import HIBERNATION_IMAGE
 from lparkube.api.v1alpha1.partition import PARTITION
+from lparkube.api.v1alpha1.remoterestart import REMOTE_RESTART
 from lparkube.domain.clock import utcnow
 from lparkube.kubectl_plugin.images import image_state
+from lparkube.kubectl_plugin.restarts import progress_text, unfinished_of
 from lparkube.kubectl_plugin.text import NONE, age, size, table
 from lparkube.kubectl_plugin.verb import OK, PluginError, Session, Verb
 
@@ -135,10 +140,33 @@ def hibernation_line(agent: dict[str, Any], now: datetime) -> str:
     return ", ".join(parts)
 
 
-def render(
-    partition: dict[str, Any], images: list[dict[str, Any]] | str, now: datetime
+def restart_lines(
+    restarts: Sequence[dict[str, Any]] | str, partition: str, now: datetime
 ) -> list[str]:
-    """The screen for a Partition and its HibernationImages (or why they are not listed)."""
+    """The partition's RemoteRestarts under way (oldest first: the one that proceeds), their
+    step and nodes; a string says why they are not listed."""
+    if isinstance(restarts, str):
+        return [field("Restart", restarts)]
+    under_way = unfinished_of(restarts, partition)
+    if not under_way:
+        return [field("Restart", "none under way")]
+    lines = []
+    for restart in under_way:
+        meta = restart.get("metadata") or {}
+        text = f"{meta.get('name') or NONE} at {progress_text(restart)}"
+        text += f", {age(meta.get('creationTimestamp'), now)} ago"
+        lines.append(field("Restart", text) if not lines else f"{'':<{LABEL_WIDTH}} {text}")
+    return lines
+
+
+def render(
+    partition: dict[str, Any],
+    images: list[dict[str, Any]] | str,
+    now: datetime,
+    restarts: Sequence[dict[str, Any]] | str = (),
+) -> list[str]:
+    """The screen for a Partition, its RemoteRestarts under way and its HibernationImages (or
+    why they are not listed)."""
     meta = partition.get("metadata") or {}
     spec = partition.get("spec") or {}
     status = partition.get("status") or {}
@@ -150,31 +178,38 @@ def render(
         field("Agent", agent_line(status.get("agent") or {}, now)),
         field("Paging", paging_line(spec, status)),
         field("Hibernation", hibernation_line(status.get("agent") or {}, now)),
+        *restart_lines(restarts, meta.get("name") or "", now),
         "Hibernation images:",
         *image_rows(images, now),
     ]
     return lines
 
 
+def of_partition(session: Session, kind: CustomResource, name: str) -> list[dict[str, Any]] | str:
+    """The namespace's objects of ``kind`` for the partition, or why they cannot be listed."""
+    try:
+        found = session.cluster.list(kind, session.namespace)
+    except PluginError as error:  # an older lparkube without the kind, or no list permission
+        return error.message
+    return [o for o in found if (o.get("spec") or {}).get("partitionName") == name]
+
+
 def run(session: Session, args: argparse.Namespace) -> int:
     partition = session.cluster.get(PARTITION, session.namespace, args.partition)
-    images: list[dict[str, Any]] | str
-    try:
-        found = session.cluster.list(HIBERNATION_IMAGE, session.namespace)
-        images = [i for i in found if (i.get("spec") or {}).get("partitionName") == args.partition]
-    except PluginError as error:  # an older lparkube without the kind, or no list permission
-        images = error.message
-    for line in render(partition, images, utcnow()):
+    images = of_partition(session, HIBERNATION_IMAGE, args.partition)
+    restarts = of_partition(session, REMOTE_RESTART, args.partition)
+    for line in render(partition, images, utcnow(), restarts):
         session.say(line)
     return OK
 
 
 VERB = Verb(
     name="status",
-    summary="show a partition: conditions, node, guest agent, paging and hibernation images",
+    summary="show a partition: conditions, node, guest agent, paging, restarts and images",
     description="Show one Partition on one screen: its conditions, the node its VM runs on, "
-    "what its guest agent last reported (kernel, boot id, heartbeat), its paging LU and its "
-    "HibernationImages. Exit 1 when the Partition does not exist.",
+    "what its guest agent last reported (kernel, boot id, heartbeat), its paging LU, a "
+    "RemoteRestart under way (its step and nodes) and its HibernationImages. Exit 1 when the "
+    "Partition does not exist.",
     examples="  kubectl lparkube status web-1\n  kubectl lparkube status db-1 -n shop",
     add_arguments=add_arguments,
     run=run,
