@@ -72,6 +72,13 @@ bench-hibernate: $(STAMP) guest-image
 bench-hibernation-image: $(STAMP) control-plane guest-image
 	$(PY) hack/bench_hibernation_image.py $(BENCH_ARGS)
 
+# RemoteRestarts of a 512 MiB real guest: the operator's share (created -> target start
+# requested, goal <= 1 s), the restore from a hibernation image and the boot from disk on a
+# fenced node, and each whole restart, median of 3 (a benchmark).
+.PHONY: bench-remote-restart
+bench-remote-restart: $(STAMP) control-plane guest-image
+	$(PY) hack/bench_remote_restart.py $(BENCH_ARGS)
+
 # The operator image (needs a Docker engine). IMAGE names it; VERSION and REVISION become its
 # OCI labels. `make image-requirements` regenerates the image's hashed pins.
 IMAGE ?= lparkube:dev

@@ -47,13 +47,17 @@ def console_of(kubevirt: StandIn, namespace: str, name: str) -> SerialConsole:
     return SerialConsole(guest.launcher.files.serial_socket, guest.launcher.files.serial_log)
 
 
-def start_counter_and_nano(tty: SerialConsole) -> None:
-    """A counter whose count is only in its shell's memory (it writes it out every second), and
-    nano under `lparkube-agent run` with an unsaved line."""
+def start_counter(tty: SerialConsole) -> None:
+    """A counter whose count is only in its shell's memory (it writes it out every second)."""
     tty.run(
         "(sh -c 'echo $$ > /tmp/counter.pid; i=0; "
         "while sleep 1; do i=$((i+1)); echo $i > /tmp/counter.count; done' &)"
     )
+
+
+def start_counter_and_nano(tty: SerialConsole) -> None:
+    """The counter, and nano under `lparkube-agent run` with an unsaved line."""
+    start_counter(tty)
     tty.run("printf 'first line\\n' > /root/notes.txt && mkfifo /tmp/nano.keys")
     tty.run("(sleep 100000 > /tmp/nano.keys &)")
     tty.run(

@@ -12,10 +12,11 @@ from typing import Any
 import pytest
 from kubernetes import client
 from partition_helpers import SUB, subresource
+from remote_restart_helpers import node_pool
 
 from lparkube_devenv.controlplane import wait_until
 from lparkube_devenv.kubevirt import AGENT_ANNOTATION, RESTORE, SNAPSHOT, VM, VMI, VMIM, StandIn
-from lparkube_devenv.kubevirt.nodes import cordon, set_drain_taint, set_ready
+from lparkube_devenv.kubevirt.nodes import cordon, set_drain_taint
 
 TIMEOUT = 30.0
 
@@ -330,24 +331,35 @@ def test_forbidden_user_is_refused(cluster: Cluster, api_client: client.ApiClien
 # --- nodes, drains and migrations ---------------------------------------------------------------
 
 
-def test_node_loss_fails_vmi_and_restarts_it_elsewhere(
-    cluster: Cluster, api_client: client.ApiClient, kubevirt: StandIn, healthy_nodes
+def test_a_lost_node_keeps_its_vmi_until_fenced_then_it_restarts_elsewhere(
+    cluster: Cluster, api_client: client.ApiClient, kubevirt: StandIn
 ) -> None:
-    vmi = start_vm(cluster, api_client, "ha")
-    node = vmi["status"]["nodeName"]
-    set_ready(kubevirt.kube, node, False)
+    with node_pool(kubevirt) as nodes:
+        nodes.add()
+        nodes.add()
+        vmi = start_vm(cluster, api_client, "ha", nodeSelector=nodes.selector)
+        node, uid = vmi["status"]["nodeName"], vmi["metadata"]["uid"]
+        nodes.power_off(node)
+        wait_for(
+            lambda: any(
+                t["key"] in ("node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable")
+                for t in kubevirt.kube.get(f"/api/v1/nodes/{node}")["spec"].get("taints") or []
+            ),
+            "the lost node tainted NoSchedule",
+        )
+        current = cluster.vmi("ha")  # KubeVirt waits: nothing says the guest stopped
+        assert (current["metadata"]["uid"], current["status"]["phase"]) == (uid, "Running")
 
-    def failed() -> dict | None:
-        current = cluster.vmi("ha")
-        same = current and current["metadata"]["uid"] == vmi["metadata"]["uid"]
-        return current if same and current["status"].get("phase") == "Failed" else None
+        nodes.fence(node)
 
-    lost = wait_for(failed, "VMI Failed")
-    assert lost["status"]["reason"] == "NodeUnresponsive"
-    again = cluster.running_vmi("ha", uid=vmi["metadata"]["uid"])
-    assert again["status"]["nodeName"] != node
-    tainted = kubevirt.kube.request("GET", f"/api/v1/nodes/{node}")["spec"]["taints"]
-    assert {"key": "node.kubernetes.io/not-ready", "effect": "NoSchedule"} in tainted
+        def failed() -> dict | None:
+            current = cluster.vmi("ha")
+            same = current and current["metadata"]["uid"] == uid
+            return current if same and current["status"].get("phase") == "Failed" else None
+
+        assert wait_for(failed, "VMI Failed")["status"]["reason"] == "PodDown"
+        again = cluster.running_vmi("ha", uid=uid)
+        assert again["status"]["nodeName"] != node
 
 
 def test_cordon_marks_external_eviction(

@@ -3,10 +3,12 @@ objects never stop the loop."""
 
 from __future__ import annotations
 
-from lparkube_devenv.kubevirt.api import AGENT_ANNOTATION, POWER_ANNOTATION, VM, VMI, VMIM
+import time
+
+from lparkube_devenv.kubevirt.api import AGENT_ANNOTATION, POWER_ANNOTATION, VM, VMI, VMIM, now_iso
 from lparkube_devenv.kubevirt.controller import Controller, Settings
 from lparkube_devenv.kubevirt.fake import FakeKube
-from lparkube_devenv.kubevirt.nodes import node_labels, node_status
+from lparkube_devenv.kubevirt.nodes import node_labels, node_status, ready_condition
 
 
 def cluster(*names: str) -> FakeKube:
@@ -193,3 +195,60 @@ def test_a_guest_that_powers_itself_off_ends_its_vmi_and_the_run_strategy_decide
     again = kube.get(VMI.path("ns", "always"))
     assert again["metadata"]["uid"] != first["always"]
     assert again["status"]["phase"] == "Running"  # a new guest: the annotation was the old VMI's
+
+
+# --- a simulated VMI whose node is lost follows KubeVirt's rules ---------------------------------
+
+
+def lost_node_world(**settings: float) -> tuple[FakeKube, Controller, list[float]]:
+    """node-a and node-b (heartbeats at "now"), a VM running on node-a, a settable wall clock."""
+    kube = cluster("node-a", "node-b")
+    clock = [time.time()]
+    for name in ("node-a", "node-b"):
+        stamp = {"metadata": {"annotations": {HEARTBEAT: now_iso()}}}
+        kube.merge_patch(f"/api/v1/nodes/{name}", stamp)
+    controller = Controller(kube, Settings(**settings), wall_clock=lambda: clock[0])  # type: ignore[arg-type]
+    add_vm(kube, "vm")
+    passes(controller, 6)
+    assert kube.get(VMI.path("ns", "vm"))["status"]["nodeName"] == "node-a"
+    return kube, controller, clock
+
+
+def test_a_not_ready_node_fails_no_simulated_vmi() -> None:
+    kube, controller, _ = lost_node_world()
+    kube.merge_patch("/api/v1/nodes/node-a/status", {"status": {"conditions": [
+        ready_condition(None, now_iso())]}})  # fmt: skip
+    passes(controller, 4)
+    assert kube.get(VMI.path("ns", "vm"))["status"]["phase"] == "Running"
+
+
+def test_a_fenced_node_fails_its_simulated_vmi_and_the_vm_restarts_elsewhere() -> None:
+    kube, controller, _ = lost_node_world(restart_delay=0.0)
+    uid = kube.get(VMI.path("ns", "vm"))["metadata"]["uid"]
+    fence = {"key": "node.kubernetes.io/out-of-service", "value": "nodeshutdown"}
+    kube.merge_patch("/api/v1/nodes/node-a/status", {"status": {"conditions": [
+        ready_condition(None, now_iso())]}})  # fmt: skip
+    kube.merge_patch(
+        "/api/v1/nodes/node-a", {"spec": {"taints": [{**fence, "effect": "NoExecute"}]}}
+    )
+    passes(controller, 1)
+    failed = kube.get(VMI.path("ns", "vm"))
+    assert (failed["status"]["phase"], failed["status"]["reason"]) == ("Failed", "PodDown")
+    passes(controller, 8)
+    again = kube.get(VMI.path("ns", "vm"))
+    assert again["metadata"]["uid"] != uid
+    assert (again["status"]["phase"], again["status"]["nodeName"]) == ("Running", "node-b")
+
+
+def test_a_stale_virt_handler_heartbeat_fails_a_simulated_vmi_node_unresponsive() -> None:
+    kube, controller, clock = lost_node_world(heartbeat_timeout=60.0, heartbeat_interval=1e9)
+    clock[0] += 30
+    passes(controller, 1)
+    assert kube.get(VMI.path("ns", "vm"))["status"]["phase"] == "Running"
+    clock[0] += 31
+    passes(controller, 1)
+    vmi = kube.get(VMI.path("ns", "vm"))
+    assert (vmi["status"]["phase"], vmi["status"]["reason"]) == ("Failed", "NodeUnresponsive")
+
+
+HEARTBEAT = "kubevirt.io/heartbeat"

@@ -73,7 +73,8 @@ class FakeStorage:
         return Readiness(False, *why) if why else Readiness(True, "Attached", "")
 
     def unmount_volumes(self, namespace: str, pod: str) -> bool:
-        self.mounted.remove(pod)
+        if pod in self.mounted:  # a second unmount (the pod's deletion after its end) is a no-op
+            self.mounted.remove(pod)
         return True
 
 
@@ -204,7 +205,7 @@ def test_a_guest_power_off_succeeds_and_pause_follows_qemu() -> None:
 def test_a_launcher_pod_gone_from_the_api_fails_the_vmi_and_kills_the_guest() -> None:
     world = running_world()
     [pod] = world.pods()
-    world.kube.delete(f"/api/v1/namespaces/ns/pods/{pod['metadata']['name']}")
+    world.kube.delete(f"/api/v1/namespaces/ns/pods/{pod['metadata']['name']}", grace=0)
     world.passes(1)
     assert world.phase() == "Failed"
     assert world.guests[0].calls == ["kill"]
@@ -232,7 +233,7 @@ def test_a_powered_off_node_leaves_its_vmi_running_until_the_launcher_is_gone() 
     ready = [c for c in world.kube.get(f"/api/v1/nodes/{node}")["status"]["conditions"]]
     assert ready[0]["status"] == "Unknown"
     [pod] = world.pods()  # fenced: the pod is force-deleted (podgc) -> the VMI fails
-    world.kube.delete(f"/api/v1/namespaces/ns/pods/{pod['metadata']['name']}")
+    world.kube.delete(f"/api/v1/namespaces/ns/pods/{pod['metadata']['name']}", grace=0)
     world.passes(1)
     assert world.phase() == "Failed"
 
@@ -285,3 +286,62 @@ def test_pod_alive_is_kubevirts_test() -> None:
     assert not pod_alive({"status": {"phase": "Failed"}})
     done = {"state": {"terminated": {"exitCode": 0}}}
     assert not pod_alive({"status": {"phase": "Running", "containerStatuses": [done]}})
+
+
+FINALIZER = "kubevirt.io/foregroundDeleteVirtualMachine"
+
+
+def test_a_new_vmi_gets_kubevirts_finalizer() -> None:
+    world = World("node-a")
+    world.add_vm()
+    world.passes(2)
+    assert world.phase() == "Pending"
+    assert world.vmi()["metadata"]["finalizers"] == [FINALIZER]
+
+
+def test_a_deleted_vmi_stays_until_its_guest_is_off_and_its_pod_gone() -> None:
+    world = running_world()
+    world.kube.merge_patch(VM_PATH, {"spec": {"runStrategy": "Halted"}})  # nothing restarts it
+    uid = world.vmi()["metadata"]["uid"]
+    world.kube.delete(VMI.path("ns", "vm"))
+    assert world.vmi()["metadata"]["deletionTimestamp"]
+    world.passes(1)  # virt-controller deletes the pod; its kubelet powers the guest off
+    [pod] = world.pods()
+    assert pod["metadata"]["deletionTimestamp"]
+    assert world.vmi()["metadata"]["uid"] == uid
+    world.passes(6)
+    assert world.guests[0].calls[0] == "stop 30"
+    assert world.pods() == [] and world.vmi() == {}
+
+
+def test_a_deleted_vmi_on_a_lost_node_stays_until_the_node_is_fenced() -> None:
+    world = running_world()
+    node = world.vmi()["status"]["nodeName"]
+    other = "node-b" if node == "node-a" else "node-a"
+    uid = world.vmi()["metadata"]["uid"]
+    world.hosts.power_off(node)
+    selector = {"kubernetes.io/hostname": other}
+    world.kube.merge_patch(VM_PATH, {"spec": {"template": {"spec": {"nodeSelector": selector}}}})
+    world.kube.delete(VMI.path("ns", "vm"))
+    world.now += 600
+    world.passes(6)
+    [pod] = world.pods()  # deleted, but no kubelet confirms: the VMI waits with it
+    assert pod["metadata"]["deletionTimestamp"] and pod["spec"]["nodeName"] == node
+    assert world.vmi()["metadata"]["uid"] == uid and world.phase() == "Running"
+    world.kube.delete(f"/api/v1/namespaces/ns/pods/{pod['metadata']['name']}", grace=0)  # podgc
+    world.passes(12)
+    assert world.vmi()["metadata"]["uid"] != uid  # only now a new one, on the other node
+    assert world.phase() == "Running" and world.vmi()["status"]["nodeName"] == other
+
+
+def test_a_final_vmi_keeps_its_finalizer_only_while_a_pod_of_it_is_left() -> None:
+    world = running_world()
+    world.kube.merge_patch(VM_PATH, {"spec": {"runStrategy": "Manual"}})
+    world.guests[0].current = "shutdown"
+    world.passes(2)
+    assert world.phase() == "Succeeded" and world.vmi()["metadata"]["finalizers"] == [FINALIZER]
+    world.passes(4)
+    assert world.pods() == [] and "finalizers" not in world.vmi()["metadata"]
+
+
+VM_PATH = "/apis/kubevirt.io/v1/namespaces/ns/virtualmachines/vm"

@@ -7,6 +7,7 @@ metadata.resourceVersion precondition with a 409, as the API server does.
 from __future__ import annotations
 
 import copy
+import datetime
 import itertools
 import re
 from typing import Any
@@ -83,9 +84,18 @@ class FakeKube:
         return copy.deepcopy(self.objects[f"{path}/{name}"])
 
     def delete(self, path: str, *, uid: str | None = None, grace: int | None = None) -> bool:
+        """Gone at once, or marked with a deletionTimestamp, as the API server does: while the
+        object has finalizers (until a patch removes the last one), and for a pod deleted with
+        a grace period (until a delete with grace 0, the kubelet's confirmation)."""
         current = self.objects.get(path)
         if current is None or (uid and current["metadata"].get("uid") != uid):
             return False
+        graceful = "/pods/" in path and grace != 0
+        if current["metadata"].get("finalizers") or graceful:
+            if not current["metadata"].get("deletionTimestamp"):
+                stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+                self.put(path, merge(current, {"metadata": {"deletionTimestamp": stamp}}))
+            return True
         del self.objects[path]
         return True
 
@@ -97,7 +107,12 @@ class FakeKube:
         expected = (patch.get("metadata") or {}).get("resourceVersion")
         if expected and expected != current["metadata"]["resourceVersion"]:
             raise ApiException(status=409)
-        self.put(path, merge(current, patch))
+        patched = merge(current, patch)
+        self.put(path, patched)
+        meta = patched["metadata"]
+        last_finalizer = current["metadata"].get("finalizers") and not meta.get("finalizers")
+        if meta.get("deletionTimestamp") and last_finalizer:  # a deleted object's: it is gone
+            return copy.deepcopy(self.objects.pop(path))
         return copy.deepcopy(self.objects[path])
 
     def event(

@@ -12,6 +12,8 @@ virt-controller's part, read off KubeVirt's `pkg/virt-controller/watch/vmi/lifec
   Succeeded, panicked -> a Warning event `GuestPanicked` and Failed (libvirt's
   `on_crash=destroy`: the memory is gone), QEMU gone -> Failed; the launcher pod gone from the
   API -> Failed, as virt-controller does.
+* Deletion: every VMI carries KubeVirt's finalizer; a deleted one has its pods deleted and
+  goes only once none is left (`_deleting`), a final one loses the finalizer then too.
 * Node loss: nothing here looks at the node's Ready condition. A VMI is failed with reason
   `NodeUnresponsive` only when its node's virt-handler heartbeat is older than
   `heartbeat_timeout` and it has no live launcher pod (KubeVirt's node controller), or through
@@ -23,7 +25,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from . import vmi as vmis
-from .api import now_iso, parse_iso
+from .api import now_iso
 from .hosts import ENDED
 from .logic import (
     FINAL_PHASES,
@@ -40,19 +42,24 @@ from .virt_launcher import grace_seconds, launcher_pod, owned_by, pod_alive
 if TYPE_CHECKING:
     from .controller import Controller, World
 
-NODE_UNRESPONSIVE = "NodeUnresponsive"
+NODE_UNRESPONSIVE = vmis.NODE_UNRESPONSIVE
+FINALIZER = (
+    "kubevirt.io/foregroundDeleteVirtualMachine"  # KubeVirt's VirtualMachineInstanceFinalizer
+)
 
 
 def reconcile(ctl: Controller, world: World, vmi: dict) -> None:
+    pods = pods_of(world, vmi)
     if dig(vmi, "metadata", "deletionTimestamp"):
+        _deleting(ctl, world, vmi, pods)
         return
     if vmis.orphaned(world, vmi):
         ctl.delete(vmis.path_of(vmi), vmi)
         return
-    pods = pods_of(world, vmi)
     current = phase(vmi)
     if current in FINAL_PHASES:
         _delete_pods(ctl, pods)
+        _release(ctl, vmi, pods)
         return
     pod = current_pod(vmi, pods)
     if current in ("", "Pending"):
@@ -83,9 +90,38 @@ def current_pod(vmi: dict, pods: list[dict]) -> dict | None:
     return max(mine, key=lambda p: str(dig(p, "metadata", "creationTimestamp") or ""), default=None)
 
 
+def _deleting(ctl: Controller, world: World, vmi: dict, pods: list[dict]) -> None:
+    """A deleted VMI stays (its finalizer) until no pod of it is left: virt-controller deletes
+    its pods (deleteAllMatchingPods); a running guest is powered off by the pod's deletion and
+    the VMI follows it; a VMI left without a pod turns Failed; a final one without pods loses
+    the finalizer, and the API server removes it. So a VMI on a lost node stays until the node
+    is fenced and its pod force-deleted, as in KubeVirt."""
+    _delete_pods(ctl, pods)
+    current = phase(vmi)
+    if current in FINAL_PHASES:
+        _release(ctl, vmi, pods)
+    elif not pods:
+        vmis.fail(ctl, vmi, "PodDown", "the virt-launcher pod no longer exists")
+    elif current == "Running":
+        _follow(ctl, world, vmi, current_pod(vmi, pods))
+
+
+def _release(ctl: Controller, vmi: dict, pods: list[dict]) -> None:
+    """A final VMI whose pods are all gone loses its finalizer (KubeVirt's lifecycle.go)."""
+    finalizers = dig(vmi, "metadata", "finalizers", default=[]) or []
+    if pods or FINALIZER not in finalizers:
+        return
+    kept = [f for f in finalizers if f != FINALIZER]
+    ctl.patch(vmis.path_of(vmi), vmi, {"metadata": {"finalizers": kept or None}})
+
+
 def _place(ctl: Controller, world: World, vmi: dict, pods: list[dict]) -> None:
     if phase(vmi) == "":
-        vmis.set_phase(ctl, vmi, "Pending", {})
+        # virt-api's mutating webhook adds the finalizer to every new VMI; the stand-in has no
+        # webhook, so its first pass does
+        finalizers = dig(vmi, "metadata", "finalizers", default=[]) or []
+        meta = {} if FINALIZER in finalizers else {"finalizers": [*finalizers, FINALIZER]}
+        vmis.set_phase(ctl, vmi, "Pending", {}, **meta)
         return
     spec = dig(vmi, "spec", default={}) or {}
     if ctl.settings.require_pvcs:
@@ -171,7 +207,7 @@ def _follow(ctl: Controller, world: World, vmi: dict, pod: dict | None) -> None:
         vmis.fail(ctl, vmi, "PodDown", "the virt-launcher pod no longer exists")
         return
     node = dig(vmi, "status", "nodeName")
-    if _node_unresponsive(ctl, world.nodes.get(node)) and not pod_alive(pod):
+    if vmis.node_unresponsive(ctl, world.nodes.get(node)) and not pod_alive(pod):
         vmis.fail(ctl, vmi, NODE_UNRESPONSIVE, f"virt-handler on node {node} is not responsive")
         return
     if not ctl.hosts.host(node).powered:
@@ -204,16 +240,6 @@ def _sync_paused(ctl: Controller, world: World, vmi: dict, paused: bool) -> None
         ctl.patch(vmis.path_of(vmi), vmi, {"status": {"conditions": conditions}})
         return
     vmis.refresh(ctl, world, vmi)
-
-
-def _node_unresponsive(ctl: Controller, node: dict | None) -> bool:
-    """KubeVirt's isNodeUnresponsive: no node, or a virt-handler heartbeat past the timeout."""
-    if node is None:
-        return True
-    stamp = parse_iso(dig(node, "metadata", "annotations", "kubevirt.io/heartbeat"))
-    if stamp is None:
-        return False
-    return ctl.wall_clock() - stamp.timestamp() > ctl.settings.heartbeat_timeout
 
 
 def _delete_pods(ctl: Controller, pods: list[dict]) -> None:

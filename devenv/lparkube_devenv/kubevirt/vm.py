@@ -40,7 +40,7 @@ def reconcile(ctl: Controller, world: World, vm: dict) -> None:
     namespace, name = dig(vm, "metadata", "namespace"), dig(vm, "metadata", "name")
     vmi = world.vmis.get((namespace, name))
     if dig(vm, "metadata", "deletionTimestamp"):
-        if vmi is not None:
+        if vmi is not None and not dig(vmi, "metadata", "deletionTimestamp"):
             ctl.delete(VMI.path(namespace, name), vmi)
         return
     strategy = run_strategy(vm)
@@ -98,6 +98,8 @@ def act(ctl: Controller, vm: dict, vmi: dict | None, strategy: str) -> None:
     elif action == "stop" and vmi is not None:
         end_vmi(ctl, vmi)
     elif action == "restart" and vmi is not None and _restart_due(ctl, vmi):
+        if dig(vmi, "metadata", "deletionTimestamp"):
+            return  # deleted already: it goes once its pods are gone (its finalizer)
         ctl.delete(_vmi_path(vm), vmi)
 
 

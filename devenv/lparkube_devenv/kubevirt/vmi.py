@@ -1,10 +1,11 @@
 """VMI lifecycle as virt-controller and virt-handler drive it.
 
 Pending -> Scheduling -> Scheduled (node chosen) -> Running (addresses, conditions), one step per
-pass. Running VMIs follow their node: a node that is no longer Ready fails them. Tests may flip
-the guest agent with the AGENT_ANNOTATION annotation or report another IP with IP_ANNOTATION;
-POWER_ANNOTATION "off" is the guest powering itself off (a shutdown or a suspend to disk from
-inside): the VMI Succeeds, as a real guest's does.
+pass. Running VMIs follow their node as KubeVirt's do (`node_loss`): a NotReady node fails
+nothing; a stale virt-handler heartbeat or a fence (an untolerated NoExecute taint) does.
+Tests may flip the guest agent with the AGENT_ANNOTATION annotation or report another IP
+with IP_ANNOTATION; POWER_ANNOTATION "off" is the guest powering itself off (a shutdown or a
+suspend to disk from inside): the VMI Succeeds, as a real guest's does.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from .api import (
     QEMU,
     VMI,
     now_iso,
+    parse_iso,
     runtime_of,
 )
 from .logic import (
@@ -34,10 +36,11 @@ from .logic import (
     live_migratable,
     missing_claims,
     next_phase,
-    node_ready,
     phase,
     remove_condition,
     set_condition,
+    taints,
+    tolerates,
 )
 from .virt_launcher import owned_by
 
@@ -45,6 +48,9 @@ if TYPE_CHECKING:
     from .controller import Controller, World
 
 NODE_LABEL = "kubevirt.io/nodeName"
+NODE_UNRESPONSIVE = "NodeUnresponsive"
+POD_DOWN = "PodDown"
+HEARTBEAT_ANNOTATION = "kubevirt.io/heartbeat"
 GUEST_OS = {
     "id": "fedora",
     "name": "Fedora Linux",
@@ -67,8 +73,7 @@ def reconcile(ctl: Controller, world: World, vmi: dict) -> None:
         return
     current = phase(vmi)
     node_name = dig(vmi, "status", "nodeName")
-    if current in ("Scheduled", "Running") and not node_ready(world.nodes.get(node_name)):
-        fail(ctl, vmi, "NodeUnresponsive", f"virt-handler on node {node_name} is not responsive")
+    if current in ("Scheduled", "Running") and _on_a_lost_node(ctl, world, vmi, node_name):
         return
     if current == "Running":
         if powered_off(vmi):
@@ -85,6 +90,49 @@ def reconcile(ctl: Controller, world: World, vmi: dict) -> None:
         schedule(ctl, world, vmi)
     elif step == "Running":
         start(ctl, world, vmi)
+
+
+def _on_a_lost_node(ctl: Controller, world: World, vmi: dict, node_name: str) -> bool:
+    """Failed for a node loss (`node_loss`), or left alone on a powered-off node (nobody there
+    reports anything): True when the pass is done with the VMI."""
+    lost = node_loss(ctl, world.nodes.get(node_name), vmi)
+    if lost is not None:
+        fail(ctl, vmi, *lost)
+        return True
+    return not ctl.hosts.host(node_name).powered
+
+
+def node_loss(ctl: Controller, node: dict | None, vmi: dict) -> tuple[str, str] | None:
+    """Why KubeVirt fails a VMI whose node is lost, played for a simulated VMI (it has no
+    launcher pod: one is imagined on its node), or None while nothing does. A node that is
+    merely NotReady fails nothing.
+
+    * Its node's virt-handler heartbeat is older than `heartbeat_timeout` (or the node is gone)
+      and it has no live launcher pod, which holds for a simulated VMI: virt-controller's node
+      controller fails it, reason NodeUnresponsive.
+    * Its node has a NoExecute taint the VMI does not tolerate (a fence:
+      node.kubernetes.io/out-of-service): taint eviction deletes the pod, pod GC force-deletes
+      it on a lost node, and a running VMI without its pod fails (lifecycle.go).
+    """
+    name = dig(vmi, "status", "nodeName")
+    if node_unresponsive(ctl, node):
+        return NODE_UNRESPONSIVE, f"virt-handler on node {name} is not responsive"
+    tolerations = dig(vmi, "spec", "tolerations", default=[]) or []
+    for taint in taints(node or {}):
+        if taint.get("effect") == "NoExecute" and not tolerates(tolerations, taint):
+            key = taint.get("key")
+            return POD_DOWN, f"the virt-launcher pod was evicted from node {name} (taint {key})"
+    return None
+
+
+def node_unresponsive(ctl: Controller, node: dict | None) -> bool:
+    """KubeVirt's isNodeUnresponsive: no node, or a virt-handler heartbeat past the timeout."""
+    if node is None:
+        return True
+    stamp = parse_iso(dig(node, "metadata", "annotations", HEARTBEAT_ANNOTATION))
+    if stamp is None:
+        return False
+    return ctl.wall_clock() - stamp.timestamp() > ctl.settings.heartbeat_timeout
 
 
 def powered_off(vmi: dict) -> bool:

@@ -19,7 +19,19 @@ def _unfinished(status: Mapping[str, Any], **_: Any) -> bool:
     return unfinished(dict(status or {}))
 
 
-@kopf.daemon(GROUP, VERSION, PLURAL, when=_unfinished, backoff=3.0, cancellation_timeout=10.0)
+# The pass that terminates the operation writes the status, which ends the `when` filter:
+# without a cancellation backoff kopf cancels the daemon at once on that status change, in the
+# middle of its last pass. With it, kopf only sets `stopped` first, and the daemon ends by
+# itself after that pass.
+@kopf.daemon(
+    GROUP,
+    VERSION,
+    PLURAL,
+    when=_unfinished,
+    backoff=3.0,
+    cancellation_backoff=5.0,
+    cancellation_timeout=10.0,
+)
 async def remoterestart_run(
     body: kopf.Body, memo: Any, stopped: kopf.DaemonStopped, **_: Any
 ) -> None:
