@@ -84,7 +84,7 @@ def test_a_restart_from_disk_waits_for_the_fence_then_boots_on_the_target(
         lambda: (v := parts.vm("fenced"))["spec"].get("runStrategy") == "Halted" and v,
         "the VM held (Halted) while the operation waits",
     )
-    assert rr.hold_of(vm) == rr.Hold(token, "Always", None)
+    assert rr.hold_of(vm) == rr.Hold(token, "Always", nodes.selector)
     assert not (vm["spec"]["template"]["spec"].get("nodeSelector") or {}).get(api.HOSTNAME_LABEL)
     warning = ("Warning", api.WAITING_FOR_SOURCE_STOP_EVENT)
     wait_for(
