@@ -16,7 +16,6 @@ it `Succeeded`, and only then is the VM halted.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -35,6 +34,7 @@ from lparkube.adapters.kube import (
     Kube,
 )
 from lparkube.api.v1alpha1.hibernationimage import RUN_STRATEGY_ANNOTATION
+from lparkube.controllers.polling import pause
 from lparkube.domain import hibernation as h
 from lparkube.domain import logical_units as lu
 from lparkube.domain.clock import rfc3339, utcnow
@@ -110,15 +110,7 @@ class HibernationRun:
                 scope.events.clear()  # the VM moved under us: read again, decide again
                 continue
             await self.write(scope)
-            await self.pause(stopped)
-
-    @staticmethod
-    async def pause(stopped: kopf.DaemonStopped | None) -> None:
-        """Until the next pass, or until kopf stops the daemon (the image deleted)."""
-        if stopped is None:
-            await asyncio.sleep(POLL_SECONDS)
-        else:
-            await stopped.wait(POLL_SECONDS)
+            await pause(stopped, POLL_SECONDS)
 
     # --- reading and writing once per pass ------------------------------------------------------
 

@@ -16,7 +16,6 @@ RWO volumes are released, and a rollback after a start was requested leaves the 
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,6 +37,7 @@ from lparkube.adapters.kube import (
     ResourceRef,
 )
 from lparkube.api.v1alpha1 import remoterestart as api
+from lparkube.controllers.polling import pause
 from lparkube.domain import hibernation as h
 from lparkube.domain import remote_restart as rr
 from lparkube.domain.clock import parse_time, rfc3339, utcnow
@@ -127,14 +127,7 @@ class RemoteRestartRun:
             await self.write(scope)
             if scope.terminated:
                 return
-            await self.pause(stopped)
-
-    @staticmethod
-    async def pause(stopped: kopf.DaemonStopped | None) -> None:
-        if stopped is None:
-            await asyncio.sleep(POLL_SECONDS)
-        else:
-            await stopped.wait(POLL_SECONDS)
+            await pause(stopped, POLL_SECONDS)
 
     # --- reading and writing once per pass ------------------------------------------------------
 
