@@ -315,9 +315,10 @@ def test_of_two_restarts_of_one_partition_made_at_once_exactly_one_proceeds(
 def test_a_target_that_fails_after_it_was_configured_is_undone_and_every_lock_released(
     staged: Stage,
 ) -> None:
-    """The target node goes NotReady once the VM was started there: the VMI fails
-    (NodeUnresponsive), the restart ends TargetStartFailed, no VMI runs, the hold is gone (the
-    VM stays Halted: started once, never twice) and no Lease of the operation is left."""
+    """The VM's launcher is evicted from the target once it was started there (a NoExecute
+    taint it does not tolerate; a NotReady node alone fails no VMI in KubeVirt): the VMI fails,
+    the restart ends TargetStartFailed, no VMI runs, the hold is gone (the VM stays Halted:
+    started once, never twice) and no Lease of the operation is left."""
     parts = staged.parts
     before = staged.snapshot("doomed")
     create_restart(staged.api, staged.namespace, "doomed-move", "doomed",
@@ -332,7 +333,7 @@ def test_a_target_that_fails_after_it_was_configured_is_undone_and_every_lock_re
     assert held["spec"]["template"]["spec"]["nodeSelector"][HOSTNAME] == staged.target
     token = held["metadata"]["labels"][api.OPERATION_TOKEN_LABEL]
     assert leases_of(staged.api, token)
-    parts.kubevirt.set_node_ready(staged.target, False)
+    set_taint(parts.kubevirt, staged.target, {**TEST_TAINT, "effect": "NoExecute"})
     restart = refused(staged.api, staged.namespace, "doomed-move", api.TARGET_START_FAILED)
     assert restart["metadata"]["uid"] == token
     vmi = parts.vmi("doomed")
