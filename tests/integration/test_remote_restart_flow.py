@@ -7,8 +7,6 @@ HibernationImage onto another node.
 from __future__ import annotations
 
 import signal
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from hibernation_helpers import Images
@@ -22,38 +20,20 @@ from remote_restart_helpers import (
     events_of,
     get_restart,
     leases_of,
-    node_pool,
     step,
     wait_terminated,
+    wait_waiting,
 )
 from sleeper_helpers import Sleeper, Sleepers
 
 from lparkube.api.v1alpha1 import remoterestart as api
 from lparkube.api.v1alpha1.hibernationimage import RUN_STRATEGY_ANNOTATION
-from lparkube_devenv.kubevirt import StandIn
+from lparkube.domain import remote_restart as rr
 from lparkube_devenv.kubevirt.storage import two_writers
 
 pytestmark = pytest.mark.usefixtures("operator")
 
 RESTART_TIMEOUT = 120.0
-
-
-@pytest.fixture
-def parts(api_client: client.ApiClient, kubevirt: StandIn, namespace: str) -> Partitions:
-    return Partitions(api_client, kubevirt, namespace)
-
-
-@pytest.fixture
-def sleepers(parts: Partitions, guest_agent, tmp_path: Path, vios_pool: str) -> Iterator[Sleepers]:  # type: ignore[no-untyped-def]
-    made = Sleepers(parts, guest_agent, tmp_path, vios_pool)
-    yield made
-    made.close()
-
-
-@pytest.fixture
-def nodes(kubevirt: StandIn) -> Iterator[NodePool]:
-    with node_pool(kubevirt) as pool:
-        yield pool
 
 
 def boot_agent_on_target(parts: Partitions, guest_agent, sleeper: Sleeper, target: str):  # type: ignore[no-untyped-def]
@@ -88,36 +68,29 @@ def test_a_restart_from_disk_waits_for_the_fence_then_boots_on_the_target(
     sleeper.agent.process.stop(signal.SIGKILL)  # the guest died with its node
 
     create_restart(api_client, parts.namespace, "fenced-restart", "fenced")
-    # The simulated tier fails a VMI as soon as its node is NotReady and may drop its launcher
-    # pod with it (docs/kubevirt-standin.md): then the source is already proven stopped and
-    # there is nothing to wait for. While the pod is there, the operation must wait and say so.
-    seen = wait_for(
-        lambda: (
-            (r := get_restart(api_client, parts.namespace, "fenced-restart"))
-            and (
-                condition(r, api.LOCKED).get("reason") == api.WAITING_FOR_SOURCE_STOP
-                or step(r, api.LOCKING_ADAPTERS).get("status") == api.DONE
-            )
-            and r
-        ),
-        "the source stop proven, or waited for",
-        60,
-    )
+    # The source node is lost and not fenced: whatever became of its VMI, the guest may still
+    # run there, so the operation waits and says so.
+    seen = wait_waiting(api_client, parts.namespace, "fenced-restart", api.WAITING_FOR_SOURCE_STOP)
     token = seen["metadata"]["uid"]
-    if condition(seen, api.LOCKED).get("reason") == api.WAITING_FOR_SOURCE_STOP:
-        locked = condition(seen, api.LOCKED)
-        assert locked["status"] == "False"
-        assert f"node {source} is NotReady and not fenced" in locked["message"]
-        assert "node.kubernetes.io/out-of-service=nodeshutdown:NoExecute" in locked["message"]
-        assert seen["status"]["step"] == api.LOCKING_ADAPTERS
-        assert leases_of(api_client, token), "the adapters are locked while it waits"
-        vm = parts.vm("fenced")
-        assert api.HOLD_ANNOTATION not in (vm["metadata"].get("annotations") or {})
-        warning = ("Warning", api.WAITING_FOR_SOURCE_STOP_EVENT)
-        wait_for(
-            lambda: warning in events_of(api_client, parts.namespace, "fenced-restart"),
-            "the WaitingForSourceStop event",
-        )
+    locked = condition(seen, api.LOCKED)
+    assert locked["status"] == "False"
+    assert f"node {source} is NotReady and not fenced" in locked["message"]
+    assert "node.kubernetes.io/out-of-service=nodeshutdown:NoExecute" in locked["message"]
+    assert seen["status"]["step"] == api.LOCKING_ADAPTERS
+    assert leases_of(api_client, token), "the adapters are locked while it waits"
+    # Held while it waits, so KubeVirt does not start it elsewhere itself once the node is
+    # fenced; not pinned yet.
+    vm = wait_for(
+        lambda: (v := parts.vm("fenced"))["spec"].get("runStrategy") == "Halted" and v,
+        "the VM held (Halted) while the operation waits",
+    )
+    assert rr.hold_of(vm) == rr.Hold(token, "Always", nodes.selector)
+    assert not (vm["spec"]["template"]["spec"].get("nodeSelector") or {}).get(api.HOSTNAME_LABEL)
+    warning = ("Warning", api.WAITING_FOR_SOURCE_STOP_EVENT)
+    wait_for(
+        lambda: warning in events_of(api_client, parts.namespace, "fenced-restart"),
+        "the WaitingForSourceStop event",
+    )
     assert seen["status"]["targetNodeName"] == target
     nodes.fence(source)
     boot_agent_on_target(parts, guest_agent, sleeper, target)

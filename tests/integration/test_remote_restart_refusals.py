@@ -315,10 +315,10 @@ def test_of_two_restarts_of_one_partition_made_at_once_exactly_one_proceeds(
 def test_a_target_that_fails_after_it_was_configured_is_undone_and_every_lock_released(
     staged: Stage,
 ) -> None:
-    """The VM's launcher is evicted from the target once it was started there (a NoExecute
-    taint it does not tolerate; a NotReady node alone fails no VMI in KubeVirt): the VMI fails,
-    the restart ends TargetStartFailed, no VMI runs, the hold is gone (the VM stays Halted:
-    started once, never twice) and no Lease of the operation is left."""
+    """The target node gets a NoExecute taint the VM does not tolerate once the VM was started
+    there: its launcher is evicted and the VMI fails (PodDown), the restart ends
+    TargetStartFailed, no VMI runs, the hold is gone (the VM stays Halted: started once, never
+    twice) and no Lease of the operation is left."""
     parts = staged.parts
     before = staged.snapshot("doomed")
     create_restart(staged.api, staged.namespace, "doomed-move", "doomed",

@@ -125,6 +125,18 @@ SOURCE_CASES = {
         dict(vmi=vmi("b"), pods=[pod("b")], nodes=[node("a", False, [FENCE]), node("b")]),
         "VMI web is Running on node b",
     ),
+    "source node lost and unfenced, its VMI deleted": (
+        dict(nodes=[node("a", False), node("b")]),
+        "node a is NotReady and not fenced",
+    ),
+    "source node lost and unfenced, KubeVirt's new VMI waits elsewhere": (
+        dict(vmi=vmi("b", "Scheduled"), nodes=[node("a", False), node("b")]),
+        "node a is NotReady and not fenced",
+    ),
+    "source node lost after its VMI powered off cleanly": (
+        dict(vmi=vmi(phase="Succeeded"), nodes=[node("a", False), node("b")]),
+        None,
+    ),
     "terminated pod on the source": (dict(vmi=None, pods=[pod("a", "Failed")]), None),
     "source node object gone": (dict(pods=[pod("a")], nodes=[]), "which is gone and not fenced"),
 }
@@ -255,6 +267,37 @@ def test_hold_patch_keeps_a_halted_vm_halted_and_an_own_hold() -> None:
     assert "/spec/runStrategy" not in paths
     assert not [p for p in paths if p.startswith("/metadata/annotations")]
     assert rr.hold_of(vm) == hold
+
+
+@pytest.mark.parametrize(
+    ("case", "strategy", "vmi_", "nodes", "wanted"),
+    [
+        ("lost node, Always", "Always", vmi(), [node("a", False)], True),
+        ("VMI failed, RerunOnFailure", "RerunOnFailure", vmi(phase="Failed"), [node("a")], True),
+        ("no VMI, Always", "Always", None, [node("a")], True),
+        ("running on a Ready node", "Always", vmi(), [node("a")], False),
+        ("Manual: KubeVirt starts nothing by itself", "Manual", None, [node("a", False)], False),
+    ],
+)
+def test_the_vm_is_held_while_waiting_only_when_kubevirt_would_start_it_itself(
+    case: str, strategy: str, vmi_: dict | None, nodes: list, wanted: bool
+) -> None:
+    vm = held_vm()
+    vm["spec"]["runStrategy"] = strategy
+    view = rr.SourceView("web", "a", vmi=vmi_, nodes=nodes)
+    assert rr.source_hold_wanted(view, vm) is wanted, case
+
+
+def test_the_source_hold_records_the_vm_and_halts_it_without_pinning() -> None:
+    vm = held_vm(nodeSelector={"zone": "z1"})
+    by_path = {op["path"]: op for op in rr.source_hold_patch(vm, "tok")}
+    assert by_path["/metadata/resourceVersion"]["op"] == "test"
+    hold = json.loads(by_path["/metadata/annotations"]["value"][api.HOLD_ANNOTATION])
+    assert hold == {"token": "tok", "runStrategy": "Always", "nodeSelector": {"zone": "z1"}}
+    assert by_path["/spec/runStrategy"]["value"] == "Halted"
+    assert not [p for p in by_path if p.startswith("/spec/template")]
+    vm["metadata"]["annotations"] = {api.HOLD_ANNOTATION: rr.Hold("tok", "Always", None).encode()}
+    assert not rr.source_hold_wanted(rr.SourceView("web", "a"), vm), "held once"
 
 
 @pytest.mark.parametrize(

@@ -307,6 +307,11 @@ class RemoteRestartRun:
         )  # fmt: skip
         refusal = rr.source_stop_refusal(view)
         if refusal is not None:
+            if rr.source_hold_wanted(view, scope.vm):
+                ops = rr.source_hold_patch(scope.vm or {}, self.uid)
+                scope.vm = await self.kube.json_patch(
+                    VIRTUAL_MACHINE, self.namespace, scope.vm_name, ops
+                )
             stored = find((scope.restart.get("status") or {}).get("conditions"), api.LOCKED)
             if (stored or {}).get("reason") != api.WAITING_FOR_SOURCE_STOP:
                 scope.events.append(("Warning", api.WAITING_FOR_SOURCE_STOP_EVENT, refusal.message))

@@ -592,6 +592,18 @@ def _alive_on(view: SourceView, node_name: str, running: bool) -> bool:
     return running or node_name == view.source_node
 
 
+def _lost(view: SourceView, node_name: str) -> bool:
+    """The node is gone or not Ready, and not fenced: what runs there is unknown."""
+    node = view.node(node_name)
+    return not fenced(node) and (node is None or not node_ready(node))
+
+
+def _stopped_on(view: SourceView, node_name: str) -> bool:
+    """The VMI on this node ended cleanly (Succeeded: the guest powered off)."""
+    status = _get(view.vmi, "status") or {}
+    return status.get("phase") == "Succeeded" and status.get("nodeName") == node_name
+
+
 def _wait_message(view: SourceView, node_name: str, what: str) -> str:
     node = view.node(node_name)
     fence = f"taint it {api.FENCE_TAINT_TEXT}"
@@ -607,11 +619,18 @@ def _wait_message(view: SourceView, node_name: str, what: str) -> str:
 
 def source_stop_refusal(view: SourceView) -> Refusal | None:
     """None when the source is proven stopped: hibernated (its image Captured and no VMI), or
+    its node Ready or fenced (a lost, unfenced node only when its VMI ended there cleanly), and
     no VMI and no launcher pod of the VM that may still run (on the source node, or running
     elsewhere) on a node that is not fenced. Otherwise WaitingForSourceStop, saying for what."""
     captured = is_true(_get(view.image, "status", "conditions"), h.CAPTURED)
     if view.vmi is None and captured:
         return None
+    source = view.source_node
+    if source and _lost(view, source) and not _stopped_on(view, source):
+        # A lost node's guest may still run (a network partition, a frozen kubelet): a VMI
+        # that was deleted or replaced proves nothing; only its clean stop or a fence does.
+        what = f"VM {view.vm_name} ran"
+        return Refusal(api.WAITING_FOR_SOURCE_STOP, _wait_message(view, source, what))
     vmi_node = _get(view.vmi, "status", "nodeName") or ""
     phase = _get(view.vmi, "status", "phase")
     alive = view.vmi is not None and phase not in FINAL_VMI_PHASES
@@ -876,15 +895,32 @@ def missing_devices(
     return disks, volumes, nics, networks
 
 
-def hold_patch(
-    vm: Mapping[str, Any], token: str, target: str, adapters: Sequence[Mapping[str, Any]]
-) -> list[dict[str, Any]]:
-    """The one guarded VM patch of ConfiguringTargetAdapters: the hold annotation and token
-    label; runStrategy Halted unless it already is; pinned to the target; MACs pinned; any
-    gathered adapter the VM lacks put back. A VM already held by this token keeps its hold."""
+def source_hold_wanted(view: SourceView, vm: Mapping[str, Any] | None) -> bool:
+    """While the operation waits for the source to stop, KubeVirt would start the VM again by
+    itself (runStrategy Always or RerunOnFailure) the moment the lost node is fenced, on any
+    node: so the VM is held (Halted) as its source adapters are locked. Never a VMI running
+    on a Ready node: that one the user stops (the wait message says so)."""
+    if vm is None or hold_of(vm) is not None:
+        return False
+    if run_strategy(vm) not in ("Always", "RerunOnFailure"):
+        return False
+    status = _get(view.vmi, "status") or {}
+    node = view.node(status.get("nodeName") or "")
+    running_on_ready = (
+        status.get("phase") == "Running"
+        and node is not None
+        and node_ready(node)
+        and not fenced(node)
+    )
+    return not running_on_ready
+
+
+def source_hold_patch(vm: Mapping[str, Any], token: str) -> list[dict[str, Any]]:
+    """The guarded VM patch that holds it: the hold annotation and token label (recording the
+    runStrategy and nodeSelector it had), runStrategy Halted unless it already is. A VM
+    already held by this token keeps its hold."""
     meta = vm.get("metadata") or {}
-    spec = _get(vm, "spec", "template", "spec") or {}
-    selector = spec.get("nodeSelector")
+    selector = (_get(vm, "spec", "template", "spec") or {}).get("nodeSelector")
     previous = hold_of(vm)
     ops: list[dict[str, Any]] = [
         {"op": "test", "path": "/metadata/resourceVersion", "value": meta.get("resourceVersion")}
@@ -899,6 +935,17 @@ def hold_patch(
         ops.append({"op": "add", "path": "/spec/runStrategy", "value": "Halted"})
     if "running" in (vm.get("spec") or {}):
         ops.append({"op": "remove", "path": "/spec/running"})
+    return ops
+
+
+def hold_patch(
+    vm: Mapping[str, Any], token: str, target: str, adapters: Sequence[Mapping[str, Any]]
+) -> list[dict[str, Any]]:
+    """The one guarded VM patch of ConfiguringTargetAdapters: the VM held
+    (``source_hold_patch``); pinned to the target; MACs pinned; any gathered adapter the VM
+    lacks put back."""
+    selector = (_get(vm, "spec", "template", "spec") or {}).get("nodeSelector")
+    ops = source_hold_patch(vm, token)
     template = "/spec/template/spec"
     ops.append(
         {
