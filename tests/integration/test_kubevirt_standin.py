@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 from partition_helpers import SUB, subresource
-from remote_restart_helpers import node_pool
+from remote_restart_helpers import NodePool
 
 from lparkube_devenv.controlplane import wait_until
 from lparkube_devenv.kubevirt import AGENT_ANNOTATION, RESTORE, SNAPSHOT, VM, VMI, VMIM, StandIn
@@ -332,34 +332,33 @@ def test_forbidden_user_is_refused(cluster: Cluster, api_client: client.ApiClien
 
 
 def test_a_lost_node_keeps_its_vmi_until_fenced_then_it_restarts_elsewhere(
-    cluster: Cluster, api_client: client.ApiClient, kubevirt: StandIn
+    cluster: Cluster, api_client: client.ApiClient, kubevirt: StandIn, nodes: NodePool
 ) -> None:
-    with node_pool(kubevirt) as nodes:
-        nodes.add()
-        nodes.add()
-        vmi = start_vm(cluster, api_client, "ha", nodeSelector=nodes.selector)
-        node, uid = vmi["status"]["nodeName"], vmi["metadata"]["uid"]
-        nodes.power_off(node)
-        wait_for(
-            lambda: any(
-                t["key"] in ("node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable")
-                for t in kubevirt.kube.get(f"/api/v1/nodes/{node}")["spec"].get("taints") or []
-            ),
-            "the lost node tainted NoSchedule",
-        )
-        current = cluster.vmi("ha")  # KubeVirt waits: nothing says the guest stopped
-        assert (current["metadata"]["uid"], current["status"]["phase"]) == (uid, "Running")
+    nodes.add()
+    nodes.add()
+    vmi = start_vm(cluster, api_client, "ha", nodeSelector=nodes.selector)
+    node, uid = vmi["status"]["nodeName"], vmi["metadata"]["uid"]
+    nodes.power_off(node)
+    wait_for(
+        lambda: any(
+            t["key"] in ("node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable")
+            for t in kubevirt.kube.get(f"/api/v1/nodes/{node}")["spec"].get("taints") or []
+        ),
+        "the lost node tainted NoSchedule",
+    )
+    current = cluster.vmi("ha")  # KubeVirt waits: nothing says the guest stopped
+    assert (current["metadata"]["uid"], current["status"]["phase"]) == (uid, "Running")
 
-        nodes.fence(node)
+    nodes.fence(node)
 
-        def failed() -> dict | None:
-            current = cluster.vmi("ha")
-            same = current and current["metadata"]["uid"] == uid
-            return current if same and current["status"].get("phase") == "Failed" else None
+    def failed() -> dict | None:
+        current = cluster.vmi("ha")
+        same = current and current["metadata"]["uid"] == uid
+        return current if same and current["status"].get("phase") == "Failed" else None
 
-        assert wait_for(failed, "VMI Failed")["status"]["reason"] == "PodDown"
-        again = cluster.running_vmi("ha", uid=uid)
-        assert again["status"]["nodeName"] != node
+    assert wait_for(failed, "VMI Failed")["status"]["reason"] == "PodDown"
+    again = cluster.running_vmi("ha", uid=uid)
+    assert again["status"]["nodeName"] != node
 
 
 def test_cordon_marks_external_eviction(

@@ -15,8 +15,6 @@ The attach log never shows a single-node volume attached on two nodes.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from hibernation_helpers import Images
 from hibernation_helpers import condition as image_condition
@@ -29,7 +27,6 @@ from remote_restart_helpers import (
     create_restart,
     events_of,
     leases_of,
-    node_pool,
     wait_terminated,
     wait_waiting,
 )
@@ -51,17 +48,6 @@ pytestmark = pytest.mark.realguest
 
 MARKER = "written on the first node"
 DATA_DISK = "/dev/disk/by-id/virtio-data"
-
-
-@pytest.fixture
-def parts(api_client: client.ApiClient, kubevirt: StandIn, namespace: str) -> Partitions:
-    return Partitions(api_client, kubevirt, namespace)
-
-
-@pytest.fixture
-def nodes(kubevirt: StandIn) -> Iterator[NodePool]:
-    with node_pool(kubevirt) as pool:
-        yield pool
 
 
 def on_pool(partition: dict, nodes: NodePool) -> dict:
