@@ -11,8 +11,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from hibernation_helpers import Images
 from kubernetes import client
 from partition_helpers import GROUP, VERSION, Partitions, wait_for
+from sleeper_helpers import Sleeper
 
 from lparkube.api.v1alpha1 import remoterestart as api
 from lparkube_devenv.controlplane import wait_until
@@ -283,3 +285,35 @@ def halt(parts: Partitions, name: str) -> str:
     )
     wait_for(lambda: parts.vmi(name) is None, f"{name}'s VMI gone")
     return node
+
+
+def boot_agent_on_target(parts: Partitions, guest_agent, sleeper: Sleeper, target: str):  # type: ignore[no-untyped-def]
+    """Once the VMI runs on the target, the guest's agent starts there (a new process over the
+    same guest tree: the same boot id, as after a resume)."""
+    wait_for(
+        lambda: (
+            (vmi := parts.vmi(sleeper.name))
+            and (vmi.get("status") or {}).get("phase") == "Running"
+            and (vmi.get("status") or {}).get("nodeName") == target
+        ),
+        f"{sleeper.name} Running on {target}",
+        TERMINATION_TIMEOUT,
+    )
+    return guest_agent(
+        parts.namespace, sleeper.name, ip=sleeper.agent.ip, config=sleeper.fake.config()
+    )
+
+
+def hibernate_sleeper(parts: Partitions, images: Images, sleeper: Sleeper, image: str) -> None:
+    """Hibernate a simulated sleeper through a HibernationImage ``image``; then its fake
+    kernel is made ready to boot again (and restore) wherever the VM starts next."""
+    images.create(image, sleeper.name)
+    images.wait(image, "Captured", 60)
+    wait_for(lambda: parts.vmi(sleeper.name) is None, "the hibernated VM halted", 60)
+    assert sleeper.kernel is not None
+    sleeper.kernel.close()
+    power = sleeper.fake.files.power
+    power.joinpath("state").unlink()
+    power.joinpath("state").write_text("freeze mem disk\n")
+    power.joinpath("resume").unlink()
+    power.joinpath("resume").write_text("0:0\n")

@@ -120,7 +120,9 @@ def test_the_paging_lu_becomes_the_vms_disk_and_is_released_with_the_partition(
     assert "lparkube.io/partition" not in (kept.metadata.labels or {})
     assert "lparkube.io/claimed-by" not in (kept.metadata.annotations or {})
 
-    # The next partition of the namespace reuses it, expanded to its size.
+    # The next partition of the namespace reuses it, expanded to its size (only a Bound claim
+    # can grow: an LU not bound yet would be left for a new one).
+    wait_for(lambda: lus(api_client, namespace, pool)[0].status.phase == "Bound", "the LU Bound")
     parts.create(paging_partition("web-2", pool, size="512Mi"))
     again = parts.wait_condition("web-2", "PagingReady", "True")
     assert again["paging"] == {"claimName": lu.metadata.name, "size": "512Mi"}

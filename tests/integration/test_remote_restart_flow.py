@@ -15,16 +15,18 @@ from partition_helpers import Partitions, wait_for
 from remote_restart_helpers import (
     NodePool,
     assert_terminated,
+    boot_agent_on_target,
     condition,
     create_restart,
     events_of,
     get_restart,
+    hibernate_sleeper,
     leases_of,
     step,
     wait_terminated,
     wait_waiting,
 )
-from sleeper_helpers import Sleeper, Sleepers
+from sleeper_helpers import Sleepers
 
 from lparkube.api.v1alpha1 import remoterestart as api
 from lparkube.api.v1alpha1.hibernationimage import RUN_STRATEGY_ANNOTATION
@@ -34,23 +36,6 @@ from lparkube_devenv.kubevirt.storage import two_writers
 pytestmark = pytest.mark.usefixtures("operator")
 
 RESTART_TIMEOUT = 120.0
-
-
-def boot_agent_on_target(parts: Partitions, guest_agent, sleeper: Sleeper, target: str):  # type: ignore[no-untyped-def]
-    """Once the VMI runs on the target, the guest's agent starts there (a new process over the
-    same guest tree: the same boot id, as after a resume)."""
-    wait_for(
-        lambda: (
-            (vmi := parts.vmi(sleeper.name))
-            and (vmi.get("status") or {}).get("phase") == "Running"
-            and (vmi.get("status") or {}).get("nodeName") == target
-        ),
-        f"{sleeper.name} Running on {target}",
-        RESTART_TIMEOUT,
-    )
-    return guest_agent(
-        parts.namespace, sleeper.name, ip=sleeper.agent.ip, config=sleeper.fake.config()
-    )
 
 
 def test_a_restart_from_disk_waits_for_the_fence_then_boots_on_the_target(
@@ -140,15 +125,7 @@ def test_a_hibernated_partition_resumes_on_another_node(
     source = nodes.add()
     sleeper = sleepers.create("sleepy", node_selector=nodes.selector)
     boot_id = parts.status("sleepy")["agent"]["bootId"]
-    images.create("sleepy-img", "sleepy")
-    images.wait("sleepy-img", "Captured", 60)
-    wait_for(lambda: parts.vmi("sleepy") is None, "the hibernated VM halted", 60)
-    assert sleeper.kernel is not None
-    sleeper.kernel.close()
-    sleeper.fake.files.power.joinpath("state").unlink()
-    sleeper.fake.files.power.joinpath("state").write_text("freeze mem disk\n")
-    sleeper.fake.files.power.joinpath("resume").unlink()
-    sleeper.fake.files.power.joinpath("resume").write_text("0:0\n")
+    hibernate_sleeper(parts, images, sleeper, "sleepy-img")
     target = nodes.add()
 
     create_restart(

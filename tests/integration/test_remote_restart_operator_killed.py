@@ -13,6 +13,8 @@ run out.
   nodes. A pass runs every step that finishes at once and writes status at its end, so most
   steps never show in status.step: the kill comes at the first sign of the step instead, read
   every 2 ms (KILL_POINTS): a first lock Lease, the VM's hold, the target's VMI, the hold gone.
+  RestoringMemory, which a boot from disk skips, has a run of its own: a hibernated sleeper,
+  the kill once its image was told to resume.
 
 The cheap tier: simulated VMIs, a real agent over a fake guest tree (it keeps reporting while
 the VM is stopped, so Verifying finds it connected once the VMI runs on the target); an operator
@@ -28,15 +30,18 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from conftest import OperatorProcess
+from hibernation_helpers import Images
 from kubernetes import client, watch
 from partition_helpers import Partitions, partition_manifest, wait_for
 from remote_restart_helpers import (
     NodePool,
     assert_terminated,
+    boot_agent_on_target,
     condition,
     create_restart,
     get_restart,
     halt,
+    hibernate_sleeper,
     leases_of,
     patch_restart,
     step_states,
@@ -217,6 +222,45 @@ def test_the_operator_killed_at_a_restart_step_converges(
     vm = parts.vm("mover")
     assert api.HOLD_ANNOTATION not in (vm["metadata"].get("annotations") or {})
     assert api.OPERATION_TOKEN_LABEL not in (vm["metadata"].get("labels") or {})
+
+
+def test_the_operator_killed_while_restoring_memory_converges(
+    crashing_operator: OperatorProcess,
+    sleepers: Sleepers,
+    parts: Partitions,
+    nodes: NodePool,
+    guest_agent,  # type: ignore[no-untyped-def]
+) -> None:
+    """RestoringMemory, the step a boot from disk skips: killed once the image was told to
+    resume, the operator started again finds the same operation and the same image resuming;
+    one VMI, on the target, the same boot id, no Lease left."""
+    api_client, namespace = parts.core.api_client, parts.namespace
+    images = Images(api_client, namespace)
+    nodes.add()
+    sleeper = sleepers.create("sleepy", node_selector=nodes.selector)
+    boot_id = parts.status("sleepy")["agent"]["bootId"]
+    hibernate_sleeper(parts, images, sleeper, "sleepy-img")
+    target = nodes.add()
+    with Watch(parts, "sleepy") as watch:
+        create_restart(api_client, namespace, "sleepy-move", "sleepy",
+                       hibernationImageName="sleepy-img", targetNodeName=target,
+                       lockTimeout=f"{LOCK_TIMEOUT}s", deadline="2m")  # fmt: skip
+        try:
+            wait_until(lambda: (images.get("sleepy-img").get("spec") or {}).get("resume"), 30,
+                       "the image told to resume", interval=KILL_INTERVAL)  # fmt: skip
+            crashing_operator.kill()
+        finally:
+            crashing_operator.start()
+        boot_agent_on_target(parts, guest_agent, sleeper, target)
+        restart = wait_terminated(api_client, namespace, "sleepy-move", CONVERGE_TIMEOUT)
+    assert_terminated(restart, api.RESTART_SUCCEEDED)
+    assert step_states(restart)[api.RESTORING_MEMORY] == api.DONE
+    assert len(watch.made) == 1, f"VMIs made: {watch.made}, ran: {watch.running}"
+    assert list(watch.running.values()) == [target], f"VMIs that ran: {watch.running}"
+    assert parts.status("sleepy")["agent"]["bootId"] == boot_id
+    token = restart["metadata"]["uid"]
+    assert leases_of(api_client, token) == [] and held_leases(parts, token) == []
+    assert double_attached(parts) == []
 
 
 def test_the_operator_stopped_while_holding_locks_lets_them_run_out_removing_nothing(

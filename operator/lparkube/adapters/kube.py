@@ -89,6 +89,7 @@ class Kube:
         self.custom = client.CustomObjectsApi(api_client)
         self.networking = client.NetworkingV1Api(api_client)
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kube")
+        self.closed = False
 
     @classmethod
     def connect(cls, kubeconfig: Path | None = None, workers: int = 32) -> Kube:
@@ -98,13 +99,24 @@ class Kube:
         return cls(client.ApiClient(configuration), workers)
 
     def close(self) -> None:
+        self.closed = True
         self._pool.shutdown(wait=False, cancel_futures=True)
         self.api_client.close()
 
     async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run one blocking client call in the pool."""
+        """Run one blocking client call in the pool. Once the client is closed (the operator
+        stopping: kopf's cleanup may run while daemons are still being stopped) a call is
+        cancelled, so a daemon caught in it stops as cancelled instead of failing and being
+        retried until kopf gives up on it."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
+        try:
+            if self.closed:
+                raise RuntimeError("closed")
+            return await loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
+        except RuntimeError:  # the pool shut down ("cannot schedule new futures")
+            if self.closed:
+                raise asyncio.CancelledError("the Kubernetes client is closed") from None
+            raise
 
     async def get(self, ref: ResourceRef, namespace: str | None, name: str) -> dict | None:
         """One object, or None when it does not exist; KindNotServedError when its kind is

@@ -4,7 +4,8 @@ restore or boot, verify, unlock; or terminate RestartFailed and undo (docs/api.m
 cluster-api's pattern, as in ``hibernation_run.py``: each pass reads the RemoteRestart, its
 Partition, VM, VMI, image, the nodes and the partition's adapter Leases once into a scope, runs
 the phase of the step the status names (and the following ones while they finish at once, so
-the operator's share of a restart is one pass), and writes status once at the end. A step's
+the operator's share of a restart is one pass), and writes status at the end — and, write-ahead,
+each time it moves on to a step within the pass, before that step touches anything. A step's
 own reads (the pods of a node check, the volume attachments) are made by its phase only.
 
 Every phase is safe to run again after the operator died in it: the Leases carry the token,
@@ -16,6 +17,7 @@ RWO volumes are released, and a rollback after a start was requested leaves the 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -191,6 +193,16 @@ class RemoteRestartRun:
                 return
             if step in START_STEPS:  # the VM starts now: what this pass read is stale
                 return
+            # Write-ahead: the next step's effects come only once status names that step, so
+            # an operator killed in them resumes there (not from a step whose reads they
+            # changed, e.g. Validating a VM it already started).
+            await self.checkpoint(scope)
+
+    async def checkpoint(self, scope: RestartScope) -> None:
+        """Write status now (and post the events so far), as the pass goes on."""
+        await self.write(scope)
+        scope.restart = {**scope.restart, "status": copy.deepcopy(scope.status)}
+        scope.events.clear()
 
     def begin(self, scope: RestartScope) -> None:
         with_image = bool(scope.spec.get("hibernationImageName"))
