@@ -236,3 +236,17 @@ def test_status_shows_the_partitions_restarts_under_way_oldest_first() -> None:
     assert "Restart:     none under way" in status.render(partition, [], NOW, [ended])
     missing = status.render(partition, [], NOW, "the server does not serve remoterestarts")
     assert "Restart:     the server does not serve remoterestarts" in missing
+
+
+def test_a_skipped_step_is_shown_only_once_the_operation_went_past_it() -> None:
+    skipped = step(rr.RESTORING_MEMORY, rr.SKIPPED)
+    locking = remote_restart(
+        step(rr.VALIDATING, rr.DONE), step(rr.LOCKING_ADAPTERS, rr.RUNNING), skipped
+    )
+    assert restarts.step_lines(locking) == ["Validating Done", "LockingAdapters Running"]
+    refused = remote_restart(step(rr.VALIDATING, rr.FAILED, "no such node"), skipped)
+    assert restarts.step_lines(refused) == ["Validating Failed no such node"]
+    booting = remote_restart(
+        *(step(name, rr.DONE) for name in rr.STEPS[:5]), skipped, step(rr.BOOTING, rr.RUNNING)
+    )
+    assert restarts.step_lines(booting)[-2:] == ["RestoringMemory Skipped", "Booting Running"]

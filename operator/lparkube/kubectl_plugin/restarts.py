@@ -12,7 +12,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from lparkube.api.v1alpha1.remoterestart import COMPLETE, PENDING, RESTART_SUCCEEDED, RUNNING
+from lparkube.api.v1alpha1.remoterestart import (
+    COMPLETE,
+    PENDING,
+    RESTART_SUCCEEDED,
+    RUNNING,
+    SKIPPED,
+)
 from lparkube.api.v1alpha1.remoterestart import FAILED as STEP_FAILED
 from lparkube.kubectl_plugin.text import NONE
 from lparkube.kubectl_plugin.verb import Verdict, condition_of, reason_and_message
@@ -32,11 +38,18 @@ def step_line(step: dict[str, Any]) -> str:
 
 
 def step_lines(restart: dict[str, Any]) -> list[str]:
-    """One line for every step that has begun (or was skipped), in the operation's order."""
+    """One line for every step that has begun, in the operation's order; a skipped one once
+    the operation went past it (a later step began), so the lines come in the steps' order."""
+    steps = _status(restart).get("steps") or []
+
+    def begun(step: dict[str, Any]) -> bool:
+        return (step.get("status") or PENDING) not in (PENDING, SKIPPED)
+
     return [
         step_line(step)
-        for step in _status(restart).get("steps") or []
-        if (step.get("status") or PENDING) != PENDING
+        for index, step in enumerate(steps)
+        if begun(step)
+        or (step.get("status") == SKIPPED and any(begun(later) for later in steps[index + 1 :]))
     ]
 
 
