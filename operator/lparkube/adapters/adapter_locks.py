@@ -10,7 +10,6 @@ conflict means someone moved first: the caller reads again on its next pass.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -18,7 +17,7 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from lparkube.adapters.kube import Kube
+from lparkube.adapters.kube import MANAGED_BY, Kube
 from lparkube.adapters.lease import decode_spec, encode_spec
 from lparkube.api.v1alpha1.remoterestart import OPERATION_TOKEN_LABEL
 from lparkube.domain import remote_restart as rr
@@ -28,7 +27,6 @@ from lparkube.domain.partition import PARTITION_LABEL
 from lparkube.domain.saving import label_value
 
 CONFLICT, NOT_FOUND = 409, 404
-MANAGED_BY = {"app.kubernetes.io/managed-by": "lparkube"}
 
 
 class LockConflictError(Exception):
@@ -47,14 +45,12 @@ class AdapterLocks:
         self.api = client.CoordinationV1Api(kube.api_client)
         self.clock = clock
 
-    async def _json(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
-        response = await self.kube.call(fn, *args, _preload_content=False, **kwargs)
-        return json.loads(response.data)
-
     async def leases_of_partition(self, namespace: str, partition: str) -> dict[str, dict]:
         """The namespace's adapter Leases of this partition, any token, by name."""
         selector = f"{PARTITION_LABEL}={label_value(partition)}"
-        found = await self._json(self.api.list_namespaced_lease, namespace, label_selector=selector)
+        found = await self.kube.call_json(
+            self.api.list_namespaced_lease, namespace, label_selector=selector
+        )
         return {lease["metadata"]["name"]: lease for lease in found.get("items") or []}
 
     async def leases_of_token(self, namespace: str | None, token: str) -> list[dict]:
@@ -64,7 +60,7 @@ class AdapterLocks:
             fn, args = self.api.list_lease_for_all_namespaces, ()
         else:
             fn, args = self.api.list_namespaced_lease, (namespace,)
-        found = await self._json(fn, *args, label_selector=selector)
+        found = await self.kube.call_json(fn, *args, label_selector=selector)
         return list(found.get("items") or [])
 
     async def hold(
@@ -134,7 +130,7 @@ class AdapterLocks:
             "spec": encode_spec(record),
         }
         try:
-            await self._json(self.api.create_namespaced_lease, namespace, body)
+            await self.kube.call_json(self.api.create_namespaced_lease, namespace, body)
         except ApiException as error:
             if error.status == CONFLICT:
                 raise LockConflictError(lock.lease) from error

@@ -29,6 +29,9 @@ MERGE_PATCH = "application/merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
 
 
+MANAGED_BY = {"app.kubernetes.io/managed-by": "lparkube"}  # on the objects lparkube makes
+
+
 @dataclass(frozen=True)
 class ResourceRef:
     """A custom resource's group, version and plural: what the custom-objects API needs."""
@@ -117,6 +120,11 @@ class Kube:
             if self.closed:
                 raise asyncio.CancelledError("the Kubernetes client is closed") from None
             raise
+
+    async def call_json(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """One client call whose answer is read as plain JSON (no model objects)."""
+        response = await self.call(fn, *args, _preload_content=False, **kwargs)
+        return json.loads(response.data)
 
     async def get(self, ref: ResourceRef, namespace: str | None, name: str) -> dict | None:
         """One object, or None when it does not exist; KindNotServedError when its kind is

@@ -33,7 +33,7 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from lparkube.adapters.kube import JSON_PATCH, MERGE_PATCH, Kube, ResourceRef
+from lparkube.adapters.kube import JSON_PATCH, MANAGED_BY, MERGE_PATCH, Kube, ResourceRef
 from lparkube.adapters.lease import decode_spec, encode_spec
 from lparkube.api.v1alpha1.vioscluster import (
     CLAIM_COMMITTED_ANNOTATION,
@@ -48,7 +48,6 @@ from lparkube.domain.partition import PARTITION_LABEL
 from lparkube.domain.saving import label_value
 
 VIOS_CLUSTER = ResourceRef("lparkube.io", "v1alpha1", "viosclusters")
-MANAGED_BY = {"app.kubernetes.io/managed-by": "lparkube"}
 MAX_ATTEMPTS = 64  # each conflict means another claimant won an LU: at most one per LU
 CONFLICT_PAUSE = 0.05  # seconds, times a random factor, before reading again
 CONFLICT, NOT_FOUND, UNPROCESSABLE = 409, 404, 422  # 422: a JSON patch's test failed
@@ -156,27 +155,23 @@ class LogicalUnits:
 
     # --- reads ----------------------------------------------------------------------------
 
-    async def _json(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
-        response = await self.kube.call(fn, *args, _preload_content=False, **kwargs)
-        return json.loads(response.data)
-
     async def _read(
         self, namespace: str | None, selector: str
     ) -> tuple[list[dict[str, Any]], dict[tuple[str, str], dict[str, Any]]]:
         """The PVCs and Leases with these labels, in one namespace or all."""
         core, coordination = self.kube.core, self.coordination
         if namespace is None:
-            pvcs = await self._json(
+            pvcs = await self.kube.call_json(
                 core.list_persistent_volume_claim_for_all_namespaces, label_selector=selector
             )
-            leases = await self._json(
+            leases = await self.kube.call_json(
                 coordination.list_lease_for_all_namespaces, label_selector=selector
             )
         else:
-            pvcs = await self._json(
+            pvcs = await self.kube.call_json(
                 core.list_namespaced_persistent_volume_claim, namespace, label_selector=selector
             )
-            leases = await self._json(
+            leases = await self.kube.call_json(
                 coordination.list_namespaced_lease, namespace, label_selector=selector
             )
         by_name = {
@@ -304,7 +299,7 @@ class LogicalUnits:
             },
         }
         try:
-            created = await self._json(
+            created = await self.kube.call_json(
                 self.kube.core.create_namespaced_persistent_volume_claim, request.namespace, body
             )
         except ApiException as error:
@@ -335,7 +330,7 @@ class LogicalUnits:
         self, namespace: str, name: str, patch: Any, content_type: str = MERGE_PATCH
     ) -> dict:
         try:
-            return await self._json(
+            return await self.kube.call_json(
                 self.kube.core.patch_namespaced_persistent_volume_claim,
                 name,
                 namespace,
@@ -384,7 +379,9 @@ class LogicalUnits:
                     },
                     "spec": encode_spec(record),
                 }
-                return await self._json(self.coordination.create_namespaced_lease, namespace, body)
+                return await self.kube.call_json(
+                    self.coordination.create_namespaced_lease, namespace, body
+                )
             lock = lease_expiry(lease)
             if lock is not None and lock[0] != request.partition_uid and lock[1] > self.clock():
                 raise ConflictError(name)
@@ -434,7 +431,7 @@ class LogicalUnits:
             selector += f",{LU_PURPOSE_LABEL}={purpose}"
         done: list[tuple[str, str]] = []
         for _ in range(MAX_ATTEMPTS):
-            pvcs = await self._json(
+            pvcs = await self.kube.call_json(
                 self.kube.core.list_namespaced_persistent_volume_claim,
                 namespace,
                 label_selector=selector,
