@@ -148,3 +148,12 @@ def test_the_last_storage_change_reaches_status() -> None:
 def test_a_malformed_storage_fact_is_left_out(storage: dict) -> None:
     report = parse_report(json.dumps({"agentVersion": "0.1.0", "storage": storage}).encode())
     assert report.storage is None and report.version == "0.1.0"
+
+
+def test_the_watchdog_reaches_status_and_a_malformed_one_is_left_out() -> None:
+    watchdog = {"device": "/dev/watchdog", "timeoutSeconds": 10, "armed": True, "message": ""}
+    body = json.dumps({"agentVersion": "0.1.0", "watchdog": watchdog}).encode()
+    assert parse_report(body).status(NOW)["watchdog"] == watchdog
+    for bad in ({**watchdog, "armed": "yes"}, {**watchdog, "timeoutSeconds": True}, []):
+        body = json.dumps({"agentVersion": "0.1.0", "watchdog": bad}).encode()
+        assert parse_report(body).status(NOW)["watchdog"] is None

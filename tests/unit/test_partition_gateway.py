@@ -29,6 +29,7 @@ from lparkube.adapters.agent_gateway import (
     Verifiers,
 )
 from lparkube.controllers.agent_gateway import status_after_report
+from lparkube.domain import failover
 from lparkube.domain.agent_report import parse_report
 from lparkube.domain.clock import rfc3339
 from lparkube.domain.partition import parse_partition_id
@@ -92,6 +93,7 @@ def run(
     limits: Limits = DEFAULTS,
     ssl_context: ssl.SSLContext | None = None,
     client_ssl: ssl.SSLContext | None = None,
+    answer: dict | None = None,
 ) -> tuple[Any, list]:
     """Serve the gateway on loopback, run the scenario; returns its result and the sink's.
 
@@ -106,8 +108,9 @@ def run(
         except ValueError as exc:
             raise MalformedReportError(str(exc)) from exc
 
-    async def sink(entry: DirectoryEntry, signed_at: int, report: Any) -> None:
+    async def sink(entry: DirectoryEntry, signed_at: int, report: Any) -> dict | None:
         recorded.append((entry.partition, signed_at, report))
+        return answer
 
     async def main() -> Any:
         gateway = ReportGateway(
@@ -152,6 +155,32 @@ def test_a_signed_report_is_recorded_and_answered_204_signed() -> None:
     protocol.verify_response(KEY, signed, 204, response_headers, body)
     ((partition, signed_at, report),) = recorded
     assert (partition, signed_at, report.version) == (PARTITION, signed.timestamp, "0.1.0")
+
+
+def test_a_lease_the_sink_granted_is_answered_200_signed() -> None:
+    signed, headers = signed_headers()
+    lease = {"lease": {"seconds": 10, "watchdogTimeoutSeconds": 10, "renewSeconds": 3}}
+
+    async def scenario(session: aiohttp.ClientSession, url: str) -> tuple:
+        return await post(session, url, REPORT, headers)
+
+    (status, answer, body, response_headers), _ = run(scenario, answer=lease)
+    assert (status, answer) == (200, lease)
+    protocol.verify_response(KEY, signed, 200, response_headers, body)
+
+
+def test_a_report_write_records_the_lease_before_it_is_granted() -> None:
+    report = parse_report(REPORT)
+    meta = {"name": "web-1", "namespace": "tenant-a", "uid": "uid-1", "generation": 1}
+    spec = {"failover": {"enabled": True, "bootImage": {"pvcName": "clean"}}}
+    partition: dict[str, Any] = {"metadata": meta, "spec": spec}
+    now = datetime(2026, 11, 21, 12, 0, 0, 400000, tzinfo=UTC)
+    lease = failover.lease_answer(partition)
+    signed_at = int(now.timestamp())
+    status = status_after_report(partition, ENTRY, report, signed_at, now, lease=lease)
+    assert status["failover"] == {"leaseExpiry": "2026-11-21T12:00:11Z"}
+    partition["status"] = status
+    assert status_after_report(partition, ENTRY, report, signed_at, now, lease=lease) == {}
 
 
 def refused(headers: dict[str, str], body: bytes = REPORT, keys: Any = None, **kw: Any) -> tuple:

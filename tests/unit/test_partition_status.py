@@ -141,6 +141,7 @@ def test_report_connects_the_agent_and_keeps_the_vm_condition() -> None:
         "paging": None,
         "hibernation": None,
         "storage": None,
+        "watchdog": None,
     }
     assert cond(after, "AgentConnected")["status"] == TRUE
     assert cond(after, "VMReady")["status"] == TRUE

@@ -67,7 +67,7 @@ Recorder = Callable[[str], None]
 ``wrong-partition`` count what is answered as ``bad-signature``)."""
 ReportParser = Callable[[bytes], Any]
 """The report in a verified body; raises MalformedReportError to refuse it."""
-ReportSink = Callable[[DirectoryEntry, int, Any], Awaitable[None]]
+ReportSink = Callable[[DirectoryEntry, int, Any], Awaitable[dict[str, Any] | None]]
 """Records an accepted report: its Partition, signed time and what the parser made of it."""
 PartitionCheck = Callable[[str], bool]
 """Whether a header value can name a partition at all (checked before the directory)."""
@@ -413,7 +413,7 @@ class Verifiers:
 @dataclass
 class _Lane(Generic[T]):
     item: T | None = None
-    outcome: asyncio.Future[None] | None = None  # of the next write; None: nothing waits
+    outcome: asyncio.Future[Any] | None = None  # of the next write; None: nothing waits
     writer: asyncio.Task | None = None
     last_start: float = float("-inf")
 
@@ -428,7 +428,7 @@ class Coalescer(Generic[T]):
 
     def __init__(
         self,
-        write: Callable[[str, T], Awaitable[None]],
+        write: Callable[[str, T], Awaitable[Any]],
         window: float,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -440,8 +440,9 @@ class Coalescer(Generic[T]):
     def __len__(self) -> int:
         return len(self._lanes)
 
-    async def submit(self, key: str, item: T) -> None:
-        """Returns once ``item`` or a later one is written; raises what that write raised."""
+    async def submit(self, key: str, item: T) -> Any:
+        """Returns what the write that carried ``item`` (or a later one) returned, once it is
+        done; raises what that write raised."""
         lane = self._lanes.setdefault(key, _Lane())
         lane.item = item
         if lane.outcome is None:
@@ -449,7 +450,7 @@ class Coalescer(Generic[T]):
         outcome = lane.outcome
         if lane.writer is None:
             lane.writer = asyncio.create_task(self._drain(key, lane), name=f"write {key}")
-        await asyncio.shield(outcome)
+        return await asyncio.shield(outcome)
 
     async def close(self) -> None:
         """Cancel the writes still waiting (their callers see the cancellation)."""
@@ -474,9 +475,9 @@ class Coalescer(Generic[T]):
                 lane.outcome.cancel()
             asyncio.get_running_loop().call_later(self._window, self._retire, key, lane)
 
-    async def _carry(self, key: str, item: T, outcome: asyncio.Future[None]) -> None:
+    async def _carry(self, key: str, item: T, outcome: asyncio.Future[Any]) -> None:
         try:
-            await self._write(key, item)
+            result = await self._write(key, item)
         except Exception as exc:
             outcome.set_exception(exc)
             outcome.exception()  # retrieved: the callers re-raise it, nobody else must
@@ -484,7 +485,7 @@ class Coalescer(Generic[T]):
             outcome.cancel()
             raise
         else:
-            outcome.set_result(None)
+            outcome.set_result(result)
 
     def _retire(self, key: str, lane: _Lane[T]) -> None:
         """Forget an idle key once its window has passed: the lanes stay as few as the keys
@@ -688,12 +689,17 @@ class ReportGateway:
         self, entry: DirectoryEntry, signed: protocol.Signed, key: bytes, report: Any
     ) -> web.Response:
         try:
-            await self._sink(entry, signed.timestamp, report)
+            answer = await self._sink(entry, signed.timestamp, report)
         except Exception:
             logger.exception("Cannot record the report of %s", signed.partition)
             self._record("unavailable")
             message = "the report was not recorded; retry"
             return _error("unavailable", message, key=key, request=signed)
         self._record("accepted")
-        headers = protocol.sign_response(key, signed, 204, b"").headers()
-        return web.Response(status=204, headers=headers)
+        if answer is None:
+            headers = protocol.sign_response(key, signed, 204, b"").headers()
+            return web.Response(status=204, headers=headers)
+        body = json.dumps(answer, separators=(",", ":")).encode()
+        headers = protocol.sign_response(key, signed, 200, body).headers()
+        headers["Content-Type"] = "application/json"
+        return web.Response(status=200, body=body, headers=headers)

@@ -33,6 +33,7 @@ from lparkube.adapters.agent_identity import AgentIdentity, OperatorCredentials
 from lparkube.adapters.kube import PARTITION, Kube
 from lparkube.config import Settings
 from lparkube.controllers.partition import RESOURCE, write_status
+from lparkube.domain import failover
 from lparkube.domain import partition as domain
 from lparkube.domain import partition_status as status_rules
 from lparkube.domain.agent_report import AgentReport, parse_report
@@ -78,17 +79,45 @@ def _now() -> datetime:
 
 
 def status_after_report(
-    partition: dict, entry: DirectoryEntry, report: AgentReport, signed_at: int, now: datetime
+    partition: dict,
+    entry: DirectoryEntry,
+    report: AgentReport,
+    signed_at: int,
+    now: datetime,
+    *,
+    lease: failover.LeaseAnswer | None = None,
 ) -> dict[str, Any]:
     """The status a report makes; unchanged unless it is signed after the stored heartbeat
-    (and the Partition is still the one whose agent signed it)."""
+    (and the Partition is still the one whose agent signed it). With ``lease``, the lease its
+    answer grants is recorded in the same write, before the answer goes out."""
     status = partition.get("status") or {}
     if partition["metadata"].get("uid") != entry.uid:
         return {}
     if not is_newer(signed_at, last_report_time(status)):
         return {}
     heartbeat = datetime.fromtimestamp(signed_at, UTC)
-    return status_rules.status_with_report(partition, report.status(heartbeat), now)
+    after = status_rules.status_with_report(partition, report.status(heartbeat), now)
+    if lease is not None:
+        after.update(failover.status_with_lease(partition, lease, now))
+    return after
+
+
+class _Answer:
+    """The lease decided by the last computation of a status write (it may be recomputed
+    after a conflict); a grant only if that write recorded it."""
+
+    def __init__(self) -> None:
+        self.lease = failover.LeaseAnswer()
+
+    def compute(
+        self, partition: dict, entry: DirectoryEntry, report: AgentReport, signed_at: int
+    ) -> dict[str, Any]:
+        now = _now()
+        self.lease = failover.lease_answer(partition)
+        after = status_after_report(partition, entry, report, signed_at, now, lease=self.lease)
+        if not after:
+            self.lease = failover.LeaseAnswer()  # nothing written: no grant
+        return after
 
 
 async def record_report(
@@ -99,21 +128,25 @@ async def record_report(
     *,
     signed_at: int,
     identity: str,
-) -> None:
-    """Write a verified report into status.agent and AgentConnected; event on (re)connect."""
+) -> dict[str, Any] | None:
+    """Write a verified report into status.agent and AgentConnected (and the lease granted, in
+    status.failover); event on (re)connect. Returns the answer's body: the lease, a disarm,
+    or None."""
     namespace, name = entry.namespace, entry.name
     REPORT_WRITES.inc()
+    answer = _Answer()
     before, after = await write_status(
-        kube, namespace, name, lambda p: status_after_report(p, entry, report, signed_at, _now())
+        kube, namespace, name, lambda p: answer.compute(p, entry, report, signed_at)
     )
     if before is None:  # gone, and the watch did not say so yet
         directory.forget(entry.partition, entry.uid)
-        return
+        return None
     if status_rules.transition(before, after, status_rules.AGENT_CONNECTED) == TRUE:
         message = f"Guest agent {report.version or '?'} reported (kernel {report.kernel_release})"
         await post_event(
             kube, namespace, name, reason="AgentConnected", message=message, identity=identity
         )
+    return answer.lease.body()
 
 
 async def post_event(
@@ -174,9 +207,11 @@ def build_gateway(
 
     verifiers = Verifiers(key)
 
-    async def write(_: str, item: tuple[DirectoryEntry, AgentReport, int]) -> None:
+    async def write(_: str, item: tuple[DirectoryEntry, AgentReport, int]) -> dict | None:
         entry, report, signed_at = item
-        await record_report(kube, directory, entry, report, signed_at=signed_at, identity=identity)
+        return await record_report(
+            kube, directory, entry, report, signed_at=signed_at, identity=identity
+        )
 
     writes: Coalescer[tuple[DirectoryEntry, AgentReport, int]] = Coalescer(
         write, REPORT_WINDOW_SECONDS
@@ -188,8 +223,8 @@ def build_gateway(
         except ValueError as exc:
             raise MalformedReportError(str(exc)) from exc
 
-    async def sink(entry: DirectoryEntry, signed_at: int, report: AgentReport) -> None:
-        await writes.submit(entry.partition, (entry, report, signed_at))
+    async def sink(entry: DirectoryEntry, signed_at: int, report: AgentReport) -> dict | None:
+        return await writes.submit(entry.partition, (entry, report, signed_at))
 
     def valid(partition: str) -> bool:
         return domain.parse_partition_id(partition) is not None

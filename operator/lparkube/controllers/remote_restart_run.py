@@ -40,6 +40,7 @@ from lparkube.adapters.kube import (
 )
 from lparkube.api.v1alpha1 import remoterestart as api
 from lparkube.controllers.polling import pause
+from lparkube.domain import failover
 from lparkube.domain import hibernation as h
 from lparkube.domain import remote_restart as rr
 from lparkube.domain.clock import parse_time, rfc3339, utcnow
@@ -306,9 +307,11 @@ class RemoteRestartRun:
             f"/api/v1/namespaces/{self.namespace}/pods",
             labelSelector=f"{rr.LAUNCHER_VM_LABEL}={scope.vm_name}",
         )
+        source = scope.status.get("sourceNodeName") or ""
+        self_fenced = failover.self_fenced_on(scope.partition or {}, scope.vmi, source, scope.now)
         view = rr.SourceView(
-            scope.vm_name, scope.status.get("sourceNodeName") or "", scope.vmi, scope.image,
-            tuple(pods), tuple(scope.nodes),
+            scope.vm_name, source, scope.vmi, scope.image, tuple(pods), tuple(scope.nodes),
+            self_fenced,
         )  # fmt: skip
         refusal = rr.source_stop_refusal(view)
         if refusal is not None:

@@ -3,9 +3,9 @@
 The body is signed, but a signature proves only who sent it, not that it is well formed: a
 report whose core fields do not match the documented shape is refused as a whole, so status
 never holds half of a bad report. The guest's optional facts (``bootId``, ``memory``,
-``paging``, ``hibernation``, ``storage``; docs/agent-protocol.md) are each taken or left on
-their own: one that is malformed is left out, as if the agent had not sent it, and never fails
-the report.
+``paging``, ``hibernation``, ``storage``, ``watchdog``; docs/agent-protocol.md) are each taken
+or left on their own: one that is malformed is left out, as if the agent had not sent it, and
+never fails the report.
 """
 
 from __future__ import annotations
@@ -67,6 +67,25 @@ class Paging:
             "sizeBytes": self.size_bytes,
             "swapBytes": self.swap_bytes,
             "active": self.active,
+            "message": self.message,
+        }
+
+
+@dataclass(frozen=True)
+class Watchdog:
+    """The guest's watchdog device: its timeout, whether the agent armed it (it pets it only
+    while it holds a lease the gateway granted)."""
+
+    device: str
+    timeout_seconds: int
+    armed: bool
+    message: str
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "device": self.device,
+            "timeoutSeconds": self.timeout_seconds,
+            "armed": self.armed,
             "message": self.message,
         }
 
@@ -140,6 +159,7 @@ class AgentReport:
     paging: Paging | None = None
     hibernation: Hibernation | None = None
     storage: Storage | None = None
+    watchdog: Watchdog | None = None
 
     def status(self, received: datetime) -> dict[str, Any]:
         """The Partition's status.agent fields this report sets; received is the heartbeat.
@@ -160,6 +180,7 @@ class AgentReport:
             "paging": self.paging.status() if self.paging else None,
             "hibernation": self.hibernation.status() if self.hibernation else None,
             "storage": self.storage.status() if self.storage else None,
+            "watchdog": self.watchdog.status() if self.watchdog else None,
         }
 
 
@@ -187,6 +208,7 @@ def parse_report(body: bytes) -> AgentReport:
         paging=_optional(_paging, data.get("paging")),
         hibernation=_optional(_hibernation, data.get("hibernation")),
         storage=_optional(_storage, data.get("storage")),
+        watchdog=_optional(_watchdog, data.get("watchdog")),
     )
 
 
@@ -252,6 +274,16 @@ def _paging(value: Any) -> Paging:
         active=active,
         message=_message(data),
     )
+
+
+def _watchdog(value: Any) -> Watchdog:
+    data = _object(value, "watchdog")
+    armed, timeout = data.get("armed"), data.get("timeoutSeconds")
+    if not isinstance(armed, bool):
+        raise ValueError("watchdog.armed must be true or false")
+    if isinstance(timeout, bool) or not isinstance(timeout, int) or not 0 <= timeout <= 86400:
+        raise ValueError("watchdog.timeoutSeconds must be 0..86400")
+    return Watchdog(_string(data, "device", 256), timeout, armed, _message(data))
 
 
 def _hibernation(value: Any) -> Hibernation:

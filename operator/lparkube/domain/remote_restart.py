@@ -25,6 +25,7 @@ from lparkube.api.v1alpha1 import remoterestart as api
 from lparkube.domain import hibernation as h
 from lparkube.domain.clock import parse_duration, parse_time, rfc3339
 from lparkube.domain.conditions import Condition, is_true
+from lparkube.domain.failover import fenced
 from lparkube.domain.leadership import LeaseRecord
 from lparkube.domain.logical_units import parse_size
 from lparkube.domain.saving import selector_matches
@@ -563,11 +564,6 @@ def validate(inp: Input) -> Target:
 # --- the source must be proven stopped before anything starts on the target -------------------
 
 
-def fenced(node: Mapping[str, Any] | None) -> bool:
-    """The node carries node.kubernetes.io/out-of-service: nothing runs there any more."""
-    return any(t.get("key") == api.OUT_OF_SERVICE_TAINT for t in _get(node, "spec", "taints") or [])
-
-
 @dataclass(frozen=True)
 class SourceView:
     """What the proof reads: the VM's name, the source node, the image (if any), the VMI,
@@ -579,15 +575,21 @@ class SourceView:
     image: Mapping[str, Any] | None = None
     pods: Sequence[Mapping[str, Any]] = ()
     nodes: Sequence[Mapping[str, Any]] = ()
+    self_fenced: bool = False  # the guest's watchdog has powered it off (domain/failover.py)
 
     def node(self, name: str) -> Mapping[str, Any] | None:
         return next((n for n in self.nodes if _name(n) == name), None)
+
+    def fenced(self, name: str) -> bool:
+        """Nothing of the VM runs on this node: it is fenced, or it is the source node and
+        the guest there fenced itself."""
+        return fenced(self.node(name)) or (self.self_fenced and name == self.source_node)
 
 
 def _alive_on(view: SourceView, node_name: str, running: bool) -> bool:
     """Something of the VM may run on this node: it is the source node or it already runs,
     and the node is not fenced."""
-    if not node_name or fenced(view.node(node_name)):
+    if not node_name or view.fenced(node_name):
         return False
     return running or node_name == view.source_node
 
@@ -595,7 +597,7 @@ def _alive_on(view: SourceView, node_name: str, running: bool) -> bool:
 def _lost(view: SourceView, node_name: str) -> bool:
     """The node is gone or not Ready, and not fenced: what runs there is unknown."""
     node = view.node(node_name)
-    return not fenced(node) and (node is None or not node_ready(node))
+    return not view.fenced(node_name) and (node is None or not node_ready(node))
 
 
 def _stopped_on(view: SourceView, node_name: str) -> bool:

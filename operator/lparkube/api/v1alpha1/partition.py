@@ -18,6 +18,7 @@ from lparkube.api.schema import (
     string_map,
     timestamp,
 )
+from lparkube.api.v1alpha1 import failover
 
 VM_TEMPLATE = obj(
     "A KubeVirt VirtualMachine that the operator creates and owns, named after the Partition. "
@@ -121,6 +122,7 @@ SPEC = obj(
             "hibernation, dump)."
         ),
         "paging": PAGING,
+        "failover": failover.SPEC,
     },
     rules=(
         Rule(
@@ -200,6 +202,7 @@ AGENT_STATUS = obj(
                 ),
             },
         ),
+        "watchdog": failover.WATCHDOG_STATUS,
         "storage": obj(
             "What the agent did for the last storage change it was told of (POST /v1/storage).",
             {
@@ -308,6 +311,7 @@ STATUS = obj(
             map_keys=["name"],
         ),
         "storageChange": STORAGE_CHANGE,
+        "failover": failover.STATUS,
     },
 )
 
