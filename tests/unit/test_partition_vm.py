@@ -291,3 +291,15 @@ def test_a_vm_without_a_readable_record_gets_the_whole_template() -> None:
 )
 def test_merge_diff(old: dict, new: dict, diff: dict) -> None:
     assert part.merge_diff(old, new) == diff
+
+
+def test_failover_with_self_fence_gives_the_vm_its_watchdog() -> None:
+    on = {"enabled": True, "bootImage": {"pvcName": "clean"}}
+    p = partition({"vmTemplate": template(), "failover": on})
+    vm = part.vm_from_template(p, part.agent_spec("web-1", p["spec"]))
+    watchdog = pod_spec(vm)["domain"]["devices"]["watchdog"]
+    assert watchdog == {"name": "lparkube-watchdog", "i6300esb": {"action": "poweroff"}}
+    for spec in ({**on, "selfFence": {"enabled": False}}, {**on, "enabled": False}):
+        p = partition({"vmTemplate": template(), "failover": spec})
+        vm = part.vm_from_template(p, part.agent_spec("web-1", p["spec"]))
+        assert "watchdog" not in pod_spec(vm)["domain"]["devices"]

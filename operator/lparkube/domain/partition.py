@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from lparkube.domain import key_delivery, paging
+from lparkube.domain import failover, key_delivery, paging
 from lparkube.domain.clock import parse_duration
 
 API_VERSION = "lparkube.io/v1alpha1"
@@ -196,8 +196,9 @@ def data_digest(data: dict[str, str]) -> str:
 def vm_from_template(
     partition: dict[str, Any], agent: AgentSpec, paging_claim: str | None = None
 ) -> dict[str, Any]:
-    """The VM the Partition creates: its template, labelled, owned, with the key delivered
-    and, given its claim, the paging LU as disk lparkube-paging."""
+    """The VM the Partition creates: its template, labelled, owned, with the key delivered,
+    given its claim the paging LU as disk lparkube-paging, and with failover's self-fence the
+    i6300esb watchdog (action poweroff)."""
     meta = partition["metadata"]
     template = copy.deepcopy(partition["spec"]["vmTemplate"])
     labels = {**((template.get("metadata") or {}).get("labels") or {})}
@@ -207,6 +208,8 @@ def vm_from_template(
     )
     if paging_claim:
         spec = paging.with_paging_disk(spec, paging_claim)
+    if failover.settings_of(partition).fencing_by_watchdog:
+        spec = failover.with_watchdog(spec)
     pod_meta = spec.setdefault("template", {}).setdefault("metadata", {})
     pod_meta["labels"] = {**(pod_meta.get("labels") or {}), PARTITION_LABEL: meta["name"]}
     vm_meta: dict[str, Any] = {

@@ -21,6 +21,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from lparkube.api.v1alpha1 import failover as fo_api
 from lparkube.api.v1alpha1 import remoterestart as api
 from lparkube.domain import hibernation as h
 from lparkube.domain.clock import parse_duration, parse_time, rfc3339
@@ -163,9 +164,12 @@ class Input:
 
     @property
     def source_node(self) -> str:
-        """Where the partition runs (or ran, or was hibernated)."""
+        """Where the partition runs (or ran: a failover restarting it names the node its
+        failed instance ran on; or was hibernated)."""
+        failed = _get(self.partition, "status", "failover", "current") or {}
         return (
             _get(self.vmi, "status", "nodeName")
+            or (failed.get("nodeName") if failed.get("phase") == fo_api.RESTARTING else None)
             or _get(self.partition, "status", "nodeName")
             or _get(self.image, "status", "sourceNodeName")
             or ""
