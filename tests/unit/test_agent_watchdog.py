@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from lparkube_agent import cli, protocol
 from lparkube_agent.report import MAX_LEASE_SECONDS, parse_answer
 from lparkube_agent.watchdog import INT, WDIOC_GETTIMEOUT, WDIOC_SETTIMEOUT, Lease, Watchdog
 
@@ -240,3 +241,31 @@ def test_fuzzed_answers_grant_a_lease_in_bounds_or_are_refused() -> None:
             assert all(0 < t <= MAX_LEASE_SECONDS for t in times), (seed, bytes(body))
             assert isinstance(lease.watchdog_timeout, int), (seed, bytes(body))
 
+
+# --- where the device is ----------------------------------------------------------------------
+
+
+def test_the_device_is_devfs_watchdog_unless_configured_or_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "key").write_bytes(protocol.new_key())
+    for name in ("ca.crt", "tls.crt", "tls.key"):
+        (tmp_path / name).write_text("PEM")
+    config = tmp_path / "config.json"
+    devices: list[Path] = []
+
+    def no_daemon(loaded: object) -> None:
+        devices.append(loaded.watchdog_device)  # type: ignore[attr-defined]
+        raise RuntimeError("no daemon in a unit test")
+
+    monkeypatch.setattr(cli, "Agent", no_daemon)
+    for settings, options in [
+        ({}, []),
+        ({"devfs": "dev"}, []),
+        ({"devfs": "dev", "watchdogDevice": "dev/watchdog1"}, []),
+        ({"watchdogDevice": "dev/watchdog1"}, [f"--watchdog-device={tmp_path / 'w'}"]),
+    ]:
+        config.write_text(json.dumps({"partition": "tenant-a/web-1", **settings}))
+        assert cli.main(["serve", f"--config={config}", *options]) == 2
+    expected = [Path("/dev/watchdog"), tmp_path / "dev/watchdog", tmp_path / "dev/watchdog1"]
+    assert devices == [*expected, tmp_path / "w"]
