@@ -1,5 +1,5 @@
 """The agent daemon: registration table, save and hibernate runs, storage changes, the paging
-device, HTTP endpoint, reports, pruning.
+device, HTTP endpoint, reports, the self-fencing watchdog, pruning.
 
 `Agent` is importable and can run in-process (tests, benchmarks with many agents): every part
 is optional except the HTTP endpoint, and `port` tells where it listens when given port 0.
@@ -26,6 +26,7 @@ from .saves import SaveStore
 from .storage import StorageStore
 from .storage import decode_run as decode_storage_run
 from .terminals import Terminals
+from .watchdog import Watchdog
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,7 @@ class Agent:
         self.methods = Methods(input_table or InputTable.load(config.input_table), self.terminals)
         self.saves = SaveStore(self._registrations, self.methods.save, journal=journal)
         self.paging = Paging(config.files, config.swap_commands)
+        self.watchdog = Watchdog(config.watchdog_device)
         self.hibernations = HibernationStore(
             config.files,
             self.paging,
@@ -58,6 +60,7 @@ class Agent:
             ),
             busy=self.saves.running,
             on_change=self._report_soon,
+            before_suspend=lambda: self.watchdog.disarm("disarmed to hibernate"),
         )
         self.storage = StorageStore(
             config.files,
@@ -99,6 +102,7 @@ class Agent:
         self._spawn(self._enable_paging, "paging")
         if self.registration:
             self.registration.start()
+        self.watchdog.start()
         if self.reporter:
             self.reporter.start()
         host = self.config.listen[0]
@@ -106,6 +110,7 @@ class Agent:
 
     def stop(self) -> None:
         self._stop.set()
+        self.watchdog.stop()
         if self.reporter:
             self.reporter.stop()
         if self.registration:
@@ -123,6 +128,7 @@ class Agent:
             "paging": self.paging.report(),
             "hibernation": self.hibernations.last(),
             "storage": self.storage.last(),
+            "watchdog": self.watchdog.report(),
         }
         body.update({k: v for k, v in guest.items() if v is not None})  # all optional
         return body
@@ -142,15 +148,19 @@ class Agent:
         self.table.prune()
         return self.table.entries()
 
-    def _push(self) -> None:
+    def _push(self) -> float | None:
+        """One report; the delay its answer's lease asks to be renewed in, if any."""
         assert self.config.operator_url
-        reports.push(
+        sent_at = self.watchdog.clock()  # a lease counts from before the report leaves
+        lease = reports.push(
             self.config.operator_url,
             self.config.key,
             self.config.partition,
             self.report(),
             self._report_tls,
         )
+        self.watchdog.answered(lease, sent_at)
+        return lease.renew if lease else None
 
     def _forget_terminals(self, removed: list[Registration]) -> None:
         for reg in removed:

@@ -64,6 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--sysfs", help="where sysfs is (/sys): power, block devices")
     serve.add_argument("--procfs", help="where procfs is (/proc): meminfo, swaps, boot id")
     serve.add_argument("--devfs", help="where devfs is (/dev): the paging disk, kmsg")
+    serve.add_argument("--watchdog-device", help="the watchdog self-fencing arms (DEVFS/watchdog)")
     for command in ("mkswap", "swapon", "swapoff"):
         serve.add_argument(f"--{command}", help=f"the {command} command line ({command})")
     serve.add_argument("--log-level", default="INFO")
@@ -142,6 +143,7 @@ def _serve(args: argparse.Namespace) -> int:
         "sysfs": _abs(args.sysfs),
         "procfs": _abs(args.procfs),
         "devfs": _abs(args.devfs),
+        "watchdogDevice": _abs(args.watchdog_device),
         "mkswap": args.mkswap,
         "swapon": args.swapon,
         "swapoff": args.swapoff,

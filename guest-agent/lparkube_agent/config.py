@@ -42,6 +42,7 @@ class Config:
     # Where /sys, /proc and /dev are, and the swap commands: a test's fake tree and scripts.
     files: GuestFiles = default_of(default_factory=GuestFiles)
     swap_commands: SwapCommands = default_of(default_factory=SwapCommands)
+    watchdog_device: Path = GuestFiles().watchdog
 
 
 def parse_listen(text: object) -> tuple[str, int]:
@@ -132,6 +133,7 @@ def load(path: Path, overrides: dict | None = None) -> Config:
     if url is not None and (not isinstance(url, str) or not url.startswith("https://")):
         raise ValueError("operatorURL must be an https:// URL (reports go only over TLS)")
     base = path.parent
+    files = guest_files(data, base)
     key_path = _path(data, "keyFile", "key", base)
     if key_path is None:
         raise ValueError("keyFile must name the partition key file")
@@ -146,6 +148,7 @@ def load(path: Path, overrides: dict | None = None) -> Config:
         socket=_path(data, "socket", DEFAULT_SOCKET, base),
         input_table=_path(data, "inputTable", DEFAULT_INPUT_TABLE, base),
         vmcoreinfo=_path(data, "vmcoreinfo", DEFAULT_VMCOREINFO, base) or Path("/nonexistent"),
-        files=guest_files(data, base),
+        files=files,
         swap_commands=swap_commands(data),
+        watchdog_device=_path(data, "watchdogDevice", None, base) or files.watchdog,
     )

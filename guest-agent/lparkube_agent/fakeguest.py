@@ -9,25 +9,35 @@ that signature or already on, and lists it in proc/swaps with the size its heade
 grown disk keeps its old area until mkswap runs again); ``swapoff`` removes it. Every command
 run is appended to ``commands.log`` so a test can tell what the agent ran.
 
+The watchdog is a plain file, dev/watchdog, that collects what the agent writes to it. A file
+takes no ioctl, so ``agent`` runs the agent with the watchdog's ioctls answered as a kernel
+would (a timeout of 1 to 2046 s, i6300esb's range, else EINVAL), each timeout set logged too.
+
     python -m lparkube_agent.fakeguest {mkswap,swapon,swapoff} --root ROOT DEVICE
+    python -m lparkube_agent.fakeguest agent --root ROOT LPARKUBE-AGENT-ARGUMENTS...
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
+import fcntl
 import json
 import os
 import struct
 import sys
 from pathlib import Path
 
+from .cli import main as agent_main
 from .guestfiles import GuestFiles, swap_areas
 from .paging import SERIAL, SIGNATURE_BYTES, SWAP_SIGNATURE
+from .watchdog import INT, WDIOC_GETTIMEOUT, WDIOC_SETTIMEOUT
 
 MIB = 1024 * 1024
 PAGE = os.sysconf("SC_PAGE_SIZE")
 HEADER_VERSION_AT = 1024  # after the boot block: version, last_page, nr_badpages (u32 each)
 SWAPS_HEADING = "Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority\n"
+WATCHDOG_TIMEOUTS = range(1, 2047)
 
 
 class FakeGuest:
@@ -47,6 +57,7 @@ class FakeGuest:
         self.root = root
         self.files = GuestFiles(root / "sys", root / "proc", root / "dev")
         self.disk = self.files.dev / "vdc"
+        self.watchdog = self.files.watchdog
         self.log = root / "commands.log"
         self.numbers = numbers
         for directory in (self.files.power, self.files.proc / "sys/kernel/random"):
@@ -69,8 +80,20 @@ class FakeGuest:
             "sysfs": str(self.files.sys),
             "procfs": str(self.files.proc),
             "devfs": str(self.files.dev),
+            "watchdogDevice": str(self.watchdog),
             **{c: f"{command} {c} --root {self.root}" for c in ("mkswap", "swapon", "swapoff")},
         }
+
+    def agent_command(self) -> list[str]:
+        """The agent's command line (before ``serve``) with this guest's watchdog ioctls."""
+        return [sys.executable, "-m", "lparkube_agent.fakeguest", "agent", "--root", str(self.root)]
+
+    def watchdog_timeouts(self) -> list[int]:
+        """The timeouts the agent set on the watchdog, in order."""
+        if not self.log.exists():
+            return []
+        entries = [json.loads(line) for line in self.log.read_text().splitlines()]
+        return [int(value) for name, value in entries if name == "WDIOC_SETTIMEOUT"]
 
     def attach(self, disk_bytes: int) -> None:
         """The paging disk, blank (all zeros)."""
@@ -211,14 +234,45 @@ def _swapoff(guest: GuestFiles, device: Path) -> int:
 COMMANDS = {"mkswap": _mkswap, "swapon": _swapon, "swapoff": _swapoff}
 
 
+def _log(root: Path, name: str, argument: str) -> None:
+    with (root / "commands.log").open("a") as log:
+        log.write(json.dumps([name, argument]) + "\n")
+
+
+def _agent(root: Path, argv: list[str]) -> int:
+    """The agent, its process's ``fcntl.ioctl`` answering the watchdog's two requests."""
+    real, timeout = fcntl.ioctl, 0
+
+    def ioctl(fd: int, request: int, arg: bytearray, *more: object) -> object:
+        nonlocal timeout
+        if request == WDIOC_SETTIMEOUT:
+            value = INT.unpack(arg)[0]
+            if value not in WATCHDOG_TIMEOUTS:
+                raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+            timeout = value
+            _log(root, "WDIOC_SETTIMEOUT", str(value))
+        if request in (WDIOC_SETTIMEOUT, WDIOC_GETTIMEOUT):
+            arg[:] = INT.pack(timeout)
+            return 0
+        return real(fd, request, arg, *more)
+
+    fcntl.ioctl = ioctl  # type: ignore[assignment]
+    return agent_main(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lparkube_agent.fakeguest")
-    parser.add_argument("command", choices=sorted(COMMANDS))
-    parser.add_argument("--root", required=True, type=Path)
-    parser.add_argument("device", type=Path)
+    root = argparse.ArgumentParser(add_help=False)
+    root.add_argument("--root", required=True, type=Path)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in sorted(COMMANDS):
+        sub.add_parser(name, parents=[root]).add_argument("device", type=Path)
+    agent = sub.add_parser("agent", parents=[root], help="lparkube-agent, with watchdog ioctls")
+    agent.add_argument("argv", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
-    with (args.root / "commands.log").open("a") as log:
-        log.write(json.dumps([args.command, str(args.device)]) + "\n")
+    if args.command == "agent":
+        return _agent(args.root, args.argv)
+    _log(args.root, args.command, str(args.device))
     guest = GuestFiles(args.root / "sys", args.root / "proc", args.root / "dev")
     return COMMANDS[args.command](guest, args.device)
 

@@ -44,6 +44,10 @@ class GuestFiles:
         return self.dev / "kmsg"
 
     @property
+    def watchdog(self) -> Path:
+        return self.dev / "watchdog"
+
+    @property
     def power(self) -> Path:
         return self.sys / "power"
 

@@ -177,12 +177,14 @@ class HibernationStore:
         journal: Journal[HibernateRun] | None = None,
         busy: Callable[[], bool] = lambda: False,
         on_change: Callable[[], None] = lambda: None,
+        before_suspend: Callable[[], None] = lambda: None,
     ) -> None:
         self.files = files
         self.paging = paging
         self._journal: Journal[HibernateRun] = journal or Journal(None, decode_run, "hibernate")
         self._busy = busy
         self._on_change = on_change
+        self._before_suspend = before_suspend
         self._runs: dict[str, HibernateRun] = {}  # in request order, oldest first
         self._lock = threading.Lock()  # the runs
         self._writing = threading.Lock()  # journal, then memory: one change at a time
@@ -295,6 +297,7 @@ class HibernationStore:
         write_kernel_file(power / "resume", device.numbers)
         write_kernel_file(power / "disk", "shutdown")
         log.info("hibernate run %s: suspending to %s (%s)", run.id, device.path, device.numbers)
+        self._before_suspend()
         write_kernel_file(power / "state", "disk")  # returns once restored, or failed
 
     def _finish(self, run: HibernateRun) -> None:

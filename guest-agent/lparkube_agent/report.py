@@ -21,11 +21,13 @@ from urllib.parse import urlsplit
 from . import procinfo, protocol, tls
 from .saves import iso
 from .version import VERSION
+from .watchdog import Lease
 
 log = logging.getLogger(__name__)
 
 REPORTS_PATH = "/v1/reports"
 MIN_BACKOFF = 1.0
+MAX_LEASE_SECONDS = 3600  # any of the lease's times
 
 
 def parse_vmcoreinfo(text: str) -> dict | None:
@@ -64,6 +66,35 @@ def build_report(
     }
 
 
+def parse_answer(body: bytes) -> Lease | None:
+    """The lease a verified answer grants: None for an empty body (204) or a JSON object without
+    ``lease``; ValueError for any other body, which counts as no answer at all."""
+    if not body:
+        return None
+    data = json.loads(body)
+    if not isinstance(data, dict):
+        raise ValueError("the answer must be a JSON object")
+    lease = data.get("lease")
+    if lease is None:
+        return None
+    if not isinstance(lease, dict):
+        raise ValueError("lease must be an object {seconds, watchdogTimeoutSeconds, renewSeconds}")
+    return Lease(
+        _lease_time(lease, "seconds", (int, float)),
+        int(_lease_time(lease, "watchdogTimeoutSeconds", int)),
+        _lease_time(lease, "renewSeconds", (int, float)),
+    )
+
+
+def _lease_time(lease: dict, name: str, kinds: type | tuple[type, ...]) -> float:
+    value = lease.get(name)
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        raise ValueError(f"lease.{name} must be a number of seconds")
+    if not 0 < value <= MAX_LEASE_SECONDS:  # also refuses NaN and Infinity
+        raise ValueError(f"lease.{name} must be more than 0 and at most {MAX_LEASE_SECONDS}")
+    return value
+
+
 def push(
     url: str,
     key: bytes,
@@ -72,9 +103,9 @@ def push(
     context: ssl.SSLContext,
     *,
     timeout: float = 10.0,
-) -> None:
-    """POST the signed report over TLS to the operator (checked before anything is sent) and
-    verify its signed answer; raises on any failure."""
+) -> Lease | None:
+    """POST the signed report over TLS to the operator (checked before anything is sent),
+    verify its signed answer and return the lease it grants; raises on any failure."""
     parts = urlsplit(url.rstrip("/"))
     if parts.scheme != "https" or not parts.hostname:
         raise ValueError(f"operatorURL {url!r} is not an https URL")
@@ -95,11 +126,14 @@ def push(
     protocol.verify_response(key, signed, response.status, dict(response.getheaders()), answer)
     if not 200 <= response.status < 300:
         raise RuntimeError(f"operator answered {response.status}: {answer[:200]!r}")
+    return parse_answer(answer)
 
 
 class Reporter:
-    """Pushes the report at start, every interval, soon after registrations change, and with
-    backoff while the operator is unreachable. Never raises out of its thread.
+    """Pushes the report at start, every interval (or sooner, when the last answer asked to be
+    renewed sooner: ``send`` returns that delay, else None), soon after registrations change,
+    and with backoff (never longer than that delay) while the operator is unreachable. Never
+    raises out of its thread.
 
     Pokes are coalesced: at most one push per ``MIN_SPACING`` seconds, the registrations
     read when it starts. And never two pushes within one wall-clock second: the gateway accepts
@@ -110,7 +144,7 @@ class Reporter:
 
     def __init__(
         self,
-        send: Callable[[], None],
+        send: Callable[[], float | None],
         interval: float,
         max_backoff: float | None = None,
     ) -> None:
@@ -135,19 +169,21 @@ class Reporter:
         self._wake.set()
 
     def _loop(self) -> None:
-        backoff = MIN_BACKOFF
+        backoff, due = MIN_BACKOFF, self._interval
         started, signed_by = float("-inf"), -1  # the last push: monotonic start, wall second
         while not self._pace(started, signed_by):
             self._wake.clear()  # pokes from now on get the next push
             started = time.monotonic()
             try:
-                self._send()
+                renew = self._send()
                 self.pushed += 1
-                delay, backoff = self._interval, MIN_BACKOFF
+                due = self._interval if renew is None else min(renew, self._interval)
+                delay, backoff = due, MIN_BACKOFF
             except Exception as error:
                 self.failures += 1
-                log.warning("report to the operator failed (%s); retrying in %.0fs", error, backoff)
-                delay, backoff = backoff, min(backoff * 2, self._max_backoff)
+                delay = min(backoff, due)
+                log.warning("report to the operator failed (%s); retrying in %gs", error, delay)
+                backoff = min(backoff * 2, self._max_backoff)
             signed_by = int(time.time())  # the push was signed in this second or before
             self._wake.wait(delay)
 

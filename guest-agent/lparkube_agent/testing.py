@@ -100,6 +100,7 @@ class AgentProcess:
         if tls_material.operator_cert_pem:  # made now: threads of a test share it
             self._operator_tls = tls_material.operator_context(root)
         settings = {"partition": partition, "listen": "127.0.0.1:0", "reportIntervalSeconds": 30}
+        settings["watchdogDevice"] = str(root / "watchdog")  # never the host's, if it has one
         settings.update(config or {})
         self.config_path.write_text(json.dumps(settings))
         self.command = command or [sys.executable, "-m", "lparkube_agent"]

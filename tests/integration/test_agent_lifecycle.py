@@ -14,10 +14,10 @@ import threading
 import time
 import zipfile
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from agent_gateway import FakeOperator
 
 from lparkube.adapters.agent_identity import OperatorCredentials
 from lparkube_agent import config as configs
@@ -45,49 +45,6 @@ def wait_until(check: Callable[[], object], timeout: float = 10.0) -> object:
             return value
         time.sleep(0.05)
     raise AssertionError(f"timed out waiting for {check}")
-
-
-class FakeOperator:
-    """The operator's agent gateway: verifies each signed report and answers 204 signed
-    (or, while `forge` > 0, with an unsigned answer the agent must not trust)."""
-
-    def __init__(self, key: bytes, credentials: OperatorCredentials, port: int = 0) -> None:
-        self.key, self.forge = key, 0
-        self.reports: list[tuple[float, dict]] = []
-        self.verifier = protocol.Verifier(key, PARTITION)
-        operator = self
-
-        class Gateway(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                message = protocol.Message(protocol.TO_OPERATOR, "POST", self.path, PARTITION, body)
-                signed = operator.verifier.verify(message, self.headers)
-                operator.reports.append((time.monotonic(), json.loads(body)))
-                self.send_response(204)
-                if operator.forge > 0:
-                    operator.forge -= 1
-                else:
-                    answer = protocol.sign_response(key, signed, 204, b"")
-                    for name, value in answer.headers().items():
-                        self.send_header(name, value)
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", port), Gateway)
-        self.server.socket = credentials.server_context().wrap_socket(
-            self.server.socket, server_side=True
-        )
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"https://127.0.0.1:{self.server.server_address[1]}"
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def signal_app(apps: list, agent: AgentProcess, name: str, out: Path) -> subprocess.Popen:

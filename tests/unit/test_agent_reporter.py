@@ -1,5 +1,6 @@
-"""The agent's Reporter: pokes are coalesced (at most one push a second), and no two pushes
-fall in the same wall-clock second (the gateway accepts only strictly later signed seconds)."""
+"""The agent's Reporter: pokes are coalesced (at most one push a second), no two pushes fall
+in the same wall-clock second (the gateway accepts only strictly later signed seconds), and a
+lease's renewal comes sooner than the interval."""
 
 from __future__ import annotations
 
@@ -16,19 +17,22 @@ from lparkube_agent.report import Reporter
 class Pushes:
     """A send that records when each push started and in which second it was signed."""
 
-    def __init__(self, duration: float = 0.0, fail: bool = False) -> None:
+    def __init__(
+        self, duration: float = 0.0, fail: bool = False, renew: float | None = None
+    ) -> None:
         self.started: list[float] = []
         self.signed: list[int] = []
-        self.duration, self.fail = duration, fail
+        self.duration, self.fail, self.renew = duration, fail, renew
         self.first = threading.Event()
 
-    def __call__(self) -> None:
+    def __call__(self) -> float | None:
         self.started.append(time.monotonic())
         time.sleep(self.duration)
         self.signed.append(int(time.time()))  # push() signs just before it sends
         self.first.set()
         if self.fail:
             raise ConnectionError("operator unreachable")
+        return self.renew
 
 
 @pytest.fixture
@@ -107,3 +111,30 @@ def test_stop_is_prompt_even_while_pacing(reporters: list[Reporter]) -> None:
     assert not reporter._thread.is_alive()
     assert time.monotonic() - stopped < 0.5
     assert len(pushes.started) == 1
+
+
+def test_a_lease_is_renewed_sooner_than_the_interval_but_never_twice_a_second(
+    reporters: list[Reporter],
+) -> None:
+    pushes = Pushes(renew=1.5)
+    start(reporters, pushes)
+    time.sleep(3.2)
+    gaps = [b - a for a, b in itertools.pairwise(pushes.started)]
+    assert len(gaps) == 2 and all(1.45 < g < 1.9 for g in gaps), gaps
+    pushes.renew = 0.1  # asked sooner than a second: still one push a second
+    time.sleep(3.2)
+    gaps = [b - a for a, b in itertools.pairwise(pushes.started)]
+    assert min(gaps) >= 0.99 and len(gaps) >= 4, gaps
+    assert len(set(pushes.signed)) == len(pushes.signed), pushes.signed
+
+
+def test_retries_while_leased_come_at_least_as_often_as_renewals(
+    reporters: list[Reporter],
+) -> None:
+    pushes = Pushes(renew=1.0)
+    start(reporters, pushes)
+    time.sleep(1.5)
+    pushes.fail = True  # backoff would double 1, 2, 4 s: capped at the renewal's 1 s
+    time.sleep(4.4)
+    gaps = [b - a for a, b in itertools.pairwise(pushes.started)]
+    assert len(gaps) >= 4 and max(gaps) < 1.6, gaps
