@@ -26,7 +26,7 @@ from .saves import SaveStore
 from .storage import StorageStore
 from .storage import decode_run as decode_storage_run
 from .terminals import Terminals
-from .watchdog import Watchdog
+from .watchdog import Lease, Watchdog
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +160,7 @@ class Agent:
             self._report_tls,
         )
         self.watchdog.answered(lease, sent_at)
-        return lease.renew if lease else None
+        return lease.renew if isinstance(lease, Lease) else None
 
     def _forget_terminals(self, removed: list[Registration]) -> None:
         for reg in removed:

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 from . import procinfo, protocol, tls
 from .saves import iso
 from .version import VERSION
-from .watchdog import Lease
+from .watchdog import DISARM, Disarm, Lease
 
 log = logging.getLogger(__name__)
 
@@ -66,15 +66,20 @@ def build_report(
     }
 
 
-def parse_answer(body: bytes) -> Lease | None:
-    """The lease a verified answer grants: None for an empty body (204) or a JSON object without
-    ``lease``; ValueError for any other body, which counts as no answer at all."""
+def parse_answer(body: bytes) -> Lease | Disarm | None:
+    """What a verified answer says: a lease, a disarm (``{"disarm": true}``), or nothing (an
+    empty body, 204, or a JSON object with neither); ValueError for any other body, which
+    counts as no answer at all."""
     if not body:
         return None
     data = json.loads(body)
     if not isinstance(data, dict):
         raise ValueError("the answer must be a JSON object")
-    lease = data.get("lease")
+    lease, disarm = data.get("lease"), data.get("disarm", False)
+    if not isinstance(disarm, bool) or (disarm and lease is not None):
+        raise ValueError("disarm must be true or false, and true only without a lease")
+    if disarm:
+        return DISARM
     if lease is None:
         return None
     if not isinstance(lease, dict):
@@ -103,9 +108,9 @@ def push(
     context: ssl.SSLContext,
     *,
     timeout: float = 10.0,
-) -> Lease | None:
+) -> Lease | Disarm | None:
     """POST the signed report over TLS to the operator (checked before anything is sent),
-    verify its signed answer and return the lease it grants; raises on any failure."""
+    verify its signed answer and return what it says (parse_answer); raises on any failure."""
     parts = urlsplit(url.rstrip("/"))
     if parts.scheme != "https" or not parts.hostname:
         raise ValueError(f"operatorURL {url!r} is not an https URL")

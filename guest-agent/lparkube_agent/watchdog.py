@@ -7,8 +7,10 @@ operator stops granting leases (it is unreachable, or it lost sight of this gues
 stop and the watchdog powers the guest off at most the timeout after the lease ended: by then
 the operator may start the VM elsewhere. The device is never closed with the magic character
 while armed (closing it otherwise leaves the timer running), except when a verified answer
-grants no lease: the operator turned self-fencing off. A guest about to hibernate closes it too:
-its timer would cut the image short, and the VM that resumes has new hardware, not running.
+says ``{"disarm": true}``: the operator turned self-fencing off. An answer that grants nothing
+(204) changes nothing: the lease held runs out at its time (the operator fences this guest).
+A guest about to hibernate closes it too: its timer would cut the image short, and the VM
+that resumes has new hardware, not running.
 
 Lease times are on the guest's boot-time clock (``CLOCK_BOOTTIME``): monotonic, and it counts
 time the guest spent suspended, so no lease outlives a suspend.
@@ -60,6 +62,14 @@ class Lease:
     renew: float  # when to report again, if sooner than the interval
 
 
+@dataclass(frozen=True)
+class Disarm:
+    """A verified answer's ``{"disarm": true}``: self-fencing is off for this partition."""
+
+
+DISARM = Disarm()
+
+
 class Watchdog:
     """The watchdog device, armed by the first lease and pet while one holds; thread-safe.
 
@@ -85,13 +95,16 @@ class Watchdog:
         self._granted = False  # a lease came since the agent started
         self._stop = threading.Event()
 
-    def answered(self, lease: Lease | None, sent_at: float) -> None:
-        """A verified answer to the report sent at ``sent_at`` (on ``clock``)."""
+    def answered(self, lease: Lease | Disarm | None, sent_at: float) -> None:
+        """A verified answer to the report sent at ``sent_at`` (on ``clock``): a lease, a
+        disarm, or nothing (the lease held runs out)."""
         with self._lock:
             if lease is None:
+                return
+            if isinstance(lease, Disarm):
                 self._until = -math.inf
                 if self._fd is not None:
-                    self._close("disarmed: the operator granted no lease")
+                    self._close("disarmed: the operator turned self-fencing off")
                 return
             self._until = sent_at + lease.seconds
             self._granted = True

@@ -13,7 +13,14 @@ import pytest
 
 from lparkube_agent import cli, protocol
 from lparkube_agent.report import MAX_LEASE_SECONDS, parse_answer
-from lparkube_agent.watchdog import INT, WDIOC_GETTIMEOUT, WDIOC_SETTIMEOUT, Lease, Watchdog
+from lparkube_agent.watchdog import (
+    DISARM,
+    INT,
+    WDIOC_GETTIMEOUT,
+    WDIOC_SETTIMEOUT,
+    Lease,
+    Watchdog,
+)
 
 LEASE = Lease(seconds=10, watchdog_timeout=7, renew=3)
 
@@ -95,20 +102,22 @@ def test_pets_only_while_the_lease_counted_from_the_report_holds(device: Path) -
     assert b"V" not in device.read_bytes(), "a pet must never be the magic character"
 
 
-def test_a_verified_answer_without_a_lease_disarms_and_a_later_lease_arms_again(
+def test_a_disarm_answer_disarms_a_204_does_not_and_a_later_lease_arms_again(
     device: Path,
 ) -> None:
     watchdog, ioctls, _ = make(device)
     watchdog.answered(LEASE, 1000.0)
     watchdog.pet()
-    watchdog.answered(None, 1003.0)
+    watchdog.answered(None, 1003.0)  # 204: nothing changes, the lease runs out
+    assert watchdog.report()["armed"]  # type: ignore[index]
+    watchdog.answered(DISARM, 1003.0)
     assert device.read_bytes() == b".V"
     assert not watchdog.pet()
     assert watchdog.report() == {
         "device": str(device), "timeoutSeconds": 0, "armed": False,
-        "message": "disarmed: the operator granted no lease",
+        "message": "disarmed: the operator turned self-fencing off",
     }  # fmt: skip
-    watchdog.answered(None, 1004.0)  # already disarmed: nothing written
+    watchdog.answered(DISARM, 1004.0)  # already disarmed: nothing written
     watchdog.answered(LEASE, 1005.0)
     assert watchdog.report()["armed"] and len(ioctls.calls) == 4  # type: ignore[index]
     assert watchdog.pet() and device.read_bytes() == b".V."
@@ -185,6 +194,8 @@ def test_an_answer_grants_a_lease_or_none() -> None:
     assert parse_answer(b"") is None  # 204
     assert parse_answer(b"{}") is None
     assert parse_answer(b'{"lease": null, "other": 1}') is None
+    assert parse_answer(b'{"disarm": true}') is DISARM
+    assert parse_answer(b'{"disarm": false}') is None
 
 
 @pytest.mark.parametrize(
