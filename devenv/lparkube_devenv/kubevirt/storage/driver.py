@@ -64,7 +64,6 @@ class Backing(NamedTuple):
     path: Path  # a sparse file (Block) or a directory (Filesystem)
     volume_mode: str
     access_modes: tuple[str, ...]
-    capacity: int = 0  # bytes, the PV's
 
 
 class ThinStorage(PollingLoop):
@@ -238,10 +237,7 @@ class ThinStorage(PollingLoop):
         except BackingError as error:
             raise LookupError(str(error)) from error
         return Backing(
-            path,
-            volume_mode(volume),
-            tuple(dig(volume, "spec", "accessModes", default=[])),
-            capacity_bytes(volume, "spec", "capacity"),
+            path, volume_mode(volume), tuple(dig(volume, "spec", "accessModes", default=[]))
         )
 
     # --- the CSI snapshotter's part: what the VirtualMachineSnapshot stand-in calls ------------
@@ -256,7 +252,9 @@ class ThinStorage(PollingLoop):
         self.snapshots.remove(target)  # a snapshot taken again starts afresh
         target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         copy_data(backing.path, target)
-        return backing.capacity
+        with self._api_lock:
+            found = self._api.get(f"/api/v1/namespaces/{namespace}/persistentvolumeclaims/{claim}")
+        return capacity_bytes(found or {}, "status", "capacity")
 
     def delete_snapshot(self, namespace: str, name: str) -> None:
         """DeleteSnapshot; idempotent."""
