@@ -356,7 +356,7 @@ def test_a_lost_node_keeps_its_vmi_until_fenced_then_it_restarts_elsewhere(
         same = current and current["metadata"]["uid"] == uid
         return current if same and current["status"].get("phase") == "Failed" else None
 
-    assert wait_for(failed, "VMI Failed")["status"]["reason"] == "PodDown"
+    assert "reason" not in wait_for(failed, "VMI Failed")["status"]  # KubeVirt sets none
     again = cluster.running_vmi("ha", uid=uid)
     assert again["status"]["nodeName"] != node
 

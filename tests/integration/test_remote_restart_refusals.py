@@ -316,7 +316,7 @@ def test_a_target_that_fails_after_it_was_configured_is_undone_and_every_lock_re
     staged: Stage,
 ) -> None:
     """The target node gets a NoExecute taint the VM does not tolerate once the VM was started
-    there: its launcher is evicted and the VMI fails (PodDown), the restart ends
+    there: its launcher is evicted and the VMI fails (no pod), the restart ends
     TargetStartFailed, no VMI runs, the hold is gone (the VM stays Halted: started once, never
     twice) and no Lease of the operation is left."""
     parts = staged.parts

@@ -122,8 +122,8 @@ def test_a_guest_panic_gives_guest_panicked_and_fails_the_vmi(guests: Guests) ->
     guests.wait_phase("crashy", "Running")
     guests.console("crashy").send_line("echo c > /proc/sysrq-trigger")
     failed = guests.wait_phase("crashy", "Failed", 120)
-    assert failed["status"]["reason"] == "GuestPanicked"
-    assert ("Warning", "GuestPanicked") in guests.events("crashy")
+    assert "reason" not in failed["status"]  # KubeVirt gives only NodeUnresponsive a reason
+    assert {("Warning", "GuestPanicked"), ("Warning", "Stopped")} <= set(guests.events("crashy"))
     assert guests.kubevirt.guest(guests.ns, "crashy") is None  # the domain was destroyed
 
 

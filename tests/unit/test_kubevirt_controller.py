@@ -233,7 +233,7 @@ def test_a_fenced_node_fails_its_simulated_vmi_and_the_vm_restarts_elsewhere() -
     )
     passes(controller, 1)
     failed = kube.get(VMI.path("ns", "vm"))
-    assert (failed["status"]["phase"], failed["status"]["reason"]) == ("Failed", "PodDown")
+    assert failed["status"]["phase"] == "Failed" and "reason" not in failed["status"]  # KubeVirt
     passes(controller, 8)
     again = kube.get(VMI.path("ns", "vm"))
     assert again["metadata"]["uid"] != uid

@@ -17,8 +17,20 @@ from typing import Any
 
 from kubernetes.client import ApiException
 
-from . import guest_lifecycle, migration, nodes, snapshots, vm, vmi
-from .api import QEMU, RESTORE, SIMULATED, SNAPSHOT, VM, VMI, VMIM, Kube, key, runtime_of
+from . import guest_lifecycle, migration, nodes, restores, snapshots, vm, vmi
+from .api import (
+    QEMU,
+    RESTORE,
+    SIMULATED,
+    SNAPSHOT,
+    SNAPSHOT_CONTENT,
+    VM,
+    VMI,
+    VMIM,
+    Kube,
+    key,
+    runtime_of,
+)
 from .hosts import Hosts, no_real_guests
 from .logic import POD_NETWORK, dig, is_final
 from .loop import PollingLoop
@@ -52,6 +64,7 @@ class World:
     vmis: dict[tuple[str, str], dict] = field(default_factory=dict)
     migrations: list[dict] = field(default_factory=list)
     snapshots: list[dict] = field(default_factory=list)
+    snapshot_contents: dict[tuple[str, str], dict] = field(default_factory=dict)
     restores: list[dict] = field(default_factory=list)
     pvcs: dict[tuple[str, str], dict] = field(default_factory=dict)
     launcher_pods: list[dict] = field(default_factory=list)  # of VMIs run as real guests
@@ -88,7 +101,8 @@ def _node_lifecycle(ctl: Controller, world: World, node: dict) -> None:
 
 
 class Controller(PollingLoop):
-    """Owns the loop thread; the reconcile steps live in vm, vmi, migration and snapshots."""
+    """Owns the loop thread; the reconcile steps live in vm, vmi, migration, snapshots and
+    restores."""
 
     name = "kubevirt stand-in"
 
@@ -124,8 +138,10 @@ class Controller(PollingLoop):
             self._guard(migration.reconcile, world, obj)
         for obj in world.snapshots:
             self._guard(snapshots.reconcile_snapshot, world, obj)
+        for obj in list(world.snapshot_contents.values()):
+            self._guard(snapshots.reconcile_content, world, obj)
         for obj in world.restores:
-            self._guard(snapshots.reconcile_restore, world, obj)
+            self._guard(restores.reconcile_restore, world, obj)
 
     def observe(self) -> World:
         items = self.kube.items
@@ -135,6 +151,7 @@ class Controller(PollingLoop):
             vmis={key(o): o for o in items(VMI.path())},
             migrations=items(VMIM.path()),
             snapshots=items(SNAPSHOT.path()),
+            snapshot_contents={key(o): o for o in items(SNAPSHOT_CONTENT.path())},
             restores=items(RESTORE.path()),
             pvcs={key(o): o for o in items("/api/v1/persistentvolumeclaims")},
             launcher_pods=items(LAUNCHER_PODS),  # filtered by the API server

@@ -42,7 +42,6 @@ from .virt_launcher import grace_seconds, launcher_pod, owned_by, pod_alive
 if TYPE_CHECKING:
     from .controller import Controller, World
 
-NODE_UNRESPONSIVE = vmis.NODE_UNRESPONSIVE
 FINALIZER = (
     "kubevirt.io/foregroundDeleteVirtualMachine"  # KubeVirt's VirtualMachineInstanceFinalizer
 )
@@ -101,7 +100,7 @@ def _deleting(ctl: Controller, world: World, vmi: dict, pods: list[dict]) -> Non
     if current in FINAL_PHASES:
         _release(ctl, vmi, pods)
     elif not pods:
-        vmis.fail(ctl, vmi, "PodDown", "the virt-launcher pod no longer exists")
+        vmis.fail_without_pod(ctl, vmi)
     elif current == "Running":
         _follow(ctl, world, vmi, current_pod(vmi, pods))
 
@@ -150,7 +149,7 @@ def _place(ctl: Controller, world: World, vmi: dict, pods: list[dict]) -> None:
 
 def _await_pod(ctl: Controller, vmi: dict, pod: dict | None) -> None:
     if pod is None or not pod_alive(pod):
-        vmis.fail(ctl, vmi, "PodDown", "the virt-launcher pod is gone or down")
+        vmis.fail_without_pod(ctl, vmi)
         return
     if dig(pod, "status", "phase") != "Running":
         _mirror_waiting(ctl, vmi, pod)
@@ -195,7 +194,7 @@ def _mirror_waiting(ctl: Controller, vmi: dict, pod: dict) -> None:
 
 def _await_guest(ctl: Controller, world: World, vmi: dict, pod: dict | None) -> None:
     if pod is None or not pod_alive(pod):
-        vmis.fail(ctl, vmi, "PodDown", "the virt-launcher pod is gone or down")
+        vmis.fail_without_pod(ctl, vmi)
         return
     guest = ctl.hosts.guest_of(str(dig(vmi, "metadata", "uid")))
     if guest is not None and guest.state() in ("running", "paused"):
@@ -204,23 +203,22 @@ def _await_guest(ctl: Controller, world: World, vmi: dict, pod: dict | None) -> 
 
 def _follow(ctl: Controller, world: World, vmi: dict, pod: dict | None) -> None:
     if pod is None:
-        vmis.fail(ctl, vmi, "PodDown", "the virt-launcher pod no longer exists")
+        vmis.fail_without_pod(ctl, vmi)
         return
     node = dig(vmi, "status", "nodeName")
     if vmis.node_unresponsive(ctl, world.nodes.get(node)) and not pod_alive(pod):
-        vmis.fail(ctl, vmi, NODE_UNRESPONSIVE, f"virt-handler on node {node} is not responsive")
+        vmis.fail_unresponsive(ctl, vmi)
         return
     if not ctl.hosts.host(node).powered:
         return  # nobody on that node reports anything
     guest = ctl.hosts.guest_of(str(dig(vmi, "metadata", "uid")))
     state = guest.state() if guest is not None else _ended_state(pod)
-    if state == "panicked":
+    if state == "panicked":  # virt-launcher's event, then the domain is gone (on_crash=destroy)
         ctl.event(vmi, "GuestPanicked", "GuestPanicked (details unavailable)", "Warning")
-        vmis.fail(ctl, vmi, "GuestPanicked", "the guest panicked; its domain was destroyed")
+    if state in ("panicked", "crashed"):
+        vmis.fail_crashed(ctl, vmi)
     elif state in ("shutdown", "stopped"):
         vmis.stop(ctl, vmi)
-    elif state == "crashed":
-        vmis.fail(ctl, vmi, "GuestCrashed", "the QEMU process of the guest ended")
     elif state in ("running", "paused"):
         _sync_paused(ctl, world, vmi, state == "paused")
 
@@ -254,7 +252,8 @@ def request_stop(ctl: Controller, vmi: dict) -> None:
     """A stop (run strategy, `stop`): virt-handler powers the guest off within its grace period.
 
     The VMI turns Succeeded once the guest is down (`_follow`). A VMI whose node is off cannot
-    be stopped by anyone: it stays until the node is fenced, as on a cluster.
+    be powered off by anyone: it is deleted, as KubeVirt's VM controller stops a VMI
+    (`stopVMI`), and stays with its finalizer until its pod is gone (`_deleting`).
     """
     guest = ctl.hosts.guest_of(str(dig(vmi, "metadata", "uid")))
     if guest is not None:
@@ -263,6 +262,7 @@ def request_stop(ctl: Controller, vmi: dict) -> None:
         return
     node = dig(vmi, "status", "nodeName")
     if node and not ctl.hosts.host(node).powered:
+        ctl.delete(vmis.path_of(vmi), vmi)
         return
     vmis.stop(ctl, vmi)
 

@@ -21,6 +21,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from ipaddress import ip_network
 from pathlib import Path
@@ -62,6 +63,8 @@ class Guest(Protocol):
     def dump_state(self) -> str: ...  # active, completed, failed (QMP query-dump)
 
     def expand_disks(self, capacities: Mapping[str, int]) -> list[str]: ...  # disk -> bytes
+
+    def cpus_stopped(self) -> AbstractContextManager[None]: ...  # disks still, for a snapshot
 
 
 GuestFactory = Callable[[dict, dict, str], Guest]  # (vmi, pod, node) -> a started guest

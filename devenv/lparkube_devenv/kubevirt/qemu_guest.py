@@ -15,6 +15,7 @@ import base64
 import logging
 import threading
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -105,6 +106,10 @@ class QemuGuest:
 
     def reboot_soft(self) -> None:
         self.launcher.reboot_soft()
+
+    def cpus_stopped(self) -> AbstractContextManager[None]:
+        """The guest's CPUs stopped meanwhile, its disks holding one instant (a snapshot)."""
+        return self.launcher.cpus_stopped("snapshot")
 
     def expand_disks(self, capacities: Mapping[str, int]) -> list[str]:
         """KubeVirt's ExpandDisks, online: each disk whose volume now offers more than the

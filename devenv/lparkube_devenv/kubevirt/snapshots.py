@@ -1,50 +1,59 @@
-"""VirtualMachineSnapshot and VirtualMachineRestore, enough for backup flows.
+"""VirtualMachineSnapshot and its VirtualMachineSnapshotContent, as KubeVirt's snapshot
+controller (`pkg/storage/snapshot/snapshot.go`) runs them, with the thin volumes' CSI snapshots.
 
-No storage is copied: a snapshot records the VM's spec in a VirtualMachineSnapshotContent
-(as KubeVirt does) and lists its PVC-backed volumes; a restore writes that spec back.
-An online snapshot with a connected guest agent freezes the guest file systems meanwhile.
+A snapshot gets KubeVirt's finalizer, locks its VM (`status.snapshotInProgress`), freezes the
+guest file systems when the guest agent is connected, and creates the content: the VM's
+metadata and spec, and a volume backup (the claim's metadata and spec, the VolumeSnapshot name
+`vmsnapshot-<snapshot uid>-volume-<volume>`) per PVC or DataVolume volume whose claim exists.
+Then each volume is snapshotted: the thin storage copies its data extents (`take_snapshot`),
+all volumes at one instant, a real guest's CPUs stopped meanwhile (QMP `stop`/`cont`), and the
+content turns `readyToUse` with a `volumeSnapshotStatus` per volume. Then the guest is thawed,
+the VM unlocked and the snapshot Succeeded. Deleting the snapshot deletes its content (unless
+`deletionPolicy: retain`); a deleted content has its copies deleted, then loses its finalizer.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import TYPE_CHECKING
 
-from .api import RESTORE, SNAPSHOT, SNAPSHOT_CONTENT, VM, VMI, now_iso, parse_iso
-from .logic import condition_true, dig, is_final, phase, set_condition, snapshot_support
+from .api import SNAPSHOT, SNAPSHOT_CONTENT, VM, VMI, now_iso, parse_iso
+from .logic import condition_true, dig, phase, set_condition, snapshot_support
+from .storage.quantity import format_bytes
 from .vmi import agent_connected
 
 if TYPE_CHECKING:
     from .controller import Controller, World
 
 DEADLINE_SECONDS = 300.0
+SNAPSHOT_FINALIZER = "snapshot.kubevirt.io/vmsnapshot-protection"
+CONTENT_FINALIZER = "snapshot.kubevirt.io/vmsnapshotcontent-protection"
 
 
-def _nn(obj: dict) -> tuple[str, str]:
+def nn(obj: dict) -> tuple[str, str]:
     return dig(obj, "metadata", "namespace"), dig(obj, "metadata", "name")
 
 
-def _conditions(obj: dict, progressing: bool, ready: bool, reason: str) -> list[dict]:
+def finalizers(obj: dict) -> list[str]:
+    return list(dig(obj, "metadata", "finalizers", default=[]) or [])
+
+
+def drop_finalizer(ctl: Controller, path: str, obj: dict, finalizer: str) -> None:
+    kept = [f for f in finalizers(obj) if f != finalizer]
+    ctl.patch(path, obj, {"metadata": {"finalizers": kept or None}})
+
+
+def conditions(obj: dict, progressing: bool, ready: bool, reason: str) -> list[dict]:
     now = now_iso()
-    conditions = dig(obj, "status", "conditions", default=[]) or []
-    conditions = set_condition(
-        conditions, "Progressing", str(progressing), now, reason=reason, message=reason
+    found = dig(obj, "status", "conditions", default=[]) or []
+    found = set_condition(
+        found, "Progressing", str(progressing), now, reason=reason, message=reason
     )
-    return set_condition(conditions, "Ready", str(ready), now, reason=reason, message=reason)
+    return set_condition(found, "Ready", str(ready), now, reason=reason, message=reason)
 
 
-def _owner(obj: dict, resource) -> dict:
-    return {
-        "apiVersion": resource.api_version,
-        "kind": resource.kind,
-        "name": dig(obj, "metadata", "name"),
-        "uid": dig(obj, "metadata", "uid"),
-        "controller": True,
-        "blockOwnerDeletion": True,
-    }
-
-
-def _age(obj: dict) -> float:
+def age(obj: dict) -> float:
     created = parse_iso(dig(obj, "metadata", "creationTimestamp"))
     return time.time() - created.timestamp() if created else 0.0
 
@@ -57,16 +66,17 @@ def content_name(snapshot: dict) -> str:
 
 
 def reconcile_snapshot(ctl: Controller, world: World, snapshot: dict) -> None:
-    current = phase(snapshot)
-    if current in ("Succeeded", "Failed") or dig(snapshot, "metadata", "deletionTimestamp"):
+    if dig(snapshot, "metadata", "deletionTimestamp"):
+        _release(ctl, world, snapshot)
         return
-    namespace = dig(snapshot, "metadata", "namespace")
-    source = dig(snapshot, "spec", "source", default={}) or {}
-    vm = (
-        world.vms.get((namespace, source.get("name")))
-        if source.get("kind") == "VirtualMachine"
-        else None
-    )
+    current = phase(snapshot)
+    if current in ("Succeeded", "Failed"):
+        return
+    if SNAPSHOT_FINALIZER not in finalizers(snapshot):
+        meta = {"finalizers": [*finalizers(snapshot), SNAPSHOT_FINALIZER]}
+        ctl.patch(SNAPSHOT.path(*nn(snapshot)), snapshot, {"metadata": meta})
+        return
+    vm = _source(world, snapshot)
     if vm is None:
         _source_missing(ctl, snapshot)
     elif current == "":
@@ -75,22 +85,60 @@ def reconcile_snapshot(ctl: Controller, world: World, snapshot: dict) -> None:
         complete(ctl, world, snapshot, vm)
 
 
+def _source(world: World, snapshot: dict) -> dict | None:
+    source = dig(snapshot, "spec", "source", default={}) or {}
+    if source.get("kind") != "VirtualMachine":
+        return None
+    return world.vms.get((dig(snapshot, "metadata", "namespace"), source.get("name")))
+
+
+def _release(ctl: Controller, world: World, snapshot: dict) -> None:
+    """A deleted snapshot: its VM unlocked, its content deleted (deletionPolicy `delete`, the
+    default), then its finalizer dropped; one step a pass."""
+    if SNAPSHOT_FINALIZER not in finalizers(snapshot):
+        return
+    vm = _source(world, snapshot)
+    if vm is not None and dig(vm, "status", "snapshotInProgress") == nn(snapshot)[1]:
+        _unlock(ctl, world, vm)
+        return
+    content = world.snapshot_contents.get((nn(snapshot)[0], content_name(snapshot)))
+    retain = dig(snapshot, "spec", "deletionPolicy") == "retain"
+    if content is not None and not retain and not dig(content, "metadata", "deletionTimestamp"):
+        ctl.delete(SNAPSHOT_CONTENT.path(*nn(content)), content)
+        return
+    drop_finalizer(ctl, SNAPSHOT.path(*nn(snapshot)), snapshot, SNAPSHOT_FINALIZER)
+
+
+def _unlock(ctl: Controller, world: World, vm: dict) -> bool:
+    """The guest thawed and the VM's snapshot lock released; True when nothing was left."""
+    namespace, name = nn(vm)
+    vmi = world.vmis.get((namespace, name))
+    if vmi is not None and dig(vmi, "status", "fsFreezeStatus"):
+        ctl.patch(VMI.path(namespace, name), vmi, {"status": {"fsFreezeStatus": None}})
+        return False
+    if dig(vm, "status", "snapshotInProgress"):
+        unlocked = {"status": {"snapshotInProgress": None}}
+        ctl.patch(VM.path(namespace, name), vm, unlocked, status=True)
+        return False
+    return True
+
+
 def _source_missing(ctl: Controller, snapshot: dict) -> None:
-    if _age(snapshot) > DEADLINE_SECONDS:
+    if age(snapshot) > DEADLINE_SECONDS:
         status = {
             "phase": "Failed",
             "error": {"time": now_iso(), "message": "snapshot source does not exist"},
-            "conditions": _conditions(snapshot, False, False, "Source does not exist"),
+            "conditions": conditions(snapshot, False, False, "Source does not exist"),
         }
     elif phase(snapshot) != "InProgress":
         status = {
             "phase": "InProgress",
             "readyToUse": False,
-            "conditions": _conditions(snapshot, False, False, "Source does not exist"),
+            "conditions": conditions(snapshot, False, False, "Source does not exist"),
         }
     else:
         return
-    ctl.patch(SNAPSHOT.path(*_nn(snapshot)), snapshot, {"status": status}, status=True)
+    ctl.patch(SNAPSHOT.path(*nn(snapshot)), snapshot, {"status": status}, status=True)
 
 
 def _indications(vmi: dict | None) -> list[str]:
@@ -105,7 +153,7 @@ def _indications(vmi: dict | None) -> list[str]:
 
 
 def begin(ctl: Controller, world: World, snapshot: dict, vm: dict) -> None:
-    namespace, name = _nn(vm)
+    namespace, name = nn(vm)
     vmi = world.vmis.get((namespace, name))
     indications = _indications(vmi)
     if "GuestAgent" in indications:
@@ -121,43 +169,49 @@ def begin(ctl: Controller, world: World, snapshot: dict, vm: dict) -> None:
         "readyToUse": False,
         "sourceUID": dig(vm, "metadata", "uid"),
         "indications": indications or None,
-        "conditions": _conditions(snapshot, True, False, "Source locked and operation in progress"),
+        "conditions": conditions(snapshot, True, False, "Source locked and operation in progress"),
     }
-    ctl.patch(SNAPSHOT.path(*_nn(snapshot)), snapshot, {"status": status}, status=True)
+    ctl.patch(SNAPSHOT.path(*nn(snapshot)), snapshot, {"status": status}, status=True)
 
 
-def _volumes(vm: dict) -> tuple[list[str], list[str]]:
-    included, excluded = [], []
+def _claim_of(volume: dict) -> str | None:
+    return dig(volume, "persistentVolumeClaim", "claimName") or dig(volume, "dataVolume", "name")
+
+
+def volume_backups(world: World, snapshot: dict, vm: dict) -> list[dict]:
+    """KubeVirt's volume backups: one per snapshot-supported volume whose claim exists."""
+    namespace = dig(vm, "metadata", "namespace")
+    backups = []
     for volume in dig(vm, "spec", "template", "spec", "volumes", default=[]) or []:
-        (included if snapshot_support(volume)[0] else excluded).append(volume.get("name"))
-    return included, excluded
+        claim = world.pvcs.get((namespace, _claim_of(volume)))
+        if not snapshot_support(volume)[0] or claim is None:
+            continue
+        meta = claim.get("metadata") or {}
+        kept = ("name", "namespace", "labels", "annotations", "ownerReferences")
+        backups.append(
+            {
+                "volumeName": volume.get("name"),
+                "persistentVolumeClaim": {
+                    "metadata": {k: meta[k] for k in kept if meta.get(k)},
+                    "spec": claim.get("spec") or {},
+                },
+                "volumeSnapshotName": (
+                    f"vmsnapshot-{dig(snapshot, 'metadata', 'uid')}-volume-{volume.get('name')}"
+                ),
+            }
+        )
+    return backups
 
 
-def create_content(ctl: Controller, snapshot: dict, vm: dict) -> None:
+def create_content(ctl: Controller, world: World, snapshot: dict, vm: dict) -> None:
     meta = vm.get("metadata") or {}
-    volumes = dig(vm, "spec", "template", "spec", "volumes", default=[]) or []
-    uid = dig(snapshot, "metadata", "uid")
-    backups = [
-        {
-            "volumeName": v.get("name"),
-            "persistentVolumeClaim": {
-                "metadata": {
-                    "name": dig(v, "persistentVolumeClaim", "claimName")
-                    or dig(v, "dataVolume", "name")
-                }
-            },
-            "volumeSnapshotName": f"vmsnapshot-{uid}-volume-{v.get('name')}",
-        }
-        for v in volumes
-        if snapshot_support(v)[0]
-    ]
     body = {
         "apiVersion": SNAPSHOT_CONTENT.api_version,
         "kind": SNAPSHOT_CONTENT.kind,
         "metadata": {
             "name": content_name(snapshot),
             "namespace": meta.get("namespace"),
-            "ownerReferences": [_owner(snapshot, SNAPSHOT)],
+            "finalizers": [CONTENT_FINALIZER],
         },
         "spec": {
             "virtualMachineSnapshotName": dig(snapshot, "metadata", "name"),
@@ -166,6 +220,7 @@ def create_content(ctl: Controller, snapshot: dict, vm: dict) -> None:
                     "metadata": {
                         "name": meta.get("name"),
                         "namespace": meta.get("namespace"),
+                        "uid": meta.get("uid"),
                         "labels": meta.get("labels") or {},
                         "annotations": meta.get("annotations") or {},
                         "generation": meta.get("generation"),
@@ -173,44 +228,95 @@ def create_content(ctl: Controller, snapshot: dict, vm: dict) -> None:
                     "spec": vm.get("spec") or {},
                 }
             },
-            "volumeBackups": backups,
+            "volumeBackups": volume_backups(world, snapshot, vm),
         },
     }
-    created = ctl.create(SNAPSHOT_CONTENT.path(meta.get("namespace")), body)
-    if created is not None:
-        ready = {"status": {"readyToUse": True, "creationTime": now_iso()}}
-        ctl.kube.merge_patch(
-            SNAPSHOT_CONTENT.path(meta.get("namespace"), content_name(snapshot)) + "/status", ready
+    if ctl.create(SNAPSHOT_CONTENT.path(meta.get("namespace")), body) is not None:
+        ctl.event(
+            snapshot,
+            "SuccessfulVirtualMachineSnapshotContentCreate",
+            f"Successfully created VirtualMachineSnapshotContent {content_name(snapshot)}",
         )
+
+
+def take_volume_snapshots(ctl: Controller, world: World, vm: dict, content: dict) -> None:
+    """The CSI snapshots of the content's volumes, all of one instant: a running real guest's
+    CPUs are stopped around the copies (its disks then hold exactly that instant, as a storage
+    snapshot of a running VM is crash-consistent)."""
+    namespace = dig(content, "metadata", "namespace")
+    vmi = world.vmis.get(nn(vm))
+    guest = ctl.hosts.guest_of(str(dig(vmi, "metadata", "uid"))) if vmi else None
+    running = guest is not None and guest.state() in ("running", "paused")
+    with guest.cpus_stopped() if running else contextlib.nullcontext():
+        statuses = [
+            _volume_snapshot(ctl, namespace, backup)
+            for backup in dig(content, "spec", "volumeBackups", default=[]) or []
+        ]
+    errors = [
+        f"VolumeSnapshot {s['volumeSnapshotName']} error: {s['error']['message']}"
+        for s in statuses
+        if s.get("error")
+    ]
+    ready = not errors
+    status = {
+        "readyToUse": ready,
+        "creationTime": now_iso() if ready else None,
+        "volumeSnapshotStatus": statuses or None,
+        "error": {"time": now_iso(), "message": errors[0]} if errors else None,
+    }
+    path = SNAPSHOT_CONTENT.path(*nn(content))
+    ctl.patch(path, content, {"status": status}, status=True)
+
+
+def _volume_snapshot(ctl: Controller, namespace: str, backup: dict) -> dict:
+    name = backup.get("volumeSnapshotName")
+    claim = dig(backup, "persistentVolumeClaim", "metadata", "name")
+    try:
+        size = ctl.storage.take_snapshot(namespace, claim, name)
+    except LookupError as error:  # the claim is not (yet) bound to a thin volume
+        return {
+            "volumeSnapshotName": name,
+            "readyToUse": False,
+            "error": {"time": now_iso(), "message": str(error)},
+        }
+    return {
+        "volumeSnapshotName": name,
+        "creationTime": now_iso(),
+        "readyToUse": True,
+        "restoreSize": format_bytes(size),
+    }
 
 
 def complete(ctl: Controller, world: World, snapshot: dict, vm: dict) -> None:
-    namespace, name = _nn(vm)
-    if ctl.kube.get(SNAPSHOT_CONTENT.path(namespace, content_name(snapshot))) is None:
-        create_content(ctl, snapshot, vm)
+    namespace, name = nn(vm)
+    content = world.snapshot_contents.get((namespace, content_name(snapshot)))
+    if content is None:
+        create_content(ctl, world, snapshot, vm)
         return
-    vmi = world.vmis.get((namespace, name))
-    thawed = {"status": {"fsFreezeStatus": None}}
-    frozen = vmi is not None and dig(vmi, "status", "fsFreezeStatus")
-    if frozen and not ctl.patch(VMI.path(namespace, name), vmi, thawed):
+    if dig(content, "status", "readyToUse") is not True:
+        take_volume_snapshots(ctl, world, vm, content)
         return
-    if dig(vm, "status", "snapshotInProgress"):
-        ctl.patch(
-            VM.path(namespace, name), vm, {"status": {"snapshotInProgress": None}}, status=True
-        )
-    included, excluded = _volumes(vm)
+    if not _unlock(ctl, world, vm):
+        return
+    backups = dig(content, "spec", "volumeBackups", default=[]) or []
+    included = [b.get("volumeName") for b in backups]
+    excluded = [
+        v.get("name")
+        for v in dig(vm, "spec", "template", "spec", "volumes", default=[]) or []
+        if v.get("name") not in included
+    ]
     status = {
         "phase": "Succeeded",
         "readyToUse": True,
-        "creationTime": now_iso(),
+        "creationTime": dig(content, "status", "creationTime") or now_iso(),
         "virtualMachineSnapshotContentName": content_name(snapshot),
         "snapshotVolumes": {
             "includedVolumes": included or None,
             "excludedVolumes": excluded or None,
         },
-        "conditions": _conditions(snapshot, False, True, "Operation complete"),
+        "conditions": conditions(snapshot, False, True, "Operation complete"),
     }
-    if ctl.patch(SNAPSHOT.path(*_nn(snapshot)), snapshot, {"status": status}, status=True):
+    if ctl.patch(SNAPSHOT.path(*nn(snapshot)), snapshot, {"status": status}, status=True):
         ctl.event(
             snapshot,
             "SuccessfulVirtualMachineSnapshotCreate",
@@ -218,98 +324,17 @@ def complete(ctl: Controller, world: World, snapshot: dict, vm: dict) -> None:
         )
 
 
-# --- restore -------------------------------------------------------------------------------
+# --- content -------------------------------------------------------------------------------
 
 
-def reconcile_restore(ctl: Controller, world: World, restore: dict) -> None:
-    if dig(restore, "status", "complete") is True or dig(restore, "metadata", "deletionTimestamp"):
+def reconcile_content(ctl: Controller, world: World, content: dict) -> None:
+    """A deleted content: its volume snapshots' copies deleted (the VolumeSnapshots it owns
+    go with it on a cluster, and with them the CSI snapshots), then its finalizer dropped."""
+    if not dig(content, "metadata", "deletionTimestamp"):
         return
-    namespace, _ = _nn(restore)
-    snapshot_name = dig(restore, "spec", "virtualMachineSnapshotName")
-    snapshot = next((s for s in world.snapshots if _nn(s) == (namespace, snapshot_name)), None)
-    target = dig(restore, "spec", "target", "name")
-    vm = world.vms.get((namespace, target))
-    if snapshot is None or dig(snapshot, "status", "readyToUse") is not True:
-        _restore_waiting(ctl, restore, "Waiting for the snapshot to be ready")
-    elif vm is not None and not _stopped(world, vm):
-        _wait_for_target(ctl, restore, vm)
-    else:
-        _apply(ctl, world, restore, snapshot, vm)
-
-
-def _stopped(world: World, vm: dict) -> bool:
-    vmi = world.vmis.get(_nn(vm))
-    return vmi is None or is_final(vmi)
-
-
-def _restore_waiting(ctl: Controller, restore: dict, reason: str) -> None:
-    status = {"complete": False, "conditions": _conditions(restore, True, False, reason)}
-    current = [
-        (c.get("type"), c.get("reason"))
-        for c in dig(restore, "status", "conditions", default=[]) or []
-    ]
-    if ("Ready", reason) not in current:
-        ctl.patch(RESTORE.path(*_nn(restore)), restore, {"status": status}, status=True)
-
-
-def _wait_for_target(ctl: Controller, restore: dict, vm: dict) -> None:
-    policy = dig(restore, "spec", "targetReadinessPolicy") or "WaitGracePeriod"
-    if policy == "StopTarget" and dig(vm, "spec", "runStrategy") != "Halted":
-        patch = {"spec": {"runStrategy": "Halted", "running": None}}
-        ctl.kube.merge_patch(VM.path(*_nn(vm)), patch)
-        ctl.wrote()
-    elif policy == "FailImmediate" or (
-        policy == "WaitGracePeriod" and _age(restore) > DEADLINE_SECONDS
-    ):
-        status = {
-            "complete": False,
-            "conditions": _conditions(restore, False, False, "Restore target is not ready"),
-        }
-        ctl.patch(RESTORE.path(*_nn(restore)), restore, {"status": status}, status=True)
+    if CONTENT_FINALIZER not in finalizers(content):
         return
-    _restore_waiting(ctl, restore, "Waiting for target VM to be stopped")
-
-
-def _apply(ctl: Controller, world: World, restore: dict, snapshot: dict, vm: dict | None) -> None:
-    namespace, _ = _nn(restore)
-    content = ctl.kube.get(SNAPSHOT_CONTENT.path(namespace, content_name(snapshot))) or {}
-    source = dig(content, "spec", "source", "virtualMachine", default={}) or {}
-    target = dig(restore, "spec", "target", "name")
-    spec = dict(source.get("spec") or {})
-    if vm is None:
-        body = {
-            "apiVersion": VM.api_version,
-            "kind": VM.kind,
-            "metadata": {
-                "name": target,
-                "namespace": namespace,
-                "labels": dig(source, "metadata", "labels") or {},
-            },
-            "spec": {**spec, "runStrategy": "Halted", "running": None} if spec else {},
-        }
-        body["spec"] = {k: v for k, v in body["spec"].items() if v is not None}
-        ctl.create(VM.path(namespace), body)
-    else:
-        keep = {k: dig(vm, "spec", k) for k in ("runStrategy", "running")}
-        ctl.kube.merge_patch(VM.path(namespace, target), {"spec": {**spec, **keep}})
-        ctl.wrote()
-    restores = [
-        {
-            "volumeName": b.get("volumeName"),
-            "persistentVolumeClaim": dig(b, "persistentVolumeClaim", "metadata", "name"),
-            "volumeSnapshotName": b.get("volumeSnapshotName"),
-        }
-        for b in dig(content, "spec", "volumeBackups", default=[]) or []
-    ]
-    status = {
-        "complete": True,
-        "restoreTime": now_iso(),
-        "restores": restores or None,
-        "conditions": _conditions(restore, False, True, "Operation complete"),
-    }
-    if ctl.patch(RESTORE.path(*_nn(restore)), restore, {"status": status}, status=True):
-        ctl.event(
-            restore,
-            "VirtualMachineRestoreComplete",
-            f"Successfully completed VirtualMachineRestore {_nn(restore)[1]}",
-        )
+    namespace = dig(content, "metadata", "namespace")
+    for backup in dig(content, "spec", "volumeBackups", default=[]) or []:
+        ctl.storage.delete_snapshot(namespace, backup.get("volumeSnapshotName"))
+    drop_finalizer(ctl, SNAPSHOT_CONTENT.path(*nn(content)), content, CONTENT_FINALIZER)

@@ -49,7 +49,8 @@ if TYPE_CHECKING:
 
 NODE_LABEL = "kubevirt.io/nodeName"
 NODE_UNRESPONSIVE = "NodeUnresponsive"
-POD_DOWN = "PodDown"
+POD_GONE = "PodGone"  # the stand-in's name for the case; KubeVirt gives no reason
+VMI_CRASHED = "The VirtualMachineInstance crashed."  # virt-handler's VMICrashed
 HEARTBEAT_ANNOTATION = "kubevirt.io/heartbeat"
 GUEST_OS = {
     "id": "fedora",
@@ -96,32 +97,31 @@ def _on_a_lost_node(ctl: Controller, world: World, vmi: dict, node_name: str) ->
     """Failed for a node loss (`node_loss`), or left alone on a powered-off node (nobody there
     reports anything): True when the pass is done with the VMI."""
     lost = node_loss(ctl, world.nodes.get(node_name), vmi)
-    if lost is not None:
-        fail(ctl, vmi, *lost)
-        return True
-    return not ctl.hosts.host(node_name).powered
+    if lost == NODE_UNRESPONSIVE:
+        fail_unresponsive(ctl, vmi)
+    elif lost == POD_GONE:
+        fail_without_pod(ctl, vmi)
+    return lost is not None or not ctl.hosts.host(node_name).powered
 
 
-def node_loss(ctl: Controller, node: dict | None, vmi: dict) -> tuple[str, str] | None:
+def node_loss(ctl: Controller, node: dict | None, vmi: dict) -> str | None:
     """Why KubeVirt fails a VMI whose node is lost, played for a simulated VMI (it has no
     launcher pod: one is imagined on its node), or None while nothing does. A node that is
     merely NotReady fails nothing.
 
-    * Its node's virt-handler heartbeat is older than `heartbeat_timeout` (or the node is gone)
-      and it has no live launcher pod, which holds for a simulated VMI: virt-controller's node
-      controller fails it, reason NodeUnresponsive.
-    * Its node has a NoExecute taint the VMI does not tolerate (a fence:
+    * NODE_UNRESPONSIVE: its node's virt-handler heartbeat is older than `heartbeat_timeout`
+      (or the node is gone) and it has no live launcher pod, which holds for a simulated VMI:
+      virt-controller's node controller fails it.
+    * POD_GONE: its node has a NoExecute taint the VMI does not tolerate (a fence:
       node.kubernetes.io/out-of-service): taint eviction deletes the pod, pod GC force-deletes
       it on a lost node, and a running VMI without its pod fails (lifecycle.go).
     """
-    name = dig(vmi, "status", "nodeName")
     if node_unresponsive(ctl, node):
-        return NODE_UNRESPONSIVE, f"virt-handler on node {name} is not responsive"
+        return NODE_UNRESPONSIVE
     tolerations = dig(vmi, "spec", "tolerations", default=[]) or []
     for taint in taints(node or {}):
         if taint.get("effect") == "NoExecute" and not tolerates(tolerations, taint):
-            key = taint.get("key")
-            return POD_DOWN, f"the virt-launcher pod was evicted from node {name} (taint {key})"
+            return POD_GONE
     return None
 
 
@@ -399,18 +399,36 @@ def refresh(ctl: Controller, world: World, vmi: dict) -> None:
         ctl.patch(path_of(vmi), vmi, {"status": status})
 
 
-def _stopped_conditions(vmi: dict, now: str, reason: str) -> list[dict]:
+def _stopped_conditions(vmi: dict, now: str, reason: str, message: str = "") -> list[dict]:
     conditions = remove_condition(dig(vmi, "status", "conditions"), "AgentConnected")
     conditions = remove_condition(conditions, "Paused")
-    return set_condition(conditions, "Ready", "False", now, reason=reason)
+    return set_condition(conditions, "Ready", "False", now, reason=reason, message=message)
 
 
-def fail(ctl: Controller, vmi: dict, reason: str, message: str) -> None:
-    """The guest is gone unexpectedly (node lost, crash): phase Failed."""
-    now = now_iso()
-    status = {"reason": reason, "conditions": _stopped_conditions(vmi, now, reason)}
-    if set_phase(ctl, vmi, "Failed", status):
-        ctl.event(vmi, reason, message, "Warning")
+def _fail(ctl: Controller, vmi: dict, ready_reason: str, message: str, **status: str) -> bool:
+    conditions = _stopped_conditions(vmi, now_iso(), ready_reason, message)
+    return set_phase(ctl, vmi, "Failed", {**status, "conditions": conditions})
+
+
+def fail_crashed(ctl: Controller, vmi: dict) -> None:
+    """virt-handler saw the domain end badly (crashed, panicked, its QEMU gone: libvirt's
+    shutoff reason Crashed): phase Failed, no reason, its Warning event `Stopped`."""
+    if _fail(ctl, vmi, "GuestNotRunning", "Guest VM is not reported as running"):
+        ctl.event(vmi, "Stopped", VMI_CRASHED, "Warning")
+
+
+def fail_without_pod(ctl: Controller, vmi: dict) -> None:
+    """virt-controller: a scheduled or running VMI whose launcher pod is gone (or down while
+    scheduling) is Failed, with no reason and no event (lifecycle.go)."""
+    _fail(ctl, vmi, "PodNotExists", "virt-launcher pod has not yet been scheduled")
+
+
+def fail_unresponsive(ctl: Controller, vmi: dict) -> None:
+    """virt-controller's node controller: reason NodeUnresponsive and its Normal event."""
+    node = dig(vmi, "status", "nodeName")
+    message = f"virt-handler on node {node} is not responsive, marking VMI as failed"
+    if _fail(ctl, vmi, NODE_UNRESPONSIVE, message, reason=NODE_UNRESPONSIVE):
+        ctl.event(vmi, NODE_UNRESPONSIVE, message)
 
 
 def stop(ctl: Controller, vmi: dict) -> None:

@@ -39,7 +39,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -486,23 +486,28 @@ class QemuLauncher:
         """Dump guest memory as virt-launcher does: ``virDomainCoreDumpWithFormat(RAW,
         MEMORY_ONLY)``, which libvirt runs as ``dump-guest-memory`` (ELF, paging off,
         detached, polled) with the CPUs stopped for the dump (it is not a live dump)."""
-        with self._dump_lock:
-            status = self.status
-            if status.state not in (State.RUNNING, State.PAUSED):
-                raise LaunchError(f"cannot dump the memory of a {status.state} domain")
-            was_running = status.state == State.RUNNING
-            if was_running:
-                self._pause_for_dump()
-            try:
-                return self._dump(Path(path), timeout)
-            finally:
-                status = self.status
-                if was_running and (status.state, status.pause_reason) == (State.PAUSED, "dump"):
-                    self.unpause()
+        with self._dump_lock, self.cpus_stopped("dump"):
+            return self._dump(Path(path), timeout)
 
-    def _pause_for_dump(self) -> None:
-        self._stop_cpus("dump")
-        self._transition(State.RUNNING, state=State.PAUSED, pause_reason="dump")
+    @contextlib.contextmanager
+    def cpus_stopped(self, reason: str) -> Iterator[None]:
+        """The guest's CPUs stopped meanwhile (QMP ``stop``, which also drains and flushes
+        every disk's in-flight writes, so the disk files hold that instant), then running again
+        (``cont``) if they ran before and nobody else paused or ended the domain meanwhile; the
+        pause is not the user's (``pause_reason`` ``reason``)."""
+        status = self.status
+        if status.state not in (State.RUNNING, State.PAUSED):
+            raise LaunchError(f"cannot stop the CPUs of a {status.state} domain")
+        was_running = status.state == State.RUNNING
+        if was_running:
+            self._stop_cpus(reason)
+            self._transition(State.RUNNING, state=State.PAUSED, pause_reason=reason)
+        try:
+            yield
+        finally:
+            status = self.status
+            if was_running and (status.state, status.pause_reason) == (State.PAUSED, reason):
+                self.unpause()
 
     def _stop_cpus(self, reason: str) -> None:
         """QMP `stop`; the STOP event, whenever it comes, takes `reason` as the pause's."""

@@ -8,6 +8,7 @@ directory (DNS labels and subdomains hold no '/' and no '..').
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import shutil
@@ -16,6 +17,7 @@ from pathlib import Path
 BLOCK = "Block"
 FILESYSTEM = "Filesystem"
 _LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+COPY_CHUNK = 1 << 20
 _SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
 
@@ -83,3 +85,41 @@ class BackingStore:
             for name in dirs + files:
                 total += (Path(parent) / name).lstat().st_blocks * 512
         return total
+
+
+def copy_data(source: Path, target: Path) -> None:
+    """A copy of a volume (a sparse file, or a directory of them) that holds only what was
+    written: each file's data extents, found with SEEK_DATA/SEEK_HOLE, land at the same
+    offsets and its holes stay holes (the apparent size is kept). Links and special files
+    are not copied."""
+    if source.is_dir() and not source.is_symlink():
+        target.mkdir(mode=0o700, exist_ok=True)
+        for entry in source.iterdir():
+            copy_data(entry, target / entry.name)
+        return
+    if not source.is_file() or source.is_symlink():
+        return
+    with source.open("rb") as src, open(target, "wb", opener=_private) as dst:
+        size = os.fstat(src.fileno()).st_size
+        for start, end in _data_extents(src.fileno(), size):
+            for offset in range(start, end, COPY_CHUNK):
+                dst.seek(offset)
+                dst.write(os.pread(src.fileno(), min(COPY_CHUNK, end - offset), offset))
+        dst.truncate(size)
+
+
+def _private(path: str, flags: int) -> int:
+    return os.open(path, flags, 0o600)
+
+
+def _data_extents(fd: int, size: int):
+    offset = 0
+    while offset < size:
+        try:
+            start = os.lseek(fd, offset, os.SEEK_DATA)
+        except OSError as error:
+            if error.errno == errno.ENXIO:  # nothing but a hole up to the end
+                return
+            raise
+        offset = os.lseek(fd, start, os.SEEK_HOLE)
+        yield start, offset

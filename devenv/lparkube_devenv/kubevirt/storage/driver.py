@@ -24,7 +24,7 @@ from ..logic import dig
 from ..loop import PollingLoop
 from . import attacher, provisioner, resizer
 from .attachlog import AttachLog
-from .backing import BackingError, BackingStore
+from .backing import BackingError, BackingStore, copy_data
 from .events import record
 from .kubelet import Kubelets
 from .names import (
@@ -36,12 +36,20 @@ from .names import (
     NODES_PATH,
     VOLUMES_PATH,
 )
-from .objects import csi_driver, is_ours, storage_class, volume_mode, volume_namespace
+from .objects import (
+    capacity_bytes,
+    csi_driver,
+    is_ours,
+    storage_class,
+    volume_mode,
+    volume_namespace,
+)
 from .readiness import AttachState, Readiness, volume_ready
 from .world import StorageWorld, by_key
 
 ATTACH_LOG = "attach.log"
 VOLUMES_DIR = "volumes"
+SNAPSHOTS_DIR = "snapshots"
 
 
 @dataclass
@@ -68,6 +76,7 @@ class ThinStorage(PollingLoop):
         self.workdir = Path(workdir)
         self.settings = settings or StorageSettings()
         self.store = BackingStore(self.workdir / VOLUMES_DIR)
+        self.snapshots = BackingStore(self.workdir / SNAPSHOTS_DIR)  # <namespace>/<snapshot>
         self.attach_log = AttachLog(self.workdir / ATTACH_LOG)
         self.kube = Kube.from_kubeconfig(kubeconfig)  # the loop thread's own client
         self._api = Kube.from_kubeconfig(kubeconfig)  # for callers, one at a time
@@ -230,6 +239,26 @@ class ThinStorage(PollingLoop):
         return Backing(
             path, volume_mode(volume), tuple(dig(volume, "spec", "accessModes", default=[]))
         )
+
+    # --- the CSI snapshotter's part: what the VirtualMachineSnapshot stand-in calls ------------
+
+    def take_snapshot(self, namespace: str, claim: str, name: str) -> int:
+        """CreateSnapshot: the claim's volume as it is now, copied (data extents only) to the
+        snapshot ``name`` of ``namespace``; its restore size in bytes (the volume's). The caller
+        makes sure nothing writes meanwhile. LookupError while the claim is not bound to one of
+        this driver's volumes."""
+        backing = self.backing(namespace, claim)
+        target = self.snapshots.path(namespace, name)
+        self.snapshots.remove(target)  # a snapshot taken again starts afresh
+        target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        copy_data(backing.path, target)
+        with self._api_lock:
+            found = self._api.get(f"/api/v1/namespaces/{namespace}/persistentvolumeclaims/{claim}")
+        return capacity_bytes(found or {}, "status", "capacity")
+
+    def delete_snapshot(self, namespace: str, name: str) -> None:
+        """DeleteSnapshot; idempotent."""
+        self.snapshots.remove(self.snapshots.path(namespace, name))
 
     def mount_volumes(self, namespace: str, pod: str) -> bool:
         """The pod's kubelet takes its volumes in use (node ``status.volumesInUse``), as it does

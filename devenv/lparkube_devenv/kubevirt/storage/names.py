@@ -55,6 +55,8 @@ NODE_ID_ANNOTATION = "csi.volume.kubernetes.io/nodeid"
 # StorageClass admission (DefaultStorageClass) and the node shutdown taint (KEP-2268).
 DEFAULT_CLASS_ANNOTATION = "storageclass.kubernetes.io/is-default-class"
 OUT_OF_SERVICE_TAINT = "node.kubernetes.io/out-of-service"
+# external-snapshotter: the API group of VolumeSnapshots, a claim's data source.
+SNAPSHOT_GROUP = "snapshot.storage.k8s.io"
 
 MULTI_NODE_MODES = ("ReadWriteMany", "ReadOnlyMany")
 

@@ -12,6 +12,7 @@ from .names import (
     PROVISIONER_ANNOTATIONS,
     PROVISIONER_FINALIZER,
     PROVISIONER_IDENTITY_KEY,
+    SNAPSHOT_GROUP,
     STORAGE_CLASS,
     volume_name_for,
 )
@@ -75,10 +76,19 @@ def wants_volume(claim: dict) -> bool:
     )
 
 
+def snapshot_source(claim: dict) -> str | None:
+    """The VolumeSnapshot (of the claim's own namespace) the claim is to be filled from."""
+    source = dig(claim, "spec", "dataSourceRef") or dig(claim, "spec", "dataSource") or {}
+    if (source.get("apiGroup"), source.get("kind")) == (SNAPSHOT_GROUP, "VolumeSnapshot"):
+        return source.get("name")
+    return None
+
+
 def unsupported(claim: dict) -> str | None:
     """Why this driver cannot provision the claim (as CreateVolume would fail), else None."""
-    if dig(claim, "spec", "dataSource") or dig(claim, "spec", "dataSourceRef"):
-        return f"{DRIVER} does not support volume content sources (clones, snapshots, populators)"
+    sourced = dig(claim, "spec", "dataSource") or dig(claim, "spec", "dataSourceRef")
+    if sourced and not snapshot_source(claim):
+        return f"{DRIVER} does not support volume content sources other than VolumeSnapshots"
     if requested_bytes(claim) <= 0:
         return "the claim requests no storage (spec.resources.requests.storage)"
     if not dig(claim, "spec", "accessModes"):

@@ -16,6 +16,7 @@ from kubernetes.client import ApiException
 
 from ..api import key, log
 from ..logic import dig
+from .backing import FILESYSTEM, copy_data
 from .names import (
     CLASSES_PATH,
     PROVISIONER_FINALIZER,
@@ -25,6 +26,7 @@ from .names import (
 )
 from .objects import (
     is_ours,
+    snapshot_source,
     unsupported,
     volume_for_claim,
     volume_mode,
@@ -65,6 +67,12 @@ def provision(driver: ThinStorage, claim: dict) -> None:
     volume = volume_for_claim(claim, reclaim_policy, driver.identity)
     volume_name = volume["metadata"]["name"]
     size = to_bytes(volume["spec"]["capacity"]["storage"])
+    refusal = fill_from_snapshot(driver, claim, volume_name, size)
+    if refusal:
+        driver.warn_once(
+            claim, "PersistentVolumeClaim", "ProvisioningFailed", refusal, "provisioner"
+        )
+        return
     driver.store.create(namespace, volume_name, volume_mode(claim), size)
     try:
         driver.kube.create(VOLUMES_PATH, volume)
@@ -81,6 +89,36 @@ def provision(driver: ThinStorage, claim: dict) -> None:
         f"Successfully provisioned volume {volume_name}",
         "provisioner",
     )
+
+
+def fill_from_snapshot(driver: ThinStorage, claim: dict, volume_name: str, size: int) -> str:
+    """CreateVolume with a VolumeSnapshot content source: the new volume starts as a copy of
+    the snapshot, which must be of the claim's own namespace (a name resolves nowhere else),
+    of the claim's volume mode and no larger than the claim. Why not, else ""."""
+    name = snapshot_source(claim)
+    if not name:
+        return ""
+    namespace = claim["metadata"]["namespace"]
+    copy = driver.snapshots.path(namespace, name)
+    if not copy.exists():
+        return (
+            f"error getting handle for DataSource Type VolumeSnapshot by Name {name}: "
+            f'volumesnapshots.snapshot.storage.k8s.io "{name}" not found'
+        )
+    if copy.is_dir() != (volume_mode(claim) == FILESYSTEM):
+        return (
+            f"requested volume {namespace}/{claim['metadata']['name']} modifies the mode of "
+            "the source volume but does not have permission to do so"
+        )
+    if copy.is_file() and copy.stat().st_size > size:
+        return (
+            f"requested volume size {size} is less than the size {copy.stat().st_size} "
+            "for the source snapshot"
+        )
+    target = driver.store.path(namespace, volume_name)
+    target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    copy_data(copy, target)
+    return ""
 
 
 def should_delete(volume: dict) -> bool:
