@@ -198,6 +198,33 @@ REMOTE_RESTARTS = Counter(
     ["result"],
     registry=REGISTRY,
 )
+FAILURES = Counter(
+    "lparkube_failures",
+    "Partition failures failover recorded, by reason (VMIFailed, GuestPanicked, NodeLost, "
+    "AgentLost).",
+    ["reason"],
+    registry=REGISTRY,
+)
+FAILOVERS = Counter(
+    "lparkube_failovers",
+    "Failovers that ended, by image (Consistency, Boot, or none) and result (Done, Stopped).",
+    ["image", "result"],
+    registry=REGISTRY,
+)
+FAILOVER_RESTART_REQUEST_SECONDS = Histogram(
+    "lparkube_failover_restart_request_seconds",
+    "Time from a failure's detection to its RemoteRestart's creation, by fence (NodeFenced, "
+    "InstanceGone, SelfFenced).",
+    ["fence"],
+    buckets=(1, 2.5, 5, 10, 15, 20, 30, 45, 60, 120, 300, 900),
+    registry=REGISTRY,
+)
+CONSISTENCY_IMAGES = Counter(
+    "lparkube_consistency_images",
+    "Consistency images taken, by consistency (Application, Crash), and skipped (a failed save).",
+    ["consistency"],
+    registry=REGISTRY,
+)
 REMOTE_RESTART_STEP_SECONDS = Histogram(
     "lparkube_remote_restart_step_seconds",
     "Time from a RemoteRestart step's start to its end, by step.",

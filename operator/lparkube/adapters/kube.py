@@ -242,6 +242,18 @@ class Kube:
         answer = await self.call(self._request, "GET", f"{path}?{params}" if params else path, None)
         return list((answer or {}).get("items") or [])
 
+    async def delete_path(self, path: str, *, grace_seconds: int | None = None) -> bool:
+        """Delete the object at a raw API path (a pod, a VolumeAttachment); False when it was
+        gone already. ``grace_seconds`` 0 force-deletes a pod whose kubelet cannot answer."""
+        body = None if grace_seconds is None else {"gracePeriodSeconds": grace_seconds}
+        try:
+            await self.call(self._request, "DELETE", path, body)
+        except ApiException as error:
+            if not_found(error):
+                return False
+            raise
+        return True
+
     async def get_volume(self, name: str) -> dict | None:
         """A PersistentVolume as the API server's JSON, or None."""
         try:

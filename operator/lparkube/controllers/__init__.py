@@ -120,6 +120,7 @@ def operator_state(memo: Any, **_: Any) -> None:
     memo.profile_wakers = {}  # ConditionProfile name -> the Event that wakes its evaluation
     memo.evacuation_saves = set()  # (namespace, SaveEvent name) made or met for an evacuation
     memo.storage_locks = weakref.WeakValueDictionary()  # (namespace, name) -> a Partition's lock
+    memo.reconcile_locks = weakref.WeakValueDictionary()  # ... its reconcile's (partition.py)
 
 
 @kopf.on.cleanup()
@@ -158,6 +159,7 @@ from lparkube.controllers import (  # noqa: E402, F401
     agent_gateway,
     conditionprofile,
     evacuation,
+    failover,
     hibernationimage,
     networkpolicy,
     partition,

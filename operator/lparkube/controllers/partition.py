@@ -202,6 +202,19 @@ def report_problem(scope: PartitionScope, before: dict | None) -> None:
         kopf.warn(scope.partition, reason=problem.reason, message=problem.message)
 
 
+async def reconcile_one_at_a_time(memo: Any, partition: dict) -> None:
+    """``reconcile``, never two of one Partition at once: its kopf handlers, VM, VMI and pool
+    events each reconcile it, and two at once would both allocate its paging LU (two LUs
+    created, one leaked)."""
+    meta = partition["metadata"]
+    locks = memo.reconcile_locks
+    lock = locks.get((meta["namespace"], meta["name"]))
+    if lock is None:
+        lock = locks[(meta["namespace"], meta["name"])] = asyncio.Lock()
+    async with lock:
+        await reconcile(memo.kube, partition, memo.key_secrets, operator_pods(memo))
+
+
 async def reconcile_by_name(memo: Any, namespace: str, name: str) -> None:
     """Reconcile after a VM or VMI change; best effort, the next change or resume retries."""
     partition = await memo.kube.get(PARTITION, namespace, name)
@@ -216,7 +229,7 @@ async def reconcile_read(memo: Any, partition: dict) -> None:
     if meta.get("deletionTimestamp"):
         return
     try:
-        await reconcile(memo.kube, partition, memo.key_secrets, operator_pods(memo))
+        await reconcile_one_at_a_time(memo, partition)
     except kopf.TemporaryError:
         pass  # a lost race, won by another writer; the next change or resume looks again
     except ApiException as error:
@@ -239,13 +252,13 @@ def partition_by_vm(namespace: str, name: str, spec: kopf.Spec, **_: Any) -> dic
 @metrics.instrumented("partitions")
 async def partition_create(body: kopf.Body, memo: Any, **_: Any) -> None:
     """Also on resume: after a restart every Partition is checked, nothing is duplicated."""
-    await reconcile(memo.kube, _plain(body), memo.key_secrets, operator_pods(memo))
+    await reconcile_one_at_a_time(memo, _plain(body))
 
 
 @kopf.on.update(*RESOURCE)
 @metrics.instrumented("partitions")
 async def partition_update(body: kopf.Body, memo: Any, **_: Any) -> None:
-    await reconcile(memo.kube, _plain(body), memo.key_secrets, operator_pods(memo))
+    await reconcile_one_at_a_time(memo, _plain(body))
 
 
 @kopf.on.delete(*RESOURCE)

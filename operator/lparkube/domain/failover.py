@@ -341,10 +341,13 @@ class ImageChoice:
 def choose_image(partition: Mapping[str, Any], now: datetime) -> ImageChoice:
     """The first failure restarts from the newest consistency image (the boot image when
     there is none yet); one within escalationWindow of the previous failure, after a
-    consistency restart, from the boot image; one more within the window stops."""
+    consistency restart, from the boot image; one more within the window stops. After a
+    stop, a failure of the instance the user started again begins anew."""
     settings = settings_of(partition)
     status = failover_status(partition)
     last = parse_time(status.get("lastFailureTime"))
+    if current_failure(partition).get("phase") == api.STOPPED:
+        last = None  # the user started it again after a stop: a new chain of failures
     window = settings.window
     if last is not None and now - last <= window:
         if status.get("lastImage") == api.BOOT_IMAGE:
@@ -500,3 +503,52 @@ def self_fenced_on(
         return False
     at, _ = self_fence_time(partition, vmi)
     return at is not None and now >= at
+
+
+# --- the record of a failure -----------------------------------------------------------------
+
+
+def new_failure(obs: Observed, failure: Failure, choice: ImageChoice, ident: str) -> dict:
+    """status.failover.current for a failure just observed (written before anything acts)."""
+    record = {
+        "id": ident,
+        "reason": failure.reason,
+        "message": failure.message,
+        "detectedAt": rfc3339(obs.now),
+        "phase": api.DETECTED,
+        "image": choice.image,
+        "imageReason": choice.reason,
+        "nodeName": obs.node_name,
+        "instanceUid": _get(obs.vmi, "metadata", "uid"),
+        "instanceWatchdog": watchdog_powers_off(_get(obs.vmi, "spec")),
+        "bootId": _get(obs.partition, "status", "agent", "bootId"),
+        "runStrategy": _get(obs.vm, "spec", "runStrategy")
+        or ("Always" if _get(obs.vm, "spec", "running") else "Halted"),
+    }
+    return {k: v for k, v in record.items() if v is not None}
+
+
+def instance_spec(current: Mapping[str, Any]) -> dict[str, Any]:
+    """What the fence proof needs of the failed instance's spec once its VMI is gone."""
+    if not current.get("instanceWatchdog"):
+        return {}
+    return {"domain": {"devices": {"watchdog": {"i6300esb": {"action": "poweroff"}}}}}
+
+
+def history_after(
+    history: Sequence[Mapping[str, Any]], current: Mapping[str, Any]
+) -> list[dict[str, Any]]:
+    """The history with a finished failure appended (newest last, at most MAX_HISTORY)."""
+    keys = ("id", "reason", "message", "detectedAt", "image", "imageReason", "completedAt")
+    entry = {k: current[k] for k in keys if current.get(k) is not None}
+    entry["result"] = current.get("phase")
+    kept = [dict(h) for h in history if h.get("id") != entry.get("id")]
+    return [*kept, entry][-api.MAX_HISTORY :]
+
+
+def restart_name(partition_name: str, ident: str) -> str:
+    return f"{partition_name[:40]}-failover-{ident[:8]}"
+
+
+def restore_patch_target(vm_name: str) -> dict[str, str]:
+    return {"apiGroup": "kubevirt.io", "kind": "VirtualMachine", "name": vm_name}

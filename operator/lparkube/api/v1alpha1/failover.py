@@ -230,6 +230,14 @@ CURRENT = obj(
         "bootId": string("The guest's boot id before the failure.", max_length=64),
         "nodeName": string("The node the failed instance ran on.", max_length=253),
         "instanceUid": string("The failed VMI's uid.", max_length=64),
+        "instanceWatchdog": boolean(
+            "The failed instance ran with the self-fence watchdog (i6300esb, poweroff)."
+        ),
+        "runStrategy": string(
+            "The VM's runStrategy before the failover held it Halted; given back after the "
+            "restart.",
+            max_length=32,
+        ),
         "completedAt": timestamp("When it was Done or Stopped."),
     },
 )
