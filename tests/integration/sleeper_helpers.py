@@ -159,9 +159,11 @@ class Sleepers:
         kernel: bool = True,
         hold: threading.Event | None = None,
         node_selector: dict[str, str] | None = None,
+        failover: dict | None = None,
     ) -> Sleeper:
         """A Partition (with a paging LU from the pool unless ``paging`` is False) whose VM
-        runs (on a node with ``node_selector``'s labels, if given) and whose agent is connected
+        runs (on a node with ``node_selector``'s labels, if given; with ``failover`` as its
+        spec.failover) and whose agent is connected
         and, with paging, reports the LU as its swap."""
         ip, port = next(_ips), free_port()
         manifest = with_persistent_root(partition_manifest(name, ip, port))
@@ -171,6 +173,8 @@ class Sleepers:
         if paging:
             manifest["spec"]["viosClusterName"] = self.pool
             manifest["spec"]["paging"] = {}
+        if failover:
+            manifest["spec"]["failover"] = failover
         self.parts.create(manifest)
         self.parts.wait_condition(name, "VMReady", "True")
         fake = FakeGuest(self.tmp / f"guest-{name}", disk_bytes=64 * 2**20 if paging else None)
