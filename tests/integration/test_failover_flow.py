@@ -17,7 +17,7 @@ from sleeper_helpers import Sleepers
 
 from lparkube.api.v1alpha1 import failover as api
 from lparkube.controllers.failover_run import POLL_SECONDS
-from lparkube_devenv.kubevirt import VM
+from lparkube_devenv.kubevirt import VM, VMI
 from lparkube_devenv.kubevirt.storage import two_writers
 
 pytestmark = pytest.mark.usefixtures("operator")
@@ -85,7 +85,8 @@ def test_a_lost_node_fails_over_from_the_boot_image_once_fenced(
     vm = parts.vm("ha")
     root = vm["spec"]["template"]["spec"]["volumes"][0]
     assert root == {"name": root["name"], **CLEAN}, "the boot disk is the clean image"
-    assert vm["spec"]["runStrategy"] == "Always", "given back after the restart"
+    assert vm["spec"]["runStrategy"] == "Manual", "failover still owns its restarts"
+    assert vm["metadata"]["annotations"][api.RUN_STRATEGY_ANNOTATION] == "Always"
     vmi = parts.vmi("ha")
     assert (vmi["status"]["phase"], vmi["status"]["nodeName"]) == ("Running", target)
     restart = status["current"]["restartName"]
@@ -107,3 +108,60 @@ def test_a_user_stop_is_never_a_failure(
     time.sleep(3 * POLL_SECONDS)  # three passes of the failover run: nothing recorded
     assert "current" not in (parts.status("calm").get("failover") or {})
     assert parts.vm("calm")["spec"]["runStrategy"] == "Halted"
+
+
+def crash(parts: Partitions, name: str) -> str:
+    """The instance dies on a node that answers: its VMI Failed, as virt-handler reports a
+    crashed domain (a simulated VMI has no domain to crash); the node it ran on."""
+    vmi = parts.vmi(name)
+    # KubeVirt's VMI has no status subresource: virt-handler patches the object itself.
+    parts.kubevirt.kube.merge_patch(
+        VMI.path(parts.namespace, name), {"status": {"phase": "Failed"}}
+    )
+    return vmi["status"]["nodeName"]
+
+
+def test_a_partition_that_keeps_failing_stops_with_a_condition(
+    api_client: client.ApiClient,
+    parts: Partitions,
+    sleepers: Sleepers,
+    nodes: NodePool,
+    guest_agent,  # type: ignore[no-untyped-def]
+) -> None:
+    first = nodes.add()
+    sleeper = sleepers.create(
+        "flaky", paging=False, kernel=False, node_selector=nodes.selector, failover=FAILOVER
+    )
+    # Failover owns the restarts: KubeVirt must not restart a failed VMI by itself first.
+    vm = wait_for(
+        lambda: (v := parts.vm("flaky"))["spec"].get("runStrategy") == "Manual" and v,
+        "the VM's runStrategy Manual",
+    )
+    assert vm["metadata"]["annotations"][api.RUN_STRATEGY_ANNOTATION] == "Always"
+    second = nodes.add()
+    assert crash(parts, "flaky") == first
+    sleeper.agent.process.stop(signal.SIGKILL)  # the guest is gone
+    agent = boot_agent_on_target(parts, guest_agent, sleeper, second)
+    failed_over(parts, "flaky", api.FROM_BOOT_IMAGE)
+    status = parts.status("flaky")["failover"]
+    assert (status["current"]["reason"], status["current"]["fence"]["by"]) == (
+        api.VMI_FAILED,
+        api.INSTANCE_GONE,
+    )
+
+    # Again within escalationWindow, after a boot-image restart: it stops, and says why.
+    crash(parts, "flaky")
+    agent.process.stop(signal.SIGKILL)
+    stopped = failed_over(parts, "flaky", api.REPEATED_FAILURES)
+    assert stopped["status"] == "False" and "start VM flaky to try again" in stopped["message"]
+    status = parts.status("flaky")["failover"]
+    assert status["failures"] == 2
+    assert [h["result"] for h in status["history"]] == [api.DONE, api.STOPPED]
+    assert parts.vm("flaky")["spec"]["runStrategy"] == "Halted"
+    wait_for(lambda: parts.vmi("flaky") is None, "the failed VMI gone")
+    time.sleep(3 * POLL_SECONDS)  # no loop: nothing restarts it, nothing new is recorded
+    assert parts.vmi("flaky") is None
+    assert parts.status("flaky")["failover"]["failures"] == 2
+    assert ("Warning", api.FAILOVER_STOPPED_EVENT) in events_of(
+        api_client, parts.namespace, "flaky", "Partition"
+    )

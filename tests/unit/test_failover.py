@@ -316,3 +316,25 @@ def test_the_watchdog_is_added_once() -> None:
     own = {"name": "mine", "i6300esb": {"action": "reset"}}
     kept = fo.with_watchdog({"template": {"spec": {"domain": {"devices": {"watchdog": own}}}}})
     assert kept["template"]["spec"]["domain"]["devices"]["watchdog"] == own
+
+
+def test_failover_takes_a_running_vms_restarts_and_gives_them_back() -> None:
+    vm = {"metadata": {"resourceVersion": "7"}, "spec": {"runStrategy": "Always"}}
+    ops = fo.take_restarts_patch(partition(), vm, vmi())
+    assert ops == [
+        {"op": "test", "path": "/metadata/resourceVersion", "value": "7"},
+        {"op": "add", "path": "/metadata/annotations",
+         "value": {api.RUN_STRATEGY_ANNOTATION: "Always"}},
+        {"op": "add", "path": "/spec/runStrategy", "value": "Manual"},
+    ]  # fmt: skip
+    assert fo.take_restarts_patch(partition(), vm, vmi("Scheduled")) is None
+    assert fo.take_restarts_patch(partition(enabled=False), vm, vmi()) is None
+    manual = {"metadata": {"annotations": {api.RUN_STRATEGY_ANNOTATION: "Always"}},
+              "spec": {"runStrategy": "Manual"}}  # fmt: skip
+    assert fo.take_restarts_patch(partition(), manual, vmi()) is None
+    assert fo.user_run_strategy(manual) == "Always"
+    assert fo.give_back_restarts_patch(manual) == {
+        "metadata": {"annotations": {api.RUN_STRATEGY_ANNOTATION: None}},
+        "spec": {"runStrategy": "Always"},
+    }
+    assert fo.give_back_restarts_patch(vm) is None

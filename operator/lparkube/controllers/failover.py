@@ -10,8 +10,10 @@ from typing import Any
 import kopf
 
 from lparkube import metrics
+from lparkube.adapters.kube import VIRTUAL_MACHINE
 from lparkube.api.resource import GROUP, VERSION
 from lparkube.controllers.failover_run import FailoverRun
+from lparkube.domain import failover as fo
 
 
 def _failover_enabled(spec: Mapping[str, Any], **_: Any) -> bool:
@@ -34,3 +36,17 @@ async def partition_failover(
     meta = body.metadata
     with metrics.handler_run("partitions", "partition_failover"):
         await FailoverRun(memo.kube, meta.namespace, meta.name).execute(stopped)
+
+
+@kopf.on.field(GROUP, VERSION, "partitions", field="spec.failover.enabled")
+async def partition_failover_disabled(body: kopf.Body, new: Any, memo: Any, **_: Any) -> None:
+    """Failover turned off (or the Partition made without it): the VM gets back the
+    runStrategy the user gave it, so KubeVirt restarts it again as before."""
+    if new is True:
+        return
+    meta = body.metadata
+    vm_name = (body.status or {}).get("vmName") or meta.name
+    vm = await memo.kube.get(VIRTUAL_MACHINE, meta.namespace, vm_name)
+    patch = fo.give_back_restarts_patch(vm)
+    if patch is not None:
+        await memo.kube.patch(VIRTUAL_MACHINE, meta.namespace, vm_name, patch)

@@ -166,6 +166,7 @@ class FailoverRun:
 
     async def run_pass(self, scope: FailoverScope) -> None:
         if scope.phase not in fo.UNFINISHED_PHASES:
+            await self.take_restarts(scope)
             await self.detect(scope)
         for _ in api.PHASES:  # each phase at most once a pass
             phase = scope.phase
@@ -176,6 +177,15 @@ class FailoverRun:
             if scope.phase == phase:
                 return
             await self.checkpoint(scope)
+
+    async def take_restarts(self, scope: FailoverScope) -> None:
+        """A running VM's restarts become failover's (runStrategy Manual, the user's recorded):
+        KubeVirt would restart a failed VMI by itself at once, from the same disk."""
+        ops = fo.take_restarts_patch(scope.partition, scope.vm, scope.vmi)
+        if ops is not None:
+            scope.vm = await self.kube.json_patch(
+                VIRTUAL_MACHINE, self.namespace, scope.vm_name, ops
+            )
 
     async def detect(self, scope: FailoverScope) -> None:
         panicked = await self._panicked(scope)
@@ -374,8 +384,8 @@ class FailoverRun:
         scope.vm = await self.kube.json_patch(VIRTUAL_MACHINE, self.namespace, scope.vm_name, ops)
 
     async def restarting(self, scope: FailoverScope) -> None:
-        """A RemoteRestart without an image to a node failover.nodeSelector allows; the VM's
-        runStrategy given back once it succeeded."""
+        """A RemoteRestart without an image to a node failover.nodeSelector allows (it starts
+        the held VM as Manual)."""
         name = scope.current.get("restartName") or fo.restart_name(scope.name, scope.current["id"])
         restart = await self.kube.get(REMOTE_RESTART, self.namespace, name)
         if restart is None:
@@ -392,8 +402,7 @@ class FailoverRun:
             scope.condition = Condition.of(api.FAILED_OVER, False, api.FAILOVER_FAILED, message)
             scope.event("Warning", api.FAILOVER_STOPPED_EVENT, message)
         elif state == rr_api.RESTART_SUCCEEDED:
-            await self._give_back_run_strategy(scope)
-            scope.advance(api.RECONNECTING)
+            scope.advance(api.RECONNECTING)  # the VM runs Manual: restarts stay failover's
 
     async def _create_restart(self, scope: FailoverScope, name: str) -> None:
         settings = fo.settings_of(scope.partition)
@@ -417,19 +426,6 @@ class FailoverRun:
         if detected is not None:
             seconds = (scope.now - detected).total_seconds()
             metrics.FAILOVER_RESTART_REQUEST_SECONDS.labels(fence).observe(seconds)
-
-    async def _give_back_run_strategy(self, scope: FailoverScope) -> None:
-        wanted = scope.current.get("runStrategy")
-        vm = scope.vm
-        if (
-            vm is None
-            or wanted not in ("Always", "RerunOnFailure")
-            or rr.run_strategy(vm) == wanted
-        ):
-            return
-        await self.kube.patch(
-            VIRTUAL_MACHINE, self.namespace, scope.vm_name, {"spec": {"runStrategy": wanted}}
-        )
 
     async def reconnecting(self, scope: FailoverScope) -> None:
         """Done once the guest's agent reported since the failure and is connected (the

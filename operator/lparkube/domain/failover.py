@@ -505,6 +505,66 @@ def self_fenced_on(
     return at is not None and now >= at
 
 
+# --- failover owns the restarts -------------------------------------------------------------
+
+RESTARTING_STRATEGIES = ("Always", "RerunOnFailure")
+
+
+def _run_strategy(vm: Mapping[str, Any] | None) -> str:
+    strategy = _get(vm, "spec", "runStrategy")
+    return strategy or ("Always" if _get(vm, "spec", "running") else "Halted")
+
+
+def user_run_strategy(vm: Mapping[str, Any] | None) -> str:
+    """The runStrategy the user gave the VM: recorded when failover made it Manual."""
+    recorded = (_get(vm, "metadata", "annotations") or {}).get(api.RUN_STRATEGY_ANNOTATION)
+    return recorded or _run_strategy(vm)
+
+
+def take_restarts_patch(
+    partition: Mapping[str, Any], vm: Mapping[str, Any] | None, vmi: Mapping[str, Any] | None
+) -> list[dict[str, Any]] | None:
+    """The guarded JSON patch that makes a running VM's restarts failover's (runStrategy
+    Manual, the user's recorded), or None: failover off or under way, no running VMI, or a
+    strategy KubeVirt does not restart by itself."""
+    strategy = _run_strategy(vm)
+    if vm is None or strategy not in RESTARTING_STRATEGIES or failing_over(partition):
+        return None
+    if not settings_of(partition).enabled or _get(vmi, "status", "phase") != "Running":
+        return None
+    meta = vm.get("metadata") or {}
+    key = api.RUN_STRATEGY_ANNOTATION.replace("/", "~1")
+    note = (
+        {"op": "add", "path": f"/metadata/annotations/{key}", "value": strategy}
+        if meta.get("annotations")
+        else {
+            "op": "add",
+            "path": "/metadata/annotations",
+            "value": {api.RUN_STRATEGY_ANNOTATION: strategy},
+        }
+    )
+    ops = [
+        {"op": "test", "path": "/metadata/resourceVersion", "value": meta.get("resourceVersion")},
+        note,
+        {"op": "add", "path": "/spec/runStrategy", "value": "Manual"},
+    ]
+    if "running" in (vm.get("spec") or {}):
+        ops.append({"op": "remove", "path": "/spec/running"})
+    return ops
+
+
+def give_back_restarts_patch(vm: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """Failover turned off: the merge patch that gives the VM back the runStrategy the user
+    had (a VM still Manual), and drops the record; None when there is none."""
+    recorded = (_get(vm, "metadata", "annotations") or {}).get(api.RUN_STRATEGY_ANNOTATION)
+    if vm is None or not recorded:
+        return None
+    patch: dict[str, Any] = {"metadata": {"annotations": {api.RUN_STRATEGY_ANNOTATION: None}}}
+    if _run_strategy(vm) == "Manual":
+        patch["spec"] = {"runStrategy": recorded}
+    return patch
+
+
 # --- the record of a failure -----------------------------------------------------------------
 
 
@@ -522,8 +582,7 @@ def new_failure(obs: Observed, failure: Failure, choice: ImageChoice, ident: str
         "instanceUid": _get(obs.vmi, "metadata", "uid"),
         "instanceWatchdog": watchdog_powers_off(_get(obs.vmi, "spec")),
         "bootId": _get(obs.partition, "status", "agent", "bootId"),
-        "runStrategy": _get(obs.vm, "spec", "runStrategy")
-        or ("Always" if _get(obs.vm, "spec", "running") else "Halted"),
+        "runStrategy": user_run_strategy(obs.vm),
     }
     return {k: v for k, v in record.items() if v is not None}
 

@@ -67,6 +67,10 @@ CONSISTENCY_IMAGE_SKIPPED_EVENT = "ConsistencyImageSkipped"  # Warning: the save
 
 # Labels on what failover creates (SaveEvents, VirtualMachineSnapshots, restores, restarts).
 PURPOSE_LABEL = "lparkube.io/failover"  # consistency-image | restore | restart
+# Failover owns a running VM's restarts: its runStrategy Always or RerunOnFailure becomes Manual
+# (KubeVirt would restart a failed VMI at once, from the same disk), the one it had recorded here
+# and given back when failover is turned off.
+RUN_STRATEGY_ANNOTATION = "lparkube.io/failover-run-strategy"
 WATCHDOG_DEVICE = "lparkube-watchdog"  # the VM's watchdog device the operator adds
 FENCE_MARGIN_SECONDS = 5.0  # on top of lease + watchdog timeout (clock rate, timer slack)
 MAX_HISTORY = 10
