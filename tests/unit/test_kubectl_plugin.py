@@ -21,8 +21,10 @@ from lparkube.kubectl_plugin.verb import (
     FAILED,
     OK,
     USAGE,
+    Group,
     NotFoundError,
     PluginError,
+    Verb,
     go_duration,
 )
 from lparkube.kubectl_plugin.verbs import VERBS, hibernate, save, status
@@ -75,6 +77,17 @@ def test_every_verb_has_help_with_the_cluster_options_and_examples(
     assert f"kubectl lparkube {verb} " in out.split("examples:")[1]
     assert "exit codes: 0 success; 1" in out
     assert ("--no-wait" in out) == (verb != "status")
+
+
+def test_a_groups_verbs_take_the_common_options_after_the_group_name() -> None:
+    """``kubectl lparkube NOUN VERB ARGS -n NS``: the leaf verb is what runs."""
+    leaf = Verb("peek", "s", "d", "  kubectl lparkube thing peek x", lambda p: None,
+                lambda session, args: OK, waits=False)  # fmt: skip
+    parser = build_parser([Group("thing", "things", "about things", (leaf,))])
+    args = parser.parse_args(["thing", "peek", "-n", "shop", "--timeout", "5s"])
+    assert (args.verb_spec, args.namespace, args.timeout) == (leaf, "shop", timedelta(seconds=5))
+    assert "    thing " in parser.format_help()  # the group is listed, not its verbs
+    assert "peek" not in parser.format_help()
 
 
 def test_common_options_parse_as_kubectl_names_them() -> None:
