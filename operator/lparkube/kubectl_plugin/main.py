@@ -35,7 +35,8 @@ def build_parser(verbs: Sequence[Verb | Group] = VERBS) -> argparse.ArgumentPars
         prog=PROG,
         description=wrapped(
             "Save, hibernate, resume and restart lparkube Partitions (KubeVirt VMs), and show "
-            "where they stand. Run 'kubectl lparkube VERB --help' for a verb's options."
+            "where they stand and how they fail over. Run 'kubectl lparkube VERB --help' for a "
+            "verb's options."
         ),
         epilog=wrapped(EXIT_CODES_HELP),
         formatter_class=argparse.RawDescriptionHelpFormatter,
