@@ -63,10 +63,6 @@ def items(lines: list[str], label: str) -> list[str]:
     return texts
 
 
-def escalation(p: dict[str, Any]) -> list[str]:
-    return items(failover.render(p, NOW), "Escalation")
-
-
 # --- the whole screen ---------------------------------------------------------------------------
 
 
@@ -209,51 +205,52 @@ def test_a_finished_failover_is_not_under_way_and_the_condition_says_how_it_ende
 # --- the escalation state -----------------------------------------------------------------------
 
 
-def test_the_first_failure_restarts_from_the_newest_consistency_image() -> None:
-    assert escalation(partition(consistencyImages=IMAGES)) == [
-        "the next failure restarts from Consistency: the newest consistency image"
-    ]
+DONE = {**DONE_BEFORE, "phase": "Done"}
+FROM_CONSISTENCY = "restarts from Consistency: the newest consistency image"
+ANEW = f"the next failure {FROM_CONSISTENCY}"
 
 
-def test_without_a_consistency_image_the_first_failure_restarts_from_the_boot_image() -> None:
-    assert escalation(partition()) == [
-        "the next failure restarts from Boot: no consistency image yet"
-    ]
-
-
-def test_a_failure_within_the_window_of_a_consistency_restart_escalates_until_it_closes() -> None:
-    p = partition(consistencyImages=IMAGES, lastImage="Consistency",
-                  lastFailureTime="2026-12-01T11:55:00Z",
-                  current={**DONE_BEFORE, "phase": "Done"})  # fmt: skip
-    assert escalation(p) == [
-        "the next failure restarts from Boot: a second failure within 15m: escalated to the "
-        "boot image",
-        "from 2026-12-01T12:10:00Z (in 10m) it restarts from Consistency: the newest "
-        "consistency image",
-    ]
-
-
-def test_a_failure_within_the_window_of_a_boot_restart_would_stop_the_partition() -> None:
-    p = partition(consistencyImages=IMAGES, lastImage="Boot",
-                  lastFailureTime="2026-12-01T11:59:00Z",
-                  current={**DONE_BEFORE, "phase": "Done"})  # fmt: skip
-    assert escalation(p) == [
-        "the next failure stops it (FailedOver=False, RepeatedFailures): failed again within "
-        "15m of a boot-image restart",
-        "from 2026-12-01T12:14:00Z (in 14m) it restarts from Consistency: the newest "
-        "consistency image",
-    ]
-
-
-def test_after_the_window_or_a_stop_the_next_failure_begins_anew() -> None:
-    late = partition(consistencyImages=IMAGES, lastImage="Boot",
-                     lastFailureTime="2026-12-01T11:40:00Z")  # fmt: skip
-    anew = "the next failure restarts from Consistency: the newest consistency image"
-    assert escalation(late) == [anew]  # no window open: nothing changes later
-    stopped = partition(consistencyImages=IMAGES, lastImage="Boot",
-                        lastFailureTime="2026-12-01T11:59:00Z",
-                        current={**DONE_BEFORE, "phase": "Stopped", "image": None})  # fmt: skip
-    assert escalation(stopped) == [anew]
+@pytest.mark.parametrize(
+    ("failover_status", "shown"),
+    [
+        pytest.param({}, [ANEW], id="first failure"),
+        pytest.param(
+            {"consistencyImages": []},
+            ["the next failure restarts from Boot: no consistency image yet"],
+            id="first failure, no image yet",
+        ),
+        pytest.param(
+            {"lastImage": "Consistency", "lastFailureTime": "2026-12-01T11:55:00Z",
+             "current": DONE},
+            ["the next failure restarts from Boot: a second failure within 15m: escalated to "
+             "the boot image",
+             f"from 2026-12-01T12:10:00Z (in 10m) it {FROM_CONSISTENCY}"],
+            id="within the window of a consistency restart: boot image until it closes",
+        ),
+        pytest.param(
+            {"lastImage": "Boot", "lastFailureTime": "2026-12-01T11:59:00Z", "current": DONE},
+            ["the next failure stops it (FailedOver=False, RepeatedFailures): failed again "
+             "within 15m of a boot-image restart",
+             f"from 2026-12-01T12:14:00Z (in 14m) it {FROM_CONSISTENCY}"],
+            id="within the window of a boot restart: a stop until it closes",
+        ),
+        pytest.param(
+            {"lastImage": "Boot", "lastFailureTime": "2026-12-01T11:40:00Z"}, [ANEW],
+            id="after the window",
+        ),
+        pytest.param(
+            {"lastImage": "Boot", "lastFailureTime": "2026-12-01T11:59:00Z",
+             "current": {**DONE, "phase": "Stopped", "image": None}},
+            [ANEW],
+            id="started again after a stop",
+        ),
+    ],
+)  # fmt: skip
+def test_the_escalation_state_is_what_the_next_failure_restarts_from(
+    failover_status: dict[str, Any], shown: list[str]
+) -> None:
+    lines = failover.render(partition(**{"consistencyImages": IMAGES, **failover_status}), NOW)
+    assert items(lines, "Escalation") == shown
 
 
 # --- the verb -----------------------------------------------------------------------------------
