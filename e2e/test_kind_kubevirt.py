@@ -623,6 +623,31 @@ def test_a_restart_from_disk_boots_the_stopped_partition_on_the_named_node(
     assert "kubernetes.io/hostname" not in selector, "the pin is gone with the hold"
 
 
+def test_failover_status_of_a_partition_without_failover_shows_it_disabled(
+    kubectl_lparkube: KubectlPlugin, tenant: str
+) -> None:
+    """``kubectl lparkube failover status`` on the operator's Partition: notes-1 does not
+    fail over, so no failure, no escalation and no image; a missing Partition exits 1."""
+    done = kubectl_lparkube("failover", "status", PARTITION, "-n", tenant)
+    assert (done.returncode, done.stderr) == (0, ""), done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[:6] == [
+        f"Partition:   {tenant}/{PARTITION}",
+        "Failover:    disabled (spec.failover.enabled is not true)",
+        "Lease:       none granted",
+        "Condition:   none (no failure yet)",
+        "Under way:   none",
+        "Failures:    0 recorded, 0 in the last 15m",
+    ]
+    assert "Escalation:  none: failover is disabled, a failure is not failed over" in lines
+    assert lines[-2:] == ["History (newest last):", "  none"]
+    missing = kubectl_lparkube("failover", "status", "ghost-1", "-n", tenant)
+    assert missing.returncode == 1
+    assert missing.stderr.strip() == (
+        f'error: partitions.lparkube.io "ghost-1" not found in namespace "{tenant}"'
+    )
+
+
 def test_helm_uninstall_cleans_up(kubectl: Kubectl, tenant: str, helm_release: Release) -> None:
     # Partitions go first, while the operator still runs to release their finalizers.
     kubectl("-n", tenant, "delete", "remoterestarts,hibernationimages,saveevents,partitions",

@@ -18,6 +18,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from lparkube.api.v1alpha1.hibernationimage import HIBERNATION_IMAGE
 from lparkube.api.v1alpha1.partition import PARTITION
 from lparkube.api.v1alpha1.remoterestart import REMOTE_RESTART
 from lparkube.api.v1alpha1.saveevent import SAVE_EVENT
+from lparkube.domain.clock import rfc3339
 from lparkube_devenv.controlplane import (
     REPO_ROOT,
     LocalControlPlane,
@@ -703,6 +705,132 @@ def test_status_shows_the_partition_and_its_hibernation_images(
 
     missing = plugin("status", "ghost", "-n", namespace)
     assert missing.returncode == 1
+    assert missing.stderr.strip() == (
+        f'error: partitions.lparkube.io "ghost" not found in namespace "{namespace}"'
+    )
+
+
+# --- failover status ----------------------------------------------------------------------------
+
+
+def field_texts(lines: list[str]) -> dict[str, list[str]]:
+    """``Label: text`` fields of a screen (before its tables): each field's texts, a wrapped
+    text joined again (its next lines are indented two more than the field's)."""
+    fields: dict[str, list[str]] = {}
+    texts: list[str] = []
+    for line in lines:
+        if line.startswith(" " * 15):
+            texts[-1] += " " + line.strip()
+        elif line.startswith(" " * 13):
+            texts.append(line.strip())
+        elif re.match(r"[A-Z][\w -]*:  ", line):
+            label, text = line.split(":", 1)
+            texts = fields[label] = [text.strip()]
+        else:
+            break  # the first table's header
+    return fields
+
+
+def test_failover_status_shows_settings_the_failover_under_way_escalation_images_and_history(
+    kubectl_lparkube, plugin, objects: Objects, namespace: str
+) -> None:
+    """Plays the failover controller: a second failure within the window of a consistency
+    restart is restarting from the boot image (its node fenced); one more would stop the
+    partition until the window closes."""
+    now = datetime.now(UTC).replace(microsecond=0)
+
+    def at(delta: timedelta) -> str:
+        return rfc3339(now + delta)
+
+    objects.partition("web-1", failover={
+        "enabled": True, "bootImage": {"pvcName": "web-1-boot"}, "escalationWindow": "10m",
+        "nodeSelector": {"lparkube.io/failover": "yes"},
+        "selfFence": {"lease": "15s", "watchdogTimeout": "10s"},
+    })  # fmt: skip
+    fenced = "node node-a carries node.kubernetes.io/out-of-service"
+    first = {
+        "id": "f1", "reason": "VMIFailed", "message": "VMI failed on node node-b (Crashed)",
+        "detectedAt": at(-timedelta(minutes=5)), "image": "Consistency",
+        "imageReason": "the newest consistency image", "result": "Done",
+        "completedAt": at(-timedelta(minutes=5) + timedelta(seconds=40)),
+    }  # fmt: skip
+    second = {
+        "id": "f2", "reason": "NodeLost", "message": "node node-a is not Ready",
+        "detectedAt": at(-timedelta(minutes=2)), "phase": "Restarting", "image": "Boot",
+        "imageReason": "a second failure within 10m: escalated to the boot image",
+        "nodeName": "node-a", "restartName": "web-1-failover-f2",
+        "fence": {"by": "NodeFenced", "at": at(-timedelta(seconds=60)), "message": fenced},
+    }  # fmt: skip
+    objects.patch_status(PARTITION, "web-1", {
+        "conditions": [{**condition("FailedOver", "False", "FailingOver", fenced),
+                        "lastTransitionTime": at(-timedelta(seconds=60))}],
+        "agent": {"watchdog": {"device": "/dev/watchdog", "timeoutSeconds": 10, "armed": True}},
+        "failover": {
+            "failures": 2, "lastFailureTime": second["detectedAt"], "lastImage": "Consistency",
+            "consistencyImages": [{"name": "web-1-ci-a", "time": at(-timedelta(hours=20)),
+                                   "consistency": "Application", "saveEvent": "web-1-save-a"}],
+            "nextConsistencyImageTime": at(timedelta(minutes=40)),
+            "leaseExpiry": at(-timedelta(seconds=90)), "current": second, "history": [first],
+        },
+    })  # fmt: skip
+
+    run = kubectl_lparkube("failover", "status", "web-1")  # the context's namespace: no -n
+    code, out, err = run.finish()
+    assert (code, err) == (0, "")
+    lines = out.splitlines()
+    fields = field_texts(lines)
+    closes = at(timedelta(minutes=8))  # the second failure + the 10m window
+    assert fields.pop("Partition") == [f"{namespace}/web-1"]
+    [lease] = fields.pop("Lease")
+    assert re.fullmatch(rf"ran out \d+s ago \({at(-timedelta(seconds=90))}\)", lease), lease
+    [shown] = fields.pop("Condition")
+    assert re.fullmatch(rf"False FailingOver, \d+s ago: {fenced}", shown), shown
+    under_way, failures, escalation = (
+        fields.pop(k) for k in ("Under way", "Failures", "Escalation")
+    )
+    assert re.fullmatch(r"NodeLost on node node-a 2m(\d+s)? ago, now Restarting: node node-a "
+                        r"is not Ready", under_way[0]), under_way  # fmt: skip
+    assert (
+        under_way[1]
+        == "restarts from Boot: a second failure within 10m: escalated to the boot image"
+    )
+    assert re.fullmatch(rf"fenced: NodeFenced \d+s ago: {fenced}", under_way[2]), under_way
+    assert under_way[3:] == ["restart web-1-failover-f2"]
+    assert re.fullmatch(r"2 recorded, 2 in the last 10m, the last 2m(\d+s)? ago", failures[0])
+    assert escalation[0] == (
+        "the next failure after this failover stops it (FailedOver=False, RepeatedFailures): "
+        "failed again within 10m of a boot-image restart"
+    )
+    assert re.fullmatch(rf"from {closes} \(in (7m\d+s|8m)\) it restarts from Consistency: "
+                        r"the newest consistency image", escalation[1]), escalation  # fmt: skip
+    assert fields == {
+        "Failover": ["enabled, escalation window 10m, boot image PVC web-1-boot"],
+        "Nodes": ["lparkube.io/failover=yes (and the VM's own constraints)"],
+        "Self-fence": ["lease 15s, watchdog timeout 10s: the guest counts as off 30s after its "
+                       "last lease"],
+        "Watchdog": ["armed, /dev/watchdog, timeout 10s"],
+    }  # fmt: skip
+    tables = lines[lines.index("History (newest last):") - 3 :]
+    assert re.fullmatch(r"Consistency images \(every 1h, 3 kept; the next due in (39|40)m\):",
+                        tables[0]), tables  # fmt: skip
+    assert [row.split() for row in tables[1:3]] == [
+        ["NAME", "CONSISTENCY", "AGE", "SAVEEVENT"], ["web-1-ci-a", "Application", "20h",
+                                                       "web-1-save-a"],
+    ]  # fmt: skip
+    assert tables[3] == "History (newest last):"
+    assert tables[4].split() == ["DETECTED", "REASON", "IMAGE", "RESULT", "TOOK", "MESSAGE"]
+    row = tables[5].split()
+    assert re.fullmatch(r"5m\d*s?", row[0]) and row[1:] == [
+        "VMIFailed", "Consistency", "Done", "40s", "VMI", "failed", "on", "node", "node-b",
+        "(Crashed)",
+    ], tables  # fmt: skip
+    assert len(tables) == 6
+
+    helped = plugin("failover", "status", "--help")
+    assert helped.returncode == 0, helped.stderr
+    assert helped.stdout.startswith("usage: kubectl lparkube failover status")
+    missing = plugin("failover", "status", "ghost", "-n", namespace)
+    assert (missing.returncode, missing.stdout) == (1, "")
     assert missing.stderr.strip() == (
         f'error: partitions.lparkube.io "ghost" not found in namespace "{namespace}"'
     )

@@ -21,8 +21,10 @@ from lparkube.kubectl_plugin.verb import (
     FAILED,
     OK,
     USAGE,
+    Group,
     NotFoundError,
     PluginError,
+    Verb,
     go_duration,
 )
 from lparkube.kubectl_plugin.verbs import VERBS, hibernate, save, status
@@ -57,24 +59,48 @@ def condition(type_: str, status: str, reason: str, message: str = "", generatio
 # --- the command line ---------------------------------------------------------------------------
 
 
-def test_the_verbs_are_save_hibernate_resume_restart_status() -> None:
-    assert [v.name for v in VERBS] == ["save", "hibernate", "resume", "restart", "status"]
+COMMANDS = [
+    command
+    for verb in VERBS
+    for command in (
+        [[verb.name, sub.name] for sub in verb.verbs] if isinstance(verb, Group) else [[verb.name]]
+    )
+]  # every command line that runs a verb
 
 
-@pytest.mark.parametrize("verb", [v.name for v in VERBS])
+def test_the_verbs_are_save_hibernate_resume_restart_status_and_failover_status() -> None:
+    assert [v.name for v in VERBS] == [
+        "save", "hibernate", "resume", "restart", "status", "failover",
+    ]  # fmt: skip
+    assert COMMANDS[-1] == ["failover", "status"]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
 def test_every_verb_has_help_with_the_cluster_options_and_examples(
-    verb: str, capsys: pytest.CaptureFixture[str]
+    command: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
     with pytest.raises(SystemExit) as exit_info:
-        main([verb, "--help"])
+        main([*command, "--help"])
     assert exit_info.value.code == OK
     out = capsys.readouterr().out
+    verb = " ".join(command)
     assert out.startswith(f"usage: kubectl lparkube {verb}")
     for option in ("-n NAMESPACE, --namespace NAMESPACE", "--kubeconfig FILE", "--timeout"):
         assert option in out
     assert f"kubectl lparkube {verb} " in out.split("examples:")[1]
     assert "exit codes: 0 success; 1" in out
-    assert ("--no-wait" in out) == (verb != "status")
+    assert ("--no-wait" in out) == (command[-1] != "status")
+
+
+def test_a_groups_verbs_take_the_common_options_after_the_group_name() -> None:
+    """``kubectl lparkube NOUN VERB ARGS -n NS``: the leaf verb is what runs."""
+    leaf = Verb("peek", "s", "d", "  kubectl lparkube thing peek x", lambda p: None,
+                lambda session, args: OK, waits=False)  # fmt: skip
+    parser = build_parser([Group("thing", "things", "about things", (leaf,))])
+    args = parser.parse_args(["thing", "peek", "-n", "shop", "--timeout", "5s"])
+    assert (args.verb_spec, args.namespace, args.timeout) == (leaf, "shop", timedelta(seconds=5))
+    assert "    thing " in parser.format_help()  # the group is listed, not its verbs
+    assert "peek" not in parser.format_help()
 
 
 def test_common_options_parse_as_kubectl_names_them() -> None:
@@ -110,6 +136,10 @@ def test_save_needs_partitions_or_all_in_namespace_but_not_both(
         (["resume"], "the following arguments are required: IMAGE"),
         (["status", "a", "b"], "unrecognized arguments: b"),
         (["status", "web-1", "--no-wait"], "unrecognized arguments: --no-wait"),
+        (["failover"], "the following arguments are required: VERB"),
+        (["failover", "status"], "the following arguments are required: PARTITION"),
+        (["failover", "show", "web-1"], "invalid choice: 'show'"),
+        (["failover", "status", "web-1", "--no-wait"], "unrecognized arguments: --no-wait"),
         (["reboot", "web-1"], "invalid choice: 'reboot'"),
         ([], "the following arguments are required: VERB"),
     ],

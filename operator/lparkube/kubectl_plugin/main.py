@@ -13,6 +13,7 @@ from lparkube.kubectl_plugin.cluster import connect
 from lparkube.kubectl_plugin.verb import (
     EXIT_CODES_HELP,
     INTERRUPTED,
+    Group,
     PluginError,
     Session,
     Verb,
@@ -29,19 +30,36 @@ def wrapped(text: str) -> str:
     return textwrap.fill(text, WIDTH)
 
 
-def build_parser(verbs: Sequence[Verb] = VERBS) -> argparse.ArgumentParser:
+def build_parser(verbs: Sequence[Verb | Group] = VERBS) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
         description=wrapped(
             "Save, hibernate, resume and restart lparkube Partitions (KubeVirt VMs), and show "
-            "where they stand. Run 'kubectl lparkube VERB --help' for a verb's options."
+            "where they stand and how they fail over. Run 'kubectl lparkube VERB --help' for a "
+            "verb's options."
         ),
         epilog=wrapped(EXIT_CODES_HELP),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=version())
-    commands = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    add_verbs(parser, verbs, "verb")
+    return parser
+
+
+def add_verbs(parser: argparse.ArgumentParser, verbs: Sequence[Verb | Group], dest: str) -> None:
+    """A sub-command for each verb; a group's verbs one level below its name."""
+    commands = parser.add_subparsers(dest=dest, required=True, metavar="VERB")
     for verb in verbs:
+        if isinstance(verb, Group):
+            group = commands.add_parser(
+                verb.name,
+                help=verb.summary,
+                description=wrapped(verb.description),
+                epilog=wrapped(EXIT_CODES_HELP),
+                formatter_class=argparse.RawDescriptionHelpFormatter,
+            )
+            add_verbs(group, verb.verbs, f"{dest}_{verb.name}")
+            continue
         sub = commands.add_parser(
             verb.name,
             help=verb.summary,
@@ -52,7 +70,6 @@ def build_parser(verbs: Sequence[Verb] = VERBS) -> argparse.ArgumentParser:
         verb.add_arguments(sub)
         add_common_arguments(sub, verb)
         sub.set_defaults(verb_spec=verb, verb_parser=sub)
-    return parser
 
 
 def add_common_arguments(parser: argparse.ArgumentParser, verb: Verb) -> None:

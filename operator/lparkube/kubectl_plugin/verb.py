@@ -3,7 +3,8 @@
 on the object it waits for, and the ``Verb`` record a verb module exports.
 
 A new verb is one module in ``lparkube.kubectl_plugin.verbs`` that defines ``VERB`` and is
-listed in ``verbs.VERBS``; nothing else changes.
+listed in ``verbs.VERBS``; nothing else changes. Verbs about one thing can share a ``Group``
+(``kubectl lparkube failover status``).
 """
 
 from __future__ import annotations
@@ -155,3 +156,14 @@ class Verb:
     check: Callable[[argparse.Namespace], str | None] = lambda args: None
     waits: bool = True
     timeout_help: str = "how long to wait (a duration: 30s, 10m, 1h)"
+
+
+@dataclass(frozen=True)
+class Group:
+    """Verbs under one noun, as kubectl has them (``kubectl rollout status``): ``kubectl
+    lparkube failover status PARTITION``. Each of its verbs takes the options every verb takes."""
+
+    name: str
+    summary: str
+    description: str
+    verbs: tuple[Verb, ...]
