@@ -198,6 +198,11 @@ class NodePool:
         self.kubevirt.power_off_node(name)
         wait_for(lambda: not self.ready(name), f"node {name} not Ready", 60)
 
+    def isolate(self, name: str) -> None:
+        """Cut the node off the network (its guests run on) and wait until it is not Ready."""
+        self.kubevirt.isolate_node(name)
+        wait_for(lambda: not self.ready(name), f"node {name} not Ready", 60)
+
     def fence(self, name: str) -> None:
         """The admin's fence: node.kubernetes.io/out-of-service=nodeshutdown:NoExecute."""
         node = self.kubevirt.kube.get(f"{NODES_PATH}/{name}") or {}

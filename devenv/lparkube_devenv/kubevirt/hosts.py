@@ -66,6 +66,8 @@ class Guest(Protocol):
 
     def cpus_stopped(self) -> AbstractContextManager[None]: ...  # disks still, for a snapshot
 
+    def cut_network(self) -> None: ...  # its NICs' links down: it reaches nothing any more
+
 
 GuestFactory = Callable[[dict, dict, str], Guest]  # (vmi, pod, node) -> a started guest
 
@@ -84,7 +86,8 @@ def no_real_guests(vmi: dict, pod: dict, node: str) -> Guest:
 @dataclass
 class NodeHost:
     name: str
-    powered: bool = True
+    powered: bool = True  # False: nobody there reports (no power, or cut off the network)
+    isolated: bool = False  # cut off the network: its guests run on, unseen
     silent_since: float | None = None  # when its kubelet stopped reporting
     next_heartbeat: float = 0.0
 
@@ -129,9 +132,21 @@ class Hosts:
         log.info("node %s powered off; %d guest(s) killed", name, len(victims))
         return len(victims)
 
+    def isolate(self, name: str) -> None:
+        """The node is cut off the network: its kubelet and virt-handler go silent, as when it
+        loses power, but its guests run on (nothing there hears a pod's deletion either)."""
+        host = self.host(name)
+        host.powered, host.isolated, host.silent_since = False, True, self.clock()
+        with self._lock:
+            cut = [g for uid, g in self.guests.items() if self.node_of_pod.get(uid) == name]
+        for guest in cut:
+            guest.cut_network()
+        log.info("node %s cut off the network; its %d guest(s) run on", name, len(cut))
+
     def power_on(self, name: str) -> None:
         host = self.host(name)
         host.powered, host.silent_since, host.next_heartbeat = True, None, 0.0
+        host.isolated = False
 
     def stop_all(self) -> None:
         """Kill every guest (the stand-in is stopping)."""
@@ -269,7 +284,12 @@ class Hosts:
         """A guest whose pod is gone from the API (force-deleted) is killed by its kubelet."""
         keep = set(live)
         with self._lock:
-            orphans = [uid for uid in self.guests if uid not in keep]
+            cut_off = {n for n, host in self.nodes.items() if host.isolated}
+            orphans = [
+                uid
+                for uid in self.guests
+                if uid not in keep and self.node_of_pod.get(uid) not in cut_off
+            ]
             victims = [self.guests.pop(uid) for uid in orphans]
         for guest in victims:
             guest.kill()

@@ -111,6 +111,16 @@ class QemuGuest:
         """The guest's CPUs stopped meanwhile, its disks holding one instant (a snapshot)."""
         return self.launcher.cpus_stopped("snapshot")
 
+    def cut_network(self) -> None:
+        """Each NIC's link down (QMP ``set_link``): the guest runs on, reaching nothing."""
+        for nic in self.launcher.domain.nics:
+            try:
+                self.launcher.qmp.execute("set_link", {"name": f"ua-{nic.name}", "up": False})
+            except (LaunchError, QmpError, QmpClosedError, TimeoutError) as error:
+                log.warning(
+                    "QEMU %s: link %s not cut: %s", self.launcher.domain.name, nic.name, error
+                )
+
     def expand_disks(self, capacities: Mapping[str, int]) -> list[str]:
         """KubeVirt's ExpandDisks, online: each disk whose volume now offers more than the
         guest sees is resized in place (``block_resize``); a volume never shrinks a disk.

@@ -250,6 +250,14 @@ class StandIn:
             self.controller.kick()
         return killed
 
+    def isolate_node(self, name: str) -> None:
+        """Cut a node off the network: its kubelet and virt-handler go silent, its guests run
+        on and reach nothing outside the node (see hosts.py); ``power_on_node`` ends it."""
+        self.hosts.isolate(name)
+        self.storage.power_off(name)
+        if self.controller:
+            self.controller.kick()
+
     def power_on_node(self, name: str) -> None:
         """The node boots again: its kubelet reports Ready and finds its old guests gone."""
         self.hosts.power_on(name)

@@ -302,7 +302,8 @@ class FailoverRun:
 
     async def _volume_names(self, scope: FailoverScope) -> set[str]:
         names = set()
-        for claim in rr.claim_names((scope.vm or {}).get("spec") or {}):
+        template = (((scope.vm or {}).get("spec") or {}).get("template") or {}).get("spec") or {}
+        for claim in rr.claim_names(template):
             pvc = await self.kube.get_claim(self.namespace, claim)
             volume = ((pvc or {}).get("spec") or {}).get("volumeName")
             if volume:
