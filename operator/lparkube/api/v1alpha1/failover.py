@@ -67,6 +67,7 @@ CONSISTENCY_IMAGE_SKIPPED_EVENT = "ConsistencyImageSkipped"  # Warning: the save
 
 # Labels on what failover creates (SaveEvents, VirtualMachineSnapshots, restores, restarts).
 PURPOSE_LABEL = "lparkube.io/failover"  # consistency-image | restore | restart
+CONSISTENCY_IMAGE_PURPOSE = "consistency-image"
 WATCHDOG_DEVICE = "lparkube-watchdog"  # the VM's watchdog device the operator adds
 FENCE_MARGIN_SECONDS = 5.0  # on top of lease + watchdog timeout (clock rate, timer slack)
 MAX_HISTORY = 10
@@ -264,6 +265,18 @@ CONSISTENCY_IMAGE_ENTRY = obj(
     },
 )
 
+PENDING_IMAGE = obj(
+    "The consistency image under way, recorded before its SaveEvent and snapshot are made: "
+    "an operator restarted goes on with these names instead of taking a second image.",
+    {
+        "saveEvent": string("The SaveEvent that saves the applications first.", max_length=253),
+        "snapshotName": string(
+            "The VirtualMachineSnapshot taken once the save succeeded.", max_length=253
+        ),
+        "startedAt": timestamp("When the image was begun."),
+    },
+)
+
 STATUS = obj(
     "Failover state: the failures, the images, the escalation.",
     {
@@ -276,6 +289,7 @@ STATUS = obj(
             max_items=MAX_IMAGES,
         ),
         "nextConsistencyImageTime": timestamp("When the next consistency image is due."),
+        "pendingImage": PENDING_IMAGE,
         "leaseExpiry": timestamp(
             "When the latest lease the operator granted the guest agent runs out (operator "
             "clock); written before the answer that carries the lease."
