@@ -14,7 +14,7 @@ from lparkube.api.resource import GROUP, VERSION
 from lparkube.controllers.failover_run import FailoverRun
 
 
-def _failover_enabled(spec: Mapping[str, Any], **_: Any) -> bool:
+def failover_enabled(spec: Mapping[str, Any], **_: Any) -> bool:
     return ((spec or {}).get("failover") or {}).get("enabled") is True
 
 
@@ -22,7 +22,7 @@ def _failover_enabled(spec: Mapping[str, Any], **_: Any) -> bool:
     GROUP,
     VERSION,
     "partitions",
-    when=_failover_enabled,
+    when=failover_enabled,
     backoff=3.0,
     cancellation_backoff=5.0,
     cancellation_timeout=10.0,
