@@ -160,11 +160,13 @@ class Sleepers:
         hold: threading.Event | None = None,
         node_selector: dict[str, str] | None = None,
         failover: dict | None = None,
+        agent_port: int | None = None,
     ) -> Sleeper:
         """A Partition (with a paging LU from the pool unless ``paging`` is False) whose VM
         runs (on a node with ``node_selector``'s labels, if given; with ``failover`` as its
         spec.failover) and whose agent is connected
-        and, with paging, reports the LU as its swap."""
+        and, with paging, reports the LU as its swap. ``agent_port`` makes the agent listen
+        on another port than its Partition's: it reports, but answers no call (no save)."""
         ip, port = next(_ips), free_port()
         manifest = with_persistent_root(partition_manifest(name, ip, port))
         if node_selector:
@@ -179,7 +181,7 @@ class Sleepers:
         self.parts.wait_condition(name, "VMReady", "True")
         fake = FakeGuest(self.tmp / f"guest-{name}", disk_bytes=64 * 2**20 if paging else None)
         (fake.files.power / "state").write_text(power_states + "\n")
-        agent = self.guest_agent(self.namespace, name, ip=ip, config=fake.config())
+        agent = self.guest_agent(self.namespace, name, ip=ip, port=agent_port, config=fake.config())
         sleeper = Sleeper(name, fake, agent, None)
         if kernel:
             journal = agent.process.state_dir / JOURNAL

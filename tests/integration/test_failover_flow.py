@@ -17,6 +17,7 @@ from sleeper_helpers import Sleepers
 
 from lparkube.api.v1alpha1 import failover as api
 from lparkube.controllers.failover_run import POLL_SECONDS
+from lparkube_devenv.controlplane import free_port
 from lparkube_devenv.kubevirt import VM, VMI
 from lparkube_devenv.kubevirt.storage import two_writers
 
@@ -43,9 +44,12 @@ def test_a_lost_node_fails_over_from_the_boot_image_once_fenced(
     guest_agent,  # type: ignore[no-untyped-def]
 ) -> None:
     source = nodes.add()
+    # Its agent answers no save (it listens on another port than the Partition's), so no
+    # consistency image is taken: the failover has only the boot image.
     sleeper = sleepers.create(
-        "ha", paging=False, kernel=False, node_selector=nodes.selector, failover=FAILOVER
-    )
+        "ha", paging=False, kernel=False, node_selector=nodes.selector, failover=FAILOVER,
+        agent_port=free_port(),
+    )  # fmt: skip
     # Every heartbeat answer grants a lease, recorded before the answer went out; the VM the
     # Partition made has the self-fence watchdog.
     wait_for(lambda: (parts.status("ha").get("failover") or {}).get("leaseExpiry"), "a lease")

@@ -158,6 +158,7 @@ def operator_login(memo: Any, settings: kopf.OperatorSettings, **_: Any) -> kopf
 from lparkube.controllers import (  # noqa: E402, F401
     agent_gateway,
     conditionprofile,
+    consistency_images,
     evacuation,
     failover,
     hibernationimage,

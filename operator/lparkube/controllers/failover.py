@@ -16,7 +16,7 @@ from lparkube.controllers.failover_run import FailoverRun
 from lparkube.domain import failover as fo
 
 
-def _failover_enabled(spec: Mapping[str, Any], **_: Any) -> bool:
+def failover_enabled(spec: Mapping[str, Any], **_: Any) -> bool:
     return ((spec or {}).get("failover") or {}).get("enabled") is True
 
 
@@ -24,7 +24,7 @@ def _failover_enabled(spec: Mapping[str, Any], **_: Any) -> bool:
     GROUP,
     VERSION,
     "partitions",
-    when=_failover_enabled,
+    when=failover_enabled,
     backoff=3.0,
     cancellation_backoff=5.0,
     cancellation_timeout=10.0,

@@ -428,7 +428,8 @@ def fence_proof(view: FenceView) -> Fence:
 
 
 def consistency_image_due(partition: Mapping[str, Any], now: datetime) -> bool:
-    """Failover is on, the VM runs, no failover is under way, and the interval has passed."""
+    """Failover is on, no failover is under way, and the interval has passed (the VM and its
+    agent: consistency_images.may_start)."""
     if not settings_of(partition).enabled or failing_over(partition):
         return False
     due = parse_time(failover_status(partition).get("nextConsistencyImageTime"))

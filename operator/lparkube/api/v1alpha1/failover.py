@@ -71,6 +71,7 @@ PURPOSE_LABEL = "lparkube.io/failover"  # consistency-image | restore | restart
 # (KubeVirt would restart a failed VMI at once, from the same disk), the one it had recorded here
 # and given back when failover is turned off.
 RUN_STRATEGY_ANNOTATION = "lparkube.io/failover-run-strategy"
+CONSISTENCY_IMAGE_PURPOSE = "consistency-image"
 WATCHDOG_DEVICE = "lparkube-watchdog"  # the VM's watchdog device the operator adds
 FENCE_MARGIN_SECONDS = 5.0  # on top of lease + watchdog timeout (clock rate, timer slack)
 MAX_HISTORY = 10
@@ -268,6 +269,18 @@ CONSISTENCY_IMAGE_ENTRY = obj(
     },
 )
 
+PENDING_IMAGE = obj(
+    "The consistency image under way, recorded before its SaveEvent and snapshot are made: "
+    "an operator restarted goes on with these names instead of taking a second image.",
+    {
+        "saveEvent": string("The SaveEvent that saves the applications first.", max_length=253),
+        "snapshotName": string(
+            "The VirtualMachineSnapshot taken once the save succeeded.", max_length=253
+        ),
+        "startedAt": timestamp("When the image was begun."),
+    },
+)
+
 STATUS = obj(
     "Failover state: the failures, the images, the escalation.",
     {
@@ -280,6 +293,7 @@ STATUS = obj(
             max_items=MAX_IMAGES,
         ),
         "nextConsistencyImageTime": timestamp("When the next consistency image is due."),
+        "pendingImage": PENDING_IMAGE,
         "leaseExpiry": timestamp(
             "When the latest lease the operator granted the guest agent runs out (operator "
             "clock); written before the answer that carries the lease."
