@@ -5,7 +5,8 @@ The guest's node is cut off the network: its kubelet and virt-handler go silent 
 alive, can no longer reach the operator. Its agent stops petting the watchdog once its last
 lease ran out, and the hypervisor powers the guest off; the operator, which never fenced the
 node, restarts the partition on another node only after the lease, the watchdog timeout and
-the margin have passed: the old QEMU process ended before the restart was requested, and the
+the margin have passed, from the consistency image taken before (restored with a
+VirtualMachineRestore): the old QEMU process ended before the restart was requested, and the
 attach log never shows the disk on two nodes.
 """
 
@@ -51,6 +52,12 @@ def test_a_guest_cut_off_the_network_fences_itself_before_it_is_restarted_elsewh
         60,
     )
     assert (watchdog["device"], watchdog["timeoutSeconds"]) == ("/dev/watchdog", 10)
+    # A consistency image (a save, then a snapshot) is taken once the agent connected.
+    images = wait_for(
+        lambda: (parts.status("fenced").get("failover") or {}).get("consistencyImages"),
+        "a consistency image",
+        120,
+    )
     boot_id = parts.status("fenced")["agent"]["bootId"]
     old = kubevirt.guest(parts.namespace, "fenced")
     assert old is not None
@@ -77,11 +84,12 @@ def test_a_guest_cut_off_the_network_fences_itself_before_it_is_restarted_elsewh
         "FailedOver",
         BOOT_TIMEOUT,
     )
-    assert done["reason"] == api.FROM_BOOT_IMAGE
+    assert done["reason"] == api.FROM_CONSISTENCY_IMAGE
     status = parts.status("fenced")
     current = status["failover"]["current"]
     assert current["fence"]["by"] == api.SELF_FENCED, current
     assert current["nodeName"] == source and current["instanceWatchdog"] is True
+    assert current["snapshotName"] == images[-1]["name"] and current["restoreName"]
 
     # The old guest powered itself off (its watchdog, action poweroff) before the restart was
     # requested: no moment with two instances.

@@ -293,12 +293,22 @@ def test_images_beyond_keep_are_pruned_oldest_first() -> None:
     assert fo.consistency_of({"status": {"indications": ["NoGuestAgent"]}}) == api.CRASH_CONSISTENT
 
 
+def vm_spec(disks: list[dict], volumes: list[dict]) -> dict:
+    return {"template": {"spec": {"domain": {"devices": {"disks": disks}}, "volumes": volumes}}}
+
+
 def test_the_boot_disk_and_its_image() -> None:
-    spec = {"template": {"spec": {"domain": {"devices": {"disks": [
-        {"name": "data", "bootOrder": 2}, {"name": "root", "bootOrder": 1}]}}}}}  # fmt: skip
+    claims = [{"name": n, "persistentVolumeClaim": {"claimName": n}} for n in ("data", "root")]
+    spec = vm_spec([{"name": "data", "bootOrder": 2}, {"name": "root", "bootOrder": 1}], claims)
     assert fo.boot_disk(spec) == "root"
-    assert fo.boot_disk({"template": {"spec": {"domain": {"devices": {"disks": [
-        {"name": "first"}]}}}}}) == "first"  # fmt: skip
+    own = [  # the key disk and the paging LU are never the boot disk
+        {"name": "lparkube", "secret": {"secretName": "k"}},
+        {"name": "lparkube-paging", "persistentVolumeClaim": {"claimName": "lu"}},
+        {"name": "first", "containerDisk": {"image": "i"}},
+    ]
+    disks = [{"name": v["name"]} for v in own]
+    assert fo.boot_disk(vm_spec(disks, own)) == "first"
+    assert fo.boot_disk(vm_spec(disks[:2], own[:2])) is None
     assert fo.boot_volume({"pvcName": "clean"}, "web", "f1") == {
         "persistentVolumeClaim": {"claimName": "clean"}
     }

@@ -251,18 +251,18 @@ def _delete_pods(ctl: Controller, pods: list[dict]) -> None:
 def request_stop(ctl: Controller, vmi: dict) -> None:
     """A stop (run strategy, `stop`): virt-handler powers the guest off within its grace period.
 
-    The VMI turns Succeeded once the guest is down (`_follow`). A VMI whose node is off cannot
-    be powered off by anyone: it is deleted, as KubeVirt's VM controller stops a VMI
+    The VMI turns Succeeded once the guest is down (`_follow`). A VMI whose node is off or cut
+    off the network cannot be powered off by anyone: it is deleted, as KubeVirt's VM controller stops a VMI
     (`stopVMI`), and stays with its finalizer until its pod is gone (`_deleting`).
     """
+    node = dig(vmi, "status", "nodeName")
+    if node and not ctl.hosts.host(node).powered:  # off, or cut off: its guest runs on unseen
+        ctl.delete(vmis.path_of(vmi), vmi)
+        return
     guest = ctl.hosts.guest_of(str(dig(vmi, "metadata", "uid")))
     if guest is not None:
         if guest.state() not in ENDED:
             guest.stop(grace_seconds(vmi))
-        return
-    node = dig(vmi, "status", "nodeName")
-    if node and not ctl.hosts.host(node).powered:
-        ctl.delete(vmis.path_of(vmi), vmi)
         return
     vmis.stop(ctl, vmi)
 

@@ -19,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from lparkube.api.v1alpha1 import failover as api
+from lparkube.api.v1alpha1.partition import PAGING_DISK
 from lparkube.api.v1alpha1.remoterestart import OUT_OF_SERVICE_TAINT
 from lparkube.domain.clock import parse_duration, parse_time, rfc3339
 from lparkube.domain.hibernation import FINAL_VMI_PHASES
@@ -458,9 +459,21 @@ def images_after(
 # --- boot image and watchdog in the VM -------------------------------------------------------
 
 
+BOOT_SOURCES = ("containerDisk", "persistentVolumeClaim", "dataVolume")
+
+
 def boot_disk(vm_spec: Mapping[str, Any]) -> str | None:
-    """The VM's boot disk: the lowest bootOrder, else the first disk."""
-    disks = _get(vm_spec, "template", "spec", "domain", "devices", "disks") or []
+    """The VM's boot disk: the lowest bootOrder, else the first disk, among the disks that a
+    system can boot from (a container disk, a claim, a DataVolume; never the paging LU, nor
+    the key, cloud-init or config disks)."""
+    pod = _get(vm_spec, "template", "spec") or {}
+    volumes = {v.get("name"): v for v in pod.get("volumes") or []}
+    disks = [
+        d
+        for d in _get(pod, "domain", "devices", "disks") or []
+        if d.get("name") != PAGING_DISK
+        and any(k in volumes.get(d.get("name"), {}) for k in BOOT_SOURCES)
+    ]
     ordered = [d for d in disks if isinstance(d.get("bootOrder"), int)]
     if ordered:
         return min(ordered, key=lambda d: d["bootOrder"]).get("name")
