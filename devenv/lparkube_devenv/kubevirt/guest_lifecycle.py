@@ -252,8 +252,9 @@ def request_stop(ctl: Controller, vmi: dict) -> None:
     """A stop (run strategy, `stop`): virt-handler powers the guest off within its grace period.
 
     The VMI turns Succeeded once the guest is down (`_follow`). A VMI whose node is off or cut
-    off the network cannot be powered off by anyone: it is deleted, as KubeVirt's VM controller stops a VMI
-    (`stopVMI`), and stays with its finalizer until its pod is gone (`_deleting`).
+    off the network cannot be powered off by anyone: it is deleted, as KubeVirt's VM
+    controller stops a VMI (`stopVMI`), and stays with its finalizer until its pod is gone
+    (`_deleting`).
     """
     node = dig(vmi, "status", "nodeName")
     if node and not ctl.hosts.host(node).powered:  # off, or cut off: its guest runs on unseen
