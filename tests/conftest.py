@@ -38,6 +38,23 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.realguest)
 
 
+_TIER_SECONDS = {"realguest": 0.0, "all": 0.0}  # setup + call + teardown, summed
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    _TIER_SECONDS["all"] += report.duration
+    if "realguest" in report.keywords:
+        _TIER_SECONDS["realguest"] += report.duration
+
+
+def pytest_terminal_summary(terminalreporter) -> None:  # type: ignore[no-untyped-def]
+    """The real-guest tier's share of the run (CI's time budget is watched by it)."""
+    total, real = _TIER_SECONDS["all"], _TIER_SECONDS["realguest"]
+    if total > 0:
+        share = f"{real:.0f} s of {total:.0f} s in tests ({100 * real / total:.0f}%)"
+        terminalreporter.write_line(f"real-guest tier: {share}")
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Record pytest's exit status for .ci/run (make hides it)."""
     path = os.environ.get(STATUS_FILE_ENV)
