@@ -29,9 +29,8 @@ from lparkube.adapters.kube import (
     Kube,
     ResourceRef,
 )
-from lparkube.api.resource import GROUP, VERSION
 from lparkube.api.v1alpha1 import failover as api
-from lparkube.controllers.failover import failover_enabled
+from lparkube.controllers.failover import failover_daemon
 from lparkube.controllers.polling import pause
 from lparkube.domain import consistency_images as ci
 from lparkube.domain import failover as fo
@@ -155,15 +154,7 @@ class ConsistencyImages:
         return await self.kube.patch(PARTITION, self.namespace, self.name, body, status=True)
 
 
-@kopf.daemon(
-    GROUP,
-    VERSION,
-    "partitions",
-    when=failover_enabled,
-    backoff=3.0,
-    cancellation_backoff=5.0,
-    cancellation_timeout=10.0,
-)
+@failover_daemon
 async def partition_consistency_images(
     body: kopf.Body, memo: Any, stopped: kopf.DaemonStopped, **_: Any
 ) -> None:

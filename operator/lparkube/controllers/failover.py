@@ -4,7 +4,7 @@ and the run goes on from status.failover."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import kopf
@@ -20,15 +20,21 @@ def failover_enabled(spec: Mapping[str, Any], **_: Any) -> bool:
     return ((spec or {}).get("failover") or {}).get("enabled") is True
 
 
-@kopf.daemon(
-    GROUP,
-    VERSION,
-    "partitions",
-    when=failover_enabled,
-    backoff=3.0,
-    cancellation_backoff=5.0,
-    cancellation_timeout=10.0,
-)
+def failover_daemon(handler: Callable[..., Any]) -> Callable[..., Any]:
+    """A kopf daemon per Partition with failover enabled (the failover run, the consistency
+    images): started again after a restart, stopped when failover is turned off."""
+    return kopf.daemon(
+        GROUP,
+        VERSION,
+        "partitions",
+        when=failover_enabled,
+        backoff=3.0,
+        cancellation_backoff=5.0,
+        cancellation_timeout=10.0,
+    )(handler)
+
+
+@failover_daemon
 async def partition_failover(
     body: kopf.Body, memo: Any, stopped: kopf.DaemonStopped, **_: Any
 ) -> None:

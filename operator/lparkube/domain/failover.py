@@ -239,12 +239,9 @@ def fenced(node: Mapping[str, Any] | None) -> bool:
 
 def user_stopped(vm: Mapping[str, Any] | None) -> bool:
     """The user does not want the VM to run: it is Halted, or a stop is pending."""
-    strategy = _get(vm, "spec", "runStrategy")
-    if strategy is None:
-        strategy = "Always" if _get(vm, "spec", "running") else "Halted"
     requests = _get(vm, "status", "stateChangeRequests") or []
     stopping = any(r.get("action") == "Stop" for r in requests if isinstance(r, Mapping))
-    return strategy not in RUNNING_STRATEGIES or stopping
+    return _run_strategy(vm) not in RUNNING_STRATEGIES or stopping
 
 
 def _started_at(vmi: Mapping[str, Any] | None) -> datetime | None:
